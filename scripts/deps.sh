@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need, idempotently.
-# Safe to run as root on a fresh Debian machine; a no-op when all is present.
+# Safe to run as root on a fresh Debian machine; a quick no-op when all is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: command -> package.
+# Debian packages, checked by a file each one installs.
 declare -A APT=(
-  [socat]=socat
-  [openssl]=openssl
+  [/usr/bin/socat]=socat
+  [/usr/bin/openssl]=openssl
+  [/usr/bin/swtpm]=swtpm
+  [/usr/bin/swtpm_setup]=swtpm-tools
+  [/usr/bin/tpm2_readpublic]=tpm2-tools
+  [/usr/bin/qemu-system-aarch64]=qemu-system-arm
+  [/usr/bin/qemu-aarch64-static]=qemu-user-static
+  [/usr/bin/mosquitto_pub]=mosquitto-clients
+  [/usr/sbin/mkfs.ext4]=e2fsprogs
+  [/usr/bin/cpio]=cpio
+  [/usr/bin/node]=nodejs
+  [/usr/bin/npm]=npm
 )
 
 need=()
-for cmd in "${!APT[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || need+=("${APT[$cmd]}")
+for f in "${!APT[@]}"; do
+  # node and npm may come from elsewhere on the PATH; accept those.
+  case "$f" in */node|*/npm) command -v "$(basename "$f")" >/dev/null 2>&1 && continue ;; esac
+  [ -e "$f" ] || need+=("${APT[$f]}")
 done
 if ((${#need[@]})); then
-  echo "deps: installing ${need[*]}"
+  echo "deps: apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -24,3 +36,11 @@ fi
 
 # Go modules.
 go mod download
+
+# npm packages for the official-SDK conformance tests, pinned by package-lock.json.
+for dir in simulator/conformance/node; do
+  if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
+    echo "deps: npm install in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error 2>/dev/null || npm install --no-audit --no-fund --loglevel=error)
+  fi
+done

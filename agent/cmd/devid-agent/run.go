@@ -3,6 +3,25 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+
+	"devid/agent"
+	"devid/agent/config"
+	"devid/agent/localapi"
+	"devid/agent/sdnotify"
+	"devid/enroll/certstore"
+	"devid/enroll/factory"
+	"devid/enroll/keys"
+	_ "devid/enroll/keys/tpmkey" // registers the "tpm" and "auto" key backends
+	"devid/enroll/rotate"
+	"devid/hal/board"
+	"devid/hal/serial"
 )
 
 func init() {
@@ -10,5 +29,200 @@ func init() {
 }
 
 func runDaemon(ctx context.Context, args []string) error {
-	return errors.New("not implemented yet")
+	fs := flag.NewFlagSet("devid-agent run", flag.ContinueOnError)
+	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	resolveKeySpec(cfg)
+	log := newLogger(cfg)
+	notify := sdnotify.FromEnv()
+
+	var clock agent.Clock = agent.SystemClock{}
+	if p := os.Getenv(clockFileEnv); p != "" {
+		if cfg.Debug.AllowClockOverride {
+			clock = &fileClock{path: p}
+			log.Warn("clock override active (debug.allow_clock_override)", "file", p)
+		} else {
+			log.Warn("ignoring " + clockFileEnv + ": debug.allow_clock_override is not set")
+		}
+	}
+
+	// A credential rotation cut short by a power loss is resolved before
+	// the credential is loaded.
+	if rec, err := rotate.Recover(cfg.StateDir, log); err != nil {
+		log.Error("rotation recovery", "err", err)
+	} else if rec.Action != "none" {
+		log.Warn("rotation recovered", "action", rec.Action)
+	}
+
+	cloud, err := agent.NewDPSCloud(cfg, clock, log.With("component", "dps"), version)
+	if err != nil {
+		return err
+	}
+	opt := agent.Options{
+		Config:      cfg,
+		Version:     version,
+		Logger:      log,
+		Clock:       clock,
+		Identity:    agent.StoreIdentity{KeySpec: cfg.Key.Backend, StateDir: cfg.StateDir},
+		Cloud:       cloud,
+		ClockSynced: clockSynced,
+		OnState: func(s agent.Status) {
+			notify.Status(statusLine(s))
+		},
+	}
+	if cfg.Factory.Port != "" {
+		opt.Factory = func(ctx context.Context) error { return serveFactoryBus(ctx, cfg, log) }
+	}
+	if hw := openHardware(cfg, log); hw != nil {
+		defer hw.Close()
+		opt.Indicator = hw.Show
+		opt.Button = hw.Button()
+	}
+	a, err := agent.New(opt)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var apiDone chan struct{}
+	if cfg.LocalAPI.Socket != "" {
+		srv, err := localapi.Listen(localapi.Options{
+			Path: cfg.LocalAPI.Socket, Group: cfg.LocalAPI.Group,
+			MaxMessage: cfg.LocalAPI.MaxMessage, MaxClients: cfg.LocalAPI.MaxClients, Logger: log,
+		}, a)
+		if err != nil {
+			// The cloud side must not depend on the local API.
+			log.Error("local API unavailable; the agent runs without it", "err", err)
+		} else {
+			a.SetLocal(srv)
+			apiDone = make(chan struct{})
+			go func() { srv.Serve(ctx); close(apiDone) }()
+		}
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- a.Run(ctx) }()
+	notify.Ready()
+	if iv, err := sdnotify.WatchdogInterval(); err != nil {
+		log.Warn("watchdog", "err", err)
+	} else if iv > 0 {
+		go petWatchdog(ctx, a, notify, iv, log)
+	}
+	err = <-runDone
+	notify.Stopping()
+	cancel()
+	if apiDone != nil {
+		<-apiDone
+	}
+	return err
+}
+
+// petWatchdog pets systemd's watchdog only while the state goroutine
+// answers, so a wedged agent is restarted.
+func petWatchdog(ctx context.Context, a *agent.Agent, n *sdnotify.Notifier, iv time.Duration, log *slog.Logger) {
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, iv)
+		ok := a.Alive(pctx)
+		cancel()
+		if ok {
+			n.Watchdog()
+		} else if ctx.Err() == nil {
+			log.Error("state loop did not answer; not petting the watchdog")
+		}
+	}
+}
+
+func statusLine(s agent.Status) string {
+	line := s.State
+	if s.Hub != "" {
+		line += " hub=" + s.Hub
+	}
+	if s.DeviceID != "" {
+		line += " device=" + s.DeviceID
+	}
+	if s.LastError != "" && s.State != "connected" {
+		line += " last_error=" + s.LastError
+	}
+	return line
+}
+
+func newLogger(cfg *config.Config) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	ho := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, ho))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, ho))
+}
+
+// resolveKeySpec applies the "auto" fallback of a build without the TPM
+// backend: the software key in the state directory.
+func resolveKeySpec(cfg *config.Config) {
+	if cfg.Key.Backend == "auto" && !slices.Contains(keys.Backends(), "auto") {
+		cfg.Key.Backend = "file:" + keys.DefaultFilePath(cfg.StateDir)
+	}
+}
+
+// clockSynced asks the kernel whether NTP has synchronised the clock
+// (adjtimex: TIME_ERROR means unsynchronised).
+func clockSynced() bool {
+	var tx syscall.Timex
+	state, err := syscall.Adjtimex(&tx)
+	return err == nil && state != 5 // TIME_ERROR
+}
+
+// serveFactoryBus runs the factory device side on factory.port until ctx
+// ends, reopening the port when the jig's adapter goes away.
+func serveFactoryBus(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	log = log.With("component", "factory")
+	id, src, err := board.Reader{Configured: cfg.DeviceID}.DeviceID()
+	if err != nil {
+		return fmt.Errorf("device ID: %w", err)
+	}
+	roots, err := certstore.LoadRoots(cfg.Factory.Root)
+	if err != nil {
+		return fmt.Errorf("factory.root: %w", err)
+	}
+	ks, err := keys.Open(cfg.Key.Backend, cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	log.Info("serving factory bus", "port", cfg.Factory.Port, "device_id", id, "id_source", src, "key", ks.Name())
+	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(cfg.StateDir, roots), Log: log}
+	for ctx.Err() == nil {
+		p, err := serial.Open(cfg.Factory.Port, cfg.Factory.Baud)
+		if err != nil {
+			log.Warn("factory port", "err", err)
+		} else {
+			err = d.Serve(ctx, p)
+			p.Close()
+			if ctx.Err() == nil {
+				log.Warn("factory bus failed; reopening", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
 }

@@ -1,13 +1,341 @@
 // Command devid-jig is the factory test jig: it runs the local CA and
 // programs boards over the factory serial bus.
+//
+//	devid-jig ca init --dir DIR [--name NAME]
+//	devid-jig program --port PATH (--ca-dir DIR | --est URL ...) [--json]
+//	devid-jig status  --port PATH
+//	devid-jig reset   --port PATH --yes
+//	devid-jig revoke  --ca-dir DIR --device-id ID [--reason TEXT]
+//	devid-jig crl     --ca-dir DIR
+//
+// Exit status: 0 on success, 1 on failure (the reason is on stderr), 2 on
+// a usage error.
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"devid/enroll/ca"
+	"devid/enroll/certstore"
+	"devid/enroll/est"
+	"devid/enroll/factory"
+	"devid/hal/serial"
 )
 
+// version is set by -ldflags at build time.
+var version = "dev"
+
+type usageError struct{ error }
+
 func main() {
-	fmt.Fprintln(os.Stderr, "devid-jig: not implemented yet")
-	os.Exit(1)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stderr, "devid-jig: %v\n", err)
+		var u usageError
+		if errors.As(err, &u) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: devid-jig <command> [flags]
+
+commands:
+  ca init   create a local CA (root + issuing intermediate) in --dir
+  program   program one device: HELLO, CSR, sign, INSTALL, STATUS
+  status    print a device's STATUS
+  reset     factory-reset a device (destroys its key and certificate)
+  revoke    revoke a device's certificates and rewrite the CRL
+  crl       re-sign the CRL (fresh nextUpdate)
+  version   print the version
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usageError{errors.New("no command")}
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "ca":
+		if len(args) == 0 || args[0] != "init" {
+			return usageError{errors.New(`"ca" needs a subcommand: ca init --dir DIR`)}
+		}
+		return caInit(args[1:], stdout, stderr)
+	case "program":
+		return program(ctx, args, stdout, stderr)
+	case "status":
+		return status(ctx, args, stdout, stderr)
+	case "reset":
+		return reset(ctx, args, stdout, stderr)
+	case "revoke":
+		return revoke(args, stdout, stderr)
+	case "crl":
+		return crl(args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return usageError{fmt.Errorf("unknown command %q", cmd)}
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("devid-jig "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string, required ...string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	for _, r := range required {
+		if f := fs.Lookup(r); f == nil || f.Value.String() == "" {
+			return usageError{fmt.Errorf("--%s is required", r)}
+		}
+	}
+	return nil
+}
+
+func caInit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("ca init", stderr)
+	dir := fs.String("dir", "", "CA directory to create")
+	name := fs.String("name", "devid factory", "name used in the CA subjects")
+	if err := parse(fs, args, "dir"); err != nil {
+		return err
+	}
+	if err := ca.Init(*dir, ca.InitOptions{Name: *name}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "CA created in %s: root %s (give this to devices as factory.root), policy %s\n",
+		*dir, ca.RootCertFile, ca.PolicyFile)
+	return nil
+}
+
+// portFlags are shared by the commands that talk to a device.
+type portFlags struct {
+	port    *string
+	baud    *int
+	timeout *time.Duration
+	retries *int
+}
+
+func addPortFlags(fs *flag.FlagSet) portFlags {
+	return portFlags{
+		port:    fs.String("port", "", "serial device the board is on"),
+		baud:    fs.Int("baud", 115200, "serial line rate"),
+		timeout: fs.Duration("timeout", factory.DefaultReplyTimeout, "wait for one reply before re-sending"),
+		retries: fs.Int("retries", factory.DefaultRetries, "re-sends per request"),
+	}
+}
+
+func (p portFlags) open() (*serial.TarmPort, *factory.Jig, error) {
+	port, err := serial.Open(*p.port, *p.baud)
+	if err != nil {
+		return nil, nil, err
+	}
+	j := factory.NewJig(port)
+	j.ReplyTimeout, j.Retries = *p.timeout, *p.retries
+	return port, j, nil
+}
+
+func program(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("program", stderr)
+	pf := addPortFlags(fs)
+	caDir := fs.String("ca-dir", "", "local CA directory (devid-jig ca init)")
+	station := fs.String("station", "", "station name for the ledger (default: host name)")
+	estURL := fs.String("est", "", "sign through this EST server instead of a local CA")
+	estCert := fs.String("est-cert", "", "station client certificate PEM for EST")
+	estKey := fs.String("est-key", "", "station client key PEM for EST")
+	estCA := fs.String("est-ca", "", "PEM roots that verify the EST server")
+	asJSON := fs.Bool("json", false, "print one JSON object instead of the result line")
+	if err := parse(fs, args, "port"); err != nil {
+		return err
+	}
+	if (*caDir == "") == (*estURL == "") {
+		return usageError{errors.New("give exactly one of --ca-dir and --est")}
+	}
+	if *station == "" {
+		*station, _ = os.Hostname()
+	}
+	var iss factory.Issuer
+	if *caDir != "" {
+		local, err := ca.Open(*caDir, *station)
+		if err != nil {
+			return err
+		}
+		defer local.Close()
+		iss = local
+	} else {
+		if *estCert == "" || *estKey == "" || *estCA == "" {
+			return usageError{errors.New("--est needs --est-cert, --est-key and --est-ca")}
+		}
+		cert, err := tls.LoadX509KeyPair(*estCert, *estKey)
+		if err != nil {
+			return fmt.Errorf("EST station certificate: %w", err)
+		}
+		roots, err := certstore.LoadRoots(*estCA)
+		if err != nil {
+			return fmt.Errorf("EST server roots: %w", err)
+		}
+		iss = &est.Client{URL: *estURL, HTTP: est.NewHTTPClient(roots, cert)}
+	}
+	port, j, err := pf.open()
+	if err != nil {
+		return err
+	}
+	defer port.Close()
+
+	progressOut := stdout
+	if *asJSON {
+		progressOut = stderr // stdout carries exactly one JSON object
+	}
+	start := time.Now()
+	n := 0
+	res, err := factory.Program(ctx, j, iss, func(s factory.Step, msg string) {
+		n++
+		fmt.Fprintf(progressOut, "[%d/5] %-7s %s\n", n, s, msg)
+	})
+	elapsed := time.Since(start)
+	if err != nil {
+		fmt.Fprintf(progressOut, "FAIL %v\n", err)
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(map[string]any{
+			"device_id": res.DeviceID, "serial": res.Serial, "chain_pem": string(res.ChainPEM),
+			"not_after": res.NotAfter.UTC().Format(time.RFC3339), "key_backend": res.Key, "station": *station,
+			"elapsed_ms": elapsed.Milliseconds(), "bytes_sent": res.BytesSent, "bytes_received": res.BytesReceived,
+		})
+	}
+	fmt.Fprintf(stdout, "OK device %s serial %s not_after %s in %v (%d bytes on the wire)\n",
+		res.DeviceID, res.Serial, res.NotAfter.UTC().Format(time.RFC3339), elapsed.Round(time.Millisecond),
+		res.BytesSent+res.BytesReceived)
+	return nil
+}
+
+func status(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", stderr)
+	pf := addPortFlags(fs)
+	if err := parse(fs, args, "port"); err != nil {
+		return err
+	}
+	port, j, err := pf.open()
+	if err != nil {
+		return err
+	}
+	defer port.Close()
+	h, err := j.Hello(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := j.Status(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "device %s protocol %d key %s state %s", h.DeviceID, h.Proto, st.Key, st.State)
+	if st.Serial != "" {
+		fmt.Fprintf(stdout, " serial %s not_after %s", st.Serial, st.NotAfter)
+	}
+	if st.Detail != "" {
+		fmt.Fprintf(stdout, " detail %q", st.Detail)
+	}
+	fmt.Fprintln(stdout)
+	return nil
+}
+
+func reset(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("reset", stderr)
+	pf := addPortFlags(fs)
+	yes := fs.Bool("yes", false, "confirm: destroy the device's key and certificate")
+	if err := parse(fs, args, "port"); err != nil {
+		return err
+	}
+	if !*yes {
+		return usageError{errors.New("reset destroys the device identity; add --yes to confirm")}
+	}
+	port, j, err := pf.open()
+	if err != nil {
+		return err
+	}
+	defer port.Close()
+	h, err := j.Hello(ctx)
+	if err != nil {
+		return err
+	}
+	if err := j.Reset(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "device %s reset: key and certificate destroyed\n", h.DeviceID)
+	return nil
+}
+
+func revoke(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("revoke", stderr)
+	caDir := fs.String("ca-dir", "", "local CA directory")
+	id := fs.String("device-id", "", "device whose certificates to revoke")
+	reason := fs.String("reason", "unspecified", "reason recorded in the ledger")
+	station := fs.String("station", "", "station name for the ledger (default: host name)")
+	if err := parse(fs, args, "ca-dir", "device-id"); err != nil {
+		return err
+	}
+	if *station == "" {
+		*station, _ = os.Hostname()
+	}
+	local, err := ca.Open(*caDir, *station)
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+	serials, err := local.Revoke(*id, *reason)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "revoked %s: serial %s; CRL written to %s\n", *id, strings.Join(serials, ", "), local.CRLPath())
+	return nil
+}
+
+func crl(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("crl", stderr)
+	caDir := fs.String("ca-dir", "", "local CA directory")
+	if err := parse(fs, args, "ca-dir"); err != nil {
+		return err
+	}
+	local, err := ca.Open(*caDir, "")
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+	if err := local.WriteCRL(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "CRL written to %s\n", local.CRLPath())
+	return nil
 }

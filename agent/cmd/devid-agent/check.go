@@ -1,0 +1,314 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"devid/agent/config"
+	"devid/agent/statedir"
+	"devid/dps"
+	"devid/enroll/certstore"
+	"devid/enroll/keys"
+)
+
+func init() {
+	register("check", "aziotctl-style health checks (--json)", runCheck)
+}
+
+// checkResult is one line of `devid-agent check`.
+type checkResult struct {
+	Name   string `json:"name"`
+	Result string `json:"result"` // pass, warn, fail, skip
+	Detail string `json:"detail"`
+	Hint   string `json:"hint,omitempty"`
+}
+
+type checker struct {
+	cfg     *config.Config
+	results []checkResult
+	key     keys.Key
+	chain   *certstore.Chain
+	roots   []*x509.Certificate
+	now     time.Time
+}
+
+func (c *checker) add(name, result, detail, hint string) {
+	c.results = append(c.results, checkResult{name, result, detail, hint})
+}
+
+func runCheck(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("devid-agent check", flag.ContinueOnError)
+	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	offline := fs.Bool("offline", false, "skip the DPS and hub reachability checks")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	c := &checker{now: time.Now()}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		c.add("config", "fail", err.Error(), "run `devid-agent config check --config "+*cfgPath+"` and fix each field it names")
+	} else {
+		c.cfg = cfg
+		resolveKeySpec(cfg)
+		c.add("config", "pass", *cfgPath+" is valid", "")
+		c.stateDir()
+		c.keyAndCert()
+		c.clock()
+		c.trust()
+		c.assignment()
+		if !*offline {
+			c.reach(ctx)
+		}
+	}
+	failed := 0
+	for _, r := range c.results {
+		if r.Result == "fail" {
+			failed++
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(c.results)
+	} else {
+		for _, r := range c.results {
+			fmt.Printf("[%s] %-22s %s\n", strings.ToUpper(r.Result), r.Name, r.Detail)
+			if r.Hint != "" && r.Result != "pass" {
+				fmt.Printf("       %-22s hint: %s\n", "", r.Hint)
+			}
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d check(s) failed", failed)
+	}
+	return nil
+}
+
+func (c *checker) stateDir() {
+	st, err := os.Stat(c.cfg.StateDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		c.add("state dir", "warn", c.cfg.StateDir+" does not exist yet", "the agent creates it (mode 0700) on first start")
+		return
+	case err != nil:
+		c.add("state dir", "fail", err.Error(), "the agent must be able to read and write its state dir")
+		return
+	}
+	if m := st.Mode().Perm(); m != 0o700 {
+		c.add("state dir", "fail", fmt.Sprintf("%s has mode %04o", c.cfg.StateDir, m), "chmod 0700 "+c.cfg.StateDir+" (it holds the device key)")
+		return
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+		c.add("state dir", "warn", fmt.Sprintf("owned by uid %d, checking as uid %d", sys.Uid, os.Geteuid()), "run check as the agent's user (devid) or root")
+		return
+	}
+	c.add("state dir", "pass", c.cfg.StateDir+" mode 0700", "")
+}
+
+func (c *checker) keyAndCert() {
+	ks, err := keys.Open(c.cfg.Key.Backend, c.cfg.StateDir)
+	if err != nil {
+		c.add("key", "fail", err.Error(), "set key.backend to auto, file:PATH or tpm:...")
+		return
+	}
+	k, err := ks.Load()
+	if errors.Is(err, keys.ErrNoKey) {
+		c.add("key", "warn", "no device key yet ("+ks.Name()+")", "the device has not been through the factory jig: run `devid-jig program` against factory.port")
+	} else if err != nil {
+		c.add("key", "fail", err.Error(), "check the key backend (TPM device access, key file permissions)")
+	} else {
+		c.key = k
+		detail := "present (" + k.Backend() + ")"
+		if fsk, ok := ks.(interface{ Path() string }); ok {
+			if st, err := os.Stat(fsk.Path()); err == nil && st.Mode().Perm() != 0o600 {
+				c.add("key", "fail", fmt.Sprintf("%s has mode %04o", fsk.Path(), st.Mode().Perm()), "chmod 0600 "+fsk.Path())
+				return
+			}
+			detail += " " + fsk.Path() + " mode 0600"
+		}
+		c.add("key", "pass", detail, "")
+	}
+	ch, err := certstore.Open(c.cfg.StateDir, nil).Load()
+	if errors.Is(err, certstore.ErrNoChain) {
+		c.add("certificate", "warn", "no certificate installed", "program the device on the factory jig")
+		return
+	} else if err != nil {
+		c.add("certificate", "fail", err.Error(), "the chain file is unreadable; re-install it from the jig (INSTALL)")
+		return
+	}
+	c.chain = ch
+	if c.key != nil && !ch.Matches(c.key.Public()) {
+		c.add("key matches cert", "fail", "the certificate's public key is not the device key", "re-issue the certificate for this key on the jig; do not re-key")
+	} else if c.key != nil {
+		c.add("key matches cert", "pass", "serial "+ch.Serial()+", CN "+ch.Leaf.Subject.CommonName, "")
+	}
+	// Chain validity against the factory root.
+	if roots, err := certstore.LoadRoots(c.cfg.Factory.Root); err != nil {
+		c.add("chain", "warn", "factory root unavailable: "+err.Error(), "install the factory root at factory.root to verify the chain")
+	} else {
+		inter := x509.NewCertPool()
+		for _, ic := range ch.Intermediates {
+			inter.AddCert(ic)
+		}
+		_, err := ch.Leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: c.now,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		if err != nil {
+			c.add("chain", "fail", err.Error(), "the installed chain does not verify to factory.root; re-program the device")
+		} else {
+			c.add("chain", "pass", "verifies to "+c.cfg.Factory.Root, "")
+		}
+	}
+	left := ch.NotAfter().Sub(c.now)
+	life := ch.NotAfter().Sub(ch.Leaf.NotBefore)
+	switch {
+	case left <= 0:
+		c.add("cert expiry", "fail", "expired "+ch.NotAfter().Format(time.RFC3339), "renew the certificate (renewal.path) or re-program the device")
+	case left < life/10 || left < 7*24*time.Hour:
+		c.add("cert expiry", "warn", fmt.Sprintf("expires %s (in %s)", ch.NotAfter().Format(time.RFC3339), left.Truncate(time.Hour)), "renewal should already have happened; see `devid-agent status`")
+	default:
+		c.add("cert expiry", "pass", fmt.Sprintf("expires %s (in %s)", ch.NotAfter().Format(time.RFC3339), left.Truncate(time.Hour)), "")
+	}
+	if c.cfg.Renewal.Path == "none" {
+		c.add("renewal path", "warn", "renewal.path is \"none\": the certificate will not be renewed automatically", "set renewal.path to dps or est (docs/config.md)")
+	}
+}
+
+func (c *checker) clock() {
+	floor, why := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), "build floor"
+	if c.chain != nil && c.chain.Leaf.NotBefore.After(floor) {
+		floor, why = c.chain.Leaf.NotBefore, "certificate notBefore"
+	}
+	d := &statedir.Dir{Path: c.cfg.StateDir}
+	if st, err := d.LoadState(); err == nil && st.LastKnownGood.After(floor) {
+		floor, why = st.LastKnownGood, "last known good time"
+	}
+	if c.now.Before(floor) {
+		c.add("clock", "fail", fmt.Sprintf("%s is before the %s %s", c.now.UTC().Format(time.RFC3339), why, floor.Format(time.RFC3339)),
+			"synchronise the clock (systemd-timesyncd, chrony); the agent waits for it before any TLS")
+		return
+	}
+	if !clockSynced() {
+		c.add("clock", "warn", "plausible, but the kernel does not report NTP synchronisation", "enable time sync (timedatectl set-ntp true)")
+		return
+	}
+	c.add("clock", "pass", "synchronised, after the "+why, "")
+}
+
+func (c *checker) trust() {
+	if c.cfg.DPS.TrustBundle == "" {
+		c.roots = dps.AzureRoots()
+		c.add("trust roots", "pass", fmt.Sprintf("embedded Azure roots (%d certificates)", len(c.roots)), "")
+		return
+	}
+	b, err := os.ReadFile(c.cfg.DPS.TrustBundle)
+	if err == nil {
+		c.roots, err = dps.ParseTrustBundle(b)
+	}
+	if err != nil || len(c.roots) == 0 {
+		c.add("trust roots", "fail", fmt.Sprintf("%s: %v (%d certificates)", c.cfg.DPS.TrustBundle, err, len(c.roots)), "point dps.trust_bundle at a PEM file of root certificates, or leave it empty for the Azure roots")
+		return
+	}
+	var expired []string
+	for _, r := range c.roots {
+		if c.now.After(r.NotAfter) {
+			expired = append(expired, r.Subject.CommonName)
+		}
+	}
+	if len(expired) > 0 {
+		c.add("trust roots", "warn", "expired roots in the bundle: "+strings.Join(expired, ", "), "update the trust bundle")
+		return
+	}
+	c.add("trust roots", "pass", fmt.Sprintf("%s (%d certificates)", c.cfg.DPS.TrustBundle, len(c.roots)), "")
+}
+
+func (c *checker) assignment() {
+	d := &statedir.Dir{Path: c.cfg.StateDir}
+	as, err := d.LoadAssignment()
+	switch {
+	case err == nil:
+		c.add("dps assignment", "pass", fmt.Sprintf("hub %s, device %s (cached %s)", as.Hub, as.DeviceID, as.AssignedAt.Format(time.RFC3339)), "")
+	case errors.Is(err, statedir.ErrNotExist):
+		hint := "the agent registers with DPS on its next start"
+		if c.cfg.DPS.IDScope == "" {
+			c.add("dps assignment", "fail", "none cached and dps.id_scope is empty", "set dps.id_scope in the config")
+			return
+		}
+		c.add("dps assignment", "warn", "none cached yet", hint)
+	default:
+		c.add("dps assignment", "warn", err.Error(), "the agent re-registers with DPS")
+	}
+}
+
+// reach checks DPS and hub with a TLS handshake (client certificate
+// included, server verified against the trust roots), as the agent would.
+func (c *checker) reach(ctx context.Context) {
+	pool := x509.NewCertPool()
+	for _, r := range c.roots {
+		pool.AddCert(r)
+	}
+	var certs []tls.Certificate
+	if c.chain != nil && c.key != nil {
+		certs = []tls.Certificate{c.chain.TLSCertificate(c.key)}
+	}
+	try := func(name, endpoint string) {
+		host, port, err := net.SplitHostPort(endpoint)
+		if err != nil {
+			host, port = endpoint, "8883"
+		}
+		addr := net.JoinHostPort(host, port)
+		for _, k := range []string{addr, host} {
+			if v, ok := c.cfg.Network.Resolve[k]; ok {
+				addr = v
+				if _, _, err := net.SplitHostPort(v); err != nil {
+					addr = net.JoinHostPort(v, port)
+				}
+				break
+			}
+		}
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		d := tls.Dialer{Config: &tls.Config{ServerName: host, RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}}
+		if c.cfg.Network.Proxy != "" {
+			c.add(name, "skip", "through proxy "+c.cfg.Network.Proxy+": not checked", "")
+			return
+		}
+		conn, err := d.DialContext(dctx, "tcp", addr)
+		if err != nil {
+			hint := "check DNS, firewall (port " + port + ") and the trust bundle"
+			var uae x509.UnknownAuthorityError
+			if errors.As(err, &uae) {
+				hint = "the server's certificate is not from a trusted root: TLS interception (proxy) or wrong dps.trust_bundle"
+			}
+			var cie x509.CertificateInvalidError
+			if errors.As(err, &cie) && cie.Reason == x509.Expired {
+				hint = "certificate time check failed: is the clock right?"
+			}
+			c.add(name, "fail", fmt.Sprintf("%s (%s): %v", host, addr, err), hint)
+			return
+		}
+		conn.Close()
+		c.add(name, "pass", fmt.Sprintf("%s (%s) TLS ok in %s", host, addr, time.Since(start).Round(time.Millisecond)), "")
+	}
+	try("dps reachable", c.cfg.DPS.Endpoint)
+	if as, err := (&statedir.Dir{Path: c.cfg.StateDir}).LoadAssignment(); err == nil {
+		try("hub reachable", as.Hub)
+	} else {
+		c.add("hub reachable", "skip", "no hub assigned yet", "")
+	}
+}

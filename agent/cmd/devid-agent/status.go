@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"devid/agent"
+	"devid/agent/config"
+	"devid/agent/queue"
+	"devid/agent/statedir"
+	"devid/enroll/certstore"
+)
+
+func init() {
+	register("status", "print the agent's state (--json)", runStatus)
+}
+
+type statusOut struct {
+	agent.Status
+	// Source says where the status came from: the running agent's local
+	// API, or the state files (agent not running or API disabled).
+	Source string `json:"source"`
+}
+
+func runStatus(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("devid-agent status", flag.ContinueOnError)
+	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	out, err := liveStatus(ctx, cfg)
+	if err != nil {
+		out, err = fileStatus(cfg)
+		if err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	printStatus(out)
+	return nil
+}
+
+// liveStatus asks the running agent over the local API.
+func liveStatus(ctx context.Context, cfg *config.Config) (*statusOut, error) {
+	if cfg.LocalAPI.Socket == "" {
+		return nil, errors.New("local API disabled")
+	}
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.DialContext(ctx, "unix", cfg.LocalAPI.Socket)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(`{"op":"status"}` + "\n")); err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	if !sc.Scan() {
+		return nil, fmt.Errorf("no reply from %s", cfg.LocalAPI.Socket)
+	}
+	var rep struct {
+		OK     bool
+		Error  string
+		Status *agent.Status
+	}
+	if err := json.Unmarshal(sc.Bytes(), &rep); err != nil || !rep.OK || rep.Status == nil {
+		return nil, fmt.Errorf("bad status reply: %v %s", err, rep.Error)
+	}
+	return &statusOut{Status: *rep.Status, Source: "agent (" + cfg.LocalAPI.Socket + ")"}, nil
+}
+
+// fileStatus builds the status from the state directory.
+func fileStatus(cfg *config.Config) (*statusOut, error) {
+	out := &statusOut{Source: "state files (agent not answering on the local API)"}
+	d := &statedir.Dir{Path: cfg.StateDir}
+	if _, err := os.Stat(cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	st, err := d.LoadState()
+	switch {
+	case err == nil:
+		out.State, out.Since, out.LastError = st.Name, st.Since, st.LastError
+		out.HubFailures, out.LastProvision = st.HubFailures, st.LastProvision
+	case errors.Is(err, statedir.ErrNotExist):
+		out.State = "unknown (never run)"
+	default:
+		out.State = "unknown"
+		out.LastError = err.Error()
+	}
+	if as, err := d.LoadAssignment(); err == nil {
+		out.Hub, out.DeviceID = as.Hub, as.DeviceID
+	}
+	if ch, err := certstore.Open(cfg.StateDir, nil).Load(); err == nil {
+		out.CertExpiry, out.CertSerial = ch.NotAfter(), ch.Serial()
+		if out.DeviceID == "" {
+			out.DeviceID = ch.Leaf.Subject.CommonName
+		}
+	}
+	if qs, err := queue.Inspect(d.File(statedir.QueueDir)); err == nil {
+		out.Queue = agent.QueueInfo{Depth: qs.Depth, Bytes: qs.Bytes, Dropped: qs.Dropped}
+	}
+	return out, nil
+}
+
+func printStatus(s *statusOut) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	row := func(k, v string) {
+		if v == "" {
+			v = "-"
+		}
+		fmt.Fprintf(w, "%s:\t%s\n", k, v)
+	}
+	state := s.State
+	if !s.Since.IsZero() {
+		state += fmt.Sprintf(" (since %s)", s.Since.Format(time.RFC3339))
+	}
+	row("state", state)
+	row("device id", s.DeviceID)
+	row("hub", s.Hub)
+	if !s.CertExpiry.IsZero() {
+		row("cert expiry", fmt.Sprintf("%s (in %s)", s.CertExpiry.Format(time.RFC3339), time.Until(s.CertExpiry).Truncate(time.Hour)))
+	} else {
+		row("cert expiry", "")
+	}
+	row("key backend", s.KeyBackend)
+	row("queue", fmt.Sprintf("%d messages waiting, %d bytes, %d dropped", s.Queue.Depth, s.Queue.Bytes, s.Queue.Dropped))
+	if s.ClockWait != nil {
+		row("clock wait", fmt.Sprintf("since %s: %s", s.ClockWait.Since.Format(time.RFC3339), s.ClockWait.Reason))
+	}
+	if !s.NextRetry.IsZero() {
+		row("next retry", s.NextRetry.Format(time.RFC3339))
+	}
+	if p := s.LastProvision; p != nil {
+		v := fmt.Sprintf("%s at %s", p.Result, p.At.Format(time.RFC3339))
+		if p.Error != "" {
+			v += ": " + p.Error
+		}
+		row("last provisioning", v)
+	}
+	row("hub failures", fmt.Sprint(s.HubFailures))
+	row("last error", s.LastError)
+	if s.Version != "" {
+		row("version", s.Version+", up "+s.Uptime)
+	}
+	row("source", s.Source)
+	w.Flush()
+}

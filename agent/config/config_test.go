@@ -1,0 +1,143 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	t.Parallel()
+	if err := Default().Validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+}
+
+func TestLoadRoundTrip(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "config.toml")
+	doc := `
+state_dir = "/tmp/devid"
+device_id = "board-0001"
+[key]
+backend = "file:/tmp/devid/device.key"
+[dps]
+endpoint = "localhost:8883"
+id_scope = "0ne0000SIM1"
+[network.resolve]
+"localhost" = "127.0.0.1:45000"
+"sim-hub-1.azure-devices.net" = "127.0.0.1:45001"
+[hub]
+keepalive = "60s"
+`
+	if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DeviceID != "board-0001" || c.Hub.KeepAlive.D().Seconds() != 60 || c.Network.Resolve["localhost"] != "127.0.0.1:45000" {
+		t.Fatalf("loaded %+v", c)
+	}
+	if c.Queue.Fsync != "batch" {
+		t.Fatalf("default not kept: fsync=%q", c.Queue.Fsync)
+	}
+	// The printed effective config parses back to the same thing.
+	b, err := c.TOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := Parse(b)
+	if err != nil {
+		t.Fatalf("effective config does not parse back: %v\n%s", err, b)
+	}
+	b2, _ := c2.TOML()
+	if string(b) != string(b2) {
+		t.Fatalf("round trip differs:\n%s\n---\n%s", b, b2)
+	}
+}
+
+func TestErrorsNameTheField(t *testing.T) {
+	t.Parallel()
+	cases := []struct{ doc, want string }{
+		{`bogus = 1`, `unknown key "bogus"`},
+		{"[dps]\nidscope = \"x\"", `unknown key "dps.idscope"`},
+		{`state_dir = "relative"`, "state_dir: \"relative\" is not an absolute path"},
+		{`device_id = "Upper"`, "device_id:"},
+		{"[key]\nbackend = \"pkcs11:x\"", "key.backend:"},
+		{"[factory]\nbaud = 1234", "factory.baud: 1234"},
+		{"[dps]\nendpoint = \"nohost\"", "dps.endpoint:"},
+		{"[dps]\ntimeout = \"soon\"", "dps.timeout"},
+		{"[dps]\npayload = \"{\"", "dps.payload: is not a JSON document"},
+		{"[hub]\nkeepalive = \"2h\"", "hub.keepalive"},
+		{"[hub]\nmax_failures = 0", "hub.max_failures"},
+		{"[network]\nproxy = \"socks5://x:1\"", "network.proxy"},
+		{"[network.resolve]\nhost = \"nope\"", "network.resolve.host"},
+		{"[retry]\nmin_delay = \"1m\"\nmax_delay = \"1s\"", "retry.max_delay"},
+		{"[retry]\nrevoked_min = \"1s\"", "retry.revoked_min"},
+		{"[queue]\nfsync = \"sometimes\"", "queue.fsync"},
+		{"[queue]\nmax_bytes = 10", "queue.max_bytes"},
+		{"[local_api]\nmax_message = 0", "local_api.max_message"},
+		{"[health]\ninterval = \"1s\"", "health.interval"},
+		{"state_dir = ", "line 1"},
+	}
+	for _, tc := range cases {
+		_, err := Parse([]byte(tc.doc))
+		if err == nil {
+			t.Errorf("%q: no error", tc.doc)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %q does not contain %q", tc.doc, err, tc.want)
+		}
+	}
+}
+
+func TestAllProblemsReported(t *testing.T) {
+	t.Parallel()
+	_, err := Parse([]byte("state_dir = \"x\"\nlog_level = \"loud\"\n[queue]\nfsync = \"no\""))
+	var ve *ValidationError
+	if !errors.As(err, &ve) || len(ve.Problems) != 3 {
+		t.Fatalf("want 3 problems, got %v", err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	t.Parallel()
+	_, err := Load(filepath.Join(t.TempDir(), "none.toml"))
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("want not-exist error, got %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(""))
+	f.Add([]byte("state_dir = \"/var/lib/devid\"\n[dps]\nid_scope = \"0ne1\"\n"))
+	f.Add([]byte("[network.resolve]\n\"a\" = \"127.0.0.1:1\"\n[hub]\nkeepalive = \"1m\"\n"))
+	f.Add([]byte("[queue]\nmax_bytes = -1\n"))
+	f.Add([]byte("[[dps]]\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error message")
+			}
+			return
+		}
+		// Whatever parses must validate and print back to a parseable document.
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse accepted an invalid config: %v", err)
+		}
+		out, err := c.TOML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(out); err != nil {
+			t.Fatalf("effective config does not parse back: %v\n%s", err, out)
+		}
+	})
+}

@@ -1,0 +1,426 @@
+package agent_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"devid/agent/queue"
+	"devid/agent/statedir"
+	"devid/simulator/simtest"
+)
+
+var (
+	agentOnce sync.Once
+	agentBin  string
+	agentErr  error
+)
+
+// agentBinary builds the real devid-agent once per test process.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	agentOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "devid-agent-bin-")
+		if err != nil {
+			agentErr = err
+			return
+		}
+		agentBin = filepath.Join(dir, "devid-agent")
+		cmd := exec.Command("go", "build", "-o", agentBin, "./cmd/devid-agent")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			agentErr = fmt.Errorf("go build devid-agent: %v\n%s", err, b)
+		}
+	})
+	if agentErr != nil {
+		t.Fatal(agentErr)
+	}
+	return agentBin
+}
+
+// board is one simulated device: a state dir with a factory-issued
+// identity and a config pointing at the simulator.
+type board struct {
+	t        *testing.T
+	sim      *simtest.Sim
+	dir      string
+	state    string
+	config   string
+	socket   string
+	clock    string
+	deviceID string
+	group    string
+	cmd      *exec.Cmd
+	stderr   *lockedBuffer
+	exited   chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newBoard(t *testing.T, sim *simtest.Sim, deviceID string, extra string) *board {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "devid-board-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	b := &board{t: t, sim: sim, dir: dir, state: filepath.Join(dir, "state"), socket: filepath.Join(dir, "api.sock"),
+		clock: filepath.Join(dir, "clock"), deviceID: deviceID, group: "grp-" + deviceID}
+	if err := os.Mkdir(b.state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The factory step: a key made on the device and a certificate from
+	// the device CA (the jig's path is covered by the demo and enroll's
+	// tests; here only the result matters).
+	ca := simtest.NewDeviceCA(t)
+	dev := ca.Issue(t, deviceID)
+	write := func(name string, data []byte) {
+		if err := os.WriteFile(filepath.Join(b.state, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("device.key", dev.KeyPEM(t))
+	write("device-chain.pem", dev.ChainPEM())
+	root := filepath.Join(dir, "factory-root.pem")
+	os.WriteFile(root, simtest.PEM(ca.Root), 0o644)
+	sim.EnrollGroup(t, b.group, ca.Root)
+
+	var resolve strings.Builder
+	for host, addr := range sim.Resolve() {
+		fmt.Fprintf(&resolve, "%q = %q\n", host, addr)
+	}
+	cfg := fmt.Sprintf(`state_dir = %q
+log_level = "debug"
+[key]
+backend = "file:%s/device.key"
+[factory]
+root = %q
+[dps]
+endpoint = "%s:8883"
+id_scope = %q
+trust_bundle = %q
+timeout = "20s"
+[hub]
+connect_timeout = "10s"
+[retry]
+min_delay = "100ms"
+max_delay = "1s"
+jitter = "100ms"
+revoked_min = "1s"
+revoked_max = "2s"
+[clock]
+max_wait = "1h"
+[local_api]
+socket = %q
+group = ""
+[queue]
+fsync = "always"
+[health]
+interval = "0s"
+[debug]
+allow_clock_override = true
+[network.resolve]
+%s
+%s`, b.state, b.state, root, sim.Ready.DPS.Host, sim.Ready.IDScope, sim.Ready.ServerCA, b.socket, resolve.String(), extra)
+	b.config = filepath.Join(dir, "config.toml")
+	os.WriteFile(b.config, []byte(cfg), 0o644)
+	return b
+}
+
+func (b *board) start() {
+	b.t.Helper()
+	b.cmd = exec.Command(agentBinary(b.t), "run", "--config", b.config)
+	b.stderr = &lockedBuffer{}
+	b.cmd.Stderr = b.stderr
+	b.cmd.Env = append(os.Environ(), "DEVID_CLOCK_FILE="+b.clock)
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := b.cmd.Start(); err != nil {
+		b.t.Fatal(err)
+	}
+	b.exited = make(chan struct{})
+	cmd, exited := b.cmd, b.exited
+	go func() { cmd.Wait(); close(exited) }()
+	b.t.Cleanup(func() { b.kill() })
+}
+
+// kill sends SIGKILL (power cut) to the agent.
+func (b *board) kill() {
+	if b.cmd == nil {
+		return
+	}
+	syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
+	<-b.exited
+	b.cmd = nil
+}
+
+// persisted reads the state record the agent wrote.
+func (b *board) persisted() *statedir.State {
+	st, err := (&statedir.Dir{Path: b.state}).LoadState()
+	if err != nil {
+		return &statedir.State{}
+	}
+	return st
+}
+
+func (b *board) waitState(want string, within time.Duration) {
+	b.t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if b.persisted().Name == want {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.t.Fatalf("agent never reached %q (last %q)\n--- agent log ---\n%s", want, b.persisted().Name, b.stderr.String())
+}
+
+// api sends one local-API request and returns the reply.
+func (b *board) api(req string) map[string]any {
+	b.t.Helper()
+	var c net.Conn
+	var err error
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err = net.Dial("unix", b.socket)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		b.t.Fatalf("local api: %v\n%s", err, b.stderr.String())
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte(req + "\n"))
+	sc := bufio.NewScanner(c)
+	if !sc.Scan() {
+		b.t.Fatalf("no reply to %s", req)
+	}
+	var m map[string]any
+	json.Unmarshal(sc.Bytes(), &m)
+	if m["ok"] != true {
+		b.t.Fatalf("%s: %v", req, m)
+	}
+	return m
+}
+
+func (b *board) send(n int, tag string) {
+	for i := 0; i < n; i++ {
+		b.api(fmt.Sprintf(`{"op":"send","body":{"tag":%q,"i":%d},"properties":{"tag":%q}}`, tag, i, tag))
+	}
+}
+
+// appTelemetry returns the recorded application messages (not health) by tag.
+func (b *board) appTelemetry() map[string]int {
+	out := map[string]int{}
+	for _, m := range b.sim.Telemetry(b.t, b.deviceID) {
+		if tag := m.ApplicationProperties["tag"]; tag != "" {
+			var body struct{ I int }
+			json.Unmarshal([]byte(m.Body), &body)
+			out[fmt.Sprintf("%s/%d", tag, body.I)]++
+		}
+	}
+	return out
+}
+
+func (b *board) waitDelivered(tag string, n int) {
+	b.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		got := b.appTelemetry()
+		missing := 0
+		for i := 0; i < n; i++ {
+			if got[fmt.Sprintf("%s/%d", tag, i)] == 0 {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.t.Fatalf("messages %s/0..%d not all delivered: %v\n%s", tag, n-1, b.appTelemetry(), b.stderr.String())
+}
+
+// liveDepth asks the running agent for its queue depth.
+func (b *board) liveDepth() float64 {
+	st := b.api(`{"op":"status"}`)["status"].(map[string]any)
+	return st["queue"].(map[string]any)["depth"].(float64)
+}
+
+func (b *board) queueDepth() uint64 {
+	st, _ := queue.Inspect(filepath.Join(b.state, "queue"))
+	return st.Depth
+}
+
+func skipShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs the real binaries")
+	}
+}
+
+// TestLifecycleKill9 provisions, sends, and power-cuts the agent in
+// connected, backoff (hub down, messages queued), clock wait and
+// revoked; every restart resumes and nothing queued is lost.
+func TestLifecycleKill9(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "kill9-dev", "")
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	b.send(10, "a")
+	b.waitDelivered("a", 10)
+	as, err := (&statedir.Dir{Path: b.state}).LoadAssignment()
+	if err != nil || as.DeviceID != b.deviceID {
+		t.Fatalf("assignment not cached: %v %+v", err, as)
+	}
+
+	// 1. kill -9 while connected: restart uses the cache (no DPS).
+	b.kill()
+	sim.SetFault(t, simtest.Fault{Scope: "dps", Ops: []string{"register"}, Status: 500, Count: 1000})
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	sim.ClearFaults(t)
+
+	// 2. Hub down: messages queue on disk; kill -9 in backoff; restart;
+	//    the queue is intact; hub back: everything arrives.
+	sim.Stop()
+	b.waitState("backoff", 30*time.Second)
+	// Messages of step 1 may still wait for a resend (at least once).
+	base := b.liveDepth()
+	b.send(15, "b")
+	if d := b.liveDepth(); d != base+15 {
+		t.Fatalf("queue depth %v, want %v", d, base+15)
+	}
+	b.kill()
+	// On disk the ack cursor may lag by up to queue.fsync_interval, so a
+	// power cut can only add duplicates, never lose the 15.
+	if d := b.queueDepth(); float64(d) < base+15 {
+		t.Fatalf("queue depth after kill -9: %d, want at least %v", d, base+15)
+	}
+	b.start()
+	b.waitState("backoff", 30*time.Second)
+	sim.Restart()
+	b.waitState("connected", 60*time.Second)
+	b.waitDelivered("b", 15)
+	deadline := time.Now().Add(10 * time.Second)
+	for b.liveDepth() != 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := b.liveDepth(); d != 0 {
+		t.Fatalf("queue depth %v after delivery", d)
+	}
+
+	// 3. Boot with the clock at 1970: the agent waits, deletes nothing.
+	b.kill()
+	before, _ := os.ReadDir(b.state)
+	os.WriteFile(b.clock, []byte("1970-01-01T00:00:00Z"), 0o644)
+	b.start()
+	b.waitState("enrolled", 20*time.Second)
+	st := b.api(`{"op":"status"}`)["status"].(map[string]any)
+	if st["clock_wait"] == nil {
+		t.Fatalf("status does not report the clock wait: %v", st)
+	}
+	b.kill() // and a power cut during the wait
+	b.start()
+	b.waitState("enrolled", 20*time.Second)
+	after, _ := os.ReadDir(b.state)
+	have := map[string]bool{}
+	for _, e := range after {
+		have[e.Name()] = true
+	}
+	for _, e := range before {
+		if !have[e.Name()] {
+			t.Errorf("%s was deleted during the 1970 boot", e.Name())
+		}
+	}
+	os.Remove(b.clock) // NTP arrives
+	b.waitState("connected", 60*time.Second)
+
+	// 4. Revoked: enrollment disabled and the device removed from its hub.
+	sim.MustDo("POST", "/sim/enrollmentGroups/"+b.group+"/disable", nil, nil)
+	sim.MustDo("DELETE", "/sim/devices/"+as.Hub+"/"+b.deviceID, nil, nil)
+	b.waitState("revoked", 60*time.Second)
+	b.kill()
+	b.start()
+	b.waitState("revoked", 60*time.Second)
+	sim.MustDo("POST", "/sim/enrollmentGroups/"+b.group+"/enable", nil, nil)
+	b.waitState("connected", 60*time.Second)
+	b.send(3, "c")
+	b.waitDelivered("c", 3)
+}
+
+// TestHubAuthRefusalReprovisions deletes the device from its hub: the
+// hub refuses (CONNACK 5) and the agent goes back to DPS, which creates
+// it again.
+func TestHubAuthRefusalReprovisions(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "authref-dev", "")
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	as, _ := (&statedir.Dir{Path: b.state}).LoadAssignment()
+	sim.MustDo("DELETE", "/sim/devices/"+as.Hub+"/"+b.deviceID, nil, nil)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(b.stderr.String(), "state=reprovisioning") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no re-provisioning after the hub refused:\n%s", b.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.waitState("connected", 30*time.Second)
+	b.send(2, "r")
+	b.waitDelivered("r", 2)
+}
+
+// TestBadConfig: a clear message naming the field, and a non-zero exit.
+func TestBadConfig(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "bad.toml")
+	os.WriteFile(p, []byte("state_dir = \"relative/path\"\n[hub]\nkeepalive = \"2h\"\nbogus_key = 1\n"), 0o644)
+	for _, args := range [][]string{{"run", "--config", p}, {"config", "check", "--config", p}} {
+		cmd := exec.Command(agentBinary(t), args...)
+		out, err := cmd.CombinedOutput()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() == 0 {
+			t.Fatalf("%v: exit %v, want non-zero\n%s", args, err, out)
+		}
+		if !strings.Contains(string(out), "hub.bogus_key") {
+			t.Errorf("%v: message does not name the unknown key:\n%s", args, out)
+		}
+	}
+	os.WriteFile(p, []byte("state_dir = \"relative/path\"\n[hub]\nkeepalive = \"2h\"\n"), 0o644)
+	out, err := exec.Command(agentBinary(t), "config", "check", "--config", p).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "state_dir: \"relative/path\" is not an absolute path") || !strings.Contains(string(out), "hub.keepalive") {
+		t.Fatalf("want both problems named, got %v:\n%s", err, out)
+	}
+}

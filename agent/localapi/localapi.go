@@ -1,0 +1,514 @@
+// Package localapi is the agent's Unix-socket API for applications on
+// the board: line-delimited JSON requests (send telemetry, report
+// properties, status, subscribe) and pushed events (C2D messages,
+// desired properties, direct-method calls). docs/local-api.md is the
+// protocol reference.
+package localapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"devid/agent"
+)
+
+// Backend is what the API serves: the agent.
+type Backend interface {
+	Enqueue(agent.Message) (uint64, error)
+	Status() agent.Status
+	Report(ctx context.Context, patch []byte) error
+	RequestReprovision()
+	MethodAdded(name string)
+}
+
+// Options configure the server.
+type Options struct {
+	Path       string
+	Group      string
+	MaxMessage int
+	MaxClients int
+	Logger     *slog.Logger
+}
+
+// Server serves the socket. It implements agent.LocalSink.
+type Server struct {
+	opt  Options
+	be   Backend
+	log  *slog.Logger
+	ln   net.Listener
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	call atomic.Uint64
+
+	mu      sync.Mutex
+	clients map[*client]bool
+	calls   map[string]chan methodResult
+}
+
+var _ agent.LocalSink = (*Server)(nil)
+
+type methodResult struct {
+	status  int
+	payload []byte
+}
+
+// Listen creates the socket (mode 0660, group opt.Group) and returns the
+// server; call Serve to accept connections.
+func Listen(opt Options, be Backend) (*Server, error) {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.MaxClients <= 0 {
+		opt.MaxClients = 32
+	}
+	if opt.MaxMessage <= 0 {
+		opt.MaxMessage = 256 * 1024
+	}
+	log := opt.Logger.With("component", "localapi")
+	if err := os.MkdirAll(filepath.Dir(opt.Path), 0o750); err != nil {
+		return nil, fmt.Errorf("local api: %w", err)
+	}
+	// A stale socket from a previous run (kill -9) blocks bind; remove it,
+	// but never anything that is not a socket.
+	if st, err := os.Lstat(opt.Path); err == nil {
+		if st.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("local api: %s exists and is not a socket", opt.Path)
+		}
+		os.Remove(opt.Path)
+	}
+	ln, err := net.Listen("unix", opt.Path)
+	if err != nil {
+		return nil, fmt.Errorf("local api: %w", err)
+	}
+	if err := os.Chmod(opt.Path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("local api: %w", err)
+	}
+	if opt.Group != "" {
+		if g, err := user.LookupGroup(opt.Group); err != nil {
+			log.Warn("local api group not found; the socket keeps the agent's own group (mode 0660), so only that group and root can use it",
+				"group", opt.Group, "socket", opt.Path, "gid", os.Getgid())
+		} else if gid, _ := strconv.Atoi(g.Gid); os.Chown(opt.Path, -1, gid) != nil {
+			log.Warn("cannot give the local api socket to its group; it keeps the agent's own group",
+				"group", opt.Group, "socket", opt.Path)
+		}
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	return &Server{
+		opt: opt, be: be, log: log, ln: ln,
+		sem:     make(chan struct{}, opt.MaxClients),
+		clients: map[*client]bool{},
+		calls:   map[string]chan methodResult{},
+	}, nil
+}
+
+// Serve accepts connections until ctx ends, then closes every client.
+func (s *Server) Serve(ctx context.Context) {
+	go func() {
+		<-ctx.Done()
+		s.ln.Close()
+	}()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("local api accept", "err", err)
+			}
+			break
+		}
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			c.Write([]byte(`{"ok":false,"error":"too many local clients"}` + "\n"))
+			c.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			s.serveConn(ctx, c)
+		}()
+	}
+	s.mu.Lock()
+	for cl := range s.clients {
+		cl.conn.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+type client struct {
+	conn    net.Conn
+	out     chan []byte
+	c2d     bool
+	desired bool
+	methods map[string]bool
+	dropped int
+}
+
+// request is one line from a client.
+type request struct {
+	ID              json.RawMessage   `json:"id,omitempty"`
+	Op              string            `json:"op"`
+	Body            json.RawMessage   `json:"body,omitempty"`
+	BodyBase64      string            `json:"body_base64,omitempty"`
+	ContentType     string            `json:"content_type,omitempty"`
+	ContentEncoding string            `json:"content_encoding,omitempty"`
+	MessageID       string            `json:"message_id,omitempty"`
+	Properties      map[string]string `json:"properties,omitempty"`
+	Patch           json.RawMessage   `json:"patch,omitempty"`
+	C2D             bool              `json:"c2d,omitempty"`
+	Desired         bool              `json:"desired,omitempty"`
+	Methods         []string          `json:"methods,omitempty"`
+	Call            string            `json:"call,omitempty"`
+	Status          int               `json:"status,omitempty"`
+	Payload         json.RawMessage   `json:"payload,omitempty"`
+}
+
+type reply struct {
+	ID     json.RawMessage `json:"id,omitempty"`
+	OK     bool            `json:"ok"`
+	Error  string          `json:"error,omitempty"`
+	Seq    uint64          `json:"seq,omitempty"`
+	Status *agent.Status   `json:"status,omitempty"`
+}
+
+func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
+	cl := &client{conn: conn, out: make(chan []byte, 64), methods: map[string]bool{}}
+	s.mu.Lock()
+	s.clients[cl] = true
+	s.mu.Unlock()
+	wrote := make(chan struct{})
+	defer func() {
+		s.mu.Lock()
+		delete(s.clients, cl)
+		close(cl.out)
+		s.mu.Unlock()
+		// Let the writer flush the replies already queued (a client that
+		// half-closes after its request still gets the answer).
+		select {
+		case <-wrote:
+		case <-time.After(10 * time.Second):
+		}
+		conn.Close()
+	}()
+	go func() {
+		defer close(wrote)
+		for b := range cl.out {
+			conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if _, err := conn.Write(b); err != nil {
+				conn.Close()
+				for range cl.out {
+				}
+				return
+			}
+		}
+	}()
+	// A line holds at most one message, base64 inflated, plus envelope.
+	maxLine := s.opt.MaxMessage*4/3 + 64*1024
+	r := bufio.NewReaderSize(conn, 64*1024)
+	for {
+		line, err := readLine(r, maxLine)
+		if err != nil {
+			if errors.Is(err, errLineTooLong) {
+				b, _ := json.Marshal(reply{Error: err.Error()})
+				cl.out <- append(b, '\n')
+			}
+			return
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		// Replies block (back-pressure on this client's own requests);
+		// pushed events never do (see send).
+		b, _ := json.Marshal(s.handle(ctx, cl, line))
+		cl.out <- append(b, '\n')
+	}
+}
+
+var errLineTooLong = errors.New("request line too long")
+
+func readLine(r *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, isPrefix, err := r.ReadLine()
+		if err != nil {
+			return nil, err
+		}
+		line = append(line, frag...)
+		if len(line) > max {
+			return nil, fmt.Errorf("%w (limit %d bytes)", errLineTooLong, max)
+		}
+		if !isPrefix {
+			return line, nil
+		}
+	}
+}
+
+func (s *Server) send(cl *client, v any) {
+	b, _ := json.Marshal(v)
+	b = append(b, '\n')
+	select {
+	case cl.out <- b:
+	default:
+		cl.dropped++
+		s.log.Warn("local client too slow; event dropped", "dropped", cl.dropped)
+	}
+}
+
+// decodeRequest parses one request line and checks it.
+func decodeRequest(line []byte) (*request, error) {
+	var req request
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return nil, fmt.Errorf("not a JSON request: %v", err)
+	}
+	if dec.More() {
+		return nil, errors.New("more than one JSON value on the line")
+	}
+	if req.Op == "" {
+		return nil, errors.New(`missing "op"`)
+	}
+	return &req, nil
+}
+
+// messageFrom builds the telemetry message of a send request.
+func messageFrom(req *request, max int) (agent.Message, error) {
+	m := agent.Message{ContentType: req.ContentType, ContentEncoding: req.ContentEncoding,
+		MessageID: req.MessageID, Properties: req.Properties}
+	switch {
+	case req.BodyBase64 != "" && len(req.Body) > 0:
+		return m, errors.New(`give "body" or "body_base64", not both`)
+	case req.BodyBase64 != "":
+		b, err := base64.StdEncoding.DecodeString(req.BodyBase64)
+		if err != nil {
+			return m, fmt.Errorf("body_base64: %v", err)
+		}
+		m.Body = b
+	case len(req.Body) > 0 && req.Body[0] == '"':
+		var str string
+		if err := json.Unmarshal(req.Body, &str); err != nil {
+			return m, fmt.Errorf("body: %v", err)
+		}
+		m.Body = []byte(str)
+	case len(req.Body) > 0:
+		// Any other JSON value is sent as a JSON document.
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, req.Body); err != nil {
+			return m, fmt.Errorf("body: %v", err)
+		}
+		m.Body = buf.Bytes()
+		if m.ContentType == "" {
+			m.ContentType = "application/json"
+		}
+		if m.ContentEncoding == "" {
+			m.ContentEncoding = "utf-8"
+		}
+	default:
+		return m, errors.New(`send needs "body" or "body_base64"`)
+	}
+	if len(m.Body) > max {
+		return m, fmt.Errorf("body is %d bytes; the limit is %d", len(m.Body), max)
+	}
+	for k := range m.Properties {
+		if k == "" || len(k) > 128 {
+			return m, fmt.Errorf("property name %q is empty or too long", k)
+		}
+	}
+	return m, nil
+}
+
+func (s *Server) handle(ctx context.Context, cl *client, line []byte) reply {
+	req, err := decodeRequest(line)
+	if err != nil {
+		return reply{Error: err.Error()}
+	}
+	rep := reply{ID: req.ID}
+	fail := func(err error) reply { rep.Error = err.Error(); return rep }
+	switch req.Op {
+	case "send":
+		m, err := messageFrom(req, s.opt.MaxMessage)
+		if err != nil {
+			return fail(err)
+		}
+		seq, err := s.be.Enqueue(m)
+		if err != nil {
+			return fail(err)
+		}
+		rep.Seq = seq
+	case "status":
+		st := s.be.Status()
+		rep.Status = &st
+	case "report":
+		if len(req.Patch) == 0 || req.Patch[0] != '{' {
+			return fail(errors.New(`report needs "patch": a JSON object`))
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := s.be.Report(rctx, req.Patch); err != nil {
+			return fail(err)
+		}
+	case "subscribe":
+		s.mu.Lock()
+		cl.c2d = cl.c2d || req.C2D
+		cl.desired = cl.desired || req.Desired
+		var added []string
+		for _, name := range req.Methods {
+			if name == "" || len(name) > 128 {
+				s.mu.Unlock()
+				return fail(fmt.Errorf("method name %q is empty or too long", name))
+			}
+			if !cl.methods[name] {
+				cl.methods[name] = true
+				added = append(added, name)
+			}
+		}
+		s.mu.Unlock()
+		for _, name := range added {
+			s.be.MethodAdded(name)
+		}
+	case "method_response":
+		s.mu.Lock()
+		ch := s.calls[req.Call]
+		delete(s.calls, req.Call)
+		s.mu.Unlock()
+		if ch == nil {
+			return fail(fmt.Errorf("no pending method call %q (timed out or answered)", req.Call))
+		}
+		status := req.Status
+		if status == 0 {
+			status = 200
+		}
+		ch <- methodResult{status: status, payload: req.Payload}
+	case "reprovision":
+		s.be.RequestReprovision()
+	default:
+		return fail(fmt.Errorf("unknown op %q (send, status, report, subscribe, method_response, reprovision)", req.Op))
+	}
+	rep.OK = true
+	return rep
+}
+
+type event struct {
+	Event           string            `json:"event"`
+	Body            string            `json:"body,omitempty"`
+	BodyBase64      string            `json:"body_base64,omitempty"`
+	ContentType     string            `json:"content_type,omitempty"`
+	ContentEncoding string            `json:"content_encoding,omitempty"`
+	MessageID       string            `json:"message_id,omitempty"`
+	Properties      map[string]string `json:"properties,omitempty"`
+	Patch           json.RawMessage   `json:"patch,omitempty"`
+	Call            string            `json:"call,omitempty"`
+	Name            string            `json:"name,omitempty"`
+	Payload         json.RawMessage   `json:"payload,omitempty"`
+}
+
+// C2D pushes a cloud-to-device message to every subscribed client.
+func (s *Server) C2D(m agent.Message) {
+	ev := event{Event: "c2d", ContentType: m.ContentType, ContentEncoding: m.ContentEncoding,
+		MessageID: m.MessageID, Properties: m.Properties}
+	if json.Valid(m.Body) || isUTF8Text(m.Body) {
+		ev.Body = string(m.Body)
+	} else {
+		ev.BodyBase64 = base64.StdEncoding.EncodeToString(m.Body)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cl := range s.clients {
+		if cl.c2d {
+			s.send(cl, ev)
+		}
+	}
+}
+
+// Desired pushes a desired-properties patch to every subscribed client.
+func (s *Server) Desired(patch []byte) {
+	ev := event{Event: "desired", Patch: json.RawMessage(patch)}
+	if !json.Valid(patch) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cl := range s.clients {
+		if cl.desired {
+			s.send(cl, ev)
+		}
+	}
+}
+
+// MethodNames lists the methods clients handle.
+func (s *Server) MethodNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	var names []string
+	for cl := range s.clients {
+		for n := range cl.methods {
+			if !seen[n] {
+				seen[n] = true
+				names = append(names, n)
+			}
+		}
+	}
+	return names
+}
+
+// Method forwards a direct-method call to the most recent client that
+// subscribed to name and waits for its method_response.
+func (s *Server) Method(ctx context.Context, name string, payload []byte) (int, []byte, bool) {
+	id := "c-" + strconv.FormatUint(s.call.Add(1), 10)
+	ch := make(chan methodResult, 1)
+	s.mu.Lock()
+	var target *client
+	for cl := range s.clients {
+		if cl.methods[name] {
+			target = cl
+		}
+	}
+	if target == nil {
+		s.mu.Unlock()
+		return 0, nil, false
+	}
+	s.calls[id] = ch
+	p := json.RawMessage(payload)
+	if len(payload) == 0 || !json.Valid(payload) {
+		p = nil
+	}
+	s.send(target, event{Event: "method", Call: id, Name: name, Payload: p})
+	s.mu.Unlock()
+	select {
+	case r := <-ch:
+		return r.status, r.payload, true
+	case <-ctx.Done():
+		s.mu.Lock()
+		delete(s.calls, id)
+		s.mu.Unlock()
+		return 504, []byte(`{"error":"the local application did not answer in time"}`), true
+	}
+}
+
+func isUTF8Text(b []byte) bool {
+	for _, c := range string(b) {
+		if c == 0xFFFD || (c < 0x20 && c != '\n' && c != '\r' && c != '\t') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,88 @@
+package statedir
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestOpenTightensMode(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(p); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(p)
+	if st.Mode().Perm() != 0o700 {
+		t.Fatalf("mode %o, want 0700", st.Mode().Perm())
+	}
+}
+
+func TestAssignmentRoundTrip(t *testing.T) {
+	t.Parallel()
+	d, err := Open(filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.LoadAssignment(); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("empty dir: %v", err)
+	}
+	at := time.Date(2026, 11, 29, 1, 2, 3, 0, time.UTC)
+	if err := d.SaveAssignment(&Assignment{Hub: "h.azure-devices.net", DeviceID: "dev1", AssignedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := d.LoadAssignment()
+	if err != nil || a.Hub != "h.azure-devices.net" || !a.AssignedAt.Equal(at) || a.Schema != AssignmentSchema {
+		t.Fatalf("got %+v, %v", a, err)
+	}
+	st, _ := os.Stat(d.File(AssignmentFile))
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %o", st.Mode().Perm())
+	}
+	b, _ := os.ReadFile(d.File(AssignmentFile))
+	if !strings.Contains(string(b), `"schema": 1`) {
+		t.Fatalf("no schema in %s", b)
+	}
+	if err := d.ClearAssignment(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.LoadAssignment(); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("after clear: %v", err)
+	}
+	if _, err := os.Stat(d.File(AssignmentFile + ".prev")); err != nil {
+		t.Fatalf("previous assignment not kept: %v", err)
+	}
+	// No temp files left behind.
+	ents, _ := os.ReadDir(d.Path)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("temp file left: %s", e.Name())
+		}
+	}
+}
+
+func TestCorruptAndNewerRecords(t *testing.T) {
+	t.Parallel()
+	d, _ := Open(filepath.Join(t.TempDir(), "s"))
+	os.WriteFile(d.File(StateFile), []byte(`{"state": "conn`), 0o600)
+	if _, err := d.LoadState(); !errors.Is(err, ErrNotExist) || !strings.Contains(err.Error(), "kept as") {
+		t.Fatalf("corrupt: %v", err)
+	}
+	ents, _ := os.ReadDir(d.Path)
+	if len(ents) != 1 || !strings.HasPrefix(ents[0].Name(), StateFile+".corrupt-") {
+		t.Fatalf("corrupt file not kept aside: %v", ents)
+	}
+	os.WriteFile(d.File(StateFile), []byte(`{"schema": 99, "state": "connected"}`), 0o600)
+	if _, err := d.LoadState(); !errors.Is(err, ErrNewerSchema) {
+		t.Fatalf("newer: %v", err)
+	}
+	if _, err := os.Stat(d.File(StateFile)); err != nil {
+		t.Fatal("a newer record must be left alone")
+	}
+}

@@ -1,0 +1,52 @@
+package dps_test
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"log"
+	"time"
+
+	"devid/dps"
+)
+
+// Provision with DPS, then talk to the assigned hub.
+func Example() {
+	var signer crypto.Signer // from the key store (TPM or file)
+	var chainDER [][]byte    // leaf first, then intermediates
+	cred, err := dps.NewCredential(signer, chainDER)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := dps.Register(ctx, dps.Config{IDScope: "0ne00000001", Credential: cred})
+	switch {
+	case errors.Is(err, dps.ErrDisabled), errors.Is(err, dps.ErrFailed):
+		log.Fatalf("DPS refused this device for good: %v", err)
+	case err != nil && dps.Retryable(err):
+		log.Printf("try again later: %v", err)
+		return
+	case err != nil:
+		log.Fatal(err)
+	}
+	hub, err := dps.ConnectHub(ctx, dps.HubConfig{Host: res.AssignedHub, DeviceID: res.DeviceID, Credential: cred,
+		OnState: func(e dps.StateEvent) {
+			if e.Reprovision {
+				log.Printf("hub says re-provision: %v", e.Err)
+			}
+		}})
+	if errors.Is(err, dps.ErrNotAuthorized) {
+		log.Print("the hub does not know this identity: register again")
+		return
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer hub.Close()
+	err = hub.SendTelemetry(ctx, &dps.Message{Payload: []byte(`{"t":21.5}`), ContentType: "application/json",
+		ContentEncoding: "utf-8", Properties: map[string]string{"alarm": "false"}})
+	if err != nil {
+		log.Print(err)
+	}
+}

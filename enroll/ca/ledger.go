@@ -1,0 +1,204 @@
+package ca
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// LedgerVersion is the schema version written in every ledger record.
+const LedgerVersion = 1
+
+// Ledger operations.
+const (
+	OpIssue  = "issue"
+	OpRevoke = "revoke"
+)
+
+// ErrLedgerCorrupt means a ledger line other than the last cannot be read:
+// the ledger was edited or the disk is failing, and the CA stops rather
+// than issue on a record it cannot trust.
+var ErrLedgerCorrupt = errors.New("issuance ledger corrupt")
+
+// Record is one ledger line (JSON). An "issue" record is fsynced before
+// the certificate leaves the CA; a "revoke" record marks Serial revoked.
+type Record struct {
+	V         int       `json:"v"`
+	Op        string    `json:"op"`
+	Time      time.Time `json:"time"`
+	Serial    string    `json:"serial"`
+	DeviceID  string    `json:"device_id"`
+	KeySHA256 string    `json:"key_sha256,omitempty"`
+	Station   string    `json:"station,omitempty"`
+	NotBefore time.Time `json:"not_before,omitzero"`
+	NotAfter  time.Time `json:"not_after,omitzero"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// issued is the index entry for one issued certificate.
+type issued struct {
+	Record
+	Revoked     bool
+	RevokedAt   time.Time
+	RevokReason string
+}
+
+// ledger is the append-only issuance ledger (one JSON record per line).
+// Several jig processes may share a CA directory: each operation holds an
+// flock(2) on the file and first reads what others appended.
+type ledger struct {
+	// mu serialises goroutines: flock(2) does not, as they share the fd.
+	mu       sync.Mutex
+	path     string
+	f        *os.File
+	off      int64 // bytes indexed so far
+	line     int   // lines indexed so far
+	bySerial map[string]*issued
+	byDevice map[string][]*issued
+	now      func() time.Time
+}
+
+func openLedger(path string, now func() time.Time) (*ledger, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open ledger: %w", err)
+	}
+	l := &ledger{path: path, f: f, bySerial: map[string]*issued{}, byDevice: map[string][]*issued{}, now: now}
+	if err := l.lock(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	l.unlock()
+	return l, nil
+}
+
+func (l *ledger) close() error { return l.f.Close() }
+
+// lock takes the exclusive lock and indexes records appended since the
+// last call (by this process or another).
+func (l *ledger) lock() error {
+	l.mu.Lock()
+	if err := syscall.Flock(int(l.f.Fd()), syscall.LOCK_EX); err != nil {
+		l.mu.Unlock()
+		return fmt.Errorf("lock ledger: %w", err)
+	}
+	if err := l.catchUp(); err != nil {
+		l.unlock()
+		return err
+	}
+	return nil
+}
+
+func (l *ledger) unlock() {
+	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
+	l.mu.Unlock()
+}
+
+// catchUp reads from the indexed offset to EOF. A last line without its
+// newline, or that does not parse, is a write torn by a crash: nothing was
+// returned for it (records are synced before a certificate is released),
+// so it is moved aside to ledger.jsonl.torn and cut off.
+func (l *ledger) catchUp() error {
+	if _, err := l.f.Seek(l.off, io.SeekStart); err != nil {
+		return fmt.Errorf("read ledger: %w", err)
+	}
+	rd := bufio.NewReader(l.f)
+	for {
+		b, err := rd.ReadBytes('\n')
+		if errors.Is(err, io.EOF) {
+			if len(b) > 0 {
+				return l.cutTorn(b)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read ledger: %w", err)
+		}
+		var r Record
+		if jerr := json.Unmarshal(bytes.TrimSpace(b), &r); jerr != nil || r.V == 0 || r.Serial == "" {
+			if _, perr := rd.Peek(1); errors.Is(perr, io.EOF) {
+				return l.cutTorn(b)
+			}
+			return fmt.Errorf("%w: %s line %d does not parse: %q", ErrLedgerCorrupt, l.path, l.line+1, truncate(b, 80))
+		}
+		if r.V != LedgerVersion {
+			return fmt.Errorf("%w: %s line %d has schema version %d, this CA reads %d", ErrLedgerCorrupt, l.path, l.line+1, r.V, LedgerVersion)
+		}
+		l.index(r)
+		l.off += int64(len(b))
+		l.line++
+	}
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[:n]
+	}
+	return b
+}
+
+func (l *ledger) cutTorn(b []byte) error {
+	torn, err := os.OpenFile(l.path+".torn", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("save torn ledger tail: %w", err)
+	}
+	_, err = fmt.Fprintf(torn, "%s %q\n", l.now().UTC().Format(time.RFC3339), b)
+	if err == nil {
+		err = torn.Sync()
+	}
+	torn.Close()
+	if err != nil {
+		return fmt.Errorf("save torn ledger tail: %w", err)
+	}
+	if err := l.f.Truncate(l.off); err != nil {
+		return fmt.Errorf("cut torn ledger tail: %w", err)
+	}
+	return l.f.Sync()
+}
+
+func (l *ledger) index(r Record) {
+	switch r.Op {
+	case OpIssue:
+		e := &issued{Record: r}
+		l.bySerial[r.Serial] = e
+		l.byDevice[r.DeviceID] = append(l.byDevice[r.DeviceID], e)
+	case OpRevoke:
+		if e := l.bySerial[r.Serial]; e != nil && !e.Revoked {
+			e.Revoked, e.RevokedAt, e.RevokReason = true, r.Time, r.Reason
+		}
+	}
+}
+
+// append writes r durably (write, fsync) and indexes it. The caller holds
+// the lock.
+func (l *ledger) append(r Record) error {
+	r.V = LedgerVersion
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("ledger record: %w", err)
+	}
+	b = append(b, '\n')
+	if _, err := l.f.Seek(l.off, io.SeekStart); err != nil {
+		return fmt.Errorf("append ledger: %w", err)
+	}
+	if _, err := l.f.Write(b); err != nil {
+		// Cut any partial write so the file ends on a record boundary.
+		_ = l.f.Truncate(l.off)
+		return fmt.Errorf("append ledger: %w", err)
+	}
+	if err := l.f.Sync(); err != nil {
+		_ = l.f.Truncate(l.off)
+		return fmt.Errorf("append ledger: fsync: %w", err)
+	}
+	l.off += int64(len(b))
+	l.line++
+	l.index(r)
+	return nil
+}

@@ -1,0 +1,370 @@
+package factory
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"devid/enroll/certstore"
+	"devid/enroll/csr"
+	"devid/enroll/keys"
+	"devid/hal/serial"
+)
+
+// State is the device's programming state as HELLO and STATUS report it.
+type State string
+
+// States. "inconsistent" means a chain is stored that the key does not
+// match (or the key is gone); only RESET leaves it.
+const (
+	StateBlank        State = "blank"
+	StateKeyed        State = "keyed"
+	StateProgrammed   State = "programmed"
+	StateInconsistent State = "inconsistent"
+	StateError        State = "error"
+)
+
+// Device-side NAK reasons for well-formed frames.
+const (
+	ReasonUnknown  = "unknown-command" // verb not known
+	ReasonArgs     = "bad-args"        // wrong number or form of arguments
+	ReasonState    = "state"           // command not valid now (e.g. DATA before BEGIN)
+	ReasonOffset   = "offset"          // DATA offset is not where the upload stands
+	ReasonSize     = "size"            // payload larger than MaxPayload or than announced
+	ReasonDigest   = "digest"          // SHA-256 of the upload does not match BEGIN
+	ReasonCert     = "cert"            // chain refused; next word is a certstore reason
+	ReasonRefused  = "refused"         // would re-key a device that has a certificate
+	ReasonToken    = "token"           // RESET confirmation token wrong or not requested
+	ReasonInternal = "internal"        // the device failed (key backend, disk)
+)
+
+// DefaultFrameTimeout is how long the device keeps half a frame with no
+// new byte before dropping it (and NAKing "timeout").
+const DefaultFrameTimeout = 2 * time.Second
+
+// Device serves the factory protocol on one port. Fields must be set
+// before Serve; Serve is not safe to call twice at once.
+type Device struct {
+	// ID is the normalised device ID (hal/board).
+	ID string
+	// Keys is the device key backend.
+	Keys keys.Store
+	// Certs is the certificate store, opened with the factory root.
+	Certs *certstore.Store
+	// Log receives one record per command; nil discards.
+	Log *slog.Logger
+	// FrameTimeout is DefaultFrameTimeout when zero.
+	FrameTimeout time.Duration
+
+	// Session state: reset by RESET and at start.
+	outbox   []byte // last CSR (DER), read with READ
+	upload   []byte // INSTALL DATA so far
+	upSize   int
+	upDigest []byte
+	upOpen   bool
+	token    string // pending RESET confirmation
+	lastReq  []byte // last request line executed
+	lastResp []byte // and its response, replayed for a repeat
+}
+
+// Serve answers frames on port until ctx is done (returning ctx.Err()) or
+// the port fails. It never waits forever on half a frame.
+func (d *Device) Serve(ctx context.Context, port serial.Port) error {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	idle := d.FrameTimeout
+	if idle <= 0 {
+		idle = DefaultFrameTimeout
+	}
+	r := newLineReader(port)
+	for {
+		line, err := r.next(ctx, time.Time{}, idle)
+		var resp []byte
+		switch {
+		case err == nil:
+			resp = d.Handle(line)
+		case errors.Is(err, errLineTooLong):
+			resp = Encode(NoSeq, "NAK", ReasonTooLong, "line", "longer", "than", strconv.Itoa(MaxLine), "bytes")
+		case errors.Is(err, errPartial):
+			resp = Encode(NoSeq, "NAK", ReasonTimeout, "partial", "frame", "dropped", "after", idle.String())
+		case ctx.Err() != nil:
+			return ctx.Err()
+		default:
+			return fmt.Errorf("factory bus: %w", err)
+		}
+		if resp == nil {
+			continue
+		}
+		if _, err := port.Write(resp); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("factory bus: %w", err)
+		}
+	}
+}
+
+// Handle executes one request line and returns the response line, or nil
+// for lines that get no answer (responses echoed back to us). It is the
+// whole command decoder; Serve adds only line framing.
+func (d *Device) Handle(line []byte) []byte {
+	f, err := ParseFrame(line)
+	if err != nil {
+		var fe *FrameError
+		errors.As(err, &fe)
+		d.Log.Warn("bad frame", "reason", fe.Reason, "detail", fe.Detail)
+		return Encode(fe.Seq, "NAK", append([]string{fe.Reason}, Words(fe.Detail)...)...)
+	}
+	if f.Verb == "OK" || f.Verb == "NAK" {
+		return nil // our own replies looped back: answering would start a storm
+	}
+	if !f.CRC && f.Verb != "HELLO" && f.Verb != "STATUS" {
+		return Encode(f.Seq, "NAK", ReasonCRCMissing, f.Verb, "needs", "a", "CRC")
+	}
+	// A repeat of the last request (same bytes, so same seq) means our
+	// reply was lost: send it again without executing twice.
+	if d.lastResp != nil && bytes.Equal(line, d.lastReq) {
+		d.Log.Debug("repeat", "seq", f.Seq, "verb", f.Verb)
+		return d.lastResp
+	}
+	if f.Seq == NoSeq {
+		return Encode(NoSeq, "NAK", ReasonSyntax, "requests", "need", "a", "sequence", "number")
+	}
+	if f.Verb != "RESET" {
+		d.token = ""
+	}
+	args := d.exec(f)
+	resp := Encode(f.Seq, args[0], args[1:]...)
+	d.Log.Info("command", "seq", f.Seq, "verb", f.Verb, "reply", string(bytes.TrimSpace(resp)))
+	d.lastReq, d.lastResp = append([]byte(nil), line...), resp
+	return resp
+}
+
+func nak(reason string, detail ...string) []string { return append([]string{"NAK", reason}, detail...) }
+
+func (d *Device) exec(f Frame) []string {
+	switch f.Verb {
+	case "HELLO":
+		if len(f.Args) != 0 {
+			return nak(ReasonArgs, "HELLO", "takes", "no", "arguments")
+		}
+		st, _ := d.state()
+		return []string{"OK", "HELLO", "proto=" + strconv.Itoa(ProtocolVersion), "id=" + d.ID,
+			"key=" + d.Keys.Name(), "state=" + string(st), "chunk=" + strconv.Itoa(Chunk), "max=" + strconv.Itoa(MaxLine)}
+	case "STATUS":
+		if len(f.Args) != 0 {
+			return nak(ReasonArgs, "STATUS", "takes", "no", "arguments")
+		}
+		return d.status()
+	case "CSR":
+		if len(f.Args) != 0 {
+			return nak(ReasonArgs, "CSR", "takes", "no", "arguments")
+		}
+		return d.csr()
+	case "READ":
+		return d.read(f.Args)
+	case "INSTALL":
+		return d.install(f.Args)
+	case "RESET":
+		return d.reset(f.Args)
+	}
+	return nak(ReasonUnknown, f.Verb)
+}
+
+// state derives the programming state from what is on disk, so that it is
+// right after a power cut as well as within a session.
+func (d *Device) state() (State, string) {
+	key, kerr := d.Keys.Load()
+	chain, cerr := d.Certs.Load()
+	switch {
+	case kerr != nil && !errors.Is(kerr, keys.ErrNoKey):
+		return StateError, kerr.Error()
+	case cerr != nil && !errors.Is(cerr, certstore.ErrNoChain):
+		return StateError, cerr.Error()
+	case kerr != nil && cerr != nil:
+		return StateBlank, ""
+	case kerr != nil:
+		return StateInconsistent, "certificate installed but no device key"
+	case cerr != nil:
+		return StateKeyed, ""
+	case !chain.Matches(key.Public()):
+		return StateInconsistent, "installed certificate is for another key"
+	}
+	return StateProgrammed, ""
+}
+
+func (d *Device) status() []string {
+	st, why := d.state()
+	out := []string{"OK", "STATUS", "state=" + string(st), "id=" + d.ID, "key=" + d.Keys.Name()}
+	if chain, err := d.Certs.Load(); err == nil {
+		out = append(out, "serial="+chain.Serial(), "not_after="+chain.NotAfter().UTC().Format(time.RFC3339))
+	}
+	if why != "" {
+		out = append(out, "detail="+sanitize(why))
+	}
+	return out
+}
+
+func (d *Device) csr() []string {
+	key, err := d.Keys.Load()
+	if errors.Is(err, keys.ErrNoKey) {
+		// Making a key while a certificate is stored would orphan that
+		// certificate: only RESET may start a new identity.
+		if _, cerr := d.Certs.Load(); cerr == nil {
+			return nak(ReasonRefused, "device", "has", "a", "certificate", "but", "no", "key;", "RESET", "first")
+		}
+		key, err = d.Keys.Create()
+	}
+	if err != nil {
+		return nak(ReasonInternal, Words(err.Error())...)
+	}
+	der, err := csr.Create(key, d.ID)
+	if err != nil {
+		return nak(ReasonInternal, Words(err.Error())...)
+	}
+	d.outbox = der
+	sum := sha256.Sum256(der)
+	return []string{"OK", "CSR", "size=" + strconv.Itoa(len(der)), "sha256=" + hex.EncodeToString(sum[:])}
+}
+
+func (d *Device) read(args []string) []string {
+	if len(args) != 1 {
+		return nak(ReasonArgs, "usage:", "READ", "OFFSET")
+	}
+	off, err := strconv.Atoi(args[0])
+	if err != nil || off < 0 {
+		return nak(ReasonArgs, "offset", args[0], "is", "not", "a", "number")
+	}
+	if d.outbox == nil {
+		return nak(ReasonState, "no", "CSR", "in", "this", "session;", "send", "CSR")
+	}
+	if off >= len(d.outbox) {
+		return nak(ReasonOffset, "offset", args[0], "beyond", "size", strconv.Itoa(len(d.outbox)))
+	}
+	end := min(off+Chunk, len(d.outbox))
+	return []string{"OK", "DATA", strconv.Itoa(off), base64.StdEncoding.EncodeToString(d.outbox[off:end])}
+}
+
+func (d *Device) install(args []string) []string {
+	if len(args) == 0 {
+		return nak(ReasonArgs, "usage:", "INSTALL", "BEGIN|DATA|COMMIT")
+	}
+	switch sub := args[0]; sub {
+	case "BEGIN":
+		if len(args) != 3 {
+			return nak(ReasonArgs, "usage:", "INSTALL", "BEGIN", "SIZE", "SHA256")
+		}
+		size, err := strconv.Atoi(args[1])
+		if err != nil || size <= 0 || size > MaxPayload {
+			return nak(ReasonSize, "size", args[1], "not", "in", "1.."+strconv.Itoa(MaxPayload))
+		}
+		sum, err := hex.DecodeString(args[2])
+		if err != nil || len(sum) != sha256.Size {
+			return nak(ReasonArgs, "SHA256", "must", "be", "64", "hex", "digits")
+		}
+		d.upload, d.upSize, d.upDigest, d.upOpen = make([]byte, 0, size), size, sum, true
+		return []string{"OK", "INSTALL", "BEGIN", "size=" + args[1]}
+	case "DATA":
+		if len(args) != 3 {
+			return nak(ReasonArgs, "usage:", "INSTALL", "DATA", "OFFSET", "BASE64")
+		}
+		if !d.upOpen {
+			return nak(ReasonState, "no", "upload;", "send", "INSTALL", "BEGIN")
+		}
+		off, err := strconv.Atoi(args[1])
+		if err != nil || off < 0 {
+			return nak(ReasonArgs, "offset", args[1], "is", "not", "a", "number")
+		}
+		chunk, err := base64.StdEncoding.DecodeString(args[2])
+		if err != nil || len(chunk) == 0 || len(chunk) > Chunk {
+			return nak(ReasonArgs, "chunk", "is", "not", "1.."+strconv.Itoa(Chunk), "bytes", "of", "base64")
+		}
+		switch {
+		case off == len(d.upload):
+			if off+len(chunk) > d.upSize {
+				return nak(ReasonSize, "upload", "would", "exceed", strconv.Itoa(d.upSize), "bytes")
+			}
+			d.upload = append(d.upload, chunk...)
+		case off+len(chunk) <= len(d.upload) && bytes.Equal(d.upload[off:off+len(chunk)], chunk):
+			// A retransmitted chunk we already have: harmless.
+		default:
+			return nak(ReasonOffset, "have", strconv.Itoa(len(d.upload)), "bytes,", "got", "offset", args[1])
+		}
+		return []string{"OK", "INSTALL", "DATA", "have=" + strconv.Itoa(len(d.upload))}
+	case "COMMIT":
+		if len(args) != 1 {
+			return nak(ReasonArgs, "INSTALL", "COMMIT", "takes", "no", "arguments")
+		}
+		return d.commit()
+	default:
+		return nak(ReasonArgs, "INSTALL", sub, "is", "not", "BEGIN|DATA|COMMIT")
+	}
+}
+
+func (d *Device) commit() []string {
+	if !d.upOpen {
+		return nak(ReasonState, "no", "upload;", "send", "INSTALL", "BEGIN")
+	}
+	if len(d.upload) != d.upSize {
+		return nak(ReasonSize, "have", strconv.Itoa(len(d.upload)), "of", strconv.Itoa(d.upSize), "bytes")
+	}
+	if sum := sha256.Sum256(d.upload); !bytes.Equal(sum[:], d.upDigest) {
+		return nak(ReasonDigest, "upload", "SHA-256", "is", hex.EncodeToString(sum[:]))
+	}
+	key, err := d.Keys.Load()
+	if errors.Is(err, keys.ErrNoKey) {
+		return nak(ReasonState, "no", "device", "key;", "send", "CSR", "first")
+	}
+	if err != nil {
+		return nak(ReasonInternal, Words(err.Error())...)
+	}
+	chain, err := d.Certs.Install(d.upload, key.Public(), d.ID)
+	var rej *certstore.RejectError
+	if errors.As(err, &rej) {
+		return nak(ReasonCert, append([]string{string(rej.Reason)}, Words(rej.Detail)...)...)
+	}
+	if err != nil {
+		return nak(ReasonInternal, Words(err.Error())...)
+	}
+	// The upload stays open, so repeating COMMIT re-installs the same
+	// chain and succeeds again (idempotent).
+	return []string{"OK", "INSTALL", "COMMIT", "serial=" + chain.Serial(),
+		"not_after=" + chain.NotAfter().UTC().Format(time.RFC3339)}
+}
+
+func (d *Device) reset(args []string) []string {
+	switch len(args) {
+	case 0:
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		d.token = hex.EncodeToString(b[:])
+		return []string{"OK", "RESET", "token=" + d.token}
+	case 1:
+		if d.token == "" || args[0] != d.token {
+			d.token = ""
+			return nak(ReasonToken, "send", "RESET", "alone", "for", "a", "token,", "then", "RESET", "TOKEN")
+		}
+		d.token = ""
+		// Certificate first: a power cut between the two steps leaves a
+		// keyed device, never a certificate without its key.
+		if err := d.Certs.Remove(); err != nil {
+			return nak(ReasonInternal, Words(err.Error())...)
+		}
+		if err := d.Keys.Destroy(); err != nil {
+			return nak(ReasonInternal, Words(err.Error())...)
+		}
+		d.outbox, d.upload, d.upOpen = nil, nil, false
+		d.Log.Warn("factory reset: key and certificate destroyed")
+		return []string{"OK", "RESET", "done", "state=" + string(StateBlank)}
+	}
+	return nak(ReasonArgs, "usage:", "RESET", "[TOKEN]")
+}

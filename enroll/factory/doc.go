@@ -1,0 +1,15 @@
+// Package factory is the factory bus protocol that programs a device's
+// identity over a UART: the device side (Device, run by `devid-agent
+// factory`) and the jig side (Jig and Program, run by `devid-jig program`).
+//
+// The protocol is line-oriented ASCII so that a person can drive it from a
+// terminal. Every frame is "SEQ VERB ARG... *CRC32" and at most MaxLine
+// bytes; the device answers each request with "SEQ OK ..." or
+// "SEQ NAK REASON DETAIL...". Payloads (the CSR, the certificate chain)
+// move in base64 chunks of at most Chunk bytes, one stop-and-wait request
+// each, so they fit small UART buffers. Every command is idempotent, and a
+// request repeated with the same bytes gets the same reply without being
+// executed twice, so the jig can always time out and retry.
+//
+// docs/factory-protocol.md is the normative description.
+package factory

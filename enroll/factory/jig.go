@@ -1,0 +1,316 @@
+package factory
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"strconv"
+	"strings"
+	"time"
+
+	"devid/hal/serial"
+)
+
+// Jig defaults.
+const (
+	// DefaultReplyTimeout bounds the wait for a reply to a quick command.
+	DefaultReplyTimeout = 2 * time.Second
+	// DefaultSlowTimeout bounds CSR (a discrete TPM can take seconds to
+	// make a key), INSTALL COMMIT and RESET (disk syncs).
+	DefaultSlowTimeout = 30 * time.Second
+	// DefaultRetries is how many times a request is re-sent after a
+	// timeout, a corrupt reply or a frame-level NAK.
+	DefaultRetries = 5
+)
+
+// ErrNoReply means the device did not answer a request after every retry.
+var ErrNoReply = errors.New("no valid reply from device")
+
+// NAKError is a device's refusal of a well-formed command; it is not
+// retried.
+type NAKError struct {
+	Verb   string
+	Reason string
+	Detail string
+}
+
+func (e *NAKError) Error() string {
+	return fmt.Sprintf("device refused %s: %s: %s", e.Verb, e.Reason, e.Detail)
+}
+
+// Reply is an OK response. Args are all words after "OK"; Fields are the
+// key=value words among them (key: a lowercase letter, then [a-z0-9_]).
+type Reply struct {
+	Args   []string
+	Fields map[string]string
+}
+
+func isFieldKey(k string) bool {
+	for i, c := range k {
+		if (c < 'a' || c > 'z') && (i == 0 || (c != '_' && (c < '0' || c > '9'))) {
+			return false
+		}
+	}
+	return k != ""
+}
+
+// Jig drives a device over a port. It is not safe for concurrent use.
+type Jig struct {
+	port serial.Port
+	r    *lineReader
+	seq  int
+	// ReplyTimeout, SlowTimeout and Retries default to the constants.
+	ReplyTimeout time.Duration
+	SlowTimeout  time.Duration
+	Retries      int
+	// Sent and Received count bytes on the wire, for reports and benchmarks.
+	Sent, Received int
+}
+
+// NewJig returns a jig on port. Its first sequence number is random, so a
+// rerun after a crash never repeats the previous run's last request.
+func NewJig(port serial.Port) *Jig {
+	n, _ := rand.Int(rand.Reader, big.NewInt(MaxSeq))
+	return &Jig{port: port, r: newLineReader(port), seq: int(n.Int64())}
+}
+
+func (j *Jig) nextSeq() int {
+	j.seq++
+	if j.seq > MaxSeq {
+		j.seq = 1
+	}
+	return j.seq
+}
+
+// Do sends one request and waits for its reply, re-sending on timeouts,
+// corrupt replies and frame-level NAKs. slow selects SlowTimeout.
+func (j *Jig) Do(ctx context.Context, slow bool, verb string, args ...string) (*Reply, error) {
+	timeout, retries := j.ReplyTimeout, j.Retries
+	if timeout <= 0 {
+		timeout = DefaultReplyTimeout
+	}
+	if slow {
+		timeout = j.SlowTimeout
+		if timeout <= 0 {
+			timeout = DefaultSlowTimeout
+		}
+	}
+	if retries <= 0 {
+		retries = DefaultRetries
+	}
+	seq := j.nextSeq()
+	req := Encode(seq, verb, args...)
+	var last error
+	for attempt := 0; attempt <= retries; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// A leading newline ends any half frame a killed run left behind.
+		frame := req
+		if attempt > 0 {
+			frame = append([]byte("\n"), req...)
+		}
+		if _, err := j.port.Write(frame); err != nil {
+			return nil, fmt.Errorf("%s: %w", verb, err)
+		}
+		j.Sent += len(frame)
+		rep, err := j.await(ctx, seq, verb, time.Now().Add(timeout))
+		if err == nil {
+			return rep, nil
+		}
+		var nk *NAKError
+		if errors.As(err, &nk) || ctx.Err() != nil {
+			return nil, err
+		}
+		last = err
+	}
+	return nil, fmt.Errorf("%s: %w after %d attempts: %v", verb, ErrNoReply, retries+1, last)
+}
+
+// await reads lines until the reply to seq, a frame-level NAK (retry), or
+// the deadline. Replies to other sequence numbers are stale and skipped.
+func (j *Jig) await(ctx context.Context, seq int, verb string, deadline time.Time) (*Reply, error) {
+	for {
+		line, err := j.r.next(ctx, deadline, 0)
+		if err != nil {
+			if errors.Is(err, errLineTooLong) {
+				continue
+			}
+			return nil, err
+		}
+		j.Received += len(line) + 1
+		f, err := ParseFrame(line)
+		if err != nil {
+			return nil, fmt.Errorf("corrupt reply: %w", err)
+		}
+		switch {
+		case !f.CRC:
+			continue // not from a device
+		case f.Verb == "NAK" && f.Seq == NoSeq:
+			if len(f.Args) > 0 && f.Args[0] == ReasonTimeout {
+				continue // the device dropped an older half frame, not ours
+			}
+			return nil, fmt.Errorf("device could not read the frame: %s", strings.Join(f.Args, " "))
+		case f.Seq != seq:
+			continue
+		case f.Verb == "NAK":
+			if len(f.Args) == 0 {
+				return nil, fmt.Errorf("NAK without a reason")
+			}
+			switch f.Args[0] {
+			case ReasonCRC, ReasonBadChar, ReasonSyntax, ReasonTooLong, ReasonCRCMissing:
+				return nil, fmt.Errorf("device could not read the frame: %s", strings.Join(f.Args, " "))
+			}
+			return nil, &NAKError{Verb: verb, Reason: f.Args[0], Detail: strings.Join(f.Args[1:], " ")}
+		case f.Verb == "OK":
+			rep := &Reply{Args: f.Args, Fields: map[string]string{}}
+			for _, a := range f.Args {
+				if k, v, ok := strings.Cut(a, "="); ok && isFieldKey(k) {
+					rep.Fields[k] = v
+				}
+			}
+			return rep, nil
+		}
+	}
+}
+
+// Hello is the device's answer to HELLO.
+type Hello struct {
+	Proto    int
+	DeviceID string
+	Key      string
+	State    State
+	Chunk    int
+}
+
+// Hello sends HELLO. A protocol version other than ours is an error.
+func (j *Jig) Hello(ctx context.Context) (*Hello, error) {
+	// Drop anything a previous run left in the receive buffer.
+	j.r.reset()
+	rep, err := j.Do(ctx, false, "HELLO")
+	if err != nil {
+		return nil, err
+	}
+	h := &Hello{DeviceID: rep.Fields["id"], Key: rep.Fields["key"], State: State(rep.Fields["state"])}
+	h.Proto, _ = strconv.Atoi(rep.Fields["proto"])
+	h.Chunk, _ = strconv.Atoi(rep.Fields["chunk"])
+	if h.Proto != ProtocolVersion {
+		return nil, fmt.Errorf("device speaks factory protocol %q, this jig speaks %d", rep.Fields["proto"], ProtocolVersion)
+	}
+	if h.DeviceID == "" {
+		return nil, errors.New("HELLO reply has no device id")
+	}
+	if h.Chunk <= 0 || h.Chunk > Chunk {
+		h.Chunk = Chunk
+	}
+	return h, nil
+}
+
+// CSR asks the device for its CSR (making the key if it has none) and
+// returns it as DER, checked against the announced size and SHA-256.
+func (j *Jig) CSR(ctx context.Context) ([]byte, error) {
+	rep, err := j.Do(ctx, true, "CSR")
+	if err != nil {
+		return nil, err
+	}
+	size, err := strconv.Atoi(rep.Fields["size"])
+	if err != nil || size <= 0 || size > MaxPayload {
+		return nil, fmt.Errorf("CSR reply: bad size %q", rep.Fields["size"])
+	}
+	want, err := hex.DecodeString(rep.Fields["sha256"])
+	if err != nil || len(want) != sha256.Size {
+		return nil, fmt.Errorf("CSR reply: bad sha256 %q", rep.Fields["sha256"])
+	}
+	der := make([]byte, 0, size)
+	for len(der) < size {
+		rep, err := j.Do(ctx, false, "READ", strconv.Itoa(len(der)))
+		if err != nil {
+			return nil, err
+		}
+		// Positional: base64 may end in "=", so DATA is not key=value.
+		if len(rep.Args) != 3 || rep.Args[0] != "DATA" || rep.Args[1] != strconv.Itoa(len(der)) {
+			return nil, fmt.Errorf("READ reply: want DATA %d BASE64, got %q", len(der), rep.Args)
+		}
+		chunk, err := base64.StdEncoding.DecodeString(rep.Args[2])
+		if err != nil || len(chunk) == 0 || len(der)+len(chunk) > size {
+			return nil, fmt.Errorf("READ reply at %d: bad chunk", len(der))
+		}
+		der = append(der, chunk...)
+	}
+	if sum := sha256.Sum256(der); !bytes.Equal(sum[:], want) {
+		return nil, fmt.Errorf("CSR: SHA-256 %x does not match the announced %x", sum, want)
+	}
+	return der, nil
+}
+
+// Installed is the device's answer to INSTALL COMMIT.
+type Installed struct {
+	Serial   string
+	NotAfter string
+}
+
+// Install uploads chainPEM in chunks and commits it.
+func (j *Jig) Install(ctx context.Context, chainPEM []byte, chunk int) (*Installed, error) {
+	if len(chainPEM) == 0 || len(chainPEM) > MaxPayload {
+		return nil, fmt.Errorf("install: chain is %d bytes, want 1..%d", len(chainPEM), MaxPayload)
+	}
+	if chunk <= 0 || chunk > Chunk {
+		chunk = Chunk
+	}
+	sum := sha256.Sum256(chainPEM)
+	if _, err := j.Do(ctx, false, "INSTALL", "BEGIN", strconv.Itoa(len(chainPEM)), hex.EncodeToString(sum[:])); err != nil {
+		return nil, err
+	}
+	for off := 0; off < len(chainPEM); off += chunk {
+		end := min(off+chunk, len(chainPEM))
+		if _, err := j.Do(ctx, false, "INSTALL", "DATA", strconv.Itoa(off), base64.StdEncoding.EncodeToString(chainPEM[off:end])); err != nil {
+			return nil, err
+		}
+	}
+	rep, err := j.Do(ctx, true, "INSTALL", "COMMIT")
+	if err != nil {
+		return nil, err
+	}
+	return &Installed{Serial: rep.Fields["serial"], NotAfter: rep.Fields["not_after"]}, nil
+}
+
+// Status is the device's answer to STATUS.
+type Status struct {
+	State    State
+	DeviceID string
+	Key      string
+	Serial   string
+	NotAfter string
+	Detail   string
+}
+
+// Status sends STATUS.
+func (j *Jig) Status(ctx context.Context) (*Status, error) {
+	rep, err := j.Do(ctx, false, "STATUS")
+	if err != nil {
+		return nil, err
+	}
+	return &Status{State: State(rep.Fields["state"]), DeviceID: rep.Fields["id"], Key: rep.Fields["key"],
+		Serial: rep.Fields["serial"], NotAfter: rep.Fields["not_after"], Detail: rep.Fields["detail"]}, nil
+}
+
+// Reset destroys the device's certificate and key: it asks for the
+// confirmation token and sends it back.
+func (j *Jig) Reset(ctx context.Context) error {
+	rep, err := j.Do(ctx, false, "RESET")
+	if err != nil {
+		return err
+	}
+	tok := rep.Fields["token"]
+	if tok == "" {
+		return errors.New("RESET reply carries no token")
+	}
+	_, err = j.Do(ctx, true, "RESET", tok)
+	return err
+}

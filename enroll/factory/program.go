@@ -1,0 +1,114 @@
+package factory
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"devid/enroll/certstore"
+	"devid/enroll/csr"
+)
+
+// Issuer signs a device CSR and returns the chain, leaf first, without the
+// root. The local CA (enroll/ca) and the EST client (enroll/est) are
+// Issuers.
+type Issuer interface {
+	Issue(ctx context.Context, req *x509.CertificateRequest) ([]*x509.Certificate, error)
+}
+
+// Step names one stage of a programming run, for progress output.
+type Step string
+
+// The steps of Program, in order.
+const (
+	StepHello   Step = "hello"
+	StepCSR     Step = "csr"
+	StepSign    Step = "sign"
+	StepInstall Step = "install"
+	StepStatus  Step = "status"
+)
+
+// Result is what a programming run produced.
+type Result struct {
+	DeviceID string
+	Key      string
+	Serial   string
+	NotAfter time.Time
+	ChainPEM []byte
+	// BytesSent and BytesReceived count the wire traffic of the run.
+	BytesSent, BytesReceived int
+}
+
+// StepError says which step of a programming run failed.
+type StepError struct {
+	Step Step
+	Err  error
+}
+
+func (e *StepError) Error() string { return fmt.Sprintf("%s: %v", e.Step, e.Err) }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// Program runs HELLO, CSR, sign, INSTALL and STATUS. progress, if not nil,
+// is called once after each step with a one-line summary. Every step is
+// idempotent on the device, so a failed run can simply be run again.
+func Program(ctx context.Context, j *Jig, iss Issuer, progress func(Step, string)) (*Result, error) {
+	if progress == nil {
+		progress = func(Step, string) {}
+	}
+	fail := func(s Step, err error) (*Result, error) { return nil, &StepError{Step: s, Err: err} }
+
+	h, err := j.Hello(ctx)
+	if err != nil {
+		return fail(StepHello, err)
+	}
+	progress(StepHello, fmt.Sprintf("device %s, protocol %d, key %s, state %s", h.DeviceID, h.Proto, h.Key, h.State))
+
+	der, err := j.CSR(ctx)
+	if err != nil {
+		return fail(StepCSR, err)
+	}
+	req, err := csr.Parse(der)
+	if err != nil {
+		return fail(StepCSR, err)
+	}
+	if req.Subject.CommonName != h.DeviceID {
+		return fail(StepCSR, fmt.Errorf("CSR CN %q is not the device ID %q from HELLO", req.Subject.CommonName, h.DeviceID))
+	}
+	fp, _ := csr.KeyFingerprint(req.PublicKey)
+	progress(StepCSR, fmt.Sprintf("%d bytes, key sha256:%s", len(der), fp))
+
+	chain, err := iss.Issue(ctx, req)
+	if err != nil {
+		return fail(StepSign, err)
+	}
+	if len(chain) == 0 {
+		return fail(StepSign, fmt.Errorf("issuer returned no certificate"))
+	}
+	chainPEM := certstore.EncodePEM(chain...)
+	serial := hex.EncodeToString(chain[0].SerialNumber.Bytes())
+	progress(StepSign, fmt.Sprintf("serial %s, valid until %s", serial, chain[0].NotAfter.UTC().Format(time.RFC3339)))
+
+	inst, err := j.Install(ctx, chainPEM, h.Chunk)
+	if err != nil {
+		return fail(StepInstall, err)
+	}
+	if inst.Serial != serial {
+		return fail(StepInstall, fmt.Errorf("device reports serial %s, issued %s", inst.Serial, serial))
+	}
+	progress(StepInstall, fmt.Sprintf("%d bytes installed", len(chainPEM)))
+
+	st, err := j.Status(ctx)
+	if err != nil {
+		return fail(StepStatus, err)
+	}
+	if st.State != StateProgrammed || st.Serial != serial {
+		return fail(StepStatus, fmt.Errorf("device reports state %s serial %s after install (detail %q)", st.State, st.Serial, st.Detail))
+	}
+	progress(StepStatus, "programmed")
+	return &Result{
+		DeviceID: h.DeviceID, Key: h.Key, Serial: serial, NotAfter: chain[0].NotAfter, ChainPEM: chainPEM,
+		BytesSent: j.Sent, BytesReceived: j.Received,
+	}, nil
+}

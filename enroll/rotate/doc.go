@@ -1,0 +1,17 @@
+// Package rotate renews and rotates the device credential without ever
+// leaving the device unable to connect.
+//
+// It has three parts:
+//
+//   - Policy: when to renew (a share of the lifetime with jitter, a retry
+//     period, a margin before expiry), computed from an injected time so
+//     that tests run on simulated time. The grammar is in docs/rotation.md.
+//   - Rotator: a two-phase commit with a journal in the state directory.
+//     The new key and certificate are staged under their own names,
+//     proved by a caller-supplied probe (connect to the hub), swapped in
+//     by rename, and only then is the old key destroyed. Recover resolves
+//     a rotation that a power cut interrupted.
+//   - Issuer: the path that turns a CSR into a certificate chain (DPS
+//     certificate issuance, EST re-enrollment), recorded with the identity
+//     so that renewal always knows which path applies.
+package rotate

@@ -1,0 +1,118 @@
+package rotate
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"devid/enroll/atomicfile"
+)
+
+// JournalFile is the rotation journal's name in the state directory. It
+// exists only while a rotation is under way (or was cut short).
+const JournalFile = "journal.json"
+
+// Suffixes of the staged (new) and backup (old) files next to a current one.
+const (
+	StagedSuffix = ".staged"
+	OldSuffix    = ".old"
+)
+
+// JournalSchema is the journal's record version.
+const JournalSchema = 1
+
+// Phase is how far a rotation got. Recovery rolls back before PhaseProved
+// and forward from it.
+type Phase string
+
+// Phases, in order.
+const (
+	// PhaseBegin: names chosen, nothing staged yet (or partly staged).
+	PhaseBegin Phase = "begin"
+	// PhaseStaged: the new key and chain are on disk under staged names.
+	PhaseStaged Phase = "staged"
+	// PhaseProved: the staged credential connected; it will be swapped in.
+	PhaseProved Phase = "proved"
+	// PhaseCommitted: the swap is done; only the old key is left to destroy.
+	PhaseCommitted Phase = "committed"
+)
+
+// rename is one staged file that replaces a current one.
+type rename struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Backup is where the current file is hard-linked before the swap,
+	// so the old credential exists until the rotation is recorded.
+	Backup string `json:"backup"`
+}
+
+// journal is the record in JournalFile.
+type journal struct {
+	Schema int       `json:"schema"`
+	Phase  Phase     `json:"phase"`
+	Start  time.Time `json:"started"`
+	Path   string    `json:"path"`
+	NewKey bool      `json:"new_key"`
+	// KeySpec and StagedKeySpec name the current and staged key stores.
+	KeySpec       string `json:"key_spec"`
+	StagedKeySpec string `json:"staged_key_spec,omitempty"`
+	// Renames are applied in order at the swap: the key files first, the
+	// chain last.
+	Renames []rename `json:"renames"`
+	// Serial is the new leaf's serial (hex), once known.
+	Serial string `json:"serial,omitempty"`
+}
+
+func journalPath(stateDir string) string { return filepath.Join(stateDir, JournalFile) }
+
+func writeJournal(stateDir string, j *journal) error {
+	j.Schema = JournalSchema
+	b, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(journalPath(stateDir), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("rotation journal: %w", err)
+	}
+	return nil
+}
+
+// readJournal returns the journal, or nil when there is none.
+func readJournal(stateDir string) (*journal, error) {
+	b, err := os.ReadFile(journalPath(stateDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rotation journal: %w", err)
+	}
+	var j journal
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, fmt.Errorf("rotation journal %s is not JSON: %v", journalPath(stateDir), err)
+	}
+	if j.Schema < 1 || j.Schema > JournalSchema {
+		return nil, fmt.Errorf("rotation journal %s: schema %d, this build reads 1..%d", journalPath(stateDir), j.Schema, JournalSchema)
+	}
+	switch j.Phase {
+	case PhaseBegin, PhaseStaged, PhaseProved, PhaseCommitted:
+	default:
+		return nil, fmt.Errorf("rotation journal %s: unknown phase %q", journalPath(stateDir), j.Phase)
+	}
+	for _, r := range j.Renames {
+		if !filepath.IsAbs(r.To) || r.From != r.To+StagedSuffix || r.Backup != r.To+OldSuffix {
+			return nil, fmt.Errorf("rotation journal %s: rename %+v is not of the staged/old form", journalPath(stateDir), r)
+		}
+	}
+	return &j, nil
+}
+
+func removeJournal(stateDir string) error {
+	if err := os.Remove(journalPath(stateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("rotation journal: %w", err)
+	}
+	return atomicfile.SyncDir(stateDir)
+}

@@ -1,0 +1,320 @@
+package rotate
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"devid/enroll/certstore"
+)
+
+// Clock is the time source of the renewal loop; tests inject a simulated
+// one (or run the real one in a testing/synctest bubble).
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// maxSleep bounds one wait of the loop, so that a stepped wall clock
+// (NTP after a boot at 1970) is noticed within the hour.
+const maxSleep = time.Hour
+
+// Status is what `devid-agent status` and the reported properties show.
+type Status struct {
+	// Path is the issuance path that renews this credential ("" = none).
+	Path string `json:"path"`
+	// Policy is the effective policy, in the grammar.
+	Policy string `json:"policy"`
+	// Next is the next planned attempt (zero without a certificate or path).
+	Next   time.Time `json:"next,omitzero"`
+	Reason Reason    `json:"reason,omitempty"`
+	// NotAfter is when the current leaf expires.
+	NotAfter time.Time `json:"not_after,omitzero"`
+	// Running is true while a rotation is under way.
+	Running     bool      `json:"running"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	LastFailure time.Time `json:"last_failure,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	Failures    int       `json:"failures,omitempty"`
+	Rotations   int       `json:"rotations,omitempty"`
+}
+
+// Renewer runs the renewal loop for one Rotator: it plans the next attempt
+// from the policy and the certificate, waits for it (or for a trigger),
+// rotates, and records the outcome. Configure the fields, then call Run
+// once; the other methods are safe from any goroutine.
+type Renewer struct {
+	Rotator *Rotator
+	// Policy is the configured policy; a desired-property policy
+	// (SetPolicy) overrides it and is remembered in the record.
+	Policy Policy
+	// Clock defaults to the real clock.
+	Clock Clock
+	// OnRotated is called after each committed rotation, from the loop's
+	// goroutine: the agent reconnects to the hub with the new credential.
+	OnRotated func(Result)
+	// Log defaults to the Rotator's.
+	Log *slog.Logger
+
+	once    sync.Once
+	trigger chan bool // value: rotate the key too
+	wake    chan struct{}
+
+	mu      sync.Mutex
+	rec     Record
+	running bool
+}
+
+func (w *Renewer) init() {
+	w.once.Do(func() {
+		w.trigger = make(chan bool, 1)
+		w.wake = make(chan struct{}, 1)
+		if w.Clock == nil {
+			w.Clock = realClock{}
+		}
+		if w.Log == nil {
+			w.Log = w.Rotator.log()
+		}
+		if w.Rotator.Now == nil {
+			w.Rotator.Now = w.Clock.Now
+		}
+		rec, err := LoadRecord(w.Rotator.StateDir)
+		if err != nil {
+			w.Log.Warn("renewal record", "err", err)
+		}
+		w.rec = rec
+	})
+}
+
+// policy is the effective policy.
+func (w *Renewer) policy() Policy {
+	if w.rec.Policy != nil {
+		return *w.rec.Policy
+	}
+	return w.Policy
+}
+
+// leaf reads the current certificate from the slot's chain file.
+func (w *Renewer) leaf() (*x509.Certificate, error) {
+	b, err := os.ReadFile(w.Rotator.Slot.ChainPath)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := certstore.ParsePEM(b)
+	if err != nil {
+		return nil, err
+	}
+	return certs[0], nil
+}
+
+// Status reports the path, the effective policy and the next attempt.
+func (w *Renewer) Status() Status {
+	w.init()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := Status{
+		Path: w.pathLocked(), Policy: w.policy().String(), Running: w.running,
+		LastSuccess: w.rec.LastSuccess, LastFailure: w.rec.LastFailure, LastError: w.rec.LastError,
+		Failures: w.rec.Failures, Rotations: w.rec.Rotations,
+	}
+	if leaf, err := w.leaf(); err == nil {
+		st.NotAfter = leaf.NotAfter
+		if w.Rotator.Issuer != nil {
+			pl := w.policy().Next(w.Clock.Now(), leaf, w.rec.LastFailure)
+			st.Next, st.Reason = pl.At, pl.Reason
+		}
+	}
+	return st
+}
+
+func (w *Renewer) pathLocked() string {
+	if w.Rotator.Issuer == nil {
+		return PathNone
+	}
+	return w.Rotator.Issuer.Name()
+}
+
+// RotateNow asks the loop to rotate at once (the rotateCredential direct
+// method). newKey also rotates the key. It returns false if a request is
+// already pending.
+func (w *Renewer) RotateNow(newKey bool) bool {
+	w.init()
+	select {
+	case w.trigger <- newKey:
+		return true
+	default:
+		return false
+	}
+}
+
+// SetPolicy overrides the configured policy (nil: back to it) and keeps
+// the override in the renewal record, so it survives a restart.
+func (w *Renewer) SetPolicy(p *Policy) error {
+	w.init()
+	if p != nil {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+	}
+	w.mu.Lock()
+	w.rec.Policy = p
+	rec := w.rec
+	w.mu.Unlock()
+	if err := SaveRecord(w.Rotator.StateDir, rec); err != nil {
+		return err
+	}
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Run plans, waits and rotates until ctx ends. It never returns early on
+// a renewal failure: failures are recorded and retried on the policy's
+// retry period, never faster than MinRetry.
+func (w *Renewer) Run(ctx context.Context) error {
+	w.init()
+	for {
+		now := w.Clock.Now()
+		w.mu.Lock()
+		pol, lastFail := w.policy(), w.rec.LastFailure
+		w.mu.Unlock()
+		wait := maxSleep
+		leaf, err := w.leaf()
+		switch {
+		case w.Rotator.Issuer == nil:
+			// No path: only a trigger can start anything (and will fail
+			// with ErrNoIssuer, which status shows).
+		case err != nil:
+			// An empty slot (DPS issuance before its first operational
+			// certificate): issue one now, and after a failure every
+			// retry period.
+			at := lastFail.Add(max(pol.Retry.Dur, MinRetry))
+			if pol.Retry.Dur == 0 {
+				at = lastFail.Add(time.Hour)
+			}
+			if !errors.Is(err, fs.ErrNotExist) {
+				w.Log.Warn("renewal: current certificate unreadable", "err", err)
+			}
+			if lastFail.IsZero() || !now.Before(at) {
+				w.attempt(ctx, true, "first-issuance")
+				continue
+			}
+			wait = min(wait, at.Sub(now))
+		default:
+			pl := pol.Next(now, leaf, lastFail)
+			if pl.Due(now) {
+				w.attempt(ctx, false, string(pl.Reason))
+				continue
+			}
+			wait = min(wait, pl.At.Sub(now))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case newKey := <-w.trigger:
+			w.attempt(ctx, newKey, "requested")
+		case <-w.wake:
+		case <-w.Clock.After(wait):
+		}
+	}
+}
+
+func (w *Renewer) attempt(ctx context.Context, newKey bool, why string) {
+	if ctx.Err() != nil {
+		return
+	}
+	newKey = newKey || w.Rotator.NewKey
+	w.mu.Lock()
+	w.running = true
+	w.rec.LastAttempt = w.Clock.Now()
+	w.mu.Unlock()
+	w.Log.Info("renewal attempt", "why", why, "new_key", newKey)
+	res, err := w.Rotator.rotate(ctx, newKey)
+	now := w.Clock.Now()
+	w.mu.Lock()
+	w.running = false
+	if err != nil {
+		w.rec.LastFailure, w.rec.LastError = now, err.Error()
+		w.rec.Failures++
+	} else {
+		w.rec.Path, w.rec.Serial, w.rec.NotAfter = res.Path, res.Serial, res.NotAfter
+		w.rec.LastSuccess, w.rec.LastFailure, w.rec.LastError, w.rec.Failures = now, time.Time{}, "", 0
+		w.rec.Rotations++
+	}
+	rec := w.rec
+	w.mu.Unlock()
+	if serr := SaveRecord(w.Rotator.StateDir, rec); serr != nil {
+		w.Log.Error("renewal record", "err", serr)
+	}
+	if err == nil && w.OnRotated != nil {
+		w.OnRotated(res)
+	}
+}
+
+// MethodName is the direct method that rotates the credential now.
+const MethodName = "rotateCredential"
+
+// HandleMethod serves the rotateCredential direct method. The payload is
+// empty, null or {"rotate_key": true|false}. The rotation runs in the
+// background; the answer is 202 with the status, or 409 when a request is
+// already pending, or 400 for a payload it cannot read.
+func (w *Renewer) HandleMethod(payload []byte) (int, []byte) {
+	var req struct {
+		RotateKey bool `json:"rotate_key"`
+	}
+	if len(payload) > 0 && string(payload) != "null" {
+		dec := json.NewDecoder(bytes.NewReader(payload))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			b, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("payload: want {\"rotate_key\": bool}: %v", err)})
+			return 400, b
+		}
+	}
+	if w.Rotator.Issuer == nil {
+		b, _ := json.Marshal(map[string]string{"error": "no issuance path configured ([renewal] path)"})
+		return 412, b
+	}
+	if !w.RotateNow(req.RotateKey) {
+		b, _ := json.Marshal(map[string]string{"error": "a rotation request is already pending"})
+		return 409, b
+	}
+	b, _ := json.Marshal(map[string]any{"accepted": true, "rotate_key": req.RotateKey, "status": w.Status()})
+	return 202, b
+}
+
+// DesiredProperty is the desired-property name that carries the policy.
+const DesiredProperty = "renewal"
+
+// HandleDesired applies the desired property "renewal": a JSON object of
+// the policy keys (see PolicyFromJSON) on top of the configured policy,
+// or null to go back to it. It returns the effective policy, to be
+// reported back.
+func (w *Renewer) HandleDesired(raw json.RawMessage) (Policy, error) {
+	w.init()
+	if len(raw) == 0 || string(raw) == "null" {
+		if err := w.SetPolicy(nil); err != nil {
+			return Policy{}, err
+		}
+		return w.Policy, nil
+	}
+	p, err := PolicyFromJSON(raw, w.Policy)
+	if err != nil {
+		return Policy{}, err
+	}
+	return p, w.SetPolicy(&p)
+}

@@ -1,0 +1,232 @@
+package rotate
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"devid/dps"
+	"devid/simulator/simtest"
+)
+
+// simDevice is a device enrolled in a running devid-sim: a factory
+// (onboarding) credential in a group enrollment, and an empty operational
+// slot that DPS certificate issuance fills.
+type simDevice struct {
+	sim     *simtest.Sim
+	ca      *simtest.DeviceCA
+	factory *simtest.DeviceCert
+	dir     string
+	net     dps.Network
+	slot    Slot
+	rot     *Rotator
+
+	mu       sync.Mutex
+	hub, dev string
+}
+
+func newSimDevice(t *testing.T, id string) *simDevice {
+	t.Helper()
+	sim := simtest.Start(t)
+	ca := simtest.NewDeviceCA(t)
+	sim.EnrollGroup(t, "g-"+id, ca.Root)
+	b, err := os.ReadFile(sim.Ready.ServerCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := dps.ParseTrustBundle(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &simDevice{sim: sim, ca: ca, factory: ca.Issue(t, id), dir: t.TempDir(),
+		net: dps.Network{Resolve: sim.Resolve(), TrustBundle: bundle}}
+	d.slot = Slot{KeySpec: "file:" + filepath.Join(d.dir, "operational.key"), ChainPath: filepath.Join(d.dir, "operational-chain.pem")}
+	d.rot = &Rotator{
+		StateDir: d.dir, Slot: d.slot, DeviceID: id, NewKey: true,
+		Issuer: &DPSIssuer{
+			Config: dps.Config{
+				Endpoint: sim.Ready.DPS.Host + ":8883", IDScope: sim.Ready.IDScope, Network: d.net,
+				Credential: dps.Credential{Signer: d.factory.Key, Chain: d.factory.Chain}, Timeout: 30 * time.Second,
+			},
+			OnAssigned: func(r *dps.Result) { d.mu.Lock(); d.hub, d.dev = r.AssignedHub, r.DeviceID; d.mu.Unlock() },
+		},
+		Probe: d.connect,
+	}
+	return d
+}
+
+// connect is the probe: a real MQTT connection to the assigned hub.
+func (d *simDevice) connect(ctx context.Context, c Credential) error {
+	d.mu.Lock()
+	hub, dev := d.hub, d.dev
+	d.mu.Unlock()
+	if hub == "" {
+		return errors.New("no hub assigned yet")
+	}
+	h, err := dps.ConnectHub(ctx, dps.HubConfig{Host: hub, DeviceID: dev, Credential: dps.Credential{Signer: c.Signer, Chain: c.Chain},
+		Network: d.net, DisableReconnect: true, ConnectTimeout: 15 * time.Second})
+	if err != nil {
+		return err
+	}
+	return h.Close()
+}
+
+// TestDPSIssuanceOnSim: path a) against the simulator. The first
+// rotation fills the empty operational slot from DPS's
+// issuedCertificateChain; a second one replaces key and certificate; a
+// DPS refusal keeps the current credential working; and after the
+// operational certificate is revoked the factory credential still gets a
+// new one, so a revoked or expired operational certificate never strands
+// the device.
+func TestDPSIssuanceOnSim(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs devid-sim")
+	}
+	t.Parallel()
+	d := newSimDevice(t, "rot-dps-1")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	first, err := d.rot.Rotate(ctx)
+	if err != nil {
+		t.Fatalf("first issuance: %v", err)
+	}
+	if first.Path != PathDPS {
+		t.Errorf("path %q", first.Path)
+	}
+	c1, err := LoadCredential(d.slot, d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c1.Leaf().Issuer.CommonName == d.ca.Intermediate.Subject.CommonName {
+		t.Error("operational certificate was signed by the factory CA, not issued by DPS")
+	}
+	if err := d.connect(ctx, c1); err != nil {
+		t.Fatalf("operational credential does not connect: %v", err)
+	}
+
+	second, err := d.rot.Rotate(ctx)
+	if err != nil || second.Serial == first.Serial {
+		t.Fatalf("second rotation: %+v %v", second, err)
+	}
+
+	// DPS down: the rotation fails, the credential in place still connects.
+	d.sim.SetFault(t, simtest.Fault{Scope: "dps", Ops: []string{"register"}, Status: 503, Count: 100})
+	fctx, fcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer fcancel()
+	if _, err := d.rot.Rotate(fctx); !errors.Is(err, ErrIssue) {
+		t.Errorf("rotation with DPS failing: %v, want ErrIssue", err)
+	}
+	d.sim.ClearFaults(t)
+	c2, err := LoadCredential(d.slot, d.dir)
+	if err != nil || hex.EncodeToString(c2.Leaf().SerialNumber.Bytes()) != second.Serial {
+		t.Fatalf("after refused renewal: %v (serial %x, want %s)", err, c2.Leaf().SerialNumber.Bytes(), second.Serial)
+	}
+	if err := d.connect(ctx, c2); err != nil {
+		t.Fatalf("credential stopped working after a refused renewal: %v", err)
+	}
+
+	// Revoked operational certificate: the hub refuses it, and a
+	// rotation through DPS with the factory credential recovers.
+	d.sim.RevokeCert(t, c2.Leaf())
+	if err := d.connect(ctx, c2); !errors.Is(err, dps.ErrNotAuthorized) {
+		t.Errorf("hub with a revoked certificate: %v, want ErrNotAuthorized", err)
+	}
+	third, err := d.rot.Rotate(ctx)
+	if err != nil {
+		t.Fatalf("rotation after revocation: %v", err)
+	}
+	c3, _ := LoadCredential(d.slot, d.dir)
+	if err := d.connect(ctx, c3); err != nil || third.Serial == second.Serial {
+		t.Fatalf("after revocation: %v", err)
+	}
+}
+
+// TestESTReenrollOnSim: path b) against the simulator's EST server:
+// /simplereenroll authenticated with the current certificate, once for the
+// same key and once with key rotation (path c). The renewed credential
+// connects to the hub, and registers with DPS again (as the agent does
+// when its certificate changed).
+func TestESTReenrollOnSim(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs devid-sim")
+	}
+	t.Parallel()
+	const id = "rot-est-1"
+	d := newSimDevice(t, id)
+	issuing, err := os.ReadFile(d.sim.Ready.IssuingCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	icerts, err := dps.ParseTrustBundle(issuing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// EST-issued certificates chain to the sim's issuing CA; DPS must
+	// know that CA for the renewed device to register again.
+	d.sim.EnrollGroup(t, "g-est-issuing", icerts[len(icerts)-1])
+
+	// The device slot holds the factory credential, as written by the jig.
+	slot := Slot{KeySpec: "file:" + filepath.Join(d.dir, "device.key"), ChainPath: filepath.Join(d.dir, "device-chain.pem")}
+	if err := os.WriteFile(filepath.Join(d.dir, "device.key"), d.factory.KeyPEM(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(slot.ChainPath, d.factory.ChainPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	register := func(c Credential) error {
+		res, err := dps.Register(ctx, dps.Config{Endpoint: d.sim.Ready.DPS.Host + ":8883", IDScope: d.sim.Ready.IDScope,
+			Network: d.net, Credential: dps.Credential{Signer: c.Signer, Chain: c.Chain}, Timeout: 30 * time.Second})
+		if err == nil {
+			d.mu.Lock()
+			d.hub, d.dev = res.AssignedHub, res.DeviceID
+			d.mu.Unlock()
+		}
+		return err
+	}
+	cur, err := LoadCredential(slot, d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := register(cur); err != nil {
+		t.Fatalf("first registration: %v", err)
+	}
+	// The probe does what the agent does with a new certificate: register
+	// with DPS (the hub learns the new credential), then connect.
+	probe := func(ctx context.Context, c Credential) error {
+		if err := register(c); err != nil {
+			return err
+		}
+		return d.connect(ctx, c)
+	}
+	rot := &Rotator{StateDir: d.dir, Slot: slot, DeviceID: id, Probe: probe,
+		Issuer: &ESTIssuer{URL: d.sim.Ready.ESTURL, ServerRoots: d.sim.ServerRoots()}}
+	for _, newKey := range []bool{false, true} {
+		rot.NewKey = newKey
+		res, err := rot.Rotate(ctx)
+		if err != nil {
+			t.Fatalf("EST rotation newKey=%v: %v", newKey, err)
+		}
+		c, err := LoadCredential(slot, d.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sameKey(c.Signer.Public(), cur.Signer.Public()) == newKey || res.Path != PathEST {
+			t.Errorf("newKey=%v: key changed=%v path=%s", newKey, !sameKey(c.Signer.Public(), cur.Signer.Public()), res.Path)
+		}
+		if err := register(c); err != nil {
+			t.Errorf("newKey=%v: DPS refuses the renewed credential: %v", newKey, err)
+		}
+		if err := d.connect(ctx, c); err != nil {
+			t.Errorf("newKey=%v: hub refuses the renewed credential: %v", newKey, err)
+		}
+		cur = c
+	}
+}

@@ -1,0 +1,75 @@
+// Package gpio drives the status LED and reads the factory button, each
+// found by GPIO line name through periph.io's gpioioctl driver (the Linux
+// GPIO character device, not sysfs).
+//
+// Both are optional: a board may have neither, and the agent runs the
+// same without them. A nil *LED or *Button is valid and does nothing, so
+// callers can keep the result of a failed Open and carry on.
+//
+// The LED shows one blink pattern per agent state (PatternFor). The
+// button is debounced and reports a hold of a configured length, which
+// the agent takes as "enter factory mode". Time comes from a Clock, so
+// tests run on fake time (testing/synctest or an injected Clock).
+package gpio
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"periph.io/x/conn/v3/driver/driverreg"
+	"periph.io/x/conn/v3/gpio"
+	"periph.io/x/conn/v3/gpio/gpioreg"
+	_ "periph.io/x/host/v3/gpioioctl" // registers the character-device GPIO driver
+)
+
+// ErrLineNotFound means no GPIO line has the configured name.
+var ErrLineNotFound = errors.New("GPIO line not found")
+
+// Clock is the time source. The real one is the default.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// RealClock is the wall clock.
+var RealClock Clock = realClock{}
+
+var initOnce struct {
+	sync.Once
+	err error
+}
+
+// Init loads periph's drivers (only gpioioctl is linked). Finding no GPIO
+// chip is not an error: lookups then simply find no lines. It is safe to
+// call more than once.
+func Init() error {
+	initOnce.Do(func() {
+		if _, err := driverreg.Init(); err != nil {
+			initOnce.err = fmt.Errorf("gpio: init drivers: %w", err)
+		}
+	})
+	return initOnce.err
+}
+
+// Lookup finds a GPIO line by name (as gpioinfo shows it, or registered
+// with gpioreg in tests). Init is called first.
+func Lookup(name string) (gpio.PinIO, error) {
+	if name == "" {
+		return nil, fmt.Errorf("%w: empty name", ErrLineNotFound)
+	}
+	if err := Init(); err != nil {
+		return nil, err
+	}
+	p := gpioreg.ByName(name)
+	if p == nil {
+		return nil, fmt.Errorf("%w: %q", ErrLineNotFound, name)
+	}
+	return p, nil
+}

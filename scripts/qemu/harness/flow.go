@@ -1,0 +1,406 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"devid/agent/config"
+)
+
+// Guest-side addresses of the cloud. slirp (restrict=on) forwards exactly
+// these, each to the simulator's loopback port; nothing else is reachable.
+const (
+	guestDPS     = "10.0.2.100:8883"
+	guestHubBase = 101 // hub i is 10.0.2.(101+i):8883
+)
+
+type jigResult struct {
+	DeviceID   string `json:"device_id"`
+	Serial     string `json:"serial"`
+	ChainPEM   string `json:"chain_pem"`
+	KeyBackend string `json:"key_backend"`
+	ElapsedMs  int64  `json:"elapsed_ms"`
+}
+
+// flow is the board's life: factory programming over the UART (the cable is
+// pulled mid-transfer once), power cycle, a power cut while it registers with
+// DPS, and a boot that must still reach its hub and deliver telemetry.
+func flow(ctx context.Context, o options, env map[string]string) error {
+	dir, err := filepath.Abs(filepath.Join(o.work, "flow"))
+	if err != nil {
+		return err
+	}
+	if err := freshDir(dir); err != nil {
+		return err
+	}
+	for _, bin := range []string{o.simBin, o.jigBin} {
+		if _, err := os.Stat(bin); err != nil {
+			return fmt.Errorf("need %s: %w", bin, err)
+		}
+	}
+
+	// The cloud and the factory CA.
+	s, err := startSim(ctx, o.simBin, filepath.Join(dir, "sim"))
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	logf("flow: devid-sim up: scope %s, dps %s (%s), %d hub(s)", s.ready.IDScope, s.ready.DPS.Host, s.ready.DPS.Addr, len(s.ready.Hubs))
+	caDir := filepath.Join(dir, "ca")
+	if out, err := exec.CommandContext(ctx, o.jigBin, "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
+		return fmt.Errorf("devid-jig ca init: %v\n%s", err, out)
+	}
+	rootPEM, err := os.ReadFile(filepath.Join(caDir, "root.pem"))
+	if err != nil {
+		return err
+	}
+	if err := s.enrollGroup(ctx, "qemu-board-line", rootPEM); err != nil {
+		return err
+	}
+
+	// The flash disk as the image builder ships it: config and trust anchors, no state.
+	flashSrc := filepath.Join(dir, "flash-src")
+	etc := filepath.Join(flashSrc, "etc/devid")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		return err
+	}
+	serverCA, err := os.ReadFile(s.ready.ServerCA)
+	if err != nil {
+		return fmt.Errorf("sim server CA: %w", err)
+	}
+	forwards := map[string]string{guestDPS: s.ready.DPS.Addr}
+	resolve := map[string]string{s.ready.DPS.Host: guestDPS}
+	for i, h := range s.ready.Hubs {
+		g := fmt.Sprintf("10.0.2.%d:8883", guestHubBase+i)
+		forwards[g] = h.Addr
+		resolve[h.Host] = g
+	}
+	cfgText := boardConfig(s.ready.DPS.Host+":8883", s.ready.IDScope, resolve)
+	if _, err := config.Parse([]byte(cfgText)); err != nil {
+		return fmt.Errorf("the board config the harness writes is invalid: %w\n%s", err, cfgText)
+	}
+	for name, data := range map[string][]byte{"config.toml": []byte(cfgText), "factory-root.pem": rootPEM, "service-root.pem": serverCA} {
+		if err := os.WriteFile(filepath.Join(etc, name), data, 0o644); err != nil {
+			return err
+		}
+	}
+	if err := makeFlash(dir, flashSrc, 64); err != nil {
+		return err
+	}
+	if err := manufactureTPM(dir); err != nil {
+		return err
+	}
+	mac, err := boardMAC()
+	if err != nil {
+		return err
+	}
+	spec := boardSpec{
+		Arch: o.arch, Kernel: env["KERNEL"], Initrd: env["INITRD"], Dir: dir,
+		Forwards: forwards, MAC: mac, Timeout: 4 * time.Minute,
+	}
+
+	// Boot 1: the factory. The jig's bench has no route to the cloud.
+	factorySpec := spec
+	factorySpec.Forwards = nil
+	b1, err := startBoard(ctx, factorySpec, 1, logf)
+	if err != nil {
+		return err
+	}
+	defer b1.kill()
+	res, err := program(ctx, o, dir, caDir, b1)
+	if err != nil {
+		return err
+	}
+	if err := checkChain(res, rootPEM); err != nil {
+		return err
+	}
+	if res.KeyBackend != "tpm" {
+		return fmt.Errorf("the board made its key in backend %q, want tpm", res.KeyBackend)
+	}
+	logf("flow: programmed device %s (key in %s, serial %s); powering off", res.DeviceID, res.KeyBackend, res.Serial)
+	if err := b1.powerOff(ctx); err != nil {
+		return err
+	}
+	deviceID := res.DeviceID
+
+	// Boot 2: in the field; power is cut while the agent is registering.
+	// DPS holds its answer, so "registering" lasts until the cut.
+	faultID, err := s.addFault(ctx, map[string]any{"scope": "dps", "ops": []string{"register"}, "delayMs": 120000})
+	if err != nil {
+		return err
+	}
+	b2, err := startBoard(ctx, spec, 2, logf)
+	if err != nil {
+		return err
+	}
+	defer b2.kill()
+	err = poll(ctx, 2*time.Minute, "boot 2: agent connected to DPS", func() (bool, error) {
+		cs, err := s.connections(ctx)
+		for _, c := range cs {
+			if c.Endpoint == "dps" && strings.EqualFold(c.ID, deviceID) {
+				return true, err
+			}
+		}
+		return false, err
+	})
+	if err != nil {
+		return fmt.Errorf("%w (console: %s)", err, b2.tail(6))
+	}
+	// Cut once the register request has reached DPS (the held reply counts
+	// as an application of the fault); a simulator that does not count
+	// delays leaves only "connected to DPS", which is also mid-registration.
+	arrived := poll(ctx, 5*time.Second, "register request held by DPS", func() (bool, error) {
+		n, err := s.faultApplied(ctx, faultID)
+		return n > 0, err
+	}) == nil
+	logf("flow: boot 2: agent registering at +%.1fs (register request held by DPS: %v); cutting power", b2.since().Seconds(), arrived)
+	b2.kill()
+	_ = b2.waitExit(30 * time.Second)
+	if err := s.clearFaults(ctx); err != nil {
+		return err
+	}
+
+	// Boot 3: it must still get there.
+	b3, err := startBoard(ctx, spec, 3, logf)
+	if err != nil {
+		return err
+	}
+	defer b3.kill()
+	var assigned *registration
+	err = poll(ctx, 3*time.Minute, "boot 3: DPS registration assigned", func() (bool, error) {
+		r, err := s.registration(ctx, deviceID)
+		assigned = r
+		return r != nil && r.Status == "assigned", err
+	})
+	if err != nil {
+		return fmt.Errorf("%w (console: %s)", err, b3.tail(6))
+	}
+	tAssigned := b3.since()
+	// The credential DPS saw is the one the factory issued, read back from
+	// flash. (Group registrations carry no certificateInfo on real DPS, and
+	// may not here; then the group match above is the evidence.)
+	if got, want := assigned.X509.CertificateInfo.SHA256Thumbprint, leafSHA256(res); got != "" && !strings.EqualFold(got, want) {
+		return fmt.Errorf("DPS saw leaf certificate sha256 %q, the jig issued %q", got, want)
+	}
+	if assigned.X509.EnrollmentGroupID != "qemu-board-line" {
+		return fmt.Errorf("DPS matched enrollment group %q, want qemu-board-line", assigned.X509.EnrollmentGroupID)
+	}
+	var dev *hubDevice
+	err = poll(ctx, 2*time.Minute, "boot 3: device connected to its hub", func() (bool, error) {
+		d, err := s.device(ctx, assigned.AssignedHub, assigned.DeviceID)
+		dev = d
+		return d != nil && strings.EqualFold(d.ConnectionState, "Connected"), err
+	})
+	if err != nil {
+		return fmt.Errorf("%w (console: %s)", err, b3.tail(6))
+	}
+	tConnected := b3.since()
+	var recs []telemetryRecord
+	err = poll(ctx, 2*time.Minute, "boot 3: telemetry recorded by the hub", func() (bool, error) {
+		r, err := s.telemetry(ctx, assigned.DeviceID, 5*time.Second)
+		recs = r
+		return len(r) > 0, err
+	})
+	if err != nil {
+		return fmt.Errorf("%w (console: %s)", err, b3.tail(6))
+	}
+	tTelemetry := b3.since()
+	logf("flow: boot 3: assigned to %s at +%.1fs, connected at +%.1fs, first telemetry at +%.1fs (%d record(s), device %s %s)",
+		assigned.AssignedHub, tAssigned.Seconds(), tConnected.Seconds(), tTelemetry.Seconds(), len(recs), dev.DeviceID, dev.Status)
+	fmt.Printf("qemu-test: boot-to-connected %.1fs (QEMU start to the hub recording the device connected, %s board)\n", tConnected.Seconds(), o.arch)
+	if err := b3.powerOff(ctx); err != nil {
+		return err
+	}
+	if err := fsckFlash(dir); err != nil {
+		return err
+	}
+	logf("flow: flash filesystem clean after the power cut and a clean power-off")
+	return nil
+}
+
+// boardConfig is /etc/devid/config.toml as an image builder would ship it
+// for this line, plus the resolve map that stands in for DNS.
+func boardConfig(dpsEndpoint, scope string, resolve map[string]string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "state_dir = %q\n\n[key]\nbackend = %q\n\n", "/var/lib/devid", "tpm:/dev/tpmrm0")
+	fmt.Fprintf(&b, "[factory]\nport = %q\nbaud = 115200\nroot = %q\n\n", "/dev/ttyS0", "/etc/devid/factory-root.pem")
+	fmt.Fprintf(&b, "[dps]\nendpoint = %q\nid_scope = %q\ntrust_bundle = %q\n\n", dpsEndpoint, scope, "/etc/devid/service-root.pem")
+	fmt.Fprintf(&b, "[network.resolve]\n")
+	for h, a := range resolve {
+		fmt.Fprintf(&b, "%q = %q\n", h, a)
+	}
+	return b.String()
+}
+
+// boardMAC is a locally administered MAC, unique per run: the board's
+// device ID falls back to its first MAC, and no two boards share one.
+func boardMAC() (string, error) {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2]), nil
+}
+
+// program runs devid-jig against the board twice: the first run loses its
+// cable in the middle of INSTALL, the second must finish the job.
+func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigResult, error) {
+	link, err := openUART(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	cut := link.cutAfter("INSTALL DATA", 1)
+	out, err := runJig(ctx, o.jigBin, link.portPath(), caDir, cut)
+	select {
+	case <-cut:
+		logf("flow: factory: UART cut during INSTALL at +%.1fs; jig: %v", b.since().Seconds(), firstLine(err, out))
+	default:
+		link.close()
+		return nil, fmt.Errorf("the jig finished before the cable was cut (err %v): the cut test did not happen\n%s", err, out)
+	}
+	// A new cable, a new jig run.
+	link2, err := openUART(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer link2.close()
+	// Never half: the cut came before INSTALL COMMIT, so the board must
+	// report that it holds no certificate, not a partial one.
+	st, err := jigStatus(ctx, o.jigBin, link2.portPath())
+	if err != nil {
+		return nil, err
+	}
+	if !strings.Contains(st, "state blank") && !strings.Contains(st, "state keyed") {
+		return nil, fmt.Errorf("after the cut the board says %q; want state blank or keyed", st)
+	}
+	logf("flow: factory: after the cut the board reports: %s", st)
+	out, err = runJig(ctx, o.jigBin, link2.portPath(), caDir, nil)
+	if err != nil {
+		return nil, fmt.Errorf("devid-jig program after reconnecting: %v\n%s\nconsole: %s", err, out, b.tail(10))
+	}
+	var res jigResult
+	if err := json.Unmarshal(lastJSON(out), &res); err != nil {
+		return nil, fmt.Errorf("devid-jig --json output: %v\n%s", err, out)
+	}
+	logf("flow: factory: programmed in %d ms after reconnecting (board up %.1fs)", res.ElapsedMs, b.since().Seconds())
+	return &res, nil
+}
+
+func runJig(ctx context.Context, bin, port, caDir string, cut <-chan struct{}) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.Command(bin, "program", "--port", port, "--ca-dir", caDir, "--station", "qemu-harness", "--json")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var cutSeen <-chan time.Time
+	for {
+		select {
+		case err := <-done:
+			return buf.Bytes(), err
+		case <-cut:
+			cut = nil
+			// The jig is left to notice the lost line itself; if it has
+			// not given up after 30 s, it is stopped like an operator would.
+			cutSeen = time.After(30 * time.Second)
+		case <-cutSeen:
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			return buf.Bytes(), errors.Join(errors.New("jig still running 30s after the cut; killed"), <-done)
+		case <-ctx.Done():
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+			return buf.Bytes(), fmt.Errorf("devid-jig program: %w", ctx.Err())
+		}
+	}
+}
+
+func jigStatus(ctx context.Context, bin, port string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "status", "--port", port).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("devid-jig status: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1], nil
+}
+
+func firstLine(err error, out []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return fmt.Sprintf("%v; last output %q", err, lines[len(lines)-1])
+}
+
+func lastJSON(out []byte) []byte {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(strings.TrimSpace(lines[i]), "{") {
+			return []byte(lines[i])
+		}
+	}
+	return nil
+}
+
+// checkChain verifies, outside the board, what the jig installed: the leaf
+// names the device and chains to the factory root.
+func leafSHA256(res *jigResult) string {
+	blk, _ := pem.Decode([]byte(res.ChainPEM))
+	if blk == nil {
+		return ""
+	}
+	sum := sha256.Sum256(blk.Bytes)
+	return hex.EncodeToString(sum[:])
+}
+
+func checkChain(res *jigResult, rootPEM []byte) error {
+	var certs []*x509.Certificate
+	rest := []byte(res.ChainPEM)
+	for {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return fmt.Errorf("jig chain: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return errors.New("jig printed no certificate chain")
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(rootPEM) {
+		return errors.New("factory root.pem holds no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return fmt.Errorf("device chain does not verify to the factory root: %w", err)
+	}
+	if !strings.EqualFold(certs[0].Subject.CommonName, res.DeviceID) {
+		return fmt.Errorf("leaf CN %q is not the device ID %q", certs[0].Subject.CommonName, res.DeviceID)
+	}
+	return nil
+}

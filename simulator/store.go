@@ -1,0 +1,182 @@
+package simulator
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Bucket names. Every value is JSON; keys are IDs (telemetry: big-endian seq).
+var (
+	bktGroups      = []byte("enrollmentGroups")
+	bktEnrollments = []byte("enrollments")
+	bktRegs        = []byte("registrations")
+	bktDevices     = []byte("devices")
+	bktTelemetry   = []byte("telemetry")
+	bktRevoked     = []byte("revoked")
+	bktMeta        = []byte("meta")
+	allBuckets     = [][]byte{bktGroups, bktEnrollments, bktRegs, bktDevices, bktTelemetry, bktRevoked, bktMeta}
+)
+
+// storeSchema is written to meta/schema; bump on incompatible changes.
+const storeSchema = 1
+
+// store is the bbolt-backed persistence. Callers keep the authoritative
+// copy in memory and write through; on start everything is loaded back.
+type store struct {
+	db *bolt.DB
+}
+
+func openStore(dir string) (*store, error) {
+	db, err := bolt.Open(filepath.Join(dir, "sim.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open state database: %w (is another devid-sim using this state dir?)", err)
+	}
+	// Writers wait for their commit (a device is answered only after its
+	// data is durable); a short batch delay keeps that wait small while
+	// still grouping concurrent writers into one fsync.
+	db.MaxBatchDelay = time.Millisecond
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket(bktMeta)
+		if v := m.Get([]byte("schema")); v != nil && string(v) != fmt.Sprint(storeSchema) {
+			return fmt.Errorf("state database schema %s, this devid-sim understands %d", v, storeSchema)
+		}
+		return m.Put([]byte("schema"), []byte(fmt.Sprint(storeSchema)))
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &store{db: db}, nil
+}
+
+func (s *store) close() error { return s.db.Close() }
+
+func (s *store) put(bucket []byte, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
+}
+
+// putRaw stores an already-marshalled value (marshal under the owner's
+// lock, write after releasing it, so fsyncs batch and never block hooks).
+func (s *store) putRaw(bucket []byte, key string, b []byte) error {
+	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only simulator-built values are marshalled
+	}
+	return b
+}
+
+func (s *store) del(bucket []byte, key string) error {
+	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
+}
+
+func (s *store) getMeta(key string) []byte {
+	var out []byte
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bktMeta).Get([]byte(key)); v != nil {
+			out = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	return out
+}
+
+func (s *store) putMeta(key string, v []byte) error {
+	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bktMeta).Put([]byte(key), v) })
+}
+
+// each calls fn for every value in bucket.
+func (s *store) each(bucket []byte, fn func(k, v []byte) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return tx.Bucket(bucket).ForEach(fn) })
+}
+
+// appendTelemetry stores rec with the next sequence number and trims the
+// bucket to max records (oldest first).
+func (s *store) appendTelemetry(rec *TelemetryRecord, max int) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bktTelemetry)
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		rec.Seq = seq
+		v, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(seqKey(seq), v); err != nil {
+			return err
+		}
+		if max > 0 && b.Stats().KeyN >= max+max/10 {
+			c := b.Cursor()
+			n := b.Stats().KeyN - max
+			for k, _ := c.First(); k != nil && n > 0; k, _ = c.Next() {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n--
+			}
+		}
+		return nil
+	})
+}
+
+func seqKey(n uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], n)
+	return k[:]
+}
+
+// telemetry returns records with seq > after matching filter, at most limit.
+func (s *store) telemetry(after uint64, limit int, match func(*TelemetryRecord) bool) ([]TelemetryRecord, error) {
+	var out []TelemetryRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bktTelemetry).Cursor()
+		for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
+			var r TelemetryRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			if match(&r) {
+				out = append(out, r)
+				if limit > 0 && len(out) >= limit {
+					break
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *store) clearTelemetry() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bktTelemetry)
+		seq := b.Sequence()
+		if err := tx.DeleteBucket(bktTelemetry); err != nil {
+			return err
+		}
+		nb, err := tx.CreateBucket(bktTelemetry)
+		if err != nil {
+			return err
+		}
+		return nb.SetSequence(seq) // sequence numbers never go back
+	})
+}
