@@ -105,6 +105,8 @@ type Agent struct {
 	id          *Identity
 	clockWait   *ClockWait
 	started     time.Time
+	// firstHubFailure is when the current run of hub failures began.
+	firstHubFailure time.Time
 
 	mu     sync.Mutex // guards status, hub, local
 	status Status
@@ -118,6 +120,9 @@ type Agent struct {
 	desiredHooks []func(patch []byte)
 	statusExtra  map[string]func() any
 	background   []func(ctx context.Context)
+	// transitionHooks run at the end of every enter, on the state
+	// goroutine: they must not block (post work to their own goroutine).
+	transitionHooks []func(from, to State, ev Event)
 }
 
 // New checks the options and opens the state directory and queue.
@@ -158,6 +163,7 @@ func New(opt Options) (*Agent, error) {
 		events: make(chan Event, 64),
 		cnt: counters{
 			maxHubFailures:  cfg.Hub.MaxFailures,
+			minFailing:      cfg.Hub.ReprovisionAfter.D(),
 			maxReprovisions: 3,
 		},
 		extraMethods: map[string]func(context.Context, []byte) (int, []byte){},
@@ -191,6 +197,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if st, err := a.dir.LoadState(); err == nil {
 		a.persisted = *st
 		a.cnt.hubFailures = st.HubFailures
+		if st.HubFailures > 0 {
+			// The failures went on before the restart; count the time
+			// from now, conservatively.
+			a.firstHubFailure = a.clock.Now()
+		}
 	} else if !errors.Is(err, statedir.ErrNotExist) {
 		a.log.Warn("state record unreadable; starting fresh (nothing deleted)", "err", err)
 	}
@@ -205,7 +216,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, bg := range a.background {
 		go bg(ctx)
 	}
-	_, idErr := a.opt.Identity.Load()
+	_, idErr := a.probeIdentity()
 	a.state = Unenrolled
 	a.enter(Unenrolled, Event{Kind: EvBoot}, true)
 	a.handle(Event{Kind: EvBoot, Identity: idErr == nil, FactoryPort: a.cfg.Factory.Port != "" && a.opt.Factory != nil})
@@ -236,6 +247,7 @@ func (a *Agent) shutdown() {
 	}
 	a.queue.Sync()
 	a.persist()
+	a.id.Close()
 	a.log.Info("stopped", "state", a.state.String())
 }
 
@@ -276,6 +288,11 @@ func (a *Agent) handle(ev Event) {
 		a.persisted.LastProvision = &statedir.ProvisionResult{At: a.clock.Now().UTC(), Result: res, Error: errString(ev.Err)}
 	}
 	a.cnt.cached = a.cacheUsable()
+	if a.cnt.hubFailures > 0 && !a.firstHubFailure.IsZero() {
+		a.cnt.failingFor = a.clock.Now().Sub(a.firstHubFailure)
+	} else {
+		a.cnt.failingFor = 0
+	}
 	ns := next(a.state, ev, a.cnt)
 	if ev.Kind == EvHubConnected && ns != Connected {
 		ev.payload.(HubConn).Close()
@@ -314,6 +331,9 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	// Counters and memory.
 	switch ev.Kind {
 	case EvHubFailed:
+		if a.cnt.hubFailures == 0 {
+			a.firstHubFailure = now
+		}
 		a.cnt.hubFailures++
 		a.backoffN++
 	case EvDPSError:
@@ -323,11 +343,13 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	switch ns {
 	case Connected:
 		a.cnt.hubFailures, a.cnt.reprovisions, a.backoffN, a.revokedN = 0, 0, 0, 0
+		a.firstHubFailure = time.Time{}
 		a.persisted.LastKnownGood = now.UTC()
 		a.persisted.RevokedReason = ""
 	case Reprovisioning:
 		a.cnt.reprovisions++
 		a.cnt.hubFailures = 0
+		a.firstHubFailure = time.Time{}
 		if a.assignment != nil {
 			if err := a.dir.ClearAssignment(); err != nil {
 				a.log.Warn("cannot set the cached assignment aside", "err", err)
@@ -382,7 +404,7 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 		nextRetry = now.Add(d)
 		a.log.Error("agent needs attention; re-checking later", "err", errString(ev.Err), "retry_in", d.String())
 		a.timerFunc(ctx, epoch, d, func() Event {
-			_, err := a.opt.Identity.Load()
+			_, err := a.probeIdentity()
 			return Event{Kind: EvTimer, Identity: err == nil}
 		})
 	}
@@ -390,6 +412,9 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	a.publishStatus(nextRetry)
 	if a.opt.Indicator != nil {
 		a.opt.Indicator(ns)
+	}
+	for _, h := range a.transitionHooks {
+		h(from, ns, ev)
 	}
 }
 
@@ -433,12 +458,23 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// probeIdentity loads the identity only to see whether it exists (and
+// its fingerprint), then releases it.
+func (a *Agent) probeIdentity() (string, error) {
+	id, err := a.opt.Identity.Load()
+	if err != nil {
+		return "", err
+	}
+	defer id.Close()
+	return id.Fingerprint, nil
+}
+
 // watchIdentity polls for an identity (installed by the jig or by hand)
 // and posts kind once it exists.
 func (a *Agent) watchIdentity(ctx context.Context, epoch uint64, kind EventKind) {
 	go func() {
 		for {
-			if _, err := a.opt.Identity.Load(); err == nil {
+			if _, err := a.probeIdentity(); err == nil {
 				a.postState(epoch, Event{Kind: kind, Identity: true})
 				return
 			}
@@ -450,42 +486,58 @@ func (a *Agent) watchIdentity(ctx context.Context, epoch uint64, kind EventKind)
 }
 
 func (a *Agent) runFactory(ctx context.Context, epoch uint64) {
+	// A device that enters factory mode already programmed (the factory
+	// button) stays until the jig installs a different certificate or the
+	// bus has been given factoryIdle; an unprogrammed one leaves as soon
+	// as it has an identity.
+	entryFP, _ := a.probeIdentity()
+	programmed := func() bool {
+		fp, err := a.probeIdentity()
+		return err == nil && fp != entryFP
+	}
 	if a.opt.Factory == nil {
+		if entryFP != "" {
+			a.log.Info("factory mode requested, but no factory port is configured; back to the field")
+			a.postState(epoch, Event{Kind: EvFactoryDone, Identity: true})
+			return
+		}
 		a.log.Info("factory mode: no factory port configured; waiting for an identity to be installed")
 		a.watchIdentity(ctx, epoch, EvFactoryDone)
 		return
 	}
-	a.log.Info("factory mode: serving the factory bus", "port", a.cfg.Factory.Port)
+	a.log.Info("factory mode: serving the factory bus", "port", a.cfg.Factory.Port, "programmed", entryFP != "")
 	fctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- a.opt.Factory(fctx) }()
+	finish := func(err error) {
+		_, idErr := a.probeIdentity()
+		a.postState(epoch, Event{Kind: EvFactoryDone, Identity: idErr == nil, Err: err})
+	}
 	go func() {
 		defer cancel()
+		deadline := a.clock.Now().Add(factoryIdle)
 		for {
-			select {
-			case err := <-done:
-				_, idErr := a.opt.Identity.Load()
-				a.postState(epoch, Event{Kind: EvFactoryDone, Identity: idErr == nil, Err: err})
-				return
-			case <-ctx.Done():
-				return
-			default:
-			}
-			if _, err := a.opt.Identity.Load(); err == nil {
-				// Programmed. Keep answering the jig (STATUS, a repeated
-				// INSTALL) for a grace period, then go to the field.
-				if !a.sleep(ctx, 10*time.Second) {
+			if programmed() {
+				// Keep answering the jig (STATUS, a repeated INSTALL) for a
+				// grace period, then go to the field.
+				if !a.sleep(ctx, factoryLinger) {
 					return
 				}
 				cancel()
 				<-done
-				a.postState(epoch, Event{Kind: EvFactoryDone, Identity: true})
+				finish(nil)
+				return
+			}
+			if entryFP != "" && !a.clock.Now().Before(deadline) {
+				a.log.Info("factory mode timed out; back to the field", "after", factoryIdle.String())
+				cancel()
+				<-done
+				finish(nil)
 				return
 			}
 			select {
 			case err := <-done:
-				_, idErr := a.opt.Identity.Load()
-				a.postState(epoch, Event{Kind: EvFactoryDone, Identity: idErr == nil, Err: err})
+				finish(err)
 				return
 			case <-ctx.Done():
 				return
@@ -530,6 +582,10 @@ var clockFloorBuild = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func (a *Agent) startEnrolled(ctx context.Context, epoch uint64) {
 	id, err := a.opt.Identity.Load()
+	if err == nil && a.id != nil && a.id != id {
+		// The previous identity's connection is closed by now.
+		a.id.Close()
+	}
 	if err != nil {
 		if errors.Is(err, ErrNoIdentity) {
 			a.postState(epoch, Event{Kind: EvFatal, Err: fmt.Errorf("identity disappeared: %w", err)})
@@ -605,7 +661,10 @@ func (a *Agent) startProvisioning(ctx context.Context, epoch uint64) {
 		}
 		if err != nil {
 			switch a.opt.Cloud.Classify(err) {
-			case ClassRefused:
+			case ClassRefused, ClassAuth:
+				// Disabled, failed, or the credential refused (401, e.g. a
+				// revoked certificate): retrying at network pace would
+				// hammer DPS with a credential it has already refused.
 				a.postState(epoch, Event{Kind: EvDPSRefused, Err: err})
 			case ClassClock:
 				a.postState(epoch, Event{Kind: EvClockBad, Err: err})
@@ -629,6 +688,17 @@ func (a *Agent) startProvisioning(ctx context.Context, epoch uint64) {
 }
 
 func (a *Agent) startConnecting(ctx context.Context, epoch uint64) {
+	// Reload the credential on every connect: a renewal may have
+	// committed a new one meanwhile (also while provisioning). Nothing
+	// uses the previous one any more: its connection is closed.
+	if id, err := a.opt.Identity.Load(); err == nil {
+		if a.id != id {
+			a.id.Close()
+		}
+		a.id = id
+	} else {
+		a.log.Warn("reloading the identity before connecting; using the loaded one", "err", err)
+	}
 	id, as := a.id, a.assignment
 	if id != nil && id.Operational != nil {
 		// The hub gets the operational credential (DPS-issued or
@@ -829,3 +899,11 @@ func (a *Agent) publishStatus(nextRetry time.Time) {
 		a.opt.OnState(a.Status())
 	}
 }
+
+// factoryLinger is how long factory mode keeps answering the jig (STATUS,
+// a repeated INSTALL) after a certificate was installed.
+const factoryLinger = 3 * time.Second
+
+// factoryIdle bounds factory mode entered with the button on a device
+// that is already programmed.
+const factoryIdle = 10 * time.Minute

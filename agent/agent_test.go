@@ -32,6 +32,7 @@ type fakeCloud struct {
 	connects    int
 	registerErr error
 	connectErr  error
+	failNext    error // fails the next connect only
 	conns       []*fakeConn
 	sent        []Message
 }
@@ -50,6 +51,10 @@ func (f *fakeCloud) Connect(ctx context.Context, id *Identity, a *statedir.Assig
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.connects++
+	if err := f.failNext; err != nil {
+		f.failNext = nil
+		return nil, err
+	}
 	if f.connectErr != nil {
 		return nil, f.connectErr
 	}
@@ -142,12 +147,14 @@ func testIdentity(t *testing.T, notBefore time.Time) *Identity {
 }
 
 type harness struct {
-	t     *testing.T
-	a     *Agent
-	cloud *fakeCloud
-	clock *FakeClock
-	cfg   *config.Config
-	stop  func()
+	button  chan struct{}
+	onState func(Status)
+	t       *testing.T
+	a       *Agent
+	cloud   *fakeCloud
+	clock   *FakeClock
+	cfg     *config.Config
+	stop    func()
 }
 
 var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
@@ -170,7 +177,8 @@ func newHarness(t *testing.T, stateDir string, mutate func(*config.Config)) *har
 
 func (h *harness) start(id *Identity) {
 	h.t.Helper()
-	a, err := New(Options{Config: h.cfg, Clock: h.clock, Cloud: h.cloud, Identity: staticIdentity{id},
+	h.button = make(chan struct{}, 1)
+	a, err := New(Options{Config: h.cfg, Clock: h.clock, Cloud: h.cloud, Identity: staticIdentity{id}, Button: h.button, OnState: h.onState,
 		Logger: slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		h.t.Fatal(err)
@@ -253,15 +261,13 @@ func TestHubAuthRefusalReprovisions(t *testing.T) {
 	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
 	h.start(testIdentity(t, t0.Add(-time.Hour)))
 	h.waitState(Connected, 0)
-	h.cloud.set(func(f *fakeCloud) { f.connectErr = errAuth })
+	h.cloud.set(func(f *fakeCloud) { f.failNext = errAuth })
 	h.cloud.drop()
-	h.waitFor("a refused reconnect", func() bool {
+	h.waitFor("re-provisioned and connected", func() bool {
 		h.clock.Advance(time.Second)
-		_, c, _ := h.cloud.get()
-		return c >= 2
+		r, c, _ := h.cloud.get()
+		return r == 2 && c >= 3 && h.a.Status().State == "connected"
 	})
-	h.cloud.set(func(f *fakeCloud) { f.connectErr = nil })
-	h.waitState(Connected, time.Second)
 	if r, _, _ := h.cloud.get(); r != 2 {
 		t.Fatalf("registrations %d, want 2 (auth refusal must re-provision)", r)
 	}
@@ -379,5 +385,52 @@ func TestTenHubFailuresReprovision(t *testing.T) {
 	})
 	if _, c, _ := h.cloud.get(); c < 10 {
 		t.Fatalf("re-provisioned after %d connects", c)
+	}
+}
+
+// TestNewIDScopeReprovisions: a config naming another DPS instance makes
+// the cached assignment unusable (anchors B-11: a new ID scope ignored).
+func TestNewIDScopeReprovisions(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "s")
+	h := newHarness(t, dir, nil)
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h.waitState(Connected, 0)
+	h.stop()
+	h2 := newHarness(t, dir, func(c *config.Config) { c.DPS.IDScope = "0ne0000OTHER" })
+	h2.cloud = h.cloud
+	h2.start(testIdentity(t, t0.Add(-time.Hour)))
+	h2.waitState(Connected, 0)
+	if r, _, _ := h.cloud.get(); r != 2 {
+		t.Fatalf("registrations %d, want 2 after the ID scope changed", r)
+	}
+	as, _ := h2.a.dir.LoadAssignment()
+	if as.IDScope != "0ne0000OTHER" {
+		t.Fatalf("cached assignment still from the old scope: %+v", as)
+	}
+}
+
+// TestFactoryButton: the button enters factory mode from connected; with
+// no factory port and an identity present the agent goes back to the
+// field (cached assignment, no new registration).
+func TestFactoryButton(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
+	var states []string
+	var mu sync.Mutex
+	h.onState = func(s Status) { mu.Lock(); states = append(states, s.State); mu.Unlock() }
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h.waitState(Connected, 0)
+	mu.Lock()
+	states = nil
+	mu.Unlock()
+	h.button <- struct{}{}
+	h.waitFor("factory and back", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(states) > 0 && states[0] == "factory" && states[len(states)-1] == "connected"
+	})
+	if r, _, _ := h.cloud.get(); r != 1 {
+		t.Fatalf("registrations %d", r)
 	}
 }

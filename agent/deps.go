@@ -27,6 +27,22 @@ type Identity struct {
 	Operational *Identity
 }
 
+// Close releases the key handles (a TPM key is loaded into the TPM until
+// closed; the TPM holds only a few objects). Nil-safe.
+func (id *Identity) Close() {
+	if id == nil {
+		return
+	}
+	for _, x := range []*Identity{id, id.Operational} {
+		if x == nil {
+			continue
+		}
+		if c, ok := x.Key.(interface{ Close() error }); ok {
+			c.Close()
+		}
+	}
+}
+
 // ErrNoIdentity means there is no key or no certificate yet.
 var ErrNoIdentity = errors.New("no device identity (key and certificate) yet")
 

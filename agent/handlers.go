@@ -135,6 +135,7 @@ func (a *Agent) health() Health {
 func (a *Agent) healthLoop(ctx context.Context, conn HubConn) {
 	for {
 		h := a.health()
+		h.State = Connected.String() // this loop runs only while connected
 		body, _ := json.Marshal(h)
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		if err := conn.Report(rctx, []byte(`{"devid":`+string(body)+`}`)); err != nil && ctx.Err() == nil {

@@ -17,6 +17,7 @@ import (
 
 	"devid/agent/queue"
 	"devid/agent/statedir"
+	"devid/enroll/certstore"
 	"devid/simulator/simtest"
 )
 
@@ -59,6 +60,9 @@ type board struct {
 	clock    string
 	deviceID string
 	group    string
+	root     string
+	port     string
+	extra    string
 	cmd      *exec.Cmd
 	stderr   *lockedBuffer
 	exited   chan struct{}
@@ -109,16 +113,26 @@ func newBoard(t *testing.T, sim *simtest.Sim, deviceID string, extra string) *bo
 	os.WriteFile(root, simtest.PEM(ca.Root), 0o644)
 	sim.EnrollGroup(t, b.group, ca.Root)
 
+	b.root = root
+	b.extra = extra
+	b.writeConfig()
+	return b
+}
+
+// writeConfig writes the board's config.toml for the simulator.
+func (b *board) writeConfig() {
 	var resolve strings.Builder
-	for host, addr := range sim.Resolve() {
+	for host, addr := range b.sim.Resolve() {
 		fmt.Fprintf(&resolve, "%q = %q\n", host, addr)
 	}
 	cfg := fmt.Sprintf(`state_dir = %q
+device_id = %q
 log_level = "debug"
 [key]
 backend = "file:%s/device.key"
 [factory]
 root = %q
+port = %q
 [dps]
 endpoint = "%s:8883"
 id_scope = %q
@@ -145,10 +159,9 @@ interval = "0s"
 allow_clock_override = true
 [network.resolve]
 %s
-%s`, b.state, b.state, root, sim.Ready.DPS.Host, sim.Ready.IDScope, sim.Ready.ServerCA, b.socket, resolve.String(), extra)
-	b.config = filepath.Join(dir, "config.toml")
+%s`, b.state, b.deviceID, b.state, b.root, b.port, b.sim.Ready.DPS.Host, b.sim.Ready.IDScope, b.sim.Ready.ServerCA, b.socket, resolve.String(), b.extra)
+	b.config = filepath.Join(b.dir, "config.toml")
 	os.WriteFile(b.config, []byte(cfg), 0o644)
-	return b
 }
 
 func (b *board) start() {
@@ -423,4 +436,227 @@ func TestBadConfig(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "state_dir: \"relative/path\" is not an absolute path") || !strings.Contains(string(out), "hub.keepalive") {
 		t.Fatalf("want both problems named, got %v:\n%s", err, out)
 	}
+}
+
+// TestSystemdNotify runs the real binary under a fake service manager:
+// READY=1, STATUS= lines, and WATCHDOG=1 while the state loop answers.
+func TestSystemdNotify(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "devid-notify-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "notify.sock")
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\n[local_api]\nsocket = %q\ngroup = \"\"\n", filepath.Join(dir, "state"), filepath.Join(dir, "api.sock"))), 0o644)
+	cmd := exec.Command(agentBinary(t), "run", "--config", cfg)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	seen := map[string]bool{}
+	ln.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 4096)
+	for !(seen["READY=1"] && seen["WATCHDOG=1"] && seen["STATUS"]) {
+		n, err := ln.Read(buf)
+		if err != nil {
+			t.Fatalf("notifications so far %v: %v\n%s", seen, err, stderr.String())
+		}
+		msg := string(buf[:n])
+		if strings.HasPrefix(msg, "STATUS=") {
+			seen["STATUS"] = true
+		}
+		seen[msg] = true
+	}
+	// SIGTERM: a clean stop says STOPPING=1 and exits 0.
+	cmd.Process.Signal(syscall.SIGTERM)
+	for !seen["STOPPING=1"] {
+		n, err := ln.Read(buf)
+		if err != nil {
+			t.Fatalf("no STOPPING=1: %v", err)
+		}
+		seen[string(buf[:n])] = true
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
+	}
+}
+
+var (
+	jigOnce sync.Once
+	jigBin  string
+	jigErr  error
+)
+
+func jigBinary(t *testing.T) string {
+	t.Helper()
+	jigOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "devid-jig-bin-")
+		if err != nil {
+			jigErr = err
+			return
+		}
+		jigBin = filepath.Join(dir, "devid-jig")
+		if b, err := exec.Command("go", "build", "-o", jigBin, "../enroll/cmd/devid-jig").CombinedOutput(); err != nil {
+			jigErr = fmt.Errorf("go build devid-jig: %v\n%s", err, b)
+		}
+	})
+	if jigErr != nil {
+		t.Fatal(jigErr)
+	}
+	return jigBin
+}
+
+// TestFactoryModeThenField: an unprogrammed board with factory.port set
+// serves the factory bus from the daemon; devid-jig programs it over a pty
+// pair; the same process then provisions and connects, no restart.
+func TestFactoryModeThenField(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	if _, err := exec.LookPath("socat"); err != nil {
+		t.Skip("socat not installed (scripts/deps.sh)")
+	}
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "factory-dev", "")
+	os.Remove(filepath.Join(b.state, "device.key"))
+	os.Remove(filepath.Join(b.state, "device-chain.pem"))
+
+	jig := jigBinary(t)
+	caDir := filepath.Join(b.dir, "ca")
+	if out, err := exec.Command(jig, "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
+		t.Fatalf("ca init: %v\n%s", err, out)
+	}
+	rootPEM, _ := os.ReadFile(filepath.Join(caDir, "root.pem"))
+	roots, err := certstore.ParsePEM(rootPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim.EnrollGroup(t, "factory-line", roots[0])
+
+	boardTTY, jigTTY := filepath.Join(b.dir, "board-uart"), filepath.Join(b.dir, "jig-uart")
+	socat := exec.Command("socat", "pty,raw,echo=0,link="+boardTTY, "pty,raw,echo=0,link="+jigTTY)
+	if err := socat.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { socat.Process.Kill(); socat.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, e1 := os.Stat(boardTTY)
+		_, e2 := os.Stat(jigTTY)
+		if e1 == nil && e2 == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("socat pty pair did not appear")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.root = filepath.Join(caDir, "root.pem")
+	b.port = boardTTY
+	b.writeConfig()
+	b.start()
+	b.waitState("factory", 20*time.Second)
+	// Power cut in factory mode: it comes back to factory mode.
+	b.kill()
+	b.start()
+	b.waitState("factory", 20*time.Second)
+	if out, err := exec.Command(jig, "program", "--port", jigTTY, "--ca-dir", caDir).CombinedOutput(); err != nil {
+		t.Fatalf("devid-jig program: %v\n%s\n--- agent ---\n%s", err, out, b.stderr.String())
+	}
+	b.waitState("connected", 60*time.Second)
+	b.send(2, "f")
+	b.waitDelivered("f", 2)
+}
+
+// TestStatusAndCheck runs `status --json` (live and from the state files)
+// and `check --json` against a provisioned board.
+func TestStatusAndCheck(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "check-dev", "")
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	status := func() map[string]any {
+		out, err := exec.Command(agentBinary(t), "status", "--json", "--config", b.config).Output()
+		if err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(out, &m); err != nil {
+			t.Fatalf("status output %q: %v", out, err)
+		}
+		return m
+	}
+	live := status()
+	if live["state"] != "connected" || live["device_id"] != b.deviceID || live["hub"] == "" || live["cert_expiry"] == nil ||
+		!strings.HasPrefix(live["source"].(string), "agent") {
+		t.Fatalf("live status %v", live)
+	}
+
+	out, err := exec.Command(agentBinary(t), "check", "--json", "--config", b.config).Output()
+	var results []struct{ Name, Result, Detail, Hint string }
+	if jerr := json.Unmarshal(out, &results); jerr != nil {
+		t.Fatalf("check output %q: %v (%v)", out, jerr, err)
+	}
+	got := map[string]string{}
+	for _, r := range results {
+		got[r.Name] = r.Result
+		if r.Result != "pass" && r.Hint == "" && r.Result != "skip" {
+			t.Errorf("check %s is %s without a hint", r.Name, r.Result)
+		}
+	}
+	for _, name := range []string{"config", "state dir", "key", "key matches cert", "chain", "cert expiry", "trust roots", "dps assignment", "dps reachable", "hub reachable"} {
+		if got[name] != "pass" {
+			t.Errorf("check %q = %q, want pass (all: %v)", name, got[name], got)
+		}
+	}
+	if err != nil {
+		t.Errorf("check exited %v with every check passing or warning: %v", err, got)
+	}
+
+	b.kill()
+	off := status()
+	if off["state"] != "connected" || off["device_id"] != b.deviceID || !strings.HasPrefix(off["source"].(string), "state files") {
+		t.Fatalf("offline status %v", off)
+	}
+	// With the simulator gone, reachability fails with a hint and exit 1.
+	sim.Stop()
+	cmd := exec.Command(agentBinary(t), "check", "--config", b.config)
+	text, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(text), "[FAIL] dps reachable") || !strings.Contains(string(text), "hint:") {
+		t.Fatalf("check with DPS down: %v\n%s", err, text)
+	}
+}
+
+// TestKill9Provisioning: a power cut while DPS is answering slowly; the
+// restart registers again and connects.
+func TestKill9Provisioning(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "kill9prov-dev", "")
+	sim.SetFault(t, simtest.Fault{Scope: "dps", Ops: []string{"register"}, DelayMs: 60000, Count: 1000})
+	b.start()
+	b.waitState("provisioning", 20*time.Second)
+	b.kill()
+	if _, err := (&statedir.Dir{Path: b.state}).LoadAssignment(); err == nil {
+		t.Fatal("an assignment was cached before DPS answered")
+	}
+	b.start()
+	b.waitState("provisioning", 20*time.Second)
+	sim.ClearFaults(t)
+	b.waitState("connected", 60*time.Second)
+	b.send(2, "p")
+	b.waitDelivered("p", 2)
 }

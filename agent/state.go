@@ -133,6 +133,9 @@ type Event struct {
 type counters struct {
 	hubFailures    int // consecutive hub failures since the last connect
 	maxHubFailures int
+	// failingFor is how long the hub has been failing (since the first
+	// of the consecutive failures); minFailing is hub.reprovision_after.
+	failingFor, minFailing time.Duration
 	// reprovisions counts DPS round trips since the last good hub
 	// connection; a hub that refuses every fresh assignment must not
 	// make the agent loop through DPS (anchors B-11).
@@ -153,8 +156,9 @@ func next(cur State, ev Event, c counters) State {
 	}
 	if ev.Kind == EvCredential {
 		switch cur {
-		case Connecting, Connected, Backoff:
-			// Reload the identity, then reconnect with it.
+		case Connecting, Connected, Backoff, Revoked, Reprovisioning:
+			// Reload the identity, then reconnect with it: a new
+			// credential is the way out of a refused one.
 			return Enrolled
 		}
 		return cur
@@ -212,7 +216,7 @@ func next(cur State, ev Event, c counters) State {
 		case EvClockBad:
 			return Enrolled
 		case EvHubFailed:
-			if ev.AuthRefused || c.hubFailures+1 >= c.maxHubFailures {
+			if ev.AuthRefused || (c.hubFailures+1 >= c.maxHubFailures && c.failingFor >= c.minFailing) {
 				if c.reprovisions >= c.maxReprovisions {
 					return Revoked
 				}

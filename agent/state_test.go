@@ -12,6 +12,10 @@ func TestNextTable(t *testing.T) {
 	cached.cached = true
 	many := c
 	many.hubFailures = 9
+	many.minFailing = 15 * time.Minute
+	many.failingFor = 16 * time.Minute
+	manyShort := many
+	manyShort.failingFor = 5 * time.Minute
 	loop := c
 	loop.reprovisions = 3
 	cases := []struct {
@@ -35,6 +39,7 @@ func TestNextTable(t *testing.T) {
 		{Connecting, Event{Kind: EvHubConnected}, c, Connected},
 		{Connecting, Event{Kind: EvHubFailed}, c, Backoff},
 		{Connecting, Event{Kind: EvHubFailed}, many, Reprovisioning},
+		{Connecting, Event{Kind: EvHubFailed}, manyShort, Backoff},
 		{Connecting, Event{Kind: EvHubFailed, AuthRefused: true}, c, Reprovisioning},
 		{Connecting, Event{Kind: EvHubFailed, AuthRefused: true}, loop, Revoked},
 		{Connecting, Event{Kind: EvClockBad}, c, Enrolled},

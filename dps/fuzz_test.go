@@ -143,3 +143,15 @@ func FuzzParseTwin(f *testing.F) {
 		_, _ = ParseTwin(body)
 	})
 }
+
+func FuzzCredentialBody(f *testing.F) {
+	f.Add([]byte(`["MIIB","MIIC"]`))
+	f.Add([]byte(`{"certificates":["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"]}`))
+	f.Add([]byte(`{"certificates":[]}`))
+	f.Add([]byte(`[1,2]`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if chain, err := parseIssuedCredential(body, nil); err == nil && len(chain) == 0 {
+			t.Fatalf("empty chain accepted from %q", body)
+		}
+	})
+}

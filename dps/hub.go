@@ -555,7 +555,7 @@ func (h *Hub) stopped() error {
 func (h *Hub) SendTelemetry(ctx context.Context, m *Message) error {
 	topic := TelemetryTopic(h.cfg.DeviceID, m)
 	if n := len(topic) + len(m.Payload); n > MaxTelemetrySize {
-		return fmt.Errorf("%w: %d bytes with topic, limit %d", ErrTooLarge, n, MaxTelemetrySize)
+		return &ConfigError{Field: "telemetry message", Err: fmt.Errorf("%w: %d bytes with topic, limit %d", ErrTooLarge, n, MaxTelemetrySize)}
 	}
 	select {
 	case h.window <- struct{}{}:

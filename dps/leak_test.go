@@ -3,6 +3,7 @@ package dps
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"runtime"
 	"testing"
 	"time"
@@ -33,6 +34,10 @@ func TestHubNoGoroutineLeak(t *testing.T) {
 		}
 		if err := h.SendTelemetry(context.Background(), &Message{Payload: []byte("x")}); err != nil {
 			t.Fatal(err)
+		}
+		err = h.SendTelemetry(context.Background(), &Message{Payload: make([]byte, MaxTelemetrySize)})
+		if !errors.Is(err, ErrTooLarge) || Retryable(err) {
+			t.Errorf("oversized message: %v", err)
 		}
 		h.Close()
 	}

@@ -42,7 +42,7 @@ type RegistrationState struct {
 	DeviceID               string                  `json:"deviceId,omitempty"`
 	Status                 string                  `json:"status,omitempty"`
 	Substatus              string                  `json:"substatus,omitempty"`
-	ErrorCode              flexInt                 `json:"errorCode,omitempty"`
+	ErrorCode              JSONInt                 `json:"errorCode,omitempty"`
 	ErrorMessage           string                  `json:"errorMessage,omitempty"`
 	LastUpdatedDateTimeUTC string                  `json:"lastUpdatedDateTimeUtc,omitempty"`
 	ETag                   string                  `json:"etag,omitempty"`
@@ -72,15 +72,15 @@ type X509CertificateInfo struct {
 	NotBeforeUTC     string  `json:"notBeforeUtc,omitempty"`
 	NotAfterUTC      string  `json:"notAfterUtc,omitempty"`
 	SerialNumber     string  `json:"serialNumber,omitempty"`
-	Version          flexInt `json:"version,omitempty"`
+	Version          JSONInt `json:"version,omitempty"`
 }
 
-// flexInt accepts a JSON number or a numeric string: error codes are
+// JSONInt is an int that accepts a JSON number or a numeric string: error codes are
 // int32 in the spec, but strings have been seen from proxies and older
 // services, and a parse failure must not hide the rest of the reply.
-type flexInt int
+type JSONInt int
 
-func (f *flexInt) UnmarshalJSON(b []byte) error {
+func (f *JSONInt) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
 	if string(b) == "null" {
 		return nil
@@ -103,7 +103,7 @@ func (f *flexInt) UnmarshalJSON(b []byte) error {
 		}
 		n = int64(fl)
 	}
-	*f = flexInt(n)
+	*f = JSONInt(n)
 	return nil
 }
 
@@ -111,13 +111,13 @@ func (f *flexInt) UnmarshalJSON(b []byte) error {
 // (ProvisioningServiceErrorDetails), also used by the hub's twin and
 // credential channels.
 type ServiceError struct {
-	ErrorCode    flexInt         `json:"errorCode"`
+	ErrorCode    JSONInt         `json:"errorCode"`
 	TrackingID   string          `json:"trackingId"`
 	Message      string          `json:"message"`
 	ErrorMessage string          `json:"errorMessage"`
 	TimestampUTC string          `json:"timestampUtc"`
 	Info         json.RawMessage `json:"info"`
-	RetryAfter   flexInt         `json:"retryAfter"`
+	RetryAfter   JSONInt         `json:"retryAfter"`
 }
 
 // ParseOperationStatus decodes a 200/202 body. An empty operationId is

@@ -57,7 +57,7 @@ type Config struct {
 	// Backoff for 429, 5xx and transport failures. Default base 1 s,
 	// max 60 s, full jitter.
 	Backoff Backoff
-	// KeepAlive for the DPS connection. Default 240 s.
+	// KeepAlive for the DPS connection. Default 240 s, at most 1177 s.
 	KeepAlive time.Duration
 
 	Clock  Clock
@@ -153,8 +153,9 @@ func (cfg *Config) defaults() error {
 		cfg.Backoff.Max = 60 * time.Second
 	}
 	if cfg.KeepAlive <= 0 {
-		cfg.KeepAlive = 240 * time.Second
+		cfg.KeepAlive = DefaultKeepAlive
 	}
+	cfg.KeepAlive = min(max(cfg.KeepAlive, time.Second), MaxKeepAlive)
 	if cfg.Clock == nil {
 		cfg.Clock = SystemClock
 	}
@@ -412,6 +413,10 @@ func (r *registration) assigned(st *OperationStatus) (*Result, error) {
 	r.res.State = *rs
 	res := r.res
 	r.log.Info("dps assigned", "hub", rs.AssignedHub, "device_id", rs.DeviceID, "round_trips", res.RoundTrips)
+	if p := rs.ConnectionProfile; p != "" && !strings.EqualFold(p, "classic") {
+		// Draft API (reference §2.11): an MQTT 5 hub is not supported.
+		r.log.Warn("dps assigned a hub with a connection profile this client does not speak", "connection_profile", p)
+	}
 	if len(r.cfg.CSR) == 0 {
 		return &res, nil
 	}

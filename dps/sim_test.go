@@ -346,6 +346,52 @@ func TestSim(t *testing.T) {
 		renewThroughHub(t, r, "dev-renew")
 	})
 
+	t.Run("NoResponseReconnects", func(t *testing.T) {
+		t.Parallel()
+		id := "dev-slow"
+		fid := r.sim.SetFault(t, simtest.Fault{Scope: "dps", DeviceID: id, Ops: []string{"register"}, DelayMs: 3000})
+		cfg := r.config(r.ca.credential(t, id), nil)
+		cfg.ResponseTimeout = 300 * time.Millisecond
+		cfg.Backoff = Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+		type out struct {
+			res *Result
+			err error
+		}
+		done := make(chan out, 1)
+		go func() {
+			res, err := Register(context.Background(), cfg)
+			done <- out{res, err}
+		}()
+		// Once the simulator has sat on two register requests, let it
+		// answer again.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var faults []struct {
+				ID      string `json:"id"`
+				Applied int    `json:"applied"`
+			}
+			r.sim.MustDo("GET", "/sim/faults", nil, &faults)
+			n := 0
+			for _, f := range faults {
+				if f.ID == fid {
+					n = f.Applied
+				}
+			}
+			if n >= 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("register requests never reached the slow simulator (applied %d)", n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		r.sim.MustDo("DELETE", "/sim/faults/"+fid, nil, nil)
+		o := wait(t, done, "register after the delay fault")
+		if o.err != nil || o.res.Connects < 2 {
+			t.Fatalf("got %+v %v, want success after reconnecting", o.res, o.err)
+		}
+	})
+
 	t.Run("Throttled429RetryAfter", func(t *testing.T) {
 		t.Parallel()
 		id := "dev-429"
@@ -386,7 +432,7 @@ func TestSim(t *testing.T) {
 		t.Parallel()
 		id := "dev-429-forever"
 		r.sim.SetFault(t, simtest.Fault{Scope: "dps", DeviceID: id, Status: 429, RetryAfter: 1})
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 		defer cancel()
 		cfg := r.config(r.ca.credential(t, id), newFakeClock())
 		// A real clock here: the deadline is what must stop it.

@@ -83,7 +83,7 @@ main() {
   AGENT_PID=$!
   PIDS+=("$AGENT_PID")
   # Show each state transition as it happens.
-  (tail -n +1 -F "$W/agent.log" 2>/dev/null | grep --line-buffered 'msg="state change"' |
+  (tail --pid="$AGENT_PID" -n +1 -F "$W/agent.log" 2>/dev/null | grep --line-buffered 'msg="state change"' |
     sed -u 's/.*state=\([a-z]*\) from=\([a-z]*\).*/    agent: \2 -> \1/') &
   PIDS+=($!)
   wait_for "agent connected" 60 grep -q 'state=connected' "$W/agent.log" || { cat "$W/agent.log"; die "agent did not connect"; }
@@ -95,8 +95,8 @@ main() {
 
   step "wait for the simulator to record the messages"
   "$BIN/devid-sim" telemetry --state "$W/sim" --device "$DEVICE_ID" --wait 20s --min 2 >"$W/telemetry.json"
-  ACKED="$(grep -o '"seq":' "$W/telemetry.json" | wc -l)"
-  APP="$(grep -o '"source":"demo-app"' "$W/telemetry.json" | wc -l)"
+  ACKED="$(grep -cE '"seq": ?[0-9]' "$W/telemetry.json" || true)"
+  APP="$(grep -cE '"source": ?"demo-app"' "$W/telemetry.json" || true)"
   STATUS="$("$BIN/devid-agent" status --config "$W/config.toml")"
 
   printf '\n== summary ==\n'
@@ -108,7 +108,6 @@ main() {
   printf '  work dir:               %s (agent.log, sim.log, config.toml)\n\n' "$W"
   printf '%s\n' "$STATUS" | sed 's/^/  /'
   [ "$APP" -ge 1 ] || die "the local app's message was not recorded"
-  KEEP=1
 }
 
 write_config() {

@@ -20,6 +20,12 @@ import (
 )
 
 func (s *Sim) startHTTP() error {
+	// The control plane is unauthenticated: loopback only.
+	if h, _, err := net.SplitHostPort(s.cfg.ControlAddr); err != nil {
+		return fmt.Errorf("control address %q: %w", s.cfg.ControlAddr, err)
+	} else if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("control address %q: must be a loopback address (the control plane has no authentication)", s.cfg.ControlAddr)
+	}
 	l, err := s.listen(s.cfg.ControlAddr)
 	if err != nil {
 		return fmt.Errorf("control listener %s: %w", s.cfg.ControlAddr, err)
@@ -467,6 +473,10 @@ func (s *Sim) putDevice(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, 400, 400004, "deviceId %q does not match the path %q", in.DeviceID, id)
 		return
 	}
+	if err := ValidDeviceID(id); err != nil {
+		writeErr(w, 400, 400004, "%v", err)
+		return
+	}
 	switch in.Authentication.Type {
 	case "selfSigned":
 		if in.Authentication.X509Thumbprint == nil || in.Authentication.X509Thumbprint.PrimaryThumbprint == "" {
@@ -657,6 +667,10 @@ func (s *Sim) patchTwin(replace bool) http.HandlerFunc {
 		if !readJSON(w, r, &in) {
 			return
 		}
+		if b, _ := json.Marshal(in.Properties.Desired); len(b) > hubMaxTwin {
+			writeErr(w, 400, 400004, "desired properties exceed 32 KB")
+			return
+		}
 		if _, err := s.UpdateDesired(hub.Name, r.PathValue("id"), in.Properties.Desired, in.Tags, replace); err != nil {
 			if errors.Is(err, errNotFoundErr) {
 				writeErr(w, 404, 404001, "Device %q not found on %s.", r.PathValue("id"), hub.Name)
@@ -840,6 +854,7 @@ func (s *Sim) revoke(w http.ResponseWriter, r *http.Request) {
 	n := s.crlNum
 	// Drop live connections that now use a revoked certificate.
 	var kick []*mqtt.Client
+	s.cmu.RLock()
 	for cl, c := range s.conns {
 		if c.leaf == nil {
 			continue
@@ -851,6 +866,7 @@ func (s *Sim) revoke(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	s.cmu.RUnlock()
 	s.mu.Unlock()
 	for _, e := range entries {
 		_ = s.st.put(bktRevoked, e.SHA256, e)
@@ -1086,14 +1102,14 @@ func (s *Sim) postFault(w http.ResponseWriter, r *http.Request) {
 	}
 	if out.RefuseSeconds > 0 || out.DropAfter > 0 {
 		// Refusal and drop faults also hit live connections that match.
-		s.mu.Lock()
+		s.cmu.RLock()
 		var kick []*mqtt.Client
 		for cl, c := range s.conns {
 			if out.RefuseSeconds > 0 && out.matches(c.role, c.id, "connect") {
 				kick = append(kick, cl)
 			}
 		}
-		s.mu.Unlock()
+		s.cmu.RUnlock()
 		for _, cl := range kick {
 			cl.Stop(errClosed)
 		}
@@ -1112,7 +1128,7 @@ type ConnectionInfo struct {
 }
 
 func (s *Sim) getConnections(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
+	s.cmu.RLock()
 	out := []ConnectionInfo{}
 	for cl, c := range s.conns {
 		ci := ConnectionInfo{Endpoint: c.role, ID: c.id, APIVersion: c.apiVer, Remote: cl.Net.Remote, Listener: cl.Net.Listener}
@@ -1121,7 +1137,7 @@ func (s *Sim) getConnections(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, ci)
 	}
-	s.mu.Unlock()
+	s.cmu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Endpoint+out[i].ID < out[j].Endpoint+out[j].ID })
 	writeJSON(w, 200, out)
 }
@@ -1134,14 +1150,14 @@ func (s *Sim) postDisconnect(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &in) {
 		return
 	}
-	s.mu.Lock()
+	s.cmu.RLock()
 	var kick []*mqtt.Client
 	for cl, c := range s.conns {
 		if (in.Endpoint == "" || c.role == in.Endpoint) && (in.ID == "" || strings.EqualFold(c.id, in.ID)) {
 			kick = append(kick, cl)
 		}
 	}
-	s.mu.Unlock()
+	s.cmu.RUnlock()
 	for _, cl := range kick {
 		cl.Stop(errClosed)
 	}

@@ -49,6 +49,9 @@ func (s *Sim) apiVersionOK(v string, list []string) bool {
 
 // authDPS checks a DPS CONNECT (reference §2.1).
 func (s *Sim) authDPS(c *conn, pk packets.Packet) error {
+	if pk.ProtocolVersion != 4 {
+		return fmt.Errorf("MQTT protocol level %d; DPS speaks 3.1.1 (level 4)", pk.ProtocolVersion)
+	}
 	u, err := ParseDPSUsername(string(pk.Connect.Username))
 	if err != nil {
 		return err
@@ -131,6 +134,12 @@ func (s *Sim) handleDPS(cl *mqtt.Client, c *conn, t Topic, body []byte) {
 			s.dpsError(cl, c, t.RID, st, code, "Injected fault.", ra)
 			return
 		}
+		if t.Kind == TopicDPSRegister {
+			if wait := s.registerThrottled(); wait > 0 {
+				s.dpsError(cl, c, t.RID, 429, errThrottled, "Too many registrations for this service.", wait)
+				return
+			}
+		}
 		if len(body) > dpsMaxMessageBytes {
 			s.dpsError(cl, c, t.RID, 400, errBadRequest, "Request body exceeds the maximum message size.", 0)
 			return
@@ -159,6 +168,28 @@ type operationStatus struct {
 	RegistrationState *RegistrationState `json:"registrationState,omitempty"`
 }
 
+// registerThrottled applies --registrations-per-minute; it returns the
+// seconds to wait, or 0 when the request may proceed.
+func (s *Sim) registerThrottled() int {
+	n := s.cfg.Switches.RegistrationsPerMinute
+	if n <= 0 {
+		return 0
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := 0
+	for i < len(s.regHist) && now.Sub(s.regHist[i]) >= time.Minute {
+		i++
+	}
+	s.regHist = s.regHist[i:]
+	if len(s.regHist) >= n {
+		return int(s.regHist[0].Add(time.Minute).Sub(now)/time.Second) + 1
+	}
+	s.regHist = append(s.regHist, now)
+	return 0
+}
+
 func (s *Sim) register(cl *mqtt.Client, c *conn, t Topic, body []byte) {
 	var rb registerBody
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -168,6 +199,10 @@ func (s *Sim) register(cl *mqtt.Client, c *conn, t Topic, body []byte) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		s.dpsError(cl, c, t.RID, 400, errBadRequest, "Request body has data after the JSON object.", 0)
+		return
+	}
+	if err := ValidRegistrationID(c.id); err != nil {
+		s.dpsError(cl, c, t.RID, 400, errBadRequest, err.Error()+".", 0)
 		return
 	}
 	if rb.RegistrationID != nil && !strings.EqualFold(*rb.RegistrationID, c.id) {
@@ -555,9 +590,8 @@ func (s *Sim) poll(cl *mqtt.Client, c *conn, t Topic) {
 	if r.State.Status == "assigning" && r.PollsLeft > 0 {
 		r.PollsLeft--
 		st := RegistrationState{RegistrationID: r.State.RegistrationID, Status: "assigning"}
-		b := mustJSON(r)
+		// Not persisted: after a restart the device merely polls once more.
 		s.mu.Unlock()
-		_ = s.st.putRaw(bktRegs, key, b)
 		s.dpsReply(cl, c, 202, t.RID, s.cfg.RetryAfter, operationStatus{OperationID: r.OperationID, Status: "assigning", RegistrationState: &st})
 		return
 	}
@@ -567,6 +601,9 @@ func (s *Sim) poll(cl *mqtt.Client, c *conn, t Topic) {
 	}
 	st := r.State
 	st.IssuedCertificateChain = r.IssuedChain
+	if p := s.cfg.Switches.ConnectionProfile; p != "" && st.Status == "assigned" && (c.apiVer == "2026-11-02-preview" || c.apiVer == "2026-11-15-preview") {
+		st.ConnectionProfile = p
+	}
 	opID := r.OperationID
 	writes = append(writes, write{bkt: bktRegs, key: key, val: mustJSON(r)})
 	s.mu.Unlock()

@@ -189,14 +189,25 @@ func TestDPSErrorPaths(t *testing.T) {
 
 func TestDPSMismatchRegisterSwitch(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t, simtest.WithArgs("--dps-id-mismatch", "register", "--disabled-enrollment", "401"))
+	sim := simtest.Start(t, simtest.WithArgs("--dps-id-mismatch", "register", "--disabled-enrollment", "401",
+		"--registrations-per-minute", "2", "--dps-error-message-field", "both"))
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
 	d := ca.Issue(t, "cn-x")
 	wantDPSError(t, dpsOnce(t, sim, d, "cn-y", dpsUser(sim, "cn-y"), `{"registrationId":"cn-y"}`), "401", 401002)
 	ca2 := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "off", ca2.Root, simtest.Disabled())
-	wantDPSError(t, dpsOnce(t, sim, ca2.Issue(t, "off-1"), "off-1", dpsUser(sim, "off-1"), `{"registrationId":"off-1"}`), "401", 401002)
+	m := dpsOnce(t, sim, ca2.Issue(t, "off-1"), "off-1", dpsUser(sim, "off-1"), `{"registrationId":"off-1"}`)
+	wantDPSError(t, m, "401", 401002)
+	if !strings.Contains(string(m.payload), `"errorMessage":`) {
+		t.Fatalf("--dps-error-message-field both: %s", m.payload)
+	}
+	// Third register within the minute: throttled.
+	m = dpsOnce(t, sim, ca2.Issue(t, "off-2"), "off-2", dpsUser(sim, "off-2"), `{"registrationId":"off-2"}`)
+	wantDPSError(t, m, "429", 429001)
+	if !strings.Contains(m.topic, "&retry-after=") {
+		t.Fatalf("429 without retry-after: %s", m.topic)
+	}
 }
 
 func hubUser(h simtest.Hub, id string) string { return h.Host + "/" + id + "/?api-version=2021-04-12" }
@@ -368,6 +379,7 @@ func TestCSRIssuanceAndRestart(t *testing.T) {
 	hc.pub("devices/csr-dev/messages/events/", 1, []byte("before restart"))
 	sim.WaitTelemetry(t, "csr-dev", 1, 10*time.Second)
 	hc.c.Disconnect(0)
+	sim.SendC2D(t, "", "csr-dev", "queued across restart", nil)
 
 	// Restart: enrollment, registration, device and telemetry survive.
 	sim.Restart()
@@ -383,6 +395,10 @@ func TestCSRIssuanceAndRestart(t *testing.T) {
 	}
 	hc.pub("devices/csr-dev/messages/events/", 1, []byte("after restart"))
 	sim.WaitTelemetry(t, "csr-dev", 2, 10*time.Second)
+	hc.sub("devices/csr-dev/messages/devicebound/#")
+	if m := hc.next("devices/csr-dev/messages/devicebound/"); string(m.payload) != "queued across restart" {
+		t.Fatalf("C2D after restart: %s", m.payload)
+	}
 	if st := register(t, sim, ca.Issue(t, "after-restart"), ""); st.Status != "assigned" {
 		t.Fatalf("group enrollment after restart: %+v", st)
 	}
@@ -405,4 +421,62 @@ func TestCSRIssuanceAndRestart(t *testing.T) {
 	if !found {
 		t.Fatal("revoked issued certificate not on the CRL")
 	}
+}
+
+func TestFaults(t *testing.T) {
+	t.Parallel()
+	sim := simtest.Start(t)
+	ca := simtest.NewDeviceCA(t)
+	sim.EnrollGroup(t, "g", ca.Root)
+	d := ca.Issue(t, "faulty")
+	if st := register(t, sim, d, ""); st.Status != "assigned" {
+		t.Fatal(st)
+	}
+	h := sim.Hub("")
+	t.Run("drop after K messages", func(t *testing.T) {
+		id := sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: "faulty", DropAfter: 2})
+		defer sim.MustDo("DELETE", "/sim/faults/"+id, nil, nil)
+		c, err := dialMQTT(t, h.Addr, "faulty", hubUser(h, "faulty"), sim.TLSConfig(h.Host, d.TLSCertificate()), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.pub("devices/faulty/messages/events/", 1, []byte("1"))
+		c.pub("devices/faulty/messages/events/", 1, []byte("2"))
+		c.c.Publish("devices/faulty/messages/events/", 1, false, []byte("3"))
+		c.waitLost()
+	})
+	t.Run("refuse connections", func(t *testing.T) {
+		id := sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: "faulty", RefuseSeconds: 300})
+		if _, err := dialMQTT(t, h.Addr, "faulty", hubUser(h, "faulty"), sim.TLSConfig(h.Host, d.TLSCertificate()), true); err == nil {
+			t.Fatal("connection accepted during refuseSeconds")
+		}
+		sim.MustDo("DELETE", "/sim/faults/"+id, nil, nil)
+		if _, err := dialMQTT(t, h.Addr, "faulty", hubUser(h, "faulty"), sim.TLSConfig(h.Host, d.TLSCertificate()), true); err != nil {
+			t.Fatalf("after clearing the fault: %v", err)
+		}
+	})
+	t.Run("twin 503 then telemetry throttling closes", func(t *testing.T) {
+		c, err := dialMQTT(t, h.Addr, "faulty", hubUser(h, "faulty"), sim.TLSConfig(h.Host, d.TLSCertificate()), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.sub("$iothub/twin/res/#")
+		sim.SetFault(t, simtest.Fault{Scope: "hub", Ops: []string{"twin"}, Status: 503, Count: 1})
+		c.pub("$iothub/twin/GET/?$rid=f1", 0, nil)
+		if m := c.next("$iothub/twin/res/"); !strings.HasPrefix(m.topic, "$iothub/twin/res/503/?$rid=f1") {
+			t.Fatalf("topic %s", m.topic)
+		}
+		c.pub("$iothub/twin/GET/?$rid=f2", 0, nil)
+		if m := c.next("$iothub/twin/res/"); !strings.HasPrefix(m.topic, "$iothub/twin/res/200/?$rid=f2") {
+			t.Fatalf("count 1 fault applied twice: %s", m.topic)
+		}
+		sim.SetFault(t, simtest.Fault{Scope: "hub", Ops: []string{"telemetry"}, Status: 429, Count: 1})
+		c.c.Publish("devices/faulty/messages/events/", 1, false, []byte("x"))
+		c.waitLost()
+	})
+	t.Run("bad fault is refused", func(t *testing.T) {
+		if st, err := sim.Do("POST", "/sim/faults", map[string]any{"status": 404}, nil); st != 400 || err == nil {
+			t.Fatalf("%d %v", st, err)
+		}
+	})
 }

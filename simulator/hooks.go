@@ -61,16 +61,20 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) (err error) {
 		// the older connection (error 400027 on the real hub).
 		cl.ID = role + "|" + orig
 	}
-	s.mu.Lock()
-	s.conns[cl] = c
-	s.mu.Unlock()
+	// Published in conns only once authenticated (its fields are then final).
+	s.cmu.Lock()
+	s.pending[cl] = c
+	s.cmu.Unlock()
 	return nil
 }
 
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) (ok bool) {
 	defer h.recover(cl, "OnConnectAuthenticate")
 	s := h.sim
-	c := s.connOf(cl)
+	s.cmu.Lock()
+	c := s.pending[cl]
+	delete(s.pending, cl)
+	s.cmu.Unlock()
 	if c == nil {
 		return false
 	}
@@ -89,11 +93,11 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) (ok boo
 	}
 	if err != nil {
 		s.log.Info("connect refused", "endpoint", c.role, "client", c.id, "reason", err)
-		s.mu.Lock()
-		delete(s.conns, cl)
-		s.mu.Unlock()
 		return false
 	}
+	s.cmu.Lock()
+	s.conns[cl] = c
+	s.cmu.Unlock()
 	return true
 }
 
@@ -105,6 +109,9 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	defer h.recover(cl, "OnSessionEstablish")
 	if old, ok := h.sim.broker.Clients.Get(cl.ID); ok && old != cl {
 		old.Stop(errClosed)
+	}
+	if c := h.sim.connOf(cl); c != nil && c.role != roleDPS {
+		h.sim.hubOnline(cl, c)
 	}
 }
 
@@ -121,9 +128,12 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	defer h.recover(nil, "OnDisconnect")
 	s := h.sim
-	s.mu.Lock()
+	s.cmu.Lock()
 	c := s.conns[cl]
 	delete(s.conns, cl)
+	delete(s.pending, cl)
+	s.cmu.Unlock()
+	s.mu.Lock()
 	if c != nil && c.role != roleDPS {
 		key := c.role + "/" + c.id
 		if s.online[key] == cl {

@@ -116,10 +116,32 @@ func (s *Sim) checkDeviceCert(dev Device, caIssued bool, c *conn) error {
 	return fmt.Errorf("Thumbprint does not match configuration: Thumbprint: SHA1Hash=%s, SHA2Hash=%s", t1, t256)
 }
 
+// hubOnline makes the connection the device's live one before CONNACK is
+// sent, so a disable/delete from now on finds it; one that landed after
+// authentication is caught by the re-check here (both under s.mu).
+func (s *Sim) hubOnline(cl *mqtt.Client, c *conn) {
+	key := c.role + "/" + c.id
+	s.mu.Lock()
+	d := s.devices[key]
+	if d == nil || d.Device.Status != "enabled" {
+		s.mu.Unlock()
+		cl.Stop(errClosed)
+		return
+	}
+	s.online[key] = cl
+	s.mu.Unlock()
+	if s.isRevoked(c.chain) {
+		cl.Stop(errClosed)
+	}
+}
+
 func (s *Sim) hubConnected(cl *mqtt.Client, c *conn) {
 	key := c.role + "/" + c.id
 	s.mu.Lock()
-	s.online[key] = cl
+	if s.online[key] != cl {
+		s.mu.Unlock()
+		return // closed (or replaced) before CONNACK went out
+	}
 	d := s.devices[key]
 	if d != nil {
 		d.Device.ConnectionState = "Connected"
@@ -251,9 +273,34 @@ func (s *Sim) twinReply(cl *mqtt.Client, c *conn, format string, status int, rid
 		b, _ = json.Marshal(body)
 	}
 	topic := fmt.Sprintf(format, status, rid) + extra
+	if !hasResponseSubscription(cl, topic) {
+		s.log.Info("hub: device not subscribed to the response topic; reply dropped", "device", c.id, "topic", topic)
+		return
+	}
 	if _, err := s.sendTo(cl, topic, b, 0); err != nil {
 		s.log.Debug("hub: reply not sent", "device", c.id, "err", err)
 	}
+}
+
+// hasResponseSubscription reports whether cl subscribed to a filter that
+// covers the response topic (like the real hub, replies are only delivered
+// to subscribers).
+func hasResponseSubscription(cl *mqtt.Client, topic string) bool {
+	var filters []string
+	switch {
+	case strings.HasPrefix(topic, "$iothub/twin/res/"):
+		filters = []string{"$iothub/twin/res/#"}
+	case strings.HasPrefix(topic, "$iothub/credentials/res/"):
+		filters = []string{"$iothub/credentials/res/#"}
+	case strings.HasPrefix(topic, "$iothub/credential/res/"):
+		filters = []string{"$iothub/credential/#", "$iothub/credential/res/#"}
+	}
+	for _, f := range filters {
+		if _, ok := subscribedQoS(cl, f); ok {
+			return true
+		}
+	}
+	return false
 }
 
 const twinResFmt = "$iothub/twin/res/%d/?$rid=%s"
@@ -273,11 +320,8 @@ func (s *Sim) twinRequest(cl *mqtt.Client, c *conn, t Topic, payload []byte) {
 			return
 		}
 		body := map[string]any{"desired": withVersion(d.Twin.Desired, d.Twin.DesiredVersion), "reported": withVersion(d.Twin.Reported, d.Twin.ReportedVersion)}
-		b, _ := json.Marshal(body)
 		s.mu.Unlock()
-		if _, err := s.sendTo(cl, fmt.Sprintf(twinResFmt, 200, t.RID), b, 0); err != nil {
-			s.log.Debug("hub: twin reply not sent", "err", err)
-		}
+		s.twinReply(cl, c, twinResFmt, 200, t.RID, body, "")
 		return
 	}
 	// Reported patch.
@@ -373,7 +417,7 @@ func (s *Sim) UpdateDesired(hub, deviceID string, patch map[string]any, tags map
 	var tw TwinState
 	b := mustJSON(d)
 	_ = json.Unmarshal(mustJSON(d.Twin), &tw)
-	cl := s.online[key]
+	cl := s.liveLocked(key)
 	s.mu.Unlock()
 	if err := s.st.putRaw(bktDevices, key, b); err != nil {
 		return tw, err
@@ -395,7 +439,7 @@ func (s *Sim) InvokeMethod(hub, deviceID, name string, payload json.RawMessage, 
 	var cl *mqtt.Client
 	for {
 		s.mu.Lock()
-		cl = s.online[key]
+		cl = s.liveLocked(key)
 		exists := s.devices[key] != nil
 		s.mu.Unlock()
 		if !exists {
@@ -478,7 +522,7 @@ type c2dFlight struct {
 func (s *Sim) deliverC2D(hub, deviceID string) {
 	key := hub + "/" + deviceID
 	s.mu.Lock()
-	cl := s.online[key]
+	cl := s.liveLocked(key)
 	d := s.devices[key]
 	if cl == nil || d == nil {
 		s.mu.Unlock()
@@ -661,4 +705,22 @@ func validCredRID(r string) bool {
 		}
 	}
 	return true
+}
+
+// liveLocked returns the device's live connection; s.mu is held. A
+// connection that died before mochi reported it (e.g. the CONNACK write
+// failed, after which mochi calls no disconnect hook) is dropped here.
+func (s *Sim) liveLocked(key string) *mqtt.Client {
+	cl := s.online[key]
+	if cl != nil && cl.Closed() {
+		delete(s.online, key)
+		if d := s.devices[key]; d != nil {
+			d.Device.ConnectionState = "Disconnected"
+		}
+		s.cmu.Lock()
+		delete(s.conns, cl)
+		s.cmu.Unlock()
+		return nil
+	}
+	return cl
 }

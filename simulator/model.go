@@ -219,6 +219,7 @@ type RegistrationState struct {
 	Etag                   string            `json:"etag,omitempty"`
 	Payload                json.RawMessage   `json:"payload,omitempty"`
 	IssuedCertificateChain []string          `json:"issuedCertificateChain,omitempty"`
+	ConnectionProfile      string            `json:"connectionProfile,omitempty"`
 }
 
 // RegistrationX509 is the x509 block of a registration result.

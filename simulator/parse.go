@@ -243,7 +243,7 @@ func ParseDPSTopic(topic string) (Topic, error) {
 		return Topic{}, fmt.Errorf("topic %q: %w", topic, err)
 	}
 	t.Query = vals
-	t.RID = vals.Get("$rid")
+	t.RID = rawParam(q, "$rid")
 	if _, ok := vals["$rid"]; !ok {
 		return Topic{}, fmt.Errorf("topic %q has no $rid", topic)
 	}
@@ -329,8 +329,19 @@ func withRID(t Topic, topic, q string) (Topic, error) {
 	if _, ok := vals["$rid"]; !ok {
 		return Topic{}, fmt.Errorf("topic %q has no $rid", topic)
 	}
-	t.Query, t.RID = vals, vals.Get("$rid")
+	t.Query, t.RID = vals, rawParam(q, "$rid")
 	return t, nil
+}
+
+// rawParam returns key's value exactly as sent (the services echo $rid
+// verbatim, without decoding it).
+func rawParam(q, key string) string {
+	for _, kv := range strings.Split(q, "&") {
+		if k, v, _ := strings.Cut(kv, "="); k == key || k == strings.Replace(key, "$", "%24", 1) {
+			return v
+		}
+	}
+	return ""
 }
 
 // HubSubscriptionAllowed reports whether IoT Hub accepts filter from
@@ -347,6 +358,39 @@ func HubSubscriptionAllowed(filter, deviceID string) bool {
 		return true
 	}
 	return false
+}
+
+// ValidRegistrationID checks DPS's registration ID rules (§5.1): 1..128
+// ASCII letters, digits, - . _ : with the last character a letter, digit
+// or '-'.
+func ValidRegistrationID(id string) error {
+	if id == "" || len(id) > 128 {
+		return fmt.Errorf("registration id %q must be 1..128 characters", id)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-._:", c)) {
+			return fmt.Errorf("registration id %q: character %q is not allowed", id, c)
+		}
+	}
+	if l := id[len(id)-1]; l == '.' || l == '_' || l == ':' {
+		return fmt.Errorf("registration id %q must end with a letter, digit or '-'", id)
+	}
+	return nil
+}
+
+// ValidDeviceID checks IoT Hub's device ID rules (§5.1): 1..128 ASCII
+// letters, digits and - . % _ * ? ! ( ) , : = @ $ '.
+func ValidDeviceID(id string) error {
+	if id == "" || len(id) > 128 {
+		return fmt.Errorf("device id %q must be 1..128 characters", id)
+	}
+	for _, c := range id {
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-.%_*?!(),:=@$'", c) {
+			continue
+		}
+		return fmt.Errorf("device id %q: character %q is not allowed", id, c)
+	}
+	return nil
 }
 
 func decodeB64(s string) ([]byte, error) {

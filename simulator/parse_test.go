@@ -140,3 +140,50 @@ func FuzzParseTopic(f *testing.F) {
 		HubSubscriptionAllowed(s, "d")
 	})
 }
+
+func TestValidDeviceID(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{"dev-1", "a.b_c:d=e@f$g'h(i)j,k!l?m*n%o", strings.Repeat("a", 128)} {
+		if err := ValidDeviceID(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "a b", "a/b", "a#b", "a+b", strings.Repeat("a", 129), "é"} {
+		if ValidDeviceID(bad) == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func BenchmarkParsePropertyBag(b *testing.B) {
+	bag := "%24.mid=84c08717-2be1-404c-9e5d-62f4565ca58b&%24.ct=application%2Fjson&%24.ce=utf-8&alarm=true&temp=21.5"
+	for b.Loop() {
+		p, err := ParsePropertyBag(bag)
+		if err != nil {
+			b.Fatal(err)
+		}
+		SplitProperties(p)
+	}
+}
+
+func BenchmarkParseHubTopic(b *testing.B) {
+	for b.Loop() {
+		if _, err := ParseHubTopic("devices/dev-1/messages/events/%24.ct=application%2Fjson&a=b", "dev-1"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestValidRegistrationID(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{"dev-1", "a.b_c:d-", "X9"} {
+		if err := ValidRegistrationID(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "a b", "a.", "a_", "a#b", "a$b", strings.Repeat("a", 129)} {
+		if ValidRegistrationID(bad) == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

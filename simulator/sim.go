@@ -82,6 +82,14 @@ type Switches struct {
 	// "message" (reference §2.6, service TypeSpec), "errorMessage" (issue 3
 	// wording) or "both".
 	DPSErrorMessageField string
+	// ConnectionProfile, when set, is returned as
+	// registrationState.connectionProfile to devices using the draft
+	// api-versions 2026-11-02-preview / 2026-11-15-preview. §2.11
+	ConnectionProfile string
+	// RegistrationsPerMinute throttles register requests per service with
+	// 429 (the documented quota is 1,000/min, older docs say 200; 0 = off
+	// so load tests can exceed it). §5.6
+	RegistrationsPerMinute int
 }
 
 // DefaultSwitches returns the defaults documented in docs/simulator.md.
@@ -212,7 +220,10 @@ type Sim struct {
 	hubs     []*HubConfig
 	crlNum   int64
 	pollHist map[string][]time.Time
+	regHist  []time.Time  // register requests in the last minute (RegistrationsPerMinute)
+	cmu      sync.RWMutex // guards conns; never take s.mu while holding it
 	conns    map[*mqtt.Client]*conn
+	pending  map[*mqtt.Client]*conn  // between CONNECT and authentication
 	online   map[string]*mqtt.Client // hub/device -> live client
 	methods  map[string]chan methodResult
 	c2d      map[string]*c2dFlight
@@ -330,6 +341,7 @@ func Start(cfg Config) (*Sim, error) {
 		revoked:  map[string]revokedCert{},
 		pollHist: map[string][]time.Time{},
 		conns:    map[*mqtt.Client]*conn{},
+		pending:  map[*mqtt.Client]*conn{},
 		online:   map[string]*mqtt.Client{},
 		methods:  map[string]chan methodResult{},
 		faults:   newFaultSet(),
@@ -533,7 +545,10 @@ func (s *Sim) startBroker() error {
 	capab := mqtt.NewDefaultServerCapabilities()
 	capab.MaximumQos = 2              // so QoS 2 publishes reach the hook and can be refused
 	capab.MaximumPacketSize = 1 << 20 // hard cap; service limits are checked in hooks
-	capab.MaximumClientWritesPending = 8192
+	// The simulator writes to clients directly (sendTo); mochi's per-client
+	// outbound queue is unused, so keep it small: it costs 8 bytes a slot
+	// per connection.
+	capab.MaximumClientWritesPending = 64
 	capab.ReceiveMaximum = 1024
 	capab.MaximumInflight = 1024
 	capab.Compatibilities.ObscureNotAuthorized = false
@@ -674,7 +689,7 @@ func subscribedQoS(cl *mqtt.Client, filter string) (byte, bool) {
 }
 
 func (s *Sim) connOf(cl *mqtt.Client) *conn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.cmu.RLock()
+	defer s.cmu.RUnlock()
 	return s.conns[cl]
 }

@@ -3,8 +3,10 @@ package simulator
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -27,8 +29,72 @@ const storeSchema = 1
 
 // store is the bbolt-backed persistence. Callers keep the authoritative
 // copy in memory and write through; on start everything is loaded back.
+//
+// Writes go through one committer goroutine that puts every write queued
+// while the previous commit was syncing into the next transaction (group
+// commit): each caller still waits until its write is durable, but one
+// fsync serves hundreds of devices.
 type store struct {
-	db *bolt.DB
+	db   *bolt.DB
+	reqs chan *writeReq
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+type writeReq struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// commit runs fn in a write transaction and returns once it is durable.
+func (s *store) commit(fn func(*bolt.Tx) error) error {
+	r := &writeReq{fn: fn, done: make(chan error, 1)}
+	select {
+	case s.reqs <- r:
+	case <-s.quit:
+		return errors.New("state database closed")
+	}
+	return <-r.done
+}
+
+func (s *store) committer() {
+	defer s.wg.Done()
+	for {
+		var first *writeReq
+		select {
+		case first = <-s.reqs:
+		case <-s.quit:
+			return
+		}
+		group := []*writeReq{first}
+	drain:
+		for len(group) < 4096 {
+			select {
+			case r := <-s.reqs:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, r := range group {
+				if err := r.fn(tx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, r := range group {
+				r.done <- nil
+			}
+			continue
+		}
+		// One write failed: run each alone so only it reports the error.
+		for _, r := range group {
+			r.done <- s.db.Update(r.fn)
+		}
+	}
 }
 
 func openStore(dir string) (*store, error) {
@@ -36,10 +102,6 @@ func openStore(dir string) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state database: %w (is another devid-sim using this state dir?)", err)
 	}
-	// Writers wait for their commit (a device is answered only after its
-	// data is durable); a short batch delay keeps that wait small while
-	// still grouping concurrent writers into one fsync.
-	db.MaxBatchDelay = time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -56,23 +118,30 @@ func openStore(dir string) (*store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &store{db: db}, nil
+	st := &store{db: db, reqs: make(chan *writeReq), quit: make(chan struct{})}
+	st.wg.Add(1)
+	go st.committer()
+	return st, nil
 }
 
-func (s *store) close() error { return s.db.Close() }
+func (s *store) close() error {
+	close(s.quit)
+	s.wg.Wait()
+	return s.db.Close()
+}
 
 func (s *store) put(bucket []byte, key string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
+	return s.commit(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
 }
 
 // putRaw stores an already-marshalled value (marshal under the owner's
 // lock, write after releasing it, so fsyncs batch and never block hooks).
 func (s *store) putRaw(bucket []byte, key string, b []byte) error {
-	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
+	return s.commit(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), b) })
 }
 
 func mustJSON(v any) []byte {
@@ -84,7 +153,7 @@ func mustJSON(v any) []byte {
 }
 
 func (s *store) del(bucket []byte, key string) error {
-	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
+	return s.commit(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
 }
 
 func (s *store) getMeta(key string) []byte {
@@ -99,7 +168,7 @@ func (s *store) getMeta(key string) []byte {
 }
 
 func (s *store) putMeta(key string, v []byte) error {
-	return s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bktMeta).Put([]byte(key), v) })
+	return s.commit(func(tx *bolt.Tx) error { return tx.Bucket(bktMeta).Put([]byte(key), v) })
 }
 
 // each calls fn for every value in bucket.
@@ -110,7 +179,7 @@ func (s *store) each(bucket []byte, fn func(k, v []byte) error) error {
 // appendTelemetry stores rec with the next sequence number and trims the
 // bucket to max records (oldest first).
 func (s *store) appendTelemetry(rec *TelemetryRecord, max int) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.commit(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktTelemetry)
 		seq, err := b.NextSequence()
 		if err != nil {

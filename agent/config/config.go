@@ -119,6 +119,10 @@ type Hub struct {
 	// MaxFailures is how many consecutive hub connection failures send
 	// the agent back to DPS (Azure's MAX_HUB_RETRY, default 10).
 	MaxFailures int `toml:"max_failures"`
+	// ReprovisionAfter is the least time the hub must have been failing
+	// before those failures send the agent back to DPS (Azure: "try the
+	// same hub for 15-30 minutes before going back to DPS").
+	ReprovisionAfter Duration `toml:"reprovision_after"`
 	// ConnectTimeout bounds one connection attempt (TCP+TLS+CONNECT).
 	ConnectTimeout Duration `toml:"connect_timeout"`
 }
@@ -226,9 +230,10 @@ func Default() *Config {
 			Timeout:   Duration(2 * time.Minute),
 		},
 		Hub: Hub{
-			KeepAlive:      Duration(240 * time.Second),
-			MaxFailures:    10,
-			ConnectTimeout: Duration(30 * time.Second),
+			KeepAlive:        Duration(240 * time.Second),
+			MaxFailures:      10,
+			ReprovisionAfter: Duration(15 * time.Minute),
+			ConnectTimeout:   Duration(30 * time.Second),
 		},
 		Network: Network{Resolve: map[string]string{}},
 		Retry: Retry{
@@ -432,6 +437,9 @@ func (c *Config) Validate() error {
 		bad("hub.max_failures", "%d is outside 1..1000", c.Hub.MaxFailures)
 	}
 	positive("hub.connect_timeout", c.Hub.ConnectTimeout)
+	if c.Hub.ReprovisionAfter < 0 {
+		bad("hub.reprovision_after", "must not be negative")
+	}
 
 	for host, addr := range c.Network.Resolve {
 		if host == "" || strings.ContainsAny(host, " /") {

@@ -56,6 +56,7 @@ type Server struct {
 	call atomic.Uint64
 
 	mu      sync.Mutex
+	subSeq  uint64
 	clients map[*client]bool
 	calls   map[string]chan methodResult
 }
@@ -158,7 +159,7 @@ type client struct {
 	out     chan []byte
 	c2d     bool
 	desired bool
-	methods map[string]bool
+	methods map[string]uint64 // name -> subscription order
 	dropped int
 }
 
@@ -190,7 +191,7 @@ type reply struct {
 }
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
-	cl := &client{conn: conn, out: make(chan []byte, 64), methods: map[string]bool{}}
+	cl := &client{conn: conn, out: make(chan []byte, 64), methods: map[string]uint64{}}
 	s.mu.Lock()
 	s.clients[cl] = true
 	s.mu.Unlock()
@@ -222,7 +223,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	}()
 	// A line holds at most one message, base64 inflated, plus envelope.
 	maxLine := s.opt.MaxMessage*4/3 + 64*1024
-	r := bufio.NewReaderSize(conn, 64*1024)
+	r := bufio.NewReaderSize(conn, 4096)
 	for {
 		line, err := readLine(r, maxLine)
 		if err != nil {
@@ -375,8 +376,9 @@ func (s *Server) handle(ctx context.Context, cl *client, line []byte) reply {
 				s.mu.Unlock()
 				return fail(fmt.Errorf("method name %q is empty or too long", name))
 			}
-			if !cl.methods[name] {
-				cl.methods[name] = true
+			if cl.methods[name] == 0 {
+				s.subSeq++
+				cl.methods[name] = s.subSeq
 				added = append(added, name)
 			}
 		}
@@ -477,9 +479,10 @@ func (s *Server) Method(ctx context.Context, name string, payload []byte) (int, 
 	ch := make(chan methodResult, 1)
 	s.mu.Lock()
 	var target *client
+	var newest uint64
 	for cl := range s.clients {
-		if cl.methods[name] {
-			target = cl
+		if seq := cl.methods[name]; seq > newest {
+			target, newest = cl, seq
 		}
 	}
 	if target == nil {

@@ -202,3 +202,34 @@ func TestOpenRefusesLooseKey(t *testing.T) {
 		t.Fatalf("world-readable CA key accepted: %v", err)
 	}
 }
+
+// FuzzLedger opens a CA whose ledger holds arbitrary bytes: it must either
+// refuse with an error or come up with a ledger that ends on a record
+// boundary (a torn tail cut off), never panic.
+func FuzzLedger(f *testing.F) {
+	dir := filepath.Join(f.TempDir(), "ca")
+	if err := ca.Init(dir, ca.InitOptions{}); err != nil {
+		f.Fatal(err)
+	}
+	good := `{"v":1,"op":"issue","time":"2026-01-01T00:00:00Z","serial":"0a","device_id":"d","key_sha256":"00"}` + "\n"
+	f.Add([]byte(good))
+	f.Add([]byte(good + `{"v":1,"op":"revoke","time":"2026-01-01T00:00:00Z","serial":"0a","device_id":"d"}` + "\n"))
+	f.Add([]byte(good + `{"v":1,"op":"iss`))
+	f.Add([]byte("\x00\x00\x00"))
+	f.Add([]byte(`{"v":2,"op":"issue","serial":"1"}` + "\n"))
+	ledger := filepath.Join(dir, ca.LedgerFile)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := os.WriteFile(ledger, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		l, err := ca.Open(dir, "fuzz")
+		if err != nil {
+			return
+		}
+		l.Close()
+		after, _ := os.ReadFile(ledger)
+		if len(after) > 0 && after[len(after)-1] != '\n' {
+			t.Fatalf("ledger left without a final newline: %q", after)
+		}
+	})
+}

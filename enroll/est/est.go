@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.mozilla.org/pkcs7"
@@ -193,6 +194,8 @@ func (c *Client) roundTrip(req *http.Request, op string) ([]*x509.Certificate, e
 	return ParseCertsOnly(b)
 }
 
+var pkcs7Mu sync.Mutex
+
 // ParseCertsOnly decodes a base64 certs-only PKCS#7 (line breaks allowed).
 func ParseCertsOnly(b []byte) (certs []*x509.Certificate, err error) {
 	// go.mozilla.org/pkcs7's BER reader panics on some truncated input
@@ -213,7 +216,13 @@ func ParseCertsOnly(b []byte) (certs []*x509.Certificate, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: not base64: %v", ErrBadReply, err)
 	}
-	p7, err := pkcs7.Parse(der)
+	// pkcs7's BER converter bumps an unguarded package-level counter, so
+	// concurrent Parse calls race (seen with -race): serialise them.
+	p7, err := func() (*pkcs7.PKCS7, error) {
+		pkcs7Mu.Lock()
+		defer pkcs7Mu.Unlock() // also when Parse panics
+		return pkcs7.Parse(der)
+	}()
 	if err != nil {
 		return nil, fmt.Errorf("%w: PKCS#7: %v", ErrBadReply, err)
 	}

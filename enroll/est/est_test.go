@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -38,6 +40,7 @@ func newRig(t *testing.T) *rig {
 		ClientCAs:    r.stations.Pool(),
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 	}
+	r.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point of some tests
 	r.srv.StartTLS()
 	t.Cleanup(r.srv.Close)
 	return r

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"time"
@@ -78,9 +79,6 @@ type Device struct {
 // Serve answers frames on port until ctx is done (returning ctx.Err()) or
 // the port fails. It never waits forever on half a frame.
 func (d *Device) Serve(ctx context.Context, port serial.Port) error {
-	if d.Log == nil {
-		d.Log = slog.New(slog.DiscardHandler)
-	}
 	idle := d.FrameTimeout
 	if idle <= 0 {
 		idle = DefaultFrameTimeout
@@ -113,6 +111,42 @@ func (d *Device) Serve(ctx context.Context, port serial.Port) error {
 	}
 }
 
+func (d *Device) log() *slog.Logger {
+	if d.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Log
+}
+
+// ServePort serves the serial device at path until ctx is done. If the
+// port cannot be opened at the start, that is returned (a configuration
+// error); once serving, a port that fails (a USB adapter or gadget port
+// gives EIO while the jig's cable is out) is reopened every retry interval
+// until ctx ends, and ServePort returns nil.
+func (d *Device) ServePort(ctx context.Context, path string, baud int) error {
+	const retry = time.Second
+	p, err := serial.Open(path, baud)
+	if err != nil {
+		return err
+	}
+	for {
+		err := d.Serve(ctx, p)
+		p.Close()
+		if ctx.Err() != nil {
+			return nil
+		}
+		d.log().Warn("factory bus failed; reopening", "port", path, "err", err)
+		for p = nil; p == nil; {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(retry):
+			}
+			p, _ = serial.Open(path, baud)
+		}
+	}
+}
+
 // Handle executes one request line and returns the response line, or nil
 // for lines that get no answer (responses echoed back to us). It is the
 // whole command decoder; Serve adds only line framing.
@@ -121,7 +155,7 @@ func (d *Device) Handle(line []byte) []byte {
 	if err != nil {
 		var fe *FrameError
 		errors.As(err, &fe)
-		d.Log.Warn("bad frame", "reason", fe.Reason, "detail", fe.Detail)
+		d.log().Warn("bad frame", "reason", fe.Reason, "detail", fe.Detail)
 		return Encode(fe.Seq, "NAK", append([]string{fe.Reason}, Words(fe.Detail)...)...)
 	}
 	if f.Verb == "OK" || f.Verb == "NAK" {
@@ -133,7 +167,7 @@ func (d *Device) Handle(line []byte) []byte {
 	// A repeat of the last request (same bytes, so same seq) means our
 	// reply was lost: send it again without executing twice.
 	if d.lastResp != nil && bytes.Equal(line, d.lastReq) {
-		d.Log.Debug("repeat", "seq", f.Seq, "verb", f.Verb)
+		d.log().Debug("repeat", "seq", f.Seq, "verb", f.Verb)
 		return d.lastResp
 	}
 	if f.Seq == NoSeq {
@@ -144,9 +178,23 @@ func (d *Device) Handle(line []byte) []byte {
 	}
 	args := d.exec(f)
 	resp := Encode(f.Seq, args[0], args[1:]...)
-	d.Log.Info("command", "seq", f.Seq, "verb", f.Verb, "reply", string(bytes.TrimSpace(resp)))
+	// Chunk transfers are many and bulky: keep them out of the default log.
+	level := slog.LevelInfo
+	if f.Verb == "READ" || (f.Verb == "INSTALL" && len(f.Args) > 0 && f.Args[0] == "DATA" && args[0] == "OK") {
+		level = slog.LevelDebug
+	}
+	d.log().Log(context.Background(), level, "command", "seq", f.Seq, "verb", f.Verb, "reply", string(bytes.TrimSpace(resp)))
 	d.lastReq, d.lastResp = append([]byte(nil), line...), resp
 	return resp
+}
+
+// release closes a key that holds a resource (a TPM key holds one of the
+// TPM's few object slots); keys are loaded per command, so state on disk
+// is always what the device reports.
+func release(k keys.Key) {
+	if c, ok := k.(io.Closer); ok {
+		_ = c.Close()
+	}
 }
 
 func nak(reason string, detail ...string) []string { return append([]string{"NAK", reason}, detail...) }
@@ -184,6 +232,7 @@ func (d *Device) exec(f Frame) []string {
 // right after a power cut as well as within a session.
 func (d *Device) state() (State, string) {
 	key, kerr := d.Keys.Load()
+	defer release(key)
 	chain, cerr := d.Certs.Load()
 	switch {
 	case kerr != nil && !errors.Is(kerr, keys.ErrNoKey):
@@ -216,6 +265,7 @@ func (d *Device) status() []string {
 
 func (d *Device) csr() []string {
 	key, err := d.Keys.Load()
+	defer func() { release(key) }()
 	if errors.Is(err, keys.ErrNoKey) {
 		// Making a key while a certificate is stored would orphan that
 		// certificate: only RESET may start a new identity.
@@ -321,6 +371,7 @@ func (d *Device) commit() []string {
 		return nak(ReasonDigest, "upload", "SHA-256", "is", hex.EncodeToString(sum[:]))
 	}
 	key, err := d.Keys.Load()
+	defer release(key)
 	if errors.Is(err, keys.ErrNoKey) {
 		return nak(ReasonState, "no", "device", "key;", "send", "CSR", "first")
 	}
@@ -363,7 +414,7 @@ func (d *Device) reset(args []string) []string {
 			return nak(ReasonInternal, Words(err.Error())...)
 		}
 		d.outbox, d.upload, d.upOpen = nil, nil, false
-		d.Log.Warn("factory reset: key and certificate destroyed")
+		d.log().Warn("factory reset: key and certificate destroyed")
 		return []string{"OK", "RESET", "done", "state=" + string(StateBlank)}
 	}
 	return nak(ReasonArgs, "usage:", "RESET", "[TOKEN]")

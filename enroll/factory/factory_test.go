@@ -245,7 +245,7 @@ func TestTamperedLinkRecovers(t *testing.T) {
 		return b
 	})
 	j := factory.NewJig(p)
-	j.ReplyTimeout = 500 * time.Millisecond
+	j.ReplyTimeout = time.Second
 	res, err := factory.Program(testCtx(t), j, l, nil)
 	if err != nil {
 		t.Fatal(err)

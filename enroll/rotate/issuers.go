@@ -88,6 +88,39 @@ func (e *ESTIssuer) Issue(ctx context.Context, req IssueRequest) ([]*x509.Certif
 	return c.Reenroll(ctx, csr)
 }
 
+// HubIssuer renews an operational certificate through the IoT Hub
+// credentials topic (reference §3.8, preview, hub api-version
+// 2025-08-01-preview): it connects with the current operational
+// credential, posts the CSR to issueCertificate and waits for the chain.
+// It needs a current credential that the hub still accepts; when that is
+// gone (revoked, expired) DPSIssuer is the way back.
+type HubIssuer struct {
+	// Config names the hub (Host, DeviceID) and the network; Credential,
+	// CertificateRenewal and DisableReconnect are set per request.
+	Config dps.HubConfig
+}
+
+var _ Issuer = (*HubIssuer)(nil)
+
+// Name implements Issuer.
+func (h *HubIssuer) Name() string { return PathHub }
+
+// Issue implements Issuer.
+func (h *HubIssuer) Issue(ctx context.Context, req IssueRequest) ([]*x509.Certificate, error) {
+	if req.Current.Signer == nil || len(req.Current.Chain) == 0 {
+		return nil, errors.New("hub certificate renewal authenticates with the current operational certificate, and there is none")
+	}
+	cfg := h.Config
+	cfg.Credential = dps.Credential{Signer: req.Current.Signer, Chain: req.Current.Chain}
+	cfg.CertificateRenewal, cfg.DisableReconnect = true, true
+	hub, err := dps.ConnectHub(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer hub.Close()
+	return hub.RequestCertificate(ctx, req.CSR)
+}
+
 // IssuerFunc adapts a function to Issuer, for paths the agent composes
 // itself.
 type IssuerFunc struct {

@@ -22,6 +22,7 @@ const RecordSchema = 1
 const (
 	PathDPS  = "dps-csr" // DPS certificate issuance (register with a csr)
 	PathEST  = "est"     // EST /simplereenroll with the current certificate
+	PathHub  = "hub-csr" // IoT Hub credentials topic (preview), current operational certificate
 	PathNone = ""        // nothing can renew this credential: check warns
 )
 

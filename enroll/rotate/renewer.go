@@ -2,12 +2,12 @@ package rotate
 
 import (
 	"bytes"
-	"errors"
-	"io/fs"
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"sync"
@@ -68,6 +68,9 @@ type Renewer struct {
 	OnRotated func(Result)
 	// Log defaults to the Rotator's.
 	Log *slog.Logger
+	// FirstIssuanceElsewhere: an empty slot is filled by the caller (the
+	// agent registers with a CSR), not by the loop.
+	FirstIssuanceElsewhere bool
 
 	once    sync.Once
 	trigger chan bool // value: rotate the key too
@@ -189,6 +192,9 @@ func (w *Renewer) SetPolicy(p *Policy) error {
 func (w *Renewer) Run(ctx context.Context) error {
 	w.init()
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		now := w.Clock.Now()
 		w.mu.Lock()
 		pol, lastFail := w.policy(), w.rec.LastFailure
@@ -199,6 +205,7 @@ func (w *Renewer) Run(ctx context.Context) error {
 		case w.Rotator.Issuer == nil:
 			// No path: only a trigger can start anything (and will fail
 			// with ErrNoIssuer, which status shows).
+		case err != nil && w.FirstIssuanceElsewhere:
 		case err != nil:
 			// An empty slot (DPS issuance before its first operational
 			// certificate): issue one now, and after a failure every
@@ -234,10 +241,25 @@ func (w *Renewer) Run(ctx context.Context) error {
 	}
 }
 
+// RotateSync rotates now in the caller's goroutine and records the
+// outcome like a scheduled attempt, without calling OnRotated: the caller
+// takes the new credential itself (the agent's DPS registration).
+func (w *Renewer) RotateSync(ctx context.Context, newKey bool, why string) (Result, error) {
+	w.init()
+	return w.do(ctx, newKey, why)
+}
+
 func (w *Renewer) attempt(ctx context.Context, newKey bool, why string) {
 	if ctx.Err() != nil {
 		return
 	}
+	res, err := w.do(ctx, newKey, why)
+	if err == nil && w.OnRotated != nil {
+		w.OnRotated(res)
+	}
+}
+
+func (w *Renewer) do(ctx context.Context, newKey bool, why string) (Result, error) {
 	newKey = newKey || w.Rotator.NewKey
 	w.mu.Lock()
 	w.running = true
@@ -261,9 +283,7 @@ func (w *Renewer) attempt(ctx context.Context, newKey bool, why string) {
 	if serr := SaveRecord(w.Rotator.StateDir, rec); serr != nil {
 		w.Log.Error("renewal record", "err", serr)
 	}
-	if err == nil && w.OnRotated != nil {
-		w.OnRotated(res)
-	}
+	return res, err
 }
 
 // MethodName is the direct method that rotates the credential now.

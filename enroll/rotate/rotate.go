@@ -137,7 +137,8 @@ type Rotator struct {
 	StateDir string
 	// Slot is the credential being renewed.
 	Slot Slot
-	// DeviceID is the CSR's CN (the registration ID).
+	// DeviceID is the CSR's CN (the registration ID); empty means the
+	// current leaf's CN.
 	DeviceID string
 	// Issuer gets the new chain; nil means ErrNoIssuer.
 	Issuer Issuer
@@ -217,17 +218,16 @@ func (r *Rotator) rotate(ctx context.Context, newKey bool) (Result, error) {
 }
 
 func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error) {
-	log := r.log().With("path", r.Issuer.Name(), "new_key", newKey)
 	cur, curErr := LoadCredential(r.Slot, r.StateDir)
 	if curErr != nil {
 		// An empty or broken slot: its first credential (e.g. the first
 		// DPS-issued operational certificate) is installed the same way,
 		// with a key of its own. (A path that needs the current
 		// credential, EST, then fails in Issue and nothing changes.)
-		log.Info("rotation: slot has no usable credential; installing a first one", "slot", r.Slot.ChainPath, "why", curErr)
+		r.log().Info("rotation: slot has no usable credential; installing a first one", "slot", r.Slot.ChainPath, "why", curErr)
 		cur, newKey = Credential{}, true
-		log = log.With("new_key", true)
 	}
+	log := r.log().With("path", r.Issuer.Name(), "new_key", newKey)
 	j := &journal{
 		Phase: PhaseBegin, Start: r.now().UTC(), Path: r.Issuer.Name(), NewKey: newKey,
 		KeySpec: r.Slot.KeySpec,
@@ -275,16 +275,20 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 		defer closeKey(k)
 		step("key")
 	}
-	csrDER, err := csr.Create(signer, r.DeviceID)
+	deviceID := r.DeviceID
+	if deviceID == "" && cur.Leaf() != nil {
+		deviceID = cur.Leaf().Subject.CommonName
+	}
+	csrDER, err := csr.Create(signer, deviceID)
 	if err != nil {
 		return Result{}, fmt.Errorf("rotate: %w", err)
 	}
-	chain, err := r.Issuer.Issue(ctx, IssueRequest{CSR: csrDER, Signer: signer, Current: cur, RegistrationID: r.DeviceID})
+	chain, err := r.Issuer.Issue(ctx, IssueRequest{CSR: csrDER, Signer: signer, Current: cur, RegistrationID: deviceID})
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrIssue, r.Issuer.Name(), err)
 	}
 	step("issued")
-	if err := r.checkChain(chain, signer); err != nil {
+	if err := r.checkChain(chain, signer, deviceID); err != nil {
 		return Result{}, err
 	}
 	if err := atomicfile.WriteFile(r.Slot.ChainPath+StagedSuffix, certstore.EncodePEM(chain...), 0o600); err != nil {
@@ -379,7 +383,7 @@ func closeKey(s crypto.Signer) {
 	}
 }
 
-func (r *Rotator) checkChain(chain []*x509.Certificate, signer crypto.Signer) error {
+func (r *Rotator) checkChain(chain []*x509.Certificate, signer crypto.Signer, deviceID string) error {
 	if len(chain) == 0 {
 		return fmt.Errorf("%w: empty chain", ErrBadChain)
 	}
@@ -387,8 +391,8 @@ func (r *Rotator) checkChain(chain []*x509.Certificate, signer crypto.Signer) er
 	if !sameKey(signer.Public(), leaf.PublicKey) {
 		return fmt.Errorf("%w: leaf public key is not the key the CSR was made with", ErrBadChain)
 	}
-	if r.DeviceID != "" && leaf.Subject.CommonName != r.DeviceID {
-		return fmt.Errorf("%w: leaf CN %q, device ID %q", ErrBadChain, leaf.Subject.CommonName, r.DeviceID)
+	if leaf.Subject.CommonName != deviceID {
+		return fmt.Errorf("%w: leaf CN %q, device ID %q", ErrBadChain, leaf.Subject.CommonName, deviceID)
 	}
 	now := r.now()
 	if !leaf.NotAfter.After(leaf.NotBefore) {

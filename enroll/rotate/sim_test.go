@@ -230,3 +230,93 @@ func TestESTReenrollOnSim(t *testing.T) {
 		cur = c
 	}
 }
+
+// TestESTWithIndividualEnrollment: an individual enrollment pins the
+// device's current certificate, so DPS refuses an EST-renewed one. The
+// probe (register, then connect) catches it before the swap: the renewal
+// fails and the device keeps the certificate that still registers.
+func TestESTWithIndividualEnrollment(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs devid-sim")
+	}
+	t.Parallel()
+	const id = "rot-est-indiv"
+	ca := simtest.NewDeviceCA(t)
+	caFile := filepath.Join(t.TempDir(), "device-ca.pem")
+	os.WriteFile(caFile, simtest.PEM(ca.Root), 0o600)
+	// The EST server accepts the device CA's certificates as clients,
+	// but DPS knows this device only by its individual enrollment.
+	sim := simtest.Start(t, simtest.WithArgs("--est-client-ca", caFile))
+	dev := ca.Issue(t, id)
+	sim.EnrollIndividual(t, id, dev.Leaf)
+	b, err := os.ReadFile(sim.Ready.ServerCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, _ := dps.ParseTrustBundle(b)
+	netw := dps.Network{Resolve: sim.Resolve(), TrustBundle: bundle}
+	dir := t.TempDir()
+	slot := Slot{KeySpec: "file:" + filepath.Join(dir, "device.key"), ChainPath: filepath.Join(dir, "device-chain.pem")}
+	os.WriteFile(filepath.Join(dir, "device.key"), dev.KeyPEM(t), 0o600)
+	os.WriteFile(slot.ChainPath, dev.ChainPEM(), 0o600)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	register := func(ctx context.Context, c Credential) error {
+		_, err := dps.Register(ctx, dps.Config{Endpoint: sim.Ready.DPS.Host + ":8883", IDScope: sim.Ready.IDScope,
+			Network: netw, Credential: dps.Credential{Signer: c.Signer, Chain: c.Chain}, Timeout: 20 * time.Second})
+		return err
+	}
+	rot := &Rotator{StateDir: dir, Slot: slot, DeviceID: id, Probe: register,
+		Issuer: &ESTIssuer{URL: sim.Ready.ESTURL, ServerRoots: sim.ServerRoots()}}
+	before, _ := os.ReadFile(slot.ChainPath)
+	if _, err := rot.Rotate(ctx); !errors.Is(err, ErrProbe) {
+		t.Fatalf("EST renewal under an individual enrollment: %v, want ErrProbe", err)
+	}
+	after, _ := os.ReadFile(slot.ChainPath)
+	if string(after) != string(before) {
+		t.Fatal("the certificate was swapped although DPS refuses the new one")
+	}
+	cur, err := LoadCredential(slot, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := register(ctx, cur); err != nil {
+		t.Errorf("the kept certificate no longer registers: %v", err)
+	}
+}
+
+// TestHubRenewalOnSim: the IoT Hub credentials-topic renewal (preview)
+// replaces a DPS-issued operational certificate over the hub connection,
+// with a new key; the renewed credential connects.
+func TestHubRenewalOnSim(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs devid-sim")
+	}
+	t.Parallel()
+	d := newSimDevice(t, "rot-hub-1")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	first, err := d.rot.Rotate(ctx) // the first operational certificate, from DPS
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	hub, dev := d.hub, d.dev
+	d.mu.Unlock()
+	hr := &Rotator{StateDir: d.dir, Slot: d.slot, DeviceID: "rot-hub-1", NewKey: true, Probe: d.connect,
+		Issuer: &HubIssuer{Config: dps.HubConfig{Host: hub, DeviceID: dev, Network: d.net, ConnectTimeout: 15 * time.Second}}}
+	res, err := hr.Rotate(ctx)
+	if err != nil {
+		t.Fatalf("hub renewal: %v", err)
+	}
+	if res.Path != PathHub || res.Serial == first.Serial {
+		t.Errorf("result %+v", res)
+	}
+	c, err := LoadCredential(d.slot, d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.connect(ctx, c); err != nil {
+		t.Errorf("hub-renewed credential does not connect: %v", err)
+	}
+}

@@ -193,12 +193,17 @@ func (t *TPM) CreateKey(ctx context.Context) (Blob, error) {
 				ParentHandle: tpm2.AuthHandle{Handle: ph.Handle, Name: ph.Name, Auth: tpm2.PasswordAuth(nil)},
 				InPublic:     tpm2.New2BTemplate(&SigningKeyTemplate),
 			}.Execute(tr)
-			if err != nil {
+			switch {
+			case err == nil:
+				flush(tr, rsp.ObjectHandle)
+				b = Blob{Public: tpm2.Marshal(rsp.OutPublic), Private: tpm2.Marshal(rsp.OutPrivate)}
+				return nil
+			case errors.Is(err, tpm2.TPMRCCommandCode):
+				// Listed by the probe but refused: remember, use Create.
+				t.caps.CreateLoaded = false
+			default:
 				return fmt.Errorf("create key (CreateLoaded): %w", err)
 			}
-			flush(tr, rsp.ObjectHandle)
-			b = Blob{Public: tpm2.Marshal(rsp.OutPublic), Private: tpm2.Marshal(rsp.OutPrivate)}
-			return nil
 		}
 		rsp, err := tpm2.Create{
 			ParentHandle: tpm2.AuthHandle{Handle: ph.Handle, Name: ph.Name, Auth: tpm2.PasswordAuth(nil)},

@@ -381,10 +381,10 @@ func TestTimeout(t *testing.T) {
 	}
 }
 
-// retryProxy answers the first n commands with TPM_RC_RETRY and forwards
-// the rest to swtpm.
-func retryProxy(t *testing.T, target string, n int) (string, *atomic.Int32) {
-	dir, err := os.MkdirTemp("", "retry")
+// proxy forwards each command to swtpm at target, unless answer returns
+// a response for it first.
+func proxy(t *testing.T, target string, answer func(cmd []byte) []byte) string {
+	dir, err := os.MkdirTemp("", "proxy")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +395,6 @@ func retryProxy(t *testing.T, target string, n int) (string, *atomic.Int32) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	var retries atomic.Int32
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -407,11 +406,7 @@ func retryProxy(t *testing.T, target string, n int) (string, *atomic.Int32) {
 				c.Close()
 				continue
 			}
-			if retries.Add(1) <= int32(n) {
-				rsp := make([]byte, 10)
-				binary.BigEndian.PutUint16(rsp, 0x8001)
-				binary.BigEndian.PutUint32(rsp[2:], 10)
-				binary.BigEndian.PutUint32(rsp[6:], 0x922) // TPM_RC_RETRY
+			if rsp := answer(cmd); rsp != nil {
 				c.Write(rsp)
 				c.Close()
 				continue
@@ -427,7 +422,60 @@ func retryProxy(t *testing.T, target string, n int) (string, *atomic.Int32) {
 			c.Close()
 		}
 	}()
-	return p, &retries
+	return p
+}
+
+// errResponse is a bare TPM error response with code rc.
+func errResponse(rc uint32) []byte {
+	rsp := make([]byte, 10)
+	binary.BigEndian.PutUint16(rsp, 0x8001)
+	binary.BigEndian.PutUint32(rsp[2:], 10)
+	binary.BigEndian.PutUint32(rsp[6:], rc)
+	return rsp
+}
+
+func commandCode(cmd []byte) uint32 { return binary.BigEndian.Uint32(cmd[6:10]) }
+
+// retryProxy answers the first n commands with TPM_RC_RETRY.
+func retryProxy(t *testing.T, target string, n int) (string, *atomic.Int32) {
+	var seen atomic.Int32
+	p := proxy(t, target, func([]byte) []byte {
+		if seen.Add(1) <= int32(n) {
+			return errResponse(0x922) // TPM_RC_RETRY
+		}
+		return nil
+	})
+	return p, &seen
+}
+
+// TestCreateLoadedRefused: a TPM that lists CreateLoaded but refuses it
+// (TPM_RC_COMMAND_CODE) still gets keys, through Create.
+func TestCreateLoadedRefused(t *testing.T) {
+	t.Parallel()
+	sw := tpmtest.Start(t)
+	var refused atomic.Int32
+	p := proxy(t, sw.Sock, func(cmd []byte) []byte {
+		if commandCode(cmd) == 0x191 { // TPM2_CreateLoaded
+			refused.Add(1)
+			return errResponse(0x143) // TPM_RC_COMMAND_CODE
+		}
+		return nil
+	})
+	tp := openT(t, "unix:"+p)
+	for range 2 {
+		b, err := tp.CreateKey(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := tp.LoadKey(context.Background(), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signVerify(t, k, crypto.SHA256)
+	}
+	if refused.Load() != 1 || tp.Caps().CreateLoaded {
+		t.Errorf("CreateLoaded tried %d times, caps %+v; want once, then remembered", refused.Load(), tp.Caps())
+	}
 }
 
 func TestRetryWarning(t *testing.T) {

@@ -40,10 +40,10 @@ if [ -z "$DEB" ] || [ -n "${IMAGE_REFRESH:-}" ]; then
   mkdir -p "$APTDIR/lists/partial" "$APTDIR/archives/partial"
   # Mirrors are sometimes mid-sync; retry, then go on with whatever indexes
   # did arrive (the resolve below fails clearly if none did).
-  for try in 1 2 3; do
+  for try in 1 2; do
     if apt-get "${APT_OPTS[@]}" update >"$APTDIR/update.log" 2>&1; then break; fi
-    echo "image.sh: apt-get update failed (try $try):"; grep -E '^(E|W):' "$APTDIR/update.log" | head -3
-    sleep $((try * 2))
+    echo "image.sh: apt-get update incomplete (try $try):"; grep -E '^E:' "$APTDIR/update.log" | head -2
+    sleep 2
   done
   PKG=$(apt-cache "${APT_OPTS[@]}" depends "$META" | awk '/Depends: linux-image-/{print $2; exit}')
   PKG=${PKG%:$DEBARCH}

@@ -1,34 +1,45 @@
 #!/usr/bin/env bash
-# `make qemu-test`: the emulated board test, then the device-side unit tests
+# `make qemu-test`: the emulated boards, then the device-side unit tests
 # under qemu-user for arm64 and armv7.
 #
+#   BOARD_ARCHES="arm64 armv7"  boards to build and boot (in parallel)
 #   QEMU_SCENARIOS=smoke,flow   harness scenarios (see scripts/qemu/harness)
-#   BOARD_ARCH=arm64            board to boot (arm64; armv7 also builds and boots)
 #   QEMU_CROSS=0                skip the qemu-user unit tests
 #
-# Everything is built here from the tree: the board image (scripts/qemu/image.sh),
-# the host devid-sim and devid-jig, and the harness. Logs: .build/qemu/run-ARCH/.
+# Each board is judged by the harness from the simulator's own records
+# (registration, hub device, telemetry), not from console output.
+# Everything is built here from the tree: the board images
+# (scripts/qemu/image.sh), the host devid-sim and devid-jig, and the harness.
+# Logs: .build/qemu/run-ARCH/ (console per boot, swtpm, sim), .build/qemu/unit-ARCH.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ARCH=${BOARD_ARCH:-arm64}
+ARCHES=${BOARD_ARCHES:-arm64 armv7}
 SCENARIOS=${QEMU_SCENARIOS:-smoke,flow}
 start=$EPOCHREALTIME
 elapsed() { awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME - $start}"; }
 
-for tool in qemu-system-aarch64 swtpm swtpm_setup socat mkfs.ext4 e2fsck; do
+for tool in qemu-system-aarch64 qemu-system-arm qemu-aarch64-static qemu-arm-static swtpm swtpm_setup socat mkfs.ext4 e2fsck dpkg-deb; do
   command -v "$tool" >/dev/null || { echo "qemu-test: $tool missing; run scripts/deps.sh" >&2; exit 1; }
 done
 
-scripts/qemu/image.sh "$ARCH"
+for a in $ARCHES; do scripts/qemu/image.sh "$a"; done
 echo "qemu-test: build host devid-sim, devid-jig and the harness"
 mkdir -p .build/qemu/bin
-CGO_ENABLED=0 go build -trimpath -o .build/qemu/bin/ ./simulator/cmd/devid-sim ./enroll/cmd/devid-jig ./scripts/qemu/harness
-echo "qemu-test: builds done at +$(elapsed)s; scenarios: $SCENARIOS"
+CGO_ENABLED=0 go build -o .build/qemu/bin/ ./simulator/cmd/devid-sim ./enroll/cmd/devid-jig ./scripts/qemu/harness
+echo "qemu-test: builds done at +$(elapsed)s; boards: $ARCHES; scenarios: $SCENARIOS"
 
+# The boards run in parallel, each with its own simulator, TPM and disk
+# (pipefail: a subshell fails when its harness does, not only sed).
 rc=0
-.build/qemu/bin/harness -arch "$ARCH" -scenarios "$SCENARIOS" \
-  -sim .build/qemu/bin/devid-sim -jig .build/qemu/bin/devid-jig || rc=$?
-echo "qemu-test: board done at +$(elapsed)s"
+pids=()
+for a in $ARCHES; do
+  mkdir -p ".build/qemu/run-$a"
+  ( .build/qemu/bin/harness -arch "$a" -scenarios "$SCENARIOS" \
+      -sim .build/qemu/bin/devid-sim -jig .build/qemu/bin/devid-jig 2>&1 | sed -u "s/^/[$a] /" ) &
+  pids+=("$!")
+done
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+echo "qemu-test: boards done at +$(elapsed)s"
 
 if [ "${QEMU_CROSS:-1}" != 0 ]; then
   scripts/qemu/unit-cross.sh || rc=1

@@ -11,8 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ARCHES=("$@"); ((${#ARCHES[@]})) || ARCHES=(arm64 armv7)
-# Pure unit packages of the device side (hal, enroll, dps, agent internals).
-PKGS=${CROSS_PKGS:-"./hal/board ./hal/serial ./enroll/atomicfile ./enroll/csr ./enroll/certstore ./enroll/factory ./enroll/keys ./agent/config ./agent/queue ./agent/statedir"}
+# Device-side packages whose tests need no simulator and no host binary
+# built on the fly. swtpm-backed tests are in: qemu-user passes the exec of
+# the host's swtpm through, so the TPM code runs as arm code against it.
+PKGS=${CROSS_PKGS:-"./hal/board ./hal/serial ./hal/gpio ./hal/tpm ./enroll/keys ./enroll/keys/tpmkey ./enroll/atomicfile ./enroll/ca ./enroll/csr ./enroll/certstore ./enroll/factory ./agent/config ./agent/localapi ./agent/queue ./agent/sdnotify ./agent/statedir"}
+# dps: its unit tests only (topics, parsers, backoff, credentials, dial
+# classification, fuzz seeds); the rest runs against devid-sim natively.
+DPS_RUN=${CROSS_DPS_RUN:-'Test(Usernames|DPSTopics|TelemetryTopic|PropertyBagNullAndForms|ParseResponseTopics|MethodAndDesiredTopics|ParseC2DTopic|ParseOperationStatus|ParseStatusError|BackoffAndLimiter|Credential|AzureRoots|ConfigValidation|HubConfigValidation|DialTLSClassification|DialNetworkErrors)$|^Fuzz'}
 # Keep only packages that exist and have tests, so the list survives refactors.
 sel=()
 for p in $PKGS; do
@@ -30,7 +35,8 @@ for a in "${ARCHES[@]}"; do
     *) echo "unit-cross: unknown arch $a" >&2; exit 2 ;;
   esac
   log=.build/qemu/unit-$a.log
-  ( env "${env[@]}" go test -count=1 -short -timeout 5m -exec "$exec" "${sel[@]}" >"$log" 2>&1 ) &
+  ( env "${env[@]}" go test -trimpath -count=1 -short -timeout 150s -exec "$exec" "${sel[@]}" >"$log" 2>&1 &&
+    if [ -d dps ]; then env "${env[@]}" go test -trimpath -count=1 -short -timeout 150s -exec "$exec" -run "$DPS_RUN" ./dps >>"$log" 2>&1; fi ) &
   pids+=("$!:$a:$log")
 done
 for p in "${pids[@]}"; do

@@ -282,6 +282,12 @@ func run(o options, w io.Writer) error {
 		return errors.New("-devices must be positive")
 	}
 	raiseNoFile()
+	loadAvg := "n/a"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			loadAvg = strings.Join(f[:3], " ")
+		}
+	}
 	state, err := os.MkdirTemp("", "devid-bench-")
 	if err != nil {
 		return err
@@ -346,7 +352,8 @@ func run(o options, w io.Writer) error {
 	if o.simArgs != "" {
 		fmt.Fprintf(w, " `-sim-args '%s'`", o.simArgs)
 	}
-	fmt.Fprintf(w, "  \nMachine: %d CPUs, %s/%s, %s. Loopback only; every device has its own ECDSA P-256 leaf (no TLS session reuse).\n\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	fmt.Fprintf(w, "  \nMachine: %d CPUs, %s/%s, %s, load average at start %s (the load generator shares the CPUs). Loopback only; every device has its own ECDSA P-256 leaf (no TLS session reuse).\n\n",
+		runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), loadAvg)
 	fmt.Fprintf(w, "| measure | value | goal |\n|---|---|---|\n")
 	fmt.Fprintf(w, "| device certificates made (not timed below) | %d in %s | |\n", len(devs), certTime.Round(time.Millisecond))
 	fmt.Fprintf(w, "| DPS registrations assigned | %d of %d (%d failed, %d not started before the bound) | |\n", reg.ok, o.devices, reg.failed, reg.notStarted)
@@ -354,6 +361,9 @@ func run(o options, w io.Writer) error {
 	fmt.Fprintf(w, "| **registrations/s** | **%.0f** | ≥ 1,000 |\n", rate(reg.ok, reg.wall))
 	fmt.Fprintf(w, "| devid-sim CPU during registrations | %s (%.1f ms per registration; %.0f%% of one core) | |\n", regCPU.Round(10*time.Millisecond),
 		float64(regCPU)/float64(time.Millisecond)/float64(max(reg.ok, 1)), 100*float64(regCPU)/float64(max(reg.wall, 1)))
+	if regCPU > 0 && reg.ok > 0 {
+		fmt.Fprintf(w, "| devid-sim registrations per CPU-second (derived: 1 / CPU per registration) | %.0f | |\n", float64(reg.ok)/regCPU.Seconds())
+	}
 	fmt.Fprintf(w, "| load-generator CPU during registrations (same machine) | %s (%.0f%% of one core) | |\n", regSelf.Round(10*time.Millisecond), 100*float64(regSelf)/float64(max(reg.wall, 1)))
 	fmt.Fprintf(w, "| registration latency p50 / p99 | %s / %s | |\n", reg.lat.pct(0.5).Round(time.Millisecond), reg.lat.pct(0.99).Round(time.Millisecond))
 	fmt.Fprintf(w, "| polls per registration (mean) / retry-after honoured | %.2f / %v | |\n", float64(reg.polls)/float64(max(reg.ok, 1)), o.honourRetryAfter)

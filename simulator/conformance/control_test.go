@@ -60,6 +60,14 @@ func newTarget(t testing.TB, ready any) *target {
 	return tg
 }
 
+// on returns a view of tg whose failures are reported on t (a subtest), so
+// that a helper never calls FailNow on a parent test from a subtest.
+func (tg *target) on(t testing.TB) *target {
+	c := *tg
+	c.t = t
+	return &c
+}
+
 func (tg *target) dps() endpoint { return endpoint{host: tg.ready.DPS.Host, addr: tg.ready.DPS.Addr} }
 
 // hub returns the endpoint serving hub host h.

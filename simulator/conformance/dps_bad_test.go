@@ -169,6 +169,7 @@ func TestDPSErrorPaths(t *testing.T) {
 	scope := tg.ready.IDScope
 
 	t.Run("good registration has the documented shape", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-good-1", leafOpts{})
 		o := tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, registerBody(dev.CN))
@@ -205,6 +206,7 @@ func TestDPSErrorPaths(t *testing.T) {
 	})
 
 	t.Run("register at QoS 0 with empty poll body", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-qos0-1", leafOpts{})
 		c := tg.dpsConnect(t, &dev.TLS, dev.CN)
@@ -219,6 +221,7 @@ func TestDPSErrorPaths(t *testing.T) {
 	})
 
 	t.Run("malformed JSON", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-badjson-1", leafOpts{})
 		o := tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, []byte(`{"registrationId":"dps-badjson-1"`))
@@ -231,6 +234,7 @@ func TestDPSErrorPaths(t *testing.T) {
 	})
 
 	t.Run("registrationId in body differs from username", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-bodyid-1", leafOpts{})
 		o := tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, registerBody("someone-else"))
@@ -251,6 +255,7 @@ func TestDPSErrorPaths(t *testing.T) {
 		{"empty username", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			tg := tg.on(t)
 			t.Parallel()
 			dev := ca.issue(t, "dps-user-1", leafOpts{})
 			o := tg.dpsAttempt(t, &dev.TLS, dev.CN, tc.user, registerTopic, 1, registerBody(dev.CN))
@@ -264,6 +269,7 @@ func TestDPSErrorPaths(t *testing.T) {
 		})
 	}
 	t.Run("username with ClientVersion is accepted", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-cv-1", leafOpts{})
 		user := dpsUser(scope, dev.CN) + "&ClientVersion=azure-iot-provisioning-device%2F1.9.1"
@@ -274,38 +280,45 @@ func TestDPSErrorPaths(t *testing.T) {
 	})
 
 	t.Run("client ID differs from CN", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-cid-1", leafOpts{})
 		wantAuthRefusal(t, "ClientId other than CN", tg.dpsAttempt(t, &dev.TLS, "dps-cid-2", dpsUser(scope, "dps-cid-2"), registerTopic, 1, registerBody("dps-cid-2")))
 	})
 	t.Run("username registration ID differs from CN", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-cid-3", leafOpts{})
 		wantAuthRefusal(t, "username regId other than CN", tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, "dps-cid-4"), registerTopic, 1, registerBody("dps-cid-4")))
 	})
 	t.Run("expired certificate", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-expired-1", leafOpts{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)})
 		wantAuthRefusal(t, "expired leaf", tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, registerBody(dev.CN)))
 	})
 	t.Run("not yet valid certificate", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-future-1", leafOpts{notBefore: time.Now().Add(24 * time.Hour), notAfter: time.Now().Add(48 * time.Hour)})
 		wantAuthRefusal(t, "not-yet-valid leaf", tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, registerBody(dev.CN)))
 	})
 	t.Run("untrusted certificate", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		other := newTestCA(t, "not enrolled CA")
 		dev := other.issue(t, "dps-untrusted-1", leafOpts{})
 		wantAuthRefusal(t, "leaf from an unenrolled CA", tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, registerBody(dev.CN)))
 	})
 	t.Run("self-signed certificate", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		self := newTestCA(t, "dps-self-1")
 		cert := tls.Certificate{Certificate: [][]byte{self.Cert.Raw}, PrivateKey: self.Key}
 		wantAuthRefusal(t, "self-signed cert with no individual enrollment", tg.dpsAttempt(t, &cert, "dps-self-1", dpsUser(scope, "dps-self-1"), registerTopic, 1, registerBody("dps-self-1")))
 	})
 	t.Run("no client certificate", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		o := tg.dpsAttempt(t, nil, "dps-nocert-1", dpsUser(scope, "dps-nocert-1"), registerTopic, 1, registerBody("dps-nocert-1"))
 		t.Logf("%s", o)
@@ -317,12 +330,14 @@ func TestDPSErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("revoked certificate", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-revoked-1", leafOpts{})
 		tg.revokeCert(dev.CertPEM)
 		wantAuthRefusal(t, "revoked leaf", tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, registerBody(dev.CN)))
 	})
 	t.Run("disabled enrollment group", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dca := newTestCA(t, "disabled group CA")
 		tg.enrollGroup("dps-disabled", dca.PEM, map[string]any{"provisioningStatus": "disabled"})
@@ -340,6 +355,7 @@ func TestDPSErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("poll for unknown operation", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-unknownop-1", leafOpts{})
 		o := tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN),
@@ -352,6 +368,7 @@ func TestDPSErrorPaths(t *testing.T) {
 		checkErrorBody(t, *r)
 	})
 	t.Run("polling faster than 5 per 10 s is throttled", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-throttle-1", leafOpts{})
 		c := tg.dpsConnect(t, &dev.TLS, dev.CN)
@@ -375,6 +392,7 @@ func TestDPSErrorPaths(t *testing.T) {
 		checkErrorBody(t, r)
 	})
 	t.Run("unknown topic", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-topic-1", leafOpts{})
 		o := tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), "$dps/registrations/PUT/iotdps-bogus/?$rid=1", 1, registerBody(dev.CN))
@@ -385,6 +403,7 @@ func TestDPSErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("oversized register", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-big-1", leafOpts{})
 		body := []byte(`{"registrationId":"dps-big-1","payload":{"pad":"` + strings.Repeat("x", 100*1024) + `"}}`)
@@ -396,6 +415,7 @@ func TestDPSErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("subscribe QoS 2 is granted QoS 1", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-subqos-1", leafOpts{})
 		c, err := dialTLS(t, tg.dps(), tg.roots, &dev.TLS)
@@ -409,6 +429,7 @@ func TestDPSErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("whitespace poll body and QoS of replies", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "dps-ws-1", leafOpts{})
 		c := tg.dpsConnect(t, &dev.TLS, dev.CN)

@@ -3,6 +3,7 @@ package conformance
 import (
 	"crypto/tls"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -95,6 +96,7 @@ func TestHubErrorPaths(t *testing.T) {
 	tg.enrollGroup("hub-errors", ca.PEM, nil)
 
 	t.Run("username formats", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-user-1")
 		good := []string{
@@ -121,6 +123,7 @@ func TestHubErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("client ID differs from device ID and CN", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-cid-1")
 		other := tg.provision(t, ca, "hub-cid-2")
@@ -131,6 +134,7 @@ func TestHubErrorPaths(t *testing.T) {
 		wantConnack5(t, "certificate of one device used for another", code, err)
 	})
 	t.Run("device not registered on the hub", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		dev := ca.issue(t, "hub-never-1", leafOpts{})
 		host := tg.ready.Hubs[0].Host
@@ -138,6 +142,7 @@ func TestHubErrorPaths(t *testing.T) {
 		wantConnack5(t, "unknown device", code, err)
 	})
 	t.Run("expired certificate for a registered device", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-expired-1")
 		exp := ca.issue(t, d.CN, leafOpts{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-time.Hour)})
@@ -145,6 +150,7 @@ func TestHubErrorPaths(t *testing.T) {
 		wantConnack5(t, "expired certificate", code, err)
 	})
 	t.Run("untrusted certificate with a registered CN", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-untrusted-1")
 		other := newTestCA(t, "rogue CA")
@@ -153,6 +159,7 @@ func TestHubErrorPaths(t *testing.T) {
 		wantConnack5(t, "same CN from an unknown CA", code, err)
 	})
 	t.Run("no client certificate", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-nocert-1")
 		code, err := tg.hubAttempt(t, d.host, nil, d.id, hubUser(d.host, d.id))
@@ -161,6 +168,7 @@ func TestHubErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("revoked certificate", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-revoked-1")
 		c := tg.hubConnect(t, d)
@@ -173,6 +181,7 @@ func TestHubErrorPaths(t *testing.T) {
 		wantConnack5(t, "revoked certificate", code, err)
 	})
 	t.Run("second connection kicks the first", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-kick-1")
 		first := tg.hubConnect(t, d)
@@ -183,6 +192,7 @@ func TestHubErrorPaths(t *testing.T) {
 		second.mustSubscribe("$iothub/twin/res/#")
 	})
 	t.Run("telemetry QoS 0 and 1 with property bag", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-tel-1")
 		c := tg.hubConnect(t, d)
@@ -197,7 +207,7 @@ func TestHubErrorPaths(t *testing.T) {
 		if _, err := c.publish("devices/"+d.id+"/messages/events/", 0, false, []byte("plain")); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "both telemetry records", 10*time.Second, func() error {
+		waitFor(t, "both telemetry records", 30*time.Second, func() error {
 			recs := tg.telemetry(d.name, d.id)
 			var sawRaw, sawPlain bool
 			for _, r := range recs {
@@ -217,6 +227,7 @@ func TestHubErrorPaths(t *testing.T) {
 		})
 	})
 	t.Run("oversized telemetry closes the connection", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-big-1")
 		c := tg.hubConnect(t, d)
@@ -243,6 +254,7 @@ func TestHubErrorPaths(t *testing.T) {
 		{"device-bound topic", "devices/%s/messages/devicebound/x"},
 	} {
 		t.Run("publish to "+tc.name+" closes the connection", func(t *testing.T) {
+			tg := tg.on(t)
 			t.Parallel()
 			d := tg.provision(t, ca, "hub-topic-"+strings.ReplaceAll(tc.name, " ", "-")[:10])
 			c := tg.hubConnect(t, d)
@@ -257,6 +269,7 @@ func TestHubErrorPaths(t *testing.T) {
 		})
 	}
 	t.Run("QoS 2 publish closes the connection", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-qos2-1")
 		c := tg.hubConnect(t, d)
@@ -266,9 +279,18 @@ func TestHubErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("retained telemetry is forwarded with mqtt-retain", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-retain-1")
 		c := tg.hubConnect(t, d)
+		if strings.Contains(os.Getenv("CONFORMANCE_SIM_ARGS"), "--hub-retain close") {
+			// The issue text's variant (retain closes the connection), selected explicitly.
+			c.publish("devices/"+d.id+"/messages/events/", 1, true, []byte("x"))
+			if err := c.expectClosed(); err != nil {
+				t.Errorf("retained telemetry with --hub-retain close: %v", err)
+			}
+			return
+		}
 		id, err := c.publish("devices/"+d.id+"/messages/events/%24.mid=ret-1", 1, true, []byte("kept?"))
 		if err == nil {
 			err = c.expectPuback(id)
@@ -276,7 +298,7 @@ func TestHubErrorPaths(t *testing.T) {
 		if err != nil {
 			t.Fatalf("retained telemetry: %v; DOCS-hub-mqtt forwards it with app property mqtt-retain (§3.3)", err)
 		}
-		waitFor(t, "retained message recorded", 10*time.Second, func() error {
+		waitFor(t, "retained message recorded", 30*time.Second, func() error {
 			for _, r := range tg.telemetry(d.name, d.id) {
 				if jstr(r, "body") == "kept?" {
 					if jstr(r, "applicationProperties", "mqtt-retain") != "true" {
@@ -291,10 +313,12 @@ func TestHubErrorPaths(t *testing.T) {
 		c.mustSubscribe("devices/" + d.id + "/messages/devicebound/#")
 	})
 	t.Run("subscriptions", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-sub-1")
 		c := tg.hubConnect(t, d)
-		for _, f := range []string{"devices/" + d.id + "/messages/devicebound/#", "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"} {
+		// sdk-for-c subscribes with devices/+/… (§3.2).
+		for _, f := range []string{"devices/+/messages/devicebound/#", "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"} {
 			code, err := c.subscribe(f, 2)
 			if err != nil || code != 1 {
 				t.Errorf("SUBSCRIBE %s QoS 2: code %d, %v; want granted 1 (§3.2)", f, code, err)
@@ -310,6 +334,7 @@ func TestHubErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("twin GET, reported patch and malformed patch", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "hub-twin-1")
 		c := tg.hubConnect(t, d)
@@ -328,6 +353,12 @@ func TestHubErrorPaths(t *testing.T) {
 		st, qs, _, err = twinReply(c)
 		if err != nil || st != 400 || !strings.Contains(qs, "$rid=p2") {
 			t.Errorf("malformed reported patch: %d %q %v; want 400 (§3.5)", st, qs, err)
+		}
+		big := []byte(`{"blob":"` + strings.Repeat("x", 40*1024) + `"}`)
+		c.publish("$iothub/twin/PATCH/properties/reported/?$rid=p3", 0, false, big)
+		st, qs, _, err = twinReply(c)
+		if err != nil || st < 400 || st >= 500 || !strings.Contains(qs, "$rid=p3") {
+			t.Errorf("40 KB reported patch: %d %q %v; want a 4xx, reported properties are capped at 32 KB (§3.5)", st, qs, err)
 		}
 	})
 }

@@ -20,6 +20,7 @@ func TestHubWire(t *testing.T) {
 	tg.enrollGroup("hub-wire", ca.PEM, nil)
 
 	t.Run("C2D topic, QoS and properties", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-c2d-1")
 		c := tg.hubConnect(t, d)
@@ -49,6 +50,7 @@ func TestHubWire(t *testing.T) {
 		}
 	})
 	t.Run("C2D queued while offline with CleanSession 0", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-c2d-2")
 		c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
@@ -61,7 +63,7 @@ func TestHubWire(t *testing.T) {
 		c.mustSubscribe("devices/" + d.id + "/messages/devicebound/#")
 		c.write(packets.NewControlPacket(packets.Disconnect))
 		c.close()
-		waitFor(t, "device offline", 10*time.Second, func() error {
+		waitFor(t, "device offline", 30*time.Second, func() error {
 			if _, dev := tg.device(d.name, d.id); jstr(dev, "connectionState") != "Disconnected" {
 				return fmt.Errorf("connectionState %q", jstr(dev, "connectionState"))
 			}
@@ -80,7 +82,7 @@ func TestHubWire(t *testing.T) {
 		if err != nil || string(p.Payload) != "while you were out" {
 			t.Fatalf("queued C2D after reconnect: %v %v; want it delivered (§3.4)", p, err)
 		}
-		waitFor(t, "C2D queue empty after PUBACK", 10*time.Second, func() error {
+		waitFor(t, "C2D queue empty after PUBACK", 30*time.Second, func() error {
 			if _, dev := tg.device(d.name, d.id); jget(dev, "cloudToDeviceMessageCount") != float64(0) {
 				return fmt.Errorf("cloudToDeviceMessageCount %v", jget(dev, "cloudToDeviceMessageCount"))
 			}
@@ -88,6 +90,7 @@ func TestHubWire(t *testing.T) {
 		})
 	})
 	t.Run("packet identifiers are independent per direction", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		// MQTT 3.1.1 §2.3.1: client and server assign packet identifiers
 		// independently. A queued C2D (server ID n) and the device's own
@@ -129,7 +132,7 @@ func TestHubWire(t *testing.T) {
 		if err := c.ack(p); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "C2D completed after its PUBACK", 10*time.Second, func() error {
+		waitFor(t, "C2D completed after its PUBACK", 30*time.Second, func() error {
 			if _, dev := tg.device(d.name, d.id); jget(dev, "cloudToDeviceMessageCount") != float64(0) {
 				return fmt.Errorf("cloudToDeviceMessageCount %v", jget(dev, "cloudToDeviceMessageCount"))
 			}
@@ -137,6 +140,7 @@ func TestHubWire(t *testing.T) {
 		})
 	})
 	t.Run("direct method wire, timeout and offline device", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-method-1")
 		c := tg.hubConnect(t, d)
@@ -170,7 +174,7 @@ func TestHubWire(t *testing.T) {
 			t.Errorf("unanswered method: HTTP %d %v; want 504 (504101)", st, res)
 		}
 		c.close()
-		waitFor(t, "device offline", 10*time.Second, func() error {
+		waitFor(t, "device offline", 30*time.Second, func() error {
 			if _, dev := tg.device(d.name, d.id); jstr(dev, "connectionState") != "Disconnected" {
 				return fmt.Errorf("connectionState %q", jstr(dev, "connectionState"))
 			}
@@ -181,6 +185,7 @@ func TestHubWire(t *testing.T) {
 		}
 	})
 	t.Run("desired property push", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-desired-1")
 		c := tg.hubConnect(t, d)
@@ -201,6 +206,7 @@ func TestHubWire(t *testing.T) {
 		}
 	})
 	t.Run("will is recorded as telemetry", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-will-1")
 		c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
@@ -218,7 +224,7 @@ func TestHubWire(t *testing.T) {
 			t.Fatalf("CONNECT with will: %v %v", pk, err)
 		}
 		c.close() // no DISCONNECT: the will fires
-		waitFor(t, "will recorded", 10*time.Second, func() error {
+		waitFor(t, "will recorded", 30*time.Second, func() error {
 			for _, r := range tg.telemetry(d.name, d.id) {
 				if jstr(r, "body") == "gone" {
 					if jstr(r, "applicationProperties", "iothub-MessageType") != "Will" {
@@ -231,6 +237,7 @@ func TestHubWire(t *testing.T) {
 		})
 	})
 	t.Run("disabled device is disconnected and refused", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-disabled-1")
 		c := tg.hubConnect(t, d)
@@ -242,6 +249,7 @@ func TestHubWire(t *testing.T) {
 		wantConnack5(t, "disabled device", code, err)
 	})
 	t.Run("keep-alive expiry closes the connection", func(t *testing.T) {
+		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-keepalive-1")
 		c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)

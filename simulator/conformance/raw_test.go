@@ -18,7 +18,7 @@ import (
 // ioWait bounds every single read or write of the raw client. The tests
 // wait on packets, not on time; this only stops a hung simulator from
 // hanging the test run.
-const ioWait = 10 * time.Second
+const ioWait = 20 * time.Second
 
 // endpoint is where a raw client dials (addr) and what it calls the server
 // (host, used for SNI, certificate verification and the MQTT username).

@@ -15,7 +15,7 @@ import (
 // telemetry.
 func TestRestartKeepsState(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := simtest.Start(t, extraArgs()...)
 	tg := newTarget(t, sim.Ready)
 	ca := newTestCA(t, "conformance restart CA")
 	tg.enrollGroup("restart", ca.PEM, nil)

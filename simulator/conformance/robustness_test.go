@@ -54,6 +54,7 @@ func TestGarbageInput(t *testing.T) {
 		i++
 		i := i
 		t.Run("DPS/"+name, func(t *testing.T) {
+			tg := tg.on(t)
 			t.Parallel()
 			d := ca.issue(t, fmt.Sprintf("garbage-dps-%d", i), leafOpts{})
 			c, err := dialTLS(t, tg.dps(), tg.roots, &d.TLS)
@@ -69,6 +70,7 @@ func TestGarbageInput(t *testing.T) {
 			}
 		})
 		t.Run("hub/"+name, func(t *testing.T) {
+			tg := tg.on(t)
 			t.Parallel()
 			// A device of its own, so that no other subtest's session kicks this one.
 			d := tg.provision(t, ca, fmt.Sprintf("garbage-hub-%d", i))

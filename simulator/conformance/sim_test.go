@@ -1,10 +1,25 @@
 package conformance
 
 import (
+	"os"
+	"strings"
 	"testing"
 
 	"devid/simulator/simtest"
 )
+
+// extraArgs lets the whole suite run against the simulator's other
+// documented switches, e.g.
+//
+//	CONFORMANCE_SIM_ARGS="--dps-id-mismatch register --disabled-enrollment 401" go test ./simulator/conformance
+//
+// The tests accept every variant the reference allows, so they must stay green.
+func extraArgs() []simtest.Option {
+	if a := strings.Fields(os.Getenv("CONFORMANCE_SIM_ARGS")); len(a) > 0 {
+		return []simtest.Option{simtest.WithArgs(a...)}
+	}
+	return nil
+}
 
 // startSim runs the real devid-sim binary (simtest builds it, starts it on a
 // temporary state directory and stops it at cleanup) and returns the view an
@@ -12,6 +27,6 @@ import (
 // assigning poll) keeps the SDK flow short; nothing else differs.
 func startSim(t *testing.T, opts ...simtest.Option) *target {
 	t.Helper()
-	s := simtest.Start(t, opts...)
+	s := simtest.Start(t, append(extraArgs(), opts...)...)
 	return newTarget(t, s.Ready)
 }

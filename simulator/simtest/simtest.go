@@ -117,12 +117,23 @@ func Binary(t testing.TB) string {
 			return
 		}
 		root := filepath.Dir(strings.TrimSpace(string(out)))
-		dir, err := os.MkdirTemp("", "devid-sim-bin-")
-		if err != nil {
+		// One binary per test process in a per-user directory; binaries of
+		// processes that no longer exist are removed first, so repeated
+		// test runs do not fill the temp directory.
+		dir := filepath.Join(os.TempDir(), fmt.Sprintf("devid-simtest-%d", os.Getuid()))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			buildErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "devid-sim")
+		if ents, err := os.ReadDir(dir); err == nil {
+			for _, e := range ents {
+				var pid int
+				if _, err := fmt.Sscanf(e.Name(), "devid-sim-%d", &pid); err == nil && pid > 0 && syscall.Kill(pid, 0) == syscall.ESRCH {
+					_ = os.Remove(filepath.Join(dir, e.Name()))
+				}
+			}
+		}
+		binPath = filepath.Join(dir, fmt.Sprintf("devid-sim-%d", os.Getpid()))
 		args := []string{"build", "-o", binPath}
 		if os.Getenv("SIMTEST_RACE") != "" {
 			args = append(args, "-race") // race-check the simulator itself

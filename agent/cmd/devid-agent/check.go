@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"devid/agent"
 	"devid/agent/config"
 	"devid/agent/statedir"
 	"devid/dps"
@@ -179,13 +180,12 @@ func (c *checker) keyAndCert() {
 	case left <= 0:
 		c.add("cert expiry", "fail", "expired "+ch.NotAfter().Format(time.RFC3339), "renew the certificate (renewal.path) or re-program the device")
 	case left < life/10 || left < 7*24*time.Hour:
-		c.add("cert expiry", "warn", fmt.Sprintf("expires %s (in %s)", ch.NotAfter().Format(time.RFC3339), left.Truncate(time.Hour)), "renewal should already have happened; see `devid-agent status`")
+		c.add("cert expiry", "warn", fmt.Sprintf("expires %s (%s)", ch.NotAfter().Format(time.RFC3339), humanUntil(left)), "renewal should already have happened; see `devid-agent status`")
 	default:
-		c.add("cert expiry", "pass", fmt.Sprintf("expires %s (in %s)", ch.NotAfter().Format(time.RFC3339), left.Truncate(time.Hour)), "")
+		c.add("cert expiry", "pass", fmt.Sprintf("expires %s (%s)", ch.NotAfter().Format(time.RFC3339), humanUntil(left)), "")
 	}
-	if c.cfg.Renewal.Path == "none" {
-		c.add("renewal path", "warn", "renewal.path is \"none\": the certificate will not be renewed automatically", "set renewal.path to dps or est (docs/config.md)")
-	}
+	r := agent.RenewalCheck(c.cfg, c.now)
+	c.add("renewal", r.Level, r.Message, r.Hint)
 }
 
 func (c *checker) clock() {

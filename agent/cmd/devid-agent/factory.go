@@ -8,14 +8,12 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"time"
 
 	"devid/agent/config"
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
 	"devid/enroll/keys"
 	"devid/hal/board"
-	"devid/hal/serial"
 )
 
 func init() {
@@ -87,34 +85,12 @@ func runFactory(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	// A port that cannot be opened at start is a configuration error.
-	p, err := serial.Open(cfg.Factory.Port, cfg.Factory.Baud)
-	if err != nil {
-		return err
-	}
 	log.Info("serving factory bus", "port", cfg.Factory.Port, "baud", cfg.Factory.Baud, "device_id", id,
 		"id_source", src, "key", ks.Name(), "state_dir", cfg.StateDir)
 	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(cfg.StateDir, roots), Log: log}
-	for {
-		err = d.Serve(ctx, p)
-		p.Close()
-		if ctx.Err() != nil {
-			log.Info("factory bus stopped")
-			return nil
-		}
-		// A USB gadget or adapter port fails with EIO while the jig's
-		// cable is out: wait and reopen rather than leave the line dead.
-		log.Warn("factory bus failed; reopening", "err", err)
-		for p = nil; p == nil; {
-			select {
-			case <-ctx.Done():
-				log.Info("factory bus stopped")
-				return nil
-			case <-time.After(time.Second):
-			}
-			if p, err = serial.Open(cfg.Factory.Port, cfg.Factory.Baud); err != nil {
-				log.Debug("reopen", "err", err)
-			}
-		}
+	if err := d.ServePort(ctx, cfg.Factory.Port, cfg.Factory.Baud); err != nil {
+		return err
 	}
+	log.Info("factory bus stopped")
+	return nil
 }

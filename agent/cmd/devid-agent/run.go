@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"slices"
 	"syscall"
 	"time"
@@ -44,6 +45,7 @@ func runDaemon(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	tuneMemory()
 	resolveKeySpec(cfg)
 	log := newLogger(cfg)
 	notify := sdnotify.FromEnv()
@@ -126,6 +128,18 @@ func runDaemon(ctx context.Context, args []string) error {
 		<-apiDone
 	}
 	return err
+}
+
+// tuneMemory keeps the daemon inside its RSS budget (12 MiB) on small
+// boards: a lower GC target and a soft heap limit. GOGC / GOMEMLIMIT in
+// the environment override both.
+func tuneMemory() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(8 << 20)
+	}
 }
 
 // petWatchdog pets systemd's watchdog only while the state goroutine

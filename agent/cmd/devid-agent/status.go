@@ -17,6 +17,7 @@ import (
 	"devid/agent/queue"
 	"devid/agent/statedir"
 	"devid/enroll/certstore"
+	"devid/enroll/rotate"
 )
 
 func init() {
@@ -51,6 +52,10 @@ func runStatus(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	if out.Extra == nil {
+		out.Extra = map[string]any{}
+	}
+	out.Extra["renewal"] = renewalOf(cfg, out.Extra)
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
@@ -140,7 +145,7 @@ func printStatus(s *statusOut) {
 	row("device id", s.DeviceID)
 	row("hub", s.Hub)
 	if !s.CertExpiry.IsZero() {
-		row("cert expiry", fmt.Sprintf("%s (in %s)", s.CertExpiry.Format(time.RFC3339), time.Until(s.CertExpiry).Truncate(time.Hour)))
+		row("cert expiry", fmt.Sprintf("%s (%s)", s.CertExpiry.Format(time.RFC3339), humanUntil(time.Until(s.CertExpiry))))
 	} else {
 		row("cert expiry", "")
 	}
@@ -159,6 +164,9 @@ func printStatus(s *statusOut) {
 		}
 		row("last provisioning", v)
 	}
+	if r, ok := s.Extra["renewal"].(rotate.Status); ok {
+		printRenewal(row, r)
+	}
 	row("hub failures", fmt.Sprint(s.HubFailures))
 	row("last error", s.LastError)
 	if s.Version != "" {
@@ -166,4 +174,16 @@ func printStatus(s *statusOut) {
 	}
 	row("source", s.Source)
 	w.Flush()
+}
+
+// humanUntil renders a time to expiry in days or hours.
+func humanUntil(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "EXPIRED"
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("in %d days", int(d.Hours()/24))
+	default:
+		return fmt.Sprintf("in %s", d.Truncate(time.Minute))
+	}
 }

@@ -226,6 +226,15 @@ func program(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	elapsed := time.Since(start)
 	if err != nil {
 		fmt.Fprintf(progressOut, "FAIL %v\n", err)
+		if *asJSON {
+			// Line software reads stdout: give it the failure as an object too.
+			var se *factory.StepError
+			step := ""
+			if errors.As(err, &se) {
+				step = string(se.Step)
+			}
+			_ = json.NewEncoder(stdout).Encode(map[string]any{"error": err.Error(), "step": step, "elapsed_ms": elapsed.Milliseconds()})
+		}
 		return err
 	}
 	if *asJSON {

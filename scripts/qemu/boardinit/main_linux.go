@@ -32,9 +32,15 @@ func (c cmdline) get(key, def string) string {
 }
 
 func readCmdline() cmdline {
-	c := cmdline{}
 	b, _ := os.ReadFile("/proc/cmdline")
-	for _, f := range strings.Fields(string(b)) {
+	return parseCmdline(string(b))
+}
+
+// parseCmdline keeps the devid.* keys of a kernel command line, without
+// the prefix. A key given twice keeps its last value, as the kernel does.
+func parseCmdline(line string) cmdline {
+	c := cmdline{}
+	for _, f := range strings.Fields(line) {
 		if k, v, ok := strings.Cut(f, "="); ok && strings.HasPrefix(k, "devid.") {
 			c[strings.TrimPrefix(k, "devid.")] = v
 		}

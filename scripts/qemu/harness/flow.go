@@ -259,6 +259,13 @@ func boardMAC() (string, error) {
 // program runs devid-jig against the board twice: the first run loses its
 // cable in the middle of INSTALL, the second must finish the job.
 func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigResult, error) {
+	// The operator starts the jig once the board is up: wait until the
+	// agent says it serves the factory bus (the console only times the
+	// step; the jig's own HELLO is the check). Bytes sent to a 16550 that
+	// no driver has opened yet are lost, as on hardware.
+	if _, err := b.waitLine(ctx, `serving factory bus`, 2*time.Minute); err != nil {
+		return nil, err
+	}
 	link, err := openUART(ctx, dir)
 	if err != nil {
 		return nil, err

@@ -84,7 +84,7 @@ func run(modroot string, want []string, initBin string, files []string, out stri
 	if err != nil {
 		return err
 	}
-	order, err := resolve(want, index)
+	order, err := resolve(want, index, modDepends)
 	if err != nil {
 		return err
 	}
@@ -134,23 +134,8 @@ func run(modroot string, want []string, initBin string, files []string, out stri
 	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "flash", "etc/devid", "var/lib/devid"} {
 		addDirs(d + "/x")
 	}
-	names := make([]string, 0, len(ents))
-	for n := range ents {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-
 	var buf bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed) // header ModTime stays zero
-	for i, n := range names {
-		if err := writeEntry(zw, ents[n], uint32(i+1)); err != nil {
-			return err
-		}
-	}
-	if err := writeEntry(zw, entry{name: "TRAILER!!!"}, 0); err != nil {
-		return err
-	}
-	if err := zw.Close(); err != nil {
+	if err := writeArchive(&buf, ents); err != nil {
 		return err
 	}
 	tmp := out + ".tmp"
@@ -162,6 +147,27 @@ func run(modroot string, want []string, initBin string, files []string, out stri
 	}
 	fmt.Printf("mkimage: %s %d bytes sha256 %x; modules: %s\n", out, buf.Len(), sha256.Sum256(buf.Bytes()), strings.Join(order, " "))
 	return nil
+}
+
+// writeArchive writes the entries as a gzip-compressed newc cpio archive in
+// name order, with inode numbers by position: the bytes depend only on the
+// entries.
+func writeArchive(w io.Writer, ents map[string]entry) error {
+	names := make([]string, 0, len(ents))
+	for n := range ents {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed) // header ModTime stays zero
+	for i, n := range names {
+		if err := writeEntry(zw, ents[n], uint32(i+1)); err != nil {
+			return err
+		}
+	}
+	if err := writeEntry(zw, entry{name: "TRAILER!!!"}, 0); err != nil {
+		return err
+	}
+	return zw.Close()
 }
 
 // writeEntry writes one newc header, name and data, each padded to 4 bytes.
@@ -225,16 +231,22 @@ func modDepends(file string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, kv := range bytes.Split(data, []byte{0}) {
+	return parseDepends(data), nil
+}
+
+// parseDepends returns the module names in a .modinfo section's
+// "depends=" entry (NUL-separated key=value strings), '-' folded to '_'.
+func parseDepends(modinfo []byte) []string {
+	for _, kv := range bytes.Split(modinfo, []byte{0}) {
 		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok {
-			return splitList(strings.ReplaceAll(string(v), "-", "_")), nil
+			return splitList(strings.ReplaceAll(string(v), "-", "_"))
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 // resolve returns want plus all dependencies, each after what it needs.
-func resolve(want []string, index map[string]string) ([]string, error) {
+func resolve(want []string, index map[string]string, depsOf func(path string) ([]string, error)) ([]string, error) {
 	var order []string
 	state := map[string]int{} // 1 visiting, 2 done
 	var visit func(m string, from string) error
@@ -254,7 +266,7 @@ func resolve(want []string, index map[string]string) ([]string, error) {
 			return fmt.Errorf("module %s not found (built in? then drop it from the list)", m)
 		}
 		state[m] = 1
-		deps, err := modDepends(p)
+		deps, err := depsOf(p)
 		if err != nil {
 			return err
 		}

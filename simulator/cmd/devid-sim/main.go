@@ -117,6 +117,8 @@ func serve(args []string) error {
 		csrOld      = fs.String("csr-old-api", d.CSROldAPI, "csr with an api-version before 2025-07-01-preview: ignore | reject")
 		credTopic   = fs.String("hub-credentials-topic", d.HubCredentialsTopic, "hub certificate renewal topic spelling: both | credentials | credential")
 		errField    = fs.String("dps-error-message-field", d.DPSErrorMessageField, "text field of DPS error bodies: message | errorMessage | both")
+		connProfile = fs.String("connection-profile", "", "registrationState.connectionProfile for draft api-version 2026-11-02-preview clients (e.g. classic, mqttV5); empty = omit")
+		regRate     = fs.Int("registrations-per-minute", 0, "throttle register requests per service with 429 (documented quota 1000; 0 = off)")
 		credResp    = fs.String("hub-credentials-response", d.HubCredentialsResponse, "hub certificate renewal 200 body: array | object")
 	)
 	var hubAddr, hubWS, hubHost, hubLatency multi
@@ -216,6 +218,7 @@ func serve(args []string) error {
 			CSRCurves: *csrCurves, HubRetain: *retain, HubUnknownTopic: *unknown, DPSMaxTLS: *dpsTLS, HubMaxTLS: *hubTLS,
 			RequireSNI: *sni, APIVersions: *apiVers, DraftAPIVersions: *drafts, CSROldAPI: *csrOld,
 			HubCredentialsTopic: *credTopic, HubCredentialsResponse: *credResp, DPSErrorMessageField: *errField,
+			ConnectionProfile: *connProfile, RegistrationsPerMinute: *regRate,
 		},
 		ESTHandler: estHandler,
 	}
@@ -230,7 +233,7 @@ func serve(args []string) error {
 		}
 		cfg.ESTClientCAs = append(cfg.ESTClientCAs, certs...)
 	}
-	if *retryAfter < -1 || *polls < 0 || *pollLimit < 0 || *telMax < 1 || *issued <= 0 {
+	if *retryAfter < -1 || *regRate < 0 || *polls < 0 || *pollLimit < 0 || *telMax < 1 || *issued <= 0 {
 		return errors.New("serve: --retry-after must be >= -1, --assigning-polls and --poll-limit >= 0, --telemetry-max >= 1, --issued-validity > 0")
 	}
 	if *pollLimit == 0 {
@@ -246,6 +249,7 @@ func serve(args []string) error {
 	// ready.json lets CLI verbs find the control plane from --state.
 	_ = os.WriteFile(filepath.Join(abs, "ready.json"), append(line, '\n'), 0o600)
 	fmt.Println(string(line))
+	cfg.Logger.Info("devid-sim ready", "state", abs, "dps", ready.DPS.Addr, "control", ready.ControlURL)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	<-ctx.Done()

@@ -1,0 +1,38 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"devid/agent"
+	"devid/agent/config"
+	"devid/enroll/rotate"
+)
+
+// renewalOf returns the renewal section: the live agent's (status extra
+// "renewal") or, without one, computed from the state files.
+func renewalOf(cfg *config.Config, extra map[string]any) rotate.Status {
+	if v, ok := extra["renewal"]; ok {
+		var st rotate.Status
+		if b, err := json.Marshal(v); err == nil && json.Unmarshal(b, &st) == nil {
+			return st
+		}
+	}
+	return agent.RenewalStatusFromFiles(cfg, time.Now())
+}
+
+// printRenewal adds the renewal rows to `devid-agent status`.
+func printRenewal(row func(k, v string), st rotate.Status) {
+	path := st.Path
+	if path == rotate.PathNone {
+		path = "none (nothing renews this certificate)"
+	}
+	row("renewal path", path)
+	if !st.Next.IsZero() {
+		row("next renewal", fmt.Sprintf("%s (%s, %s)", st.Next.Format(time.RFC3339), st.Reason, humanUntil(time.Until(st.Next))))
+	}
+	if st.Failures > 0 {
+		row("renewal failures", fmt.Sprintf("%d, last: %s", st.Failures, st.LastError))
+	}
+}

@@ -1,0 +1,331 @@
+package agent_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"devid/enroll/certstore"
+	"devid/enroll/keys"
+	_ "devid/enroll/keys/tpmkey" // the "tpm" backend, as the binary has it
+	"devid/enroll/rotate"
+	"devid/hal/tpm/tpmtest"
+	"devid/simulator/simtest"
+)
+
+// leafSerial reads the serial of the chain file in the board's state dir
+// ("" while there is none).
+func (b *board) leafSerial(name string) string {
+	raw, err := os.ReadFile(filepath.Join(b.state, name))
+	if err != nil {
+		return ""
+	}
+	certs, err := certstore.ParsePEM(raw)
+	if err != nil {
+		b.t.Fatalf("%s: %v", name, err)
+	}
+	return certs[0].SerialNumber.Text(16)
+}
+
+// waitFor polls cond (bounded) and fails with the agent log.
+func (b *board) waitFor(what string, within time.Duration, cond func() bool) {
+	b.t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.t.Fatalf("timed out waiting for %s\n--- agent log ---\n%s", what, b.stderr.String())
+}
+
+// waitLive waits until the running agent (not the state file a killed
+// one left) reports state want over the local API.
+func (b *board) waitLive(want string, within time.Duration) {
+	b.t.Helper()
+	b.waitFor("live state "+want, within, func() bool {
+		st, _ := b.api(`{"op":"status"}`)["status"].(map[string]any)
+		return st["state"] == want
+	})
+}
+
+// renewalStatus is status.extra.renewal from the running agent.
+func (b *board) renewalStatus() map[string]any {
+	st := b.api(`{"op":"status"}`)["status"].(map[string]any)
+	extra, _ := st["extra"].(map[string]any)
+	r, _ := extra["renewal"].(map[string]any)
+	return r
+}
+
+// transient reports rotation leftovers in the state dir.
+func (b *board) transient() []string {
+	var out []string
+	ents, _ := os.ReadDir(b.state)
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasSuffix(n, rotate.StagedSuffix) || strings.HasSuffix(n, rotate.OldSuffix) || n == rotate.JournalFile {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// TestRenewalOnAgent runs the real agent with renewal path "dps" against
+// the simulator: the first operational certificate comes from DPS
+// certificate issuance, the rotateCredential direct method rotates key and
+// certificate, the "renewal" desired property changes the policy, and a
+// kill -9 in the middle of rotations never leaves a device that cannot
+// reconnect. Telemetry keeps flowing throughout.
+func TestRenewalOnAgent(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "renew-dev", "[renewal]\npath = \"dps\"\nretry = \"1m\"\n")
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	s1 := b.leafSerial("operational-chain.pem")
+	b.waitFor("reconnect after the first issuance", 30*time.Second, func() bool {
+		r := b.renewalStatus()
+		return r["rotations"] != nil && b.persisted().Name == "connected"
+	})
+	b.send(3, "a")
+	b.waitDelivered("a", 3)
+	if r := b.renewalStatus(); r["path"] != rotate.PathDPS || r["next"] == nil {
+		t.Errorf("status renewal %v: want path %s and a next time", r, rotate.PathDPS)
+	}
+
+	// Direct method: rotate key and certificate now.
+	var out struct {
+		Status  int             `json:"status"`
+		Payload json.RawMessage `json:"payload"`
+	}
+	code, err := sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
+		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": true}, "responseTimeoutInSeconds": 30}, &out)
+	if err != nil || code != 200 || out.Status != 202 {
+		t.Fatalf("rotateCredential: http %d, %v, device said %d %s\n%s", code, err, out.Status, out.Payload, b.stderr.String())
+	}
+	b.waitFor("the rotated certificate", 60*time.Second, func() bool {
+		s := b.leafSerial("operational-chain.pem")
+		return s != "" && s != s1
+	})
+	b.waitState("connected", 30*time.Second)
+	b.send(3, "b")
+	b.waitDelivered("b", 3)
+
+	// Desired property: the policy changes and is reported back.
+	code, err = sim.Do(http.MethodPatch, "/twins/"+b.deviceID,
+		map[string]any{"properties": map[string]any{"desired": map[string]any{"renewal": map[string]any{"renew_at": "50%"}}}}, nil)
+	if err != nil || code/100 != 2 {
+		t.Fatalf("patch desired: %d %v", code, err)
+	}
+	b.waitFor("the desired policy", 30*time.Second, func() bool {
+		p, _ := b.renewalStatus()["policy"].(string)
+		return strings.Contains(p, `renew_at = "50%"`)
+	})
+
+	// Power cuts during rotations: whatever step the kill lands on, the
+	// restarted agent recovers and delivers.
+	recovered := 0
+	for i, delay := range []time.Duration{0, 30 * time.Millisecond, 150 * time.Millisecond} {
+		sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
+			map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": i%2 == 0}, "responseTimeoutInSeconds": 10}, nil)
+		time.Sleep(delay) // where the kill lands; correctness must not depend on it
+		b.kill()
+		b.start()
+		b.waitLive("connected", 60*time.Second)
+		if left := b.transient(); len(left) > 0 {
+			t.Errorf("after kill %d: rotation leftovers %v\n--- agent log ---\n%s", i, left, b.stderr.String())
+		}
+		if strings.Contains(b.stderr.String(), "recovered an interrupted credential rotation") {
+			recovered++
+		}
+		tag := "k" + string(rune('0'+i))
+		b.send(2, tag)
+		b.waitDelivered(tag, 2)
+	}
+	// Which step a kill lands on is up to the scheduler; enroll/rotate's
+	// TestKill9AtEveryStep covers each step deterministically.
+	t.Logf("%d of 3 restarts recovered an interrupted rotation", recovered)
+}
+
+// TestRevokedAndReenabled: a disabled enrollment sends the agent to
+// "revoked" (reported, slow retries, nothing deleted); enabling it again
+// brings the device back on its own. A revoked certificate also leads
+// to "revoked" with the identity kept.
+func TestRevokedAndReenabled(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "revoke-dev", "")
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	keyBefore, _ := os.ReadFile(filepath.Join(b.state, "device.key"))
+	chainBefore, _ := os.ReadFile(filepath.Join(b.state, "device-chain.pem"))
+
+	sim.MustDo(http.MethodPost, "/sim/enrollmentGroups/"+b.group+"/disable", nil, nil)
+	sim.MustDo(http.MethodPost, "/sim/devices/"+sim.Hub("").Name+"/"+b.deviceID+"/disable", nil, nil)
+	b.waitState("revoked", 60*time.Second)
+	if st := b.persisted(); st.RevokedReason == "" && st.LastError == "" {
+		t.Errorf("revoked without a reason: %+v", st)
+	}
+	keyNow, _ := os.ReadFile(filepath.Join(b.state, "device.key"))
+	chainNow, _ := os.ReadFile(filepath.Join(b.state, "device-chain.pem"))
+	if string(keyNow) != string(keyBefore) || string(chainNow) != string(chainBefore) {
+		t.Fatal("the revoked state changed or deleted the identity")
+	}
+
+	sim.MustDo(http.MethodPost, "/sim/enrollmentGroups/"+b.group+"/enable", nil, nil)
+	sim.MustDo(http.MethodPost, "/sim/devices/"+sim.Hub("").Name+"/"+b.deviceID+"/enable", nil, nil)
+	b.waitState("connected", 60*time.Second)
+	b.send(2, "back")
+	b.waitDelivered("back", 2)
+
+	// A revoked certificate: DPS and the hub refuse it.
+	raw, _ := os.ReadFile(filepath.Join(b.state, "device-chain.pem"))
+	certs, err := certstore.ParsePEM(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim.RevokeCert(t, certs[0])
+	b.waitState("revoked", 60*time.Second)
+	if _, err := os.Stat(filepath.Join(b.state, "device.key")); err != nil {
+		t.Errorf("revoked certificate: key gone: %v", err)
+	}
+}
+
+// TestTPMRotationOnAgent: the factory key and the operational key live in
+// a (software) TPM; the rotateCredential direct method makes a new TPM
+// key under a staged blob, proves it on the hub and promotes it.
+func TestTPMRotationOnAgent(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	sw := tpmtest.Start(t)
+	b := newBoard(t, sim, "tpm-renew-dev", "[renewal]\npath = \"dps\"\nretry = \"1m\"\n")
+	spec := "tpm:" + sw.Addr()
+	// Re-make the factory identity in the TPM, from a CA of our own.
+	os.Remove(filepath.Join(b.state, "device.key"))
+	st, err := keys.Open(spec, b.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := st.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := simtest.NewDeviceCA(t)
+	sim.EnrollGroup(t, "grp-tpm", ca.Root)
+	leaf := ca.IssueFor(t, b.deviceID, k.Public())
+	if c, ok := k.(interface{ Close() error }); ok {
+		c.Close()
+	}
+	os.WriteFile(filepath.Join(b.state, "device-chain.pem"), certstore.EncodePEM(leaf, ca.Intermediate), 0o600)
+	cfg, _ := os.ReadFile(b.config)
+	cfg = []byte(strings.Replace(string(cfg), `backend = "file:`+b.state+`/device.key"`, `backend = "`+spec+`"`, 1))
+	os.WriteFile(b.config, cfg, 0o644)
+
+	b.start()
+	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	if _, err := os.Stat(filepath.Join(b.state, "operational.tpmkey")); err != nil {
+		t.Fatalf("operational key is not a TPM blob: %v", err)
+	}
+	b.waitLive("connected", 60*time.Second)
+	s1 := b.leafSerial("operational-chain.pem")
+	blob1, _ := os.ReadFile(filepath.Join(b.state, "operational.tpmkey"))
+	var out struct{ Status int }
+	code, err := sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
+		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": true}, "responseTimeoutInSeconds": 30}, &out)
+	if err != nil || code != 200 || out.Status != 202 {
+		t.Fatalf("rotateCredential: http %d %v status %d", code, err, out.Status)
+	}
+	b.waitFor("the rotated TPM credential", 60*time.Second, func() bool {
+		s := b.leafSerial("operational-chain.pem")
+		return s != "" && s != s1
+	})
+	blob2, _ := os.ReadFile(filepath.Join(b.state, "operational.tpmkey"))
+	if string(blob1) == string(blob2) {
+		t.Error("the TPM key blob did not change: no key rotation")
+	}
+	b.waitLive("connected", 60*time.Second)
+	b.send(2, "tpm")
+	b.waitDelivered("tpm", 2)
+	if left := b.transient(); len(left) > 0 {
+		t.Errorf("leftovers %v", left)
+	}
+}
+
+// TestRevokedOperationalCertificate: with path dps, revoking the
+// operational certificate makes the hub refuse it; the agent gets a new
+// one through DPS with the factory credential and reconnects on its own.
+func TestRevokedOperationalCertificate(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "oprevoke-dev", "[renewal]\npath = \"dps\"\nretry = \"1m\"\n")
+	b.start()
+	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	b.waitLive("connected", 60*time.Second)
+	s1 := b.leafSerial("operational-chain.pem")
+	raw, _ := os.ReadFile(filepath.Join(b.state, "operational-chain.pem"))
+	certs, err := certstore.ParsePEM(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim.RevokeCert(t, certs[0])
+	b.waitFor("a replacement operational certificate", 90*time.Second, func() bool {
+		s := b.leafSerial("operational-chain.pem")
+		return s != "" && s != s1
+	})
+	b.waitLive("connected", 90*time.Second)
+	b.send(2, "after-revoke")
+	b.waitDelivered("after-revoke", 2)
+	if testing.Verbose() {
+		t.Log(b.stderr.String())
+	}
+}
+
+// TestESTRenewalOnAgent: renewal path "est" on the real agent: the
+// rotateCredential direct method re-enrolls over EST with the current
+// certificate, the renewed device certificate registers with DPS and
+// connects, and telemetry continues.
+func TestESTRenewalOnAgent(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "est-renew-dev", "[renewal]\npath = \"est\"\nest_url = \""+sim.Ready.ESTURL+"\"\nretry = \"1m\"\n")
+	// EST certificates come from the sim's issuing CA; DPS must know it.
+	raw, err := os.ReadFile(sim.Ready.IssuingCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	icerts, err := certstore.ParsePEM(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim.EnrollGroup(t, "grp-est-issuing", icerts[len(icerts)-1])
+	b.start()
+	b.waitLive("connected", 60*time.Second)
+	s1 := b.leafSerial("device-chain.pem")
+	var out struct{ Status int }
+	code, err := sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
+		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": false}, "responseTimeoutInSeconds": 30}, &out)
+	if err != nil || code != 200 || out.Status != 202 {
+		t.Fatalf("rotateCredential: http %d %v status %d\n%s", code, err, out.Status, b.stderr.String())
+	}
+	b.waitFor("the EST-renewed certificate", 60*time.Second, func() bool {
+		s := b.leafSerial("device-chain.pem")
+		return s != "" && s != s1
+	})
+	b.waitLive("connected", 60*time.Second)
+	b.send(2, "est")
+	b.waitDelivered("est", 2)
+	if r := b.renewalStatus(); r["path"] != rotate.PathEST || r["rotations"] == nil {
+		t.Errorf("status renewal %v", r)
+	}
+}

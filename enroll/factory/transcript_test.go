@@ -1,0 +1,107 @@
+package factory_test
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"devid/enroll/factory"
+	"devid/hal/serial"
+	"devid/hal/serial/serialtest"
+)
+
+var updateDoc = flag.Bool("update-doc", false, "regenerate the example transcript in docs/factory-protocol.md")
+
+const (
+	docPath   = "../../docs/factory-protocol.md"
+	beginMark = "<!-- transcript:begin -->"
+	endMark   = "<!-- transcript:end -->"
+)
+
+// TestDocTranscript keeps the example in docs/factory-protocol.md true:
+// every frame in it must parse with a correct CRC, and every reply must
+// carry its request's sequence number. With -update-doc it records a
+// fresh programming run over a pty and writes it into the doc.
+func TestDocTranscript(t *testing.T) {
+	doc, err := os.ReadFile(docPath)
+	if err != nil {
+		t.Skipf("no protocol doc: %v", err)
+	}
+	before, rest, ok1 := strings.Cut(string(doc), beginMark)
+	body, after, ok2 := strings.Cut(rest, endMark)
+	if !ok1 || !ok2 {
+		t.Fatalf("%s lacks the transcript markers", docPath)
+	}
+	if *updateDoc {
+		body = "\n```text\n" + record(t) + "```\n"
+		if err := os.WriteFile(docPath, []byte(before+beginMark+body+endMark+after), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, lastSeq := 0, -2
+	for _, l := range strings.Split(body, "\n") {
+		dir, frame, ok := strings.Cut(l, " ")
+		if !ok || (dir != ">" && dir != "<") {
+			continue
+		}
+		f, err := factory.ParseFrame([]byte(frame))
+		if err != nil || !f.CRC {
+			t.Errorf("doc frame %q: %v", frame, err)
+			continue
+		}
+		if dir == ">" {
+			lastSeq = f.Seq
+		} else if f.Seq != lastSeq {
+			t.Errorf("doc reply %q does not answer seq %d", frame, lastSeq)
+		}
+		n++
+	}
+	if n < 20 {
+		t.Errorf("doc transcript has only %d frames", n)
+	}
+}
+
+// record programs a device over a link and returns the traffic, one frame
+// per line: "> " jig to device, "< " device to jig.
+func record(t *testing.T) string {
+	l := newCA(t)
+	link := serialtest.NewLink(t)
+	startDevice(t, link.DeviceTTY, "board-0001", rootPool(l))
+	var mu sync.Mutex
+	var out strings.Builder
+	var partial [2][]byte
+	link.SetTamper(func(dir serialtest.Direction, _ int, b []byte) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		partial[dir] = append(partial[dir], b...)
+		for {
+			i := bytes.IndexByte(partial[dir], '\n')
+			if i < 0 {
+				break
+			}
+			arrow := "> "
+			if dir == serialtest.ToJig {
+				arrow = "< "
+			}
+			out.WriteString(arrow + string(partial[dir][:i]) + "\n")
+			partial[dir] = partial[dir][i+1:]
+		}
+		return b
+	})
+	p, err := serial.Open(link.JigTTY, 115200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	j := factory.NewJig(p)
+	j.SetSeq(0)
+	if _, err := factory.Program(testCtx(t), j, l, nil); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return out.String()
+}

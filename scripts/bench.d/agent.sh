@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Agent figures for make bench (markdown on stdout, progress on stderr):
+#   - stripped static binary size for amd64, arm64, armv7;
+#   - RSS connected and idle, and under telemetry load (local API -> queue -> hub);
+#   - time from boot with a cached assignment to connected.
+# Runs against devid-sim on loopback; every wait is bounded. Measures only.
+set -euo pipefail
+
+main() {
+  cd "$(dirname "$0")/../.."
+  BIN="${BIN:-$PWD/.build/bin}"
+  W="$(mktemp -d /tmp/devid-bench-agent.XXXXXX)"
+  PIDS=()
+  trap cleanup EXIT
+  LOAD_N="${AGENT_BENCH_MESSAGES:-5000}"
+  BOOTS="${AGENT_BENCH_BOOTS:-5}"
+
+  echo "## Agent (scripts/bench.d/agent.sh)"
+  echo
+  sizes
+  setup
+  runtime_figures
+}
+
+sizes() {
+  log "cross-building devid-agent"
+  echo "### Stripped static binary (CGO_ENABLED=0, -trimpath -ldflags '-s -w')"
+  echo
+  echo "| target | bytes | MB | goal |"
+  echo "|---|---|---|---|"
+  for t in amd64: arm64: arm:7; do
+    local arch=${t%%:*} arm=${t##*:}
+    local out="$W/devid-agent-$arch$arm"
+    GOOS=linux GOARCH=$arch GOARM=$arm CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out" ./agent/cmd/devid-agent
+    local n; n=$(stat -c %s "$out")
+    local goal="-"; [ "$arch" = arm64 ] && goal="≤ 10 MB"
+    printf '| linux/%s%s | %d | %s | %s |\n' "$arch" "${arm:+v$arm}" "$n" "$(awk -v n="$n" 'BEGIN{printf "%.2f", n/1e6}')" "$goal"
+  done
+  echo
+}
+
+setup() {
+  log "starting devid-sim and programming a board"
+  "$BIN/devid-sim" serve --state "$W/sim" --retry-after 1 --assigning-polls 0 >"$W/sim.ready" 2>"$W/sim.log" &
+  PIDS+=($!)
+  wait_for 30 test -s "$W/sim.ready"
+  local r; r="$(head -n1 "$W/sim.ready")"
+  SCOPE="$(sed -n 's/.*"id_scope":"\([^"]*\)".*/\1/p' <<<"$r")"
+  DPS_HOST="$(sed -n 's/.*"dps":{"host":"\([^"]*\)","addr":"\([^"]*\)".*/\1/p' <<<"$r")"
+  DPS_ADDR="$(sed -n 's/.*"dps":{"host":"\([^"]*\)","addr":"\([^"]*\)".*/\2/p' <<<"$r")"
+  HUB_HOST="$(sed -n 's/.*"hubs":\[{"name":"[^"]*","host":"\([^"]*\)","addr":"\([^"]*\)".*/\1/p' <<<"$r")"
+  HUB_ADDR="$(sed -n 's/.*"hubs":\[{"name":"[^"]*","host":"\([^"]*\)","addr":"\([^"]*\)".*/\2/p' <<<"$r")"
+  SERVER_CA="$(sed -n 's/.*"server_ca":"\([^"]*\)".*/\1/p' <<<"$r")"
+  socat pty,raw,echo=0,link="$W/board-uart" pty,raw,echo=0,link="$W/jig-uart" 2>/dev/null &
+  PIDS+=($!)
+  wait_for 10 test -e "$W/board-uart" -a -e "$W/jig-uart"
+  mkdir -m 0700 "$W/state"
+  "$BIN/devid-jig" ca init --dir "$W/ca" >/dev/null 2>&1
+  "$BIN/devid-sim" enroll-group bench --ca "$W/ca/root.pem" --state "$W/sim" >/dev/null
+  cat >"$W/config.toml" <<EOF
+state_dir = "$W/state"
+log_level = "info"
+[key]
+backend = "file:$W/state/device.key"
+[factory]
+root = "$W/ca/root.pem"
+[dps]
+endpoint = "$DPS_HOST:8883"
+id_scope = "$SCOPE"
+trust_bundle = "$SERVER_CA"
+[network.resolve]
+"$DPS_HOST" = "$DPS_ADDR"
+"$HUB_HOST" = "$HUB_ADDR"
+[local_api]
+socket = "$W/api.sock"
+group = ""
+[health]
+interval = "0s"
+EOF
+  "$BIN/devid-agent" factory --config "$W/config.toml" --port "$W/board-uart" --device-id bench-board 2>"$W/factory.log" &
+  local fpid=$!
+  "$BIN/devid-jig" program --port "$W/jig-uart" --ca-dir "$W/ca" >/dev/null 2>&1
+  kill "$fpid"; wait "$fpid" 2>/dev/null || true
+}
+
+# start_agent: runs the agent, sets AGENT_PID, returns when connected,
+# and sets BOOT_MS to the time from exec to the "connected" log line.
+start_agent() {
+  : >"$W/agent.log"
+  local t0; t0=$(date +%s%N)
+  "$BIN/devid-agent" run --config "$W/config.toml" 2>"$W/agent.log" &
+  AGENT_PID=$!
+  wait_for 60 grep -q 'state=connected' "$W/agent.log"
+  BOOT_MS=$((($(date +%s%N) - t0) / 1000000))
+}
+
+stop_agent() {
+  kill "$AGENT_PID" 2>/dev/null || true
+  wait "$AGENT_PID" 2>/dev/null || true
+}
+
+rss_kib() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/{print $2}' "/proc/$1/status"; }
+
+runtime_figures() {
+  log "first boot (DPS registration), then idle RSS"
+  start_agent
+  local first_ms=$BOOT_MS
+  sleep 5 # let it settle: idle is what is measured
+  local idle; idle=$(rss_kib "$AGENT_PID")
+  local anon; anon=$(awk '/^Anonymous:/{print $2}' "/proc/$AGENT_PID/smaps_rollup" 2>/dev/null || echo 0)
+
+  log "telemetry load: $LOAD_N messages through the local API"
+  local req="$W/load.jsonl"
+  for ((i = 0; i < LOAD_N; i++)); do
+    printf '{"op":"send","body":{"i":%d,"temperature":21.5,"pad":"0123456789abcdef0123456789abcdef"},"properties":{"bench":"1"}}\n' "$i"
+  done >"$req"
+  CURSOR=0 DELIVERED=0
+  poll_telemetry
+  DELIVERED=0
+  local t0; t0=$(date +%s%N)
+  socat -t 30 - UNIX-CONNECT:"$W/api.sock" <"$req" >"$W/load.replies"
+  local t_enq=$((($(date +%s%N) - t0) / 1000000))
+  local ok; ok=$(grep -c '"ok":true' "$W/load.replies" || true)
+  local peak_load=0 n=0
+  for ((s = 0; s < 600; s++)); do
+    local r; r=$(rss_kib "$AGENT_PID"); [ "$r" -gt "$peak_load" ] && peak_load=$r
+    poll_telemetry
+    n=$DELIVERED
+    [ "$n" -ge "$LOAD_N" ] && break
+    sleep 0.1
+  done
+  local t_all=$((($(date +%s%N) - t0) / 1000000))
+  local hwm; hwm=$(hwm_kib "$AGENT_PID")
+  stop_agent
+
+  log "cold start: binary evicted from the page cache, as after a reboot"
+  dd if="$BIN/devid-agent" iflag=nocache count=0 status=none 2>/dev/null || true
+  start_agent
+  sleep 5
+  local cold; cold=$(rss_kib "$AGENT_PID")
+  local cold_anon; cold_anon=$(awk '/^Anonymous:/{print $2}' "/proc/$AGENT_PID/smaps_rollup" 2>/dev/null || echo 0)
+  stop_agent
+
+  log "boots with a cached assignment"
+  local boots=()
+  for ((b = 0; b < BOOTS; b++)); do
+    start_agent
+    boots+=("$BOOT_MS")
+    stop_agent
+  done
+  local sorted; sorted=$(printf '%s\n' "${boots[@]}" | sort -n | tr '\n' ' ')
+  local median; median=$(printf '%s\n' "${boots[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+
+  echo "### Memory (linux/$(go env GOARCH), loopback simulator)"
+  echo
+  echo "| figure | value | goal |"
+  echo "|---|---|---|"
+  printf '| RSS connected, idle (VmRSS after 5 s) | %.1f MiB | ≤ 12 MiB |\n' "$(awk -v k="$idle" 'BEGIN{print k/1024}')"
+  printf '| of which anonymous (heap, stacks) / file-backed (binary text) | %.1f / %.1f MiB | |\n' "$(awk -v k="$anon" 'BEGIN{print k/1024}')" "$(awk -v k="$idle" -v a="$anon" 'BEGIN{print (k-a)/1024}')"
+  printf '| RSS connected, idle, cold start (binary not in page cache) | %.1f MiB (%.1f anonymous) | ≤ 12 MiB |\n' "$(awk -v k="$cold" 'BEGIN{print k/1024}')" "$(awk -v k="$cold_anon" 'BEGIN{print k/1024}')"
+  printf '| RSS under load, highest sample (%d messages) | %.1f MiB | ≤ 12 MiB |\n' "$LOAD_N" "$(awk -v k="$peak_load" 'BEGIN{print k/1024}')"
+  printf '| peak RSS over the run (VmHWM) | %.1f MiB | |\n' "$(awk -v k="$hwm" 'BEGIN{print k/1024}')"
+  echo
+  echo "### Telemetry through the agent (local API -> durable queue -> QoS 1 -> simulated hub)"
+  echo
+  echo "| figure | value |"
+  echo "|---|---|"
+  printf '| messages accepted by the local API | %d of %d in %d ms (%.0f msg/s, fsync batch) |\n' "$ok" "$LOAD_N" "$t_enq" "$(awk -v n="$ok" -v ms="$t_enq" 'BEGIN{print (ms>0)?n*1000/ms:0}')"
+  printf '| messages recorded by the simulator | %d in %d ms from the first send (%.0f msg/s end to end) |\n' "$n" "$t_all" "$(awk -v n="$n" -v ms="$t_all" 'BEGIN{print (ms>0)?n*1000/ms:0}')"
+  echo
+  echo "### Boot to connected"
+  echo
+  echo "| figure | value |"
+  echo "|---|---|"
+  printf '| first boot (DPS registration + hub) | %d ms |\n' "$first_ms"
+  printf '| boot with cached assignment, median of %d | %d ms (all: %s ms) |\n' "$BOOTS" "$median" "$sorted"
+  echo
+  echo "Process start to the \`state=connected\` log line, exec included; the simulator answers"
+  echo "DPS with retry-after 1 s, which dominates the first boot."
+  echo
+}
+
+# poll_telemetry adds the records after CURSOR to DELIVERED (the control
+# plane returns at most 1000 per call) and moves CURSOR.
+poll_telemetry() {
+  local seqs n
+  while :; do
+    seqs=$("$BIN/devid-sim" telemetry --state "$W/sim" --device bench-board --after "$CURSOR" 2>/dev/null |
+      grep -oE '"seq": ?[0-9]+' | grep -oE '[0-9]+$' || true)
+    [ -z "$seqs" ] && return
+    n=$(wc -l <<<"$seqs")
+    DELIVERED=$((DELIVERED + n))
+    CURSOR=$(tail -n1 <<<"$seqs")
+    [ "$n" -lt 1000 ] && return
+  done
+}
+
+wait_for() {
+  local secs="$1"; shift
+  for ((i = 0; i < secs * 10; i++)); do
+    "$@" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "timed out: $*"
+  return 1
+}
+
+log() { printf 'agent bench: %s\n' "$*" >&2; }
+
+cleanup() {
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; done
+  [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+
+main "$@"

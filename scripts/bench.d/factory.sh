@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Factory programming time against the 115200-baud wire floor.
+#   1. BenchmarkProgramOverPty (enroll/factory): one fresh device per
+#      iteration, in-process, over a real pty and tarm/serial.
+#   2. The real binaries: devid-agent factory and devid-jig program --json
+#      over a socat pty pair, N boards (one state dir each).
+# Prints a markdown section on stdout. Measures only; never fails on a figure.
+set -euo pipefail
+
+main() {
+  cd "$(dirname "$0")/../.."
+  local n=${FACTORY_BENCH_N:-10}
+  echo "## Factory programming (enroll)"
+  echo
+  echo "Wire floor = bytes on the wire / 11520 B/s (115200 baud 8N1). A pty has no baud rate, so the"
+  echo "measured time is the protocol + key generation + CA + fsync cost without the UART."
+  echo
+  echo '```'
+  go test -run '^$' -bench BenchmarkProgramOverPty -benchtime 50x -count 3 ./enroll/factory/ 2>&1 | grep -E '^Benchmark' || true
+  echo '```'
+  echo
+
+  command -v socat >/dev/null || { echo "_socat missing: binary run skipped_"; return 0; }
+  tmp=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${tmp:-}"' EXIT
+  go build -o "$tmp/" ./agent/cmd/devid-agent ./enroll/cmd/devid-jig
+  "$tmp/devid-jig" ca init --dir "$tmp/ca" >/dev/null
+  local times=() bytes=0
+  for i in $(seq 1 "$n"); do
+    socat pty,raw,echo=0,link="$tmp/dev$i" pty,raw,echo=0,link="$tmp/jig$i" & local sp=$!
+    while [ ! -e "$tmp/jig$i" ] || [ ! -e "$tmp/dev$i" ]; do sleep 0.05; done
+    "$tmp/devid-agent" factory --port "$tmp/dev$i" --state "$tmp/state$i" --root "$tmp/ca/root.pem" \
+      --device-id "bench-$i" --key file: 2>"$tmp/agent$i.log" & local ap=$!
+    until grep -q "serving factory bus" "$tmp/agent$i.log" 2>/dev/null; do sleep 0.05; done
+    local start end out
+    start=$(date +%s%N)
+    out=$("$tmp/devid-jig" program --port "$tmp/jig$i" --ca-dir "$tmp/ca" --json 2>/dev/null)
+    end=$(date +%s%N)
+    times+=($(( (end - start) / 1000000 )))
+    bytes=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["bytes_sent"]+d["bytes_received"])' "$out")
+    kill "$ap" "$sp" 2>/dev/null || true
+    wait "$ap" "$sp" 2>/dev/null || true
+  done
+  local sorted; sorted=$(printf '%s\n' "${times[@]}" | sort -n)
+  local median; median=$(echo "$sorted" | awk -v n="$n" 'NR==int((n+1)/2)')
+  local floor; floor=$(awk -v b="$bytes" 'BEGIN{printf "%.0f", b/11520*1000}')
+  echo "| what | figure |"
+  echo "|---|---|"
+  echo "| boards programmed (devid-jig process start to exit: HELLO, key generation, CSR, CA with ledger fsync, INSTALL with fsync, STATUS) | $n |"
+  echo "| median wall time per board | ${median} ms |"
+  echo "| min / max | $(echo "$sorted" | head -1) / $(echo "$sorted" | tail -1) ms |"
+  echo "| bytes on the wire per board | $bytes |"
+  echo "| wire floor at 115200 baud | ${floor} ms |"
+  echo
+}
+
+main "$@"
