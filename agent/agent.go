@@ -90,7 +90,8 @@ type Agent struct {
 	dir   *statedir.Dir
 	queue *queue.Queue
 
-	events chan Event
+	events  chan Event
+	stopped chan struct{} // closed when Run returns
 
 	// Owned by the Run goroutine.
 	state       State
@@ -154,13 +155,14 @@ func New(opt Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		opt:    opt,
-		cfg:    cfg,
-		log:    opt.Logger.With("component", "agent"),
-		clock:  opt.Clock,
-		dir:    dir,
-		queue:  q,
-		events: make(chan Event, 64),
+		opt:     opt,
+		cfg:     cfg,
+		log:     opt.Logger.With("component", "agent"),
+		clock:   opt.Clock,
+		dir:     dir,
+		queue:   q,
+		events:  make(chan Event, 64),
+		stopped: make(chan struct{}),
 		cnt: counters{
 			maxHubFailures:  cfg.Hub.MaxFailures,
 			minFailing:      cfg.Hub.ReprovisionAfter.D(),
@@ -179,7 +181,11 @@ func New(opt Options) (*Agent, error) {
 // post hands an event to the state goroutine. It never blocks the
 // caller for long: the channel is buffered and the loop drains it.
 func (a *Agent) post(ev Event) {
-	a.events <- ev
+	select {
+	case a.events <- ev:
+	case <-a.stopped:
+		// Run has returned: nobody will read it.
+	}
 }
 
 // postState posts an event tied to the current state entry (epoch), so it
@@ -192,6 +198,7 @@ func (a *Agent) postState(epoch uint64, ev Event) {
 // Run runs the state machine until ctx ends. It returns nil on a clean
 // stop; it never returns because of a network error.
 func (a *Agent) Run(ctx context.Context) error {
+	defer close(a.stopped)
 	defer a.queue.Close()
 	a.started = a.clock.Now()
 	if st, err := a.dir.LoadState(); err == nil {
@@ -217,9 +224,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		go bg(ctx)
 	}
 	_, idErr := a.probeIdentity()
+	revoked := a.persisted.Name == Revoked.String() && a.persisted.RetryAt.After(a.clock.Now())
 	a.state = Unenrolled
 	a.enter(Unenrolled, Event{Kind: EvBoot}, true)
-	a.handle(Event{Kind: EvBoot, Identity: idErr == nil, FactoryPort: a.cfg.Factory.Port != "" && a.opt.Factory != nil})
+	a.handle(Event{Kind: EvBoot, Identity: idErr == nil, Revoked: revoked,
+		FactoryPort: a.cfg.Factory.Port != "" && a.opt.Factory != nil})
 
 	for {
 		select {
@@ -262,6 +271,13 @@ func (a *Agent) hubName() string {
 func (a *Agent) handle(ev Event) {
 	if ev.Kind == evPing {
 		close(ev.payload.(chan struct{}))
+		return
+	}
+	if ev.Kind == evLKG {
+		if ev.epoch == a.epoch && a.state == Connected {
+			a.persisted.LastKnownGood = a.clock.Now().UTC()
+			a.persist()
+		}
 		return
 	}
 	if ev.epoch != 0 && ev.epoch != a.epoch {
@@ -343,6 +359,7 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	switch ns {
 	case Connected:
 		a.cnt.hubFailures, a.cnt.reprovisions, a.backoffN, a.revokedN = 0, 0, 0, 0
+		a.persisted.RevokedCount, a.persisted.RetryAt = 0, time.Time{}
 		a.firstHubFailure = time.Time{}
 		a.persisted.LastKnownGood = now.UTC()
 		a.persisted.RevokedReason = ""
@@ -358,8 +375,12 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 			a.cnt.cached = false
 		}
 	case Revoked:
-		a.revokedN++
-		a.persisted.RevokedReason = errString(ev.Err)
+		if ev.Kind == EvBoot {
+			a.revokedN = a.persisted.RevokedCount
+		} else {
+			a.revokedN++
+			a.persisted.RevokedReason = errString(ev.Err)
+		}
 	}
 	if ev.Err != nil {
 		a.persisted.LastError = ev.Err.Error()
@@ -396,7 +417,13 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	case Revoked:
 		min, max := a.cfg.Retry.RevokedMin.D(), a.cfg.Retry.RevokedMax.D()
 		d := backoffDelay(a.revokedN, min, max, min/4, rand.Float64())
+		if ev.Kind == EvBoot {
+			// Resume the wait that a reboot interrupted (capped, in case
+			// the clock went backwards).
+			d = min64d(a.persisted.RetryAt.Sub(now), max)
+		}
 		nextRetry = now.Add(d)
+		a.persisted.RevokedCount, a.persisted.RetryAt = a.revokedN, nextRetry.UTC()
 		a.log.Warn("device is revoked or its enrollment is disabled; retrying slowly", "retry_in", d.String(), "reason", a.persisted.RevokedReason)
 		a.timer(ctx, epoch, d, Event{Kind: EvTimer})
 	case Error:
@@ -651,6 +678,15 @@ func (a *Agent) setClockWait(cw *ClockWait) {
 }
 
 func (a *Agent) startProvisioning(ctx context.Context, epoch uint64) {
+	if a.id == nil {
+		// Booted straight into a resumed revoked wait: load it now.
+		id, err := a.opt.Identity.Load()
+		if err != nil {
+			a.postState(epoch, Event{Kind: EvFatal, Err: err})
+			return
+		}
+		a.id = id
+	}
 	id := a.id
 	go func() {
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.DPS.Timeout.D())
@@ -746,7 +782,17 @@ func (a *Agent) startConnected(ctx context.Context, epoch uint64, conn HubConn) 
 	}()
 	go a.sendLoop(ctx, conn)
 	go a.healthLoop(ctx, conn)
+	// Keep the clock floor fresh on a device that stays connected for
+	// months: the next boot then refuses a clock that went far back.
+	go func() {
+		for a.sleep(ctx, lkgInterval) {
+			a.postState(epoch, Event{Kind: evLKG})
+		}
+	}()
 }
+
+// lkgInterval is how often a connected agent refreshes last_known_good.
+const lkgInterval = time.Hour
 
 // sendLoop drains the durable queue to the hub with a bounded window of
 // unacknowledged messages; each is acked in the queue only after PUBACK.
@@ -828,6 +874,8 @@ func (a *Agent) Alive(ctx context.Context) bool {
 	case a.events <- Event{Kind: evPing, payload: ch}:
 	case <-ctx.Done():
 		return false
+	case <-a.stopped:
+		return false
 	}
 	select {
 	case <-ch:
@@ -907,3 +955,10 @@ const factoryLinger = 3 * time.Second
 // factoryIdle bounds factory mode entered with the button on a device
 // that is already programmed.
 const factoryIdle = 10 * time.Minute
+
+func min64d(a, b time.Duration) time.Duration {
+	if a < b {
+		return a
+	}
+	return b
+}

@@ -434,3 +434,48 @@ func TestFactoryButton(t *testing.T) {
 		t.Fatalf("registrations %d", r)
 	}
 }
+
+// TestRevokedSurvivesReboot: a device rebooting while revoked resumes its
+// slow retry instead of asking DPS at every boot.
+func TestRevokedSurvivesReboot(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "s")
+	h := newHarness(t, dir, nil)
+	h.cloud.set(func(f *fakeCloud) { f.registerErr = errDisabled })
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h.waitState(Revoked, 0)
+	retry := h.a.Status().NextRetry
+	for i := 0; i < 3; i++ {
+		h.stop()
+		h2 := newHarness(t, dir, nil)
+		h2.cloud = h.cloud
+		h2.clock = NewFakeClock(t0.Add(time.Duration(i+1) * time.Minute))
+		h2.start(testIdentity(t, t0.Add(-time.Hour)))
+		h2.waitState(Revoked, 0)
+		if got := h2.a.Status().NextRetry; !got.Equal(retry) {
+			t.Fatalf("reboot %d: next retry %v, want %v", i, got, retry)
+		}
+		h = h2
+	}
+	if r, _, _ := h.cloud.get(); r != 1 {
+		t.Fatalf("%d registrations across 3 reboots while revoked, want 1", r)
+	}
+	h.cloud.set(func(f *fakeCloud) { f.registerErr = nil })
+	h.waitState(Connected, time.Minute)
+}
+
+// TestLastKnownGoodRefreshed: while connected, the clock floor follows
+// the clock (hourly), so a later boot with a clock far back waits.
+func TestLastKnownGoodRefreshed(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "s")
+	h := newHarness(t, dir, nil)
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h.waitState(Connected, 0)
+	d, _ := statedir.Open(dir)
+	h.waitFor("last_known_good a day later", func() bool {
+		h.clock.Advance(time.Hour)
+		st, err := d.LoadState()
+		return err == nil && st.LastKnownGood.After(t0.Add(24*time.Hour))
+	})
+}

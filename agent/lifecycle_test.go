@@ -660,3 +660,115 @@ func TestKill9Provisioning(t *testing.T) {
 	b.send(2, "p")
 	b.waitDelivered("p", 2)
 }
+
+// TestLocalAPIEndToEnd: a local app subscribed over the socket gets C2D
+// messages, desired-property patches and direct-method calls from the
+// simulated hub, answers the method, and reports properties.
+func TestLocalAPIEndToEnd(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "lapi-dev", "")
+	b.start()
+	b.waitState("connected", 30*time.Second)
+
+	c, err := net.Dial("unix", b.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	sc := bufio.NewScanner(c)
+	read := func() map[string]any {
+		t.Helper()
+		if !sc.Scan() {
+			t.Fatalf("local api closed: %v\n%s", sc.Err(), b.stderr.String())
+		}
+		var m map[string]any
+		json.Unmarshal(sc.Bytes(), &m)
+		return m
+	}
+	c.Write([]byte(`{"op":"subscribe","c2d":true,"desired":true,"methods":["reboot"]}` + "\n"))
+	if r := read(); r["ok"] != true {
+		t.Fatalf("subscribe: %v", r)
+	}
+	// Events may arrive in any order relative to each other; collect them.
+	events := map[string]map[string]any{}
+	next := func(kind string) map[string]any {
+		t.Helper()
+		for events[kind] == nil {
+			m := read()
+			if e, ok := m["event"].(string); ok {
+				events[e] = m
+			}
+		}
+		return events[kind]
+	}
+
+	sim.SendC2D(t, "", b.deviceID, "hello board", map[string]string{"k": "v"})
+	if ev := next("c2d"); ev["body"] != "hello board" || ev["properties"].(map[string]any)["k"] != "v" {
+		t.Fatalf("c2d event %v", ev)
+	}
+
+	sim.MustDo("PATCH", "/twins/"+b.deviceID, map[string]any{"properties": map[string]any{"desired": map[string]any{"interval": 30}}}, nil)
+	if ev := next("desired"); ev["patch"].(map[string]any)["interval"] != 30.0 {
+		t.Fatalf("desired event %v", ev)
+	}
+
+	type methodResult struct {
+		Status  int            `json:"status"`
+		Payload map[string]any `json:"payload"`
+	}
+	res := make(chan methodResult, 1)
+	go func() {
+		var out methodResult
+		sim.Do("POST", "/twins/"+b.deviceID+"/methods", map[string]any{"methodName": "reboot", "payload": map[string]any{"delay": 1}, "responseTimeoutInSeconds": 20}, &out)
+		res <- out
+	}()
+	ev := next("method")
+	if ev["name"] != "reboot" {
+		t.Fatalf("method event %v", ev)
+	}
+	c.Write([]byte(`{"op":"method_response","call":"` + ev["call"].(string) + `","status":202,"payload":{"rebooting":true}}` + "\n"))
+	for {
+		if m := read(); m["ok"] != nil {
+			if m["ok"] != true {
+				t.Fatalf("method_response: %v", m)
+			}
+			break
+		}
+	}
+	if r := <-res; r.Status != 202 || r.Payload["rebooting"] != true {
+		t.Fatalf("method result at the service: %+v", r)
+	}
+
+	c.Write([]byte(`{"op":"report","patch":{"firmware":"1.2.3"}}` + "\n"))
+	for {
+		if m := read(); m["ok"] != nil {
+			if m["ok"] != true {
+				t.Fatalf("report: %v", m)
+			}
+			break
+		}
+	}
+	var twin struct {
+		Properties struct {
+			Reported map[string]any `json:"reported"`
+		} `json:"properties"`
+	}
+	sim.MustDo("GET", "/twins/"+b.deviceID, nil, &twin)
+	if twin.Properties.Reported["firmware"] != "1.2.3" || twin.Properties.Reported["devid"] == nil {
+		t.Fatalf("reported properties %v (want firmware and the agent's devid health)", twin.Properties.Reported)
+	}
+}
+
+// TestMain removes the binaries built for the integration tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, bin := range []string{agentBin, jigBin} {
+		if bin != "" {
+			os.RemoveAll(filepath.Dir(bin))
+		}
+	}
+	os.Exit(code)
+}

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"devid/agent/config"
@@ -38,6 +39,11 @@ const (
 	OperationalChainFile = "operational-chain.pem"
 )
 
+// RotateCrashEnv names a rotation step after which the agent kills
+// itself (SIGKILL), for power-cut tests. It is honoured only with
+// debug.allow_clock_override, the agent's test-only switch.
+const RotateCrashEnv = "DEVID_ROTATE_CRASH_AT"
+
 // renewal is the agent's side of credential renewal.
 type renewal struct {
 	a     *Agent
@@ -50,6 +56,17 @@ type renewal struct {
 	assigned *statedir.Assignment // from the last DPS issuance, for the probe
 
 	nudged string // operational fingerprint last asked to reload (state goroutine only)
+}
+
+// ensureDeviceID sets the Rotator's device ID once. Every path that
+// rotates calls it first, so the mutex orders the one write before any
+// rotation reads the field.
+func (r *renewal) ensureDeviceID(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.w.Rotator.DeviceID == "" {
+		r.w.Rotator.DeviceID = id
+	}
 }
 
 // onTransition runs on the agent's state goroutine (a.id is safe to read).
@@ -84,6 +101,17 @@ func closeKeyOf(k any) {
 // the credential).
 func (a *Agent) initRenewal() error {
 	c := a.cfg.Renewal
+	if step := os.Getenv(RotateCrashEnv); step != "" && a.cfg.Debug.AllowClockOverride {
+		// Fault injection for the end-to-end tests: a power cut right
+		// after the named rotation step.
+		a.log.Warn("rotation fault injection active", "env", RotateCrashEnv, "step", step)
+		rotate.SetStepHook(func(s string) {
+			if s == step {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+		})
+	}
 	pol, err := rotate.PolicyFromFields(c.RenewAt, c.Jitter, c.Retry, c.Margin)
 	if err != nil {
 		return fmt.Errorf("renewal: %w", err)
@@ -146,7 +174,7 @@ func (r *renewal) waitEnrolled(ctx context.Context) error {
 	for {
 		if id, err := r.a.opt.Identity.Load(); err == nil {
 			// The CSR's CN (the registration ID) is the factory identity's.
-			r.w.Rotator.DeviceID = id.DeviceID
+			r.ensureDeviceID(id.DeviceID)
 			closeIdentity(id)
 			return nil
 		}
@@ -403,9 +431,7 @@ type authWatch struct {
 // two-phase commit like any rotation, and the identity the agent is
 // about to connect with gets the new operational credential.
 func (w authWatch) Register(ctx context.Context, id *Identity) (*statedir.Assignment, error) {
-	if w.r.w.Rotator.DeviceID == "" {
-		w.r.w.Rotator.DeviceID = id.DeviceID
-	}
+	w.r.ensureDeviceID(id.DeviceID)
 	res, err := w.r.w.RotateSync(ctx, false, "registration")
 	if err != nil {
 		if errors.Is(err, rotate.ErrProbe) {

@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"devid/agent"
 	"devid/enroll/certstore"
 	"devid/enroll/keys"
 	_ "devid/enroll/keys/tpmkey" // the "tpm" backend, as the binary has it
@@ -327,5 +331,65 @@ func TestESTRenewalOnAgent(t *testing.T) {
 	b.waitDelivered("est", 2)
 	if r := b.renewalStatus(); r["path"] != rotate.PathEST || r["rotations"] == nil {
 		t.Errorf("status renewal %v", r)
+	}
+}
+
+// startEnv is start with extra environment variables.
+func (b *board) startEnv(env ...string) {
+	b.t.Helper()
+	b.cmd = exec.Command(agentBinary(b.t), "run", "--config", b.config)
+	b.stderr = &lockedBuffer{}
+	b.cmd.Stderr = b.stderr
+	b.cmd.Env = append(append(os.Environ(), "DEVID_CLOCK_FILE="+b.clock), env...)
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := b.cmd.Start(); err != nil {
+		b.t.Fatal(err)
+	}
+	b.exited = make(chan struct{})
+	cmd, exited := b.cmd, b.exited
+	go func() { cmd.Wait(); close(exited) }()
+	b.t.Cleanup(func() { b.kill() })
+}
+
+// TestKill9AtEveryRotationStep cuts the agent's power (SIGKILL, from
+// inside, right after the named step) at every step of a key rotation
+// started by the rotateCredential direct method, then boots it again:
+// it always reconnects and delivers, with the old credential when the
+// cut came before the new one was proved and the new one after, and no
+// rotation leftovers.
+func TestKill9AtEveryRotationStep(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "cut-dev", "[renewal]\npath = \"dps\"\nretry = \"1m\"\n")
+	b.start()
+	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	b.waitLive("connected", 60*time.Second)
+	steps := []string{"begin", "key", "issued", "staged", "probed", "proved", "backup-0", "rename-0", "backup-1", "rename-1", "committed", "destroyed"}
+	for i, step := range steps {
+		before := b.leafSerial("operational-chain.pem")
+		b.kill()
+		b.startEnv(agent.RotateCrashEnv + "=" + step)
+		b.waitLive("connected", 60*time.Second)
+		sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
+			map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": true}, "responseTimeoutInSeconds": 10}, nil)
+		select {
+		case <-b.exited:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("step %s: the agent did not cut itself off\n%s", step, b.stderr.String())
+		}
+		b.cmd = nil
+		b.start()
+		b.waitLive("connected", 60*time.Second)
+		after := b.leafSerial("operational-chain.pem")
+		if wantNew := i >= slices.Index(steps, "proved"); (after != before) != wantNew {
+			t.Errorf("cut after %s: credential changed=%v, want %v", step, after != before, wantNew)
+		}
+		if left := b.transient(); len(left) > 0 {
+			t.Errorf("cut after %s: leftovers %v", step, left)
+		}
+		tag := "cut-" + step
+		b.send(1, tag)
+		b.waitDelivered(tag, 1)
 	}
 }

@@ -91,6 +91,7 @@ const (
 	EvFatal                          // something an operator must fix
 	EvCredential                     // the credential on disk changed (renewal committed)
 	evPing                           // liveness probe (watchdog); never reaches next
+	evLKG                            // refresh the last-known-good time while connected; never reaches next
 )
 
 var eventNames = map[EventKind]string{
@@ -115,6 +116,8 @@ type Event struct {
 	Identity bool
 	// FactoryPort: a factory serial port is configured.
 	FactoryPort bool
+	// Revoked (boot): the agent was revoked with a retry still pending.
+	Revoked bool
 	// Cached: a usable DPS assignment is cached.
 	Cached bool
 	// AuthRefused: the hub refused the credential (CONNACK 5, 401).
@@ -167,6 +170,10 @@ func next(cur State, ev Event, c counters) State {
 	case Unenrolled:
 		switch ev.Kind {
 		case EvBoot:
+			if ev.Identity && ev.Revoked {
+				// Still inside the slow retry: no DPS round trip at boot.
+				return Revoked
+			}
 			if ev.Identity {
 				return Enrolled
 			}

@@ -125,14 +125,23 @@ func (s *Sim) hubOnline(cl *mqtt.Client, c *conn) {
 	d := s.devices[key]
 	if d == nil || d.Device.Status != "enabled" {
 		s.mu.Unlock()
-		cl.Stop(errClosed)
+		s.dropConn(cl)
 		return
 	}
 	s.online[key] = cl
 	s.mu.Unlock()
 	if s.isRevoked(c.chain) {
-		cl.Stop(errClosed)
+		s.dropConn(cl)
 	}
+}
+
+// dropConn closes a connection before its CONNACK; mochi then calls no
+// disconnect hook, so forget it here.
+func (s *Sim) dropConn(cl *mqtt.Client) {
+	cl.Stop(errClosed)
+	s.cmu.Lock()
+	delete(s.conns, cl)
+	s.cmu.Unlock()
 }
 
 func (s *Sim) hubConnected(cl *mqtt.Client, c *conn) {

@@ -334,8 +334,12 @@ func (p *PKI) CRL(number int64, revoked []x509.RevocationListEntry) ([]byte, err
 	}, p.IssuingCA, p.IssuingKey)
 }
 
-// writeFileAtomic writes data to path via a temp file, fsync and rename,
-// then fsyncs the directory.
+// WriteFileAtomic writes data to path via a temp file in the same
+// directory, fsync and rename, then fsyncs the directory.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeFileAtomic(path, data, mode)
+}
+
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")

@@ -4,7 +4,6 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
-	"time"
 
 	"devid/simulator/simtest"
 )
@@ -35,8 +34,7 @@ func TestRandomInputNeverKillsTheSimulator(t *testing.T) {
 		}
 		return b.String()
 	}
-	start := time.Now()
-	for i := 0; i < 40; i++ {
+	for i := 0; i < 150; i++ {
 		dps := i%2 == 0
 		var c *mqttClient
 		var err error
@@ -48,12 +46,10 @@ func TestRandomInputNeverKillsTheSimulator(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: connect: %v", i, err)
 		}
-		t.Logf("round %d connected at %v", i, time.Since(start))
-		for j := 0; j < 5; j++ {
-			tok := c.c.Publish(randTopic(), byte(rng.IntN(2)), false, bodies[rng.IntN(len(bodies))])
-			_ = tok.WaitTimeout(0) // do not wait: the server may close the connection
-			t.Logf("round %d pub %d at %v", i, j, time.Since(start))
-		}
+		// One publish per connection: most close it, and paho's Publish can
+		// block while it tears a closed connection down.
+		tok := c.c.Publish(randTopic(), byte(rng.IntN(2)), false, bodies[rng.IntN(len(bodies))])
+		_ = tok.WaitTimeout(0)
 		c.c.Disconnect(0)
 	}
 	if _, err := sim.Do("GET", "/sim/healthz", nil, nil); err != nil {

@@ -50,6 +50,11 @@ type State struct {
 	LastProvision *ProvisionResult `json:"last_provision,omitempty"`
 	// Revoked records why the agent is in the revoked state.
 	RevokedReason string `json:"revoked_reason,omitempty"`
+	// RevokedCount is how many slow retries in a row found the device
+	// still refused, and RetryAt when the next one is due; both survive
+	// a reboot so a rebooting device does not ask DPS at every boot.
+	RevokedCount int       `json:"revoked_count,omitempty"`
+	RetryAt      time.Time `json:"retry_at,omitzero"`
 }
 
 // ProvisionResult is one DPS registration outcome.

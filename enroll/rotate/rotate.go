@@ -164,6 +164,13 @@ type Rotator struct {
 // crash tests make it kill the process there.
 var crashHook func(step string)
 
+// SetStepHook installs f to be called after each durable step of a
+// rotation or recovery (names: begin, key, issued, staged, probed,
+// proved, backup-N, rename-N, committed, destroyed, rollback-remove).
+// It exists for fault injection: end-to-end tests make f kill the
+// process at a chosen step. Call it before any rotation starts.
+func SetStepHook(f func(step string)) { crashHook = f }
+
 func step(name string) {
 	if crashHook != nil {
 		crashHook(name)
@@ -470,12 +477,18 @@ func recoverLocked(stateDir string, log *slog.Logger) (Recovery, error) {
 // rollBack destroys everything staged; the current files were never touched.
 func rollBack(stateDir string, j *journal, log *slog.Logger) error {
 	if j.StagedKeySpec != "" {
-		if st, err := keys.Open(j.StagedKeySpec, stateDir); err == nil {
+		st, err := keys.Open(j.StagedKeySpec, stateDir)
+		switch {
+		case err != nil:
+			log.Warn("rotation: staged key backend unavailable; removing its files", "spec", j.StagedKeySpec, "err", err)
+		case !onlyStaged(st):
+			// A journal naming a key that is not a staged one is corrupt
+			// or forged: never destroy a key on its word.
+			log.Error("rotation: journal names a staged key outside the staged files; not destroying it", "spec", j.StagedKeySpec)
+		default:
 			if err := st.Destroy(); err != nil {
 				return err
 			}
-		} else {
-			log.Warn("rotation: staged key backend unavailable; removing its files", "spec", j.StagedKeySpec, "err", err)
 		}
 	}
 	for _, rn := range j.Renames {
@@ -534,6 +547,23 @@ func rollForward(stateDir string, j *journal, log *slog.Logger) error {
 		log.Info("rotation: old key destroyed")
 	}
 	return removeJournal(stateDir)
+}
+
+// onlyStaged reports whether every file of store st is a staged one.
+func onlyStaged(st keys.Store) bool {
+	var files []string
+	switch s := st.(type) {
+	case interface{ Paths() []string }:
+		files = s.Paths()
+	case interface{ Path() string }:
+		files = []string{s.Path()}
+	}
+	for _, f := range files {
+		if !strings.HasSuffix(f, StagedSuffix) {
+			return false
+		}
+	}
+	return len(files) > 0
 }
 
 func linkOrCopy(from, to string) error {

@@ -77,6 +77,30 @@ func tpmGetRandom(path string) error {
 		return fmt.Errorf("GetRandom rc=%#x", rc)
 	}
 	logf("selftest: %s GetRandom ok (%x) in %.1fms", path, rsp[12:n], float64(time.Since(t0).Microseconds())/1000)
+	// TPM2_NV_ReadPublic(0x01c00002): the RSA EK certificate index that
+	// swtpm_setup --create-ek-cert writes, as a TPM vendor does.
+	cmd = []byte{0x80, 0x01, 0, 0, 0, 14, 0, 0, 0x01, 0x69, 0x01, 0xc0, 0x00, 0x02}
+	if _, err := f.Write(cmd); err != nil {
+		return err
+	}
+	rsp = make([]byte, 512)
+	if n, err = f.Read(rsp); err != nil {
+		return err
+	}
+	if n < 12 {
+		return fmt.Errorf("short NV_ReadPublic response (%d bytes)", n)
+	}
+	if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
+		return fmt.Errorf("no EK certificate in NV (NV_ReadPublic 0x01c00002 rc=%#x): TPM not manufactured?", rc)
+	}
+	// TPM2B_NV_PUBLIC: size, nvIndex, nameAlg, attributes, authPolicy, dataSize.
+	pub := rsp[10:n]
+	if len(pub) >= 14 {
+		policyLen := int(binary.BigEndian.Uint16(pub[12:14]))
+		if off := 14 + policyLen; len(pub) >= off+2 {
+			logf("selftest: EK certificate present in NV index 0x01c00002 (%d bytes)", binary.BigEndian.Uint16(pub[off:off+2]))
+		}
+	}
 	return nil
 }
 

@@ -141,7 +141,7 @@ func startBoard(ctx context.Context, s boardSpec, boot int, logf func(string, ..
 		"--ctrl", "type=unixio,path="+filepath.Join(s.Dir, "swtpm-ctrl.sock"),
 		"--flags", "not-need-init", "--locality", "allow-set-locality",
 		"--log", fmt.Sprintf("file=%s,level=1", filepath.Join(s.Dir, fmt.Sprintf("swtpm-boot%d.log", boot))))
-	b.swtpm.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	b.swtpm.SysProcAttr = childAttr()
 	if err := b.swtpm.Start(); err != nil {
 		return nil, fmt.Errorf("swtpm: %w", err)
 	}
@@ -151,7 +151,7 @@ func startBoard(ctx context.Context, s boardSpec, boot int, logf func(string, ..
 	}
 	bin, args := qemuArgs(s)
 	b.qemu = exec.Command(bin, args...)
-	b.qemu.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	b.qemu.SysProcAttr = childAttr()
 	b.qemu.Stdin = nil
 	stdout, err := b.qemu.StdoutPipe()
 	if err != nil {

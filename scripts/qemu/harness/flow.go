@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -11,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,9 @@ import (
 	"time"
 
 	"devid/agent/config"
+	"devid/hal/tpm"
+
+	"github.com/google/go-tpm/tpm2"
 )
 
 // Guest-side addresses of the cloud. slirp (restrict=on) forwards exactly
@@ -228,6 +233,12 @@ func flow(ctx context.Context, o options, env map[string]string) error {
 	if err := fsckFlash(dir); err != nil {
 		return err
 	}
+	if err := checkStateDir(dir); err != nil {
+		return err
+	}
+	if err := checkTPMKey(dir, res); err != nil {
+		return err
+	}
 	logf("flow: flash filesystem clean after the power cut and a clean power-off")
 	return nil
 }
@@ -311,7 +322,7 @@ func runJig(ctx context.Context, bin, port, caDir string, cut <-chan struct{}) (
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	cmd := exec.Command(bin, "program", "--port", port, "--ca-dir", caDir, "--station", "qemu-harness", "--json")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttr()
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Start(); err != nil {
@@ -409,5 +420,84 @@ func checkChain(res *jigResult, rootPEM []byte) error {
 	if !strings.EqualFold(certs[0].Subject.CommonName, res.DeviceID) {
 		return fmt.Errorf("leaf CN %q is not the device ID %q", certs[0].Subject.CommonName, res.DeviceID)
 	}
+	return nil
+}
+
+// checkStateDir reads the state directory's listing straight from the flash
+// image: the directory is 0700 and every file in it 0600 (keys, key
+// references, chains, caches alike), on the real filesystem the board used.
+func checkStateDir(dir string) error {
+	out, err := exec.Command("debugfs", "-R", "ls -l /state", filepath.Join(dir, "flash.img")).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("debugfs ls /state: %v\n%s", err, out)
+	}
+	_ = os.WriteFile(filepath.Join(dir, "flash-state.txt"), out, 0o644)
+	files := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 || f[0] == "debugfs" {
+			continue
+		}
+		mode, name := f[1], f[len(f)-1]
+		switch {
+		case name == "..":
+		case strings.HasPrefix(mode, "40") && mode != "40700":
+			return fmt.Errorf("state directory entry %s has mode %s, want 40700 (see %s)", name, mode, filepath.Join(dir, "flash-state.txt"))
+		case strings.HasPrefix(mode, "100") && mode != "100600":
+			return fmt.Errorf("state file %s has mode %s, want 100600", name, mode)
+		case strings.HasPrefix(mode, "100"):
+			files++
+		}
+	}
+	if files == 0 {
+		return fmt.Errorf("the state directory on flash holds no files:\n%s", out)
+	}
+	return nil
+}
+
+// checkTPMKey proves from outside the board that the certified key lives in
+// the TPM: the key file on flash is a TSS2 key blob (public area plus
+// private part wrapped by the TPM's storage key), its public area says
+// fixedTPM, fixedParent and sensitiveDataOrigin (made inside this TPM, never
+// exportable), and its ECC point is the public key in the factory
+// certificate.
+func checkTPMKey(dir string, res *jigResult) error {
+	out, err := exec.Command("debugfs", "-R", "cat /state/device.tpmkey", filepath.Join(dir, "flash.img")).Output()
+	if err != nil {
+		return fmt.Errorf("debugfs cat /state/device.tpmkey: %w", err)
+	}
+	blob, err := tpm.ParseBlobPEM(out)
+	if err != nil {
+		return fmt.Errorf("/state/device.tpmkey on flash: %w", err)
+	}
+	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](blob.Public)
+	if err != nil {
+		return fmt.Errorf("TPM key public area: %w", err)
+	}
+	pub, err := p2b.Contents()
+	if err != nil {
+		return fmt.Errorf("TPM key public area: %w", err)
+	}
+	a := pub.ObjectAttributes
+	if !a.FixedTPM || !a.FixedParent || !a.SensitiveDataOrigin {
+		return fmt.Errorf("TPM key attributes fixedTPM=%v fixedParent=%v sensitiveDataOrigin=%v: the key could leave the TPM", a.FixedTPM, a.FixedParent, a.SensitiveDataOrigin)
+	}
+	pt, err := pub.Unique.ECC()
+	if err != nil {
+		return fmt.Errorf("TPM key is not ECC: %w", err)
+	}
+	blk, _ := pem.Decode([]byte(res.ChainPEM))
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	certKey, ok := leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return fmt.Errorf("leaf key is %T, want ECDSA", leaf.PublicKey)
+	}
+	if new(big.Int).SetBytes(pt.X.Buffer).Cmp(certKey.X) != 0 || new(big.Int).SetBytes(pt.Y.Buffer).Cmp(certKey.Y) != 0 {
+		return errors.New("the certificate's public key is not the TPM key stored on flash")
+	}
+	logf("flow: the certified key is the TPM object on flash (fixedTPM, fixedParent, sensitiveDataOrigin)")
 	return nil
 }

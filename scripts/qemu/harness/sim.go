@@ -46,7 +46,7 @@ func startSim(ctx context.Context, bin, dir string) (*sim, error) {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "serve", "--state", dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttr()
 	logFile, err := os.Create(filepath.Join(dir, "..", "sim.log"))
 	if err != nil {
 		return nil, err

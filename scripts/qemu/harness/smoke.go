@@ -93,8 +93,10 @@ func smoke(ctx context.Context, o options, env map[string]string) error {
 	if echo.echoed() == 0 {
 		return fmt.Errorf("the echo server saw no bytes from the guest")
 	}
-	if _, err := b.waitLine(ctx, `GetRandom ok`, time.Second); err != nil {
-		return err
+	for _, re := range []string{`GetRandom ok`, `EK certificate present`} {
+		if _, err := b.waitLine(ctx, re, time.Second); err != nil {
+			return err
+		}
 	}
 	return nil
 }

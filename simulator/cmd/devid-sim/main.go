@@ -247,7 +247,10 @@ func serve(args []string) error {
 	ready.PID = os.Getpid()
 	line, _ := json.Marshal(ready)
 	// ready.json lets CLI verbs find the control plane from --state.
-	_ = os.WriteFile(filepath.Join(abs, "ready.json"), append(line, '\n'), 0o600)
+	if err := simulator.WriteFileAtomic(filepath.Join(abs, "ready.json"), append(line, '\n'), 0o600); err != nil {
+		sim.Close()
+		return fmt.Errorf("write ready.json: %w", err)
+	}
 	fmt.Println(string(line))
 	cfg.Logger.Info("devid-sim ready", "state", abs, "dps", ready.DPS.Addr, "control", ready.ControlURL)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
