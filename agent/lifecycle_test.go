@@ -692,17 +692,22 @@ func TestLocalAPIEndToEnd(t *testing.T) {
 	if r := read(); r["ok"] != true {
 		t.Fatalf("subscribe: %v", r)
 	}
-	// Events may arrive in any order relative to each other; collect them.
+	// Events may arrive in any order relative to each other (and the full
+	// desired document follows every connect); keep the last of each kind
+	// and wait for one that matches.
 	events := map[string]map[string]any{}
-	next := func(kind string) map[string]any {
+	nextMatch := func(kind string, ok func(map[string]any) bool) map[string]any {
 		t.Helper()
-		for events[kind] == nil {
+		for events[kind] == nil || !ok(events[kind]) {
 			m := read()
-			if e, ok := m["event"].(string); ok {
+			if e, isEvent := m["event"].(string); isEvent {
 				events[e] = m
 			}
 		}
 		return events[kind]
+	}
+	next := func(kind string) map[string]any {
+		return nextMatch(kind, func(map[string]any) bool { return true })
 	}
 
 	sim.SendC2D(t, "", b.deviceID, "hello board", map[string]string{"k": "v"})
@@ -711,9 +716,10 @@ func TestLocalAPIEndToEnd(t *testing.T) {
 	}
 
 	sim.MustDo("PATCH", "/twins/"+b.deviceID, map[string]any{"properties": map[string]any{"desired": map[string]any{"interval": 30}}}, nil)
-	if ev := next("desired"); ev["patch"].(map[string]any)["interval"] != 30.0 {
-		t.Fatalf("desired event %v", ev)
-	}
+	nextMatch("desired", func(ev map[string]any) bool {
+		p, _ := ev["patch"].(map[string]any)
+		return p["interval"] == 30.0
+	})
 
 	type methodResult struct {
 		Status  int            `json:"status"`

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"testing"
-	"time"
 
 	mqttsrv "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -35,31 +33,7 @@ func BenchmarkTelemetryClientOnly(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer h.Close()
-			msg := &Message{Payload: []byte(`{"temperature":21.5,"humidity":40,"seq":123456}`), ContentType: "application/json", ContentEncoding: "utf-8",
-				Properties: map[string]string{"kind": "bench"}}
-			total := b.N * telemetryPerOp
-			next := make(chan struct{}, total)
-			for i := 0; i < total; i++ {
-				next <- struct{}{}
-			}
-			close(next)
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			for w := 0; w < window; w++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for range next {
-						if err := h.SendTelemetry(context.Background(), msg); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			b.ReportMetric(float64(total)/time.Since(start).Seconds(), "msgs/s")
+			sendTelemetryBench(b, h, window)
 		})
 	}
 }

@@ -20,14 +20,31 @@ import (
 // certificate refusal reaches the client).
 func tlsServer(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool, maxVersion uint16) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MaxVersion: maxVersion}
 	if clientCAs != nil {
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 		cfg.ClientCAs = clientCAs
+	}
+	return serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		tc := tls.Server(c, cfg)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if tc.Handshake() != nil {
+			return
+		}
+		tc.Write([]byte("x"))
+		io.Copy(io.Discard, tc)
+	})
+}
+
+// serveLoopback listens on 127.0.0.1 and runs serve for each connection in
+// its own goroutine; cleanup closes the listener and waits for them all.
+// It returns the address.
+func serveLoopback(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
@@ -39,18 +56,7 @@ func tlsServer(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool, max
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				tc := tls.Server(c, cfg)
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				if tc.Handshake() != nil {
-					return
-				}
-				tc.Write([]byte("x"))
-				io.Copy(io.Discard, tc)
-			}()
+			wg.Go(func() { serve(c) })
 		}
 	}()
 	return ln.Addr().String()
@@ -182,25 +188,8 @@ type connectProxy struct {
 
 func startProxy(t *testing.T, resolve map[string]string, user string) *connectProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &connectProxy{addr: ln.Addr().String(), resolve: resolve, user: user}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); p.serve(c) }()
-		}
-	}()
+	p := &connectProxy{resolve: resolve, user: user}
+	p.addr = serveLoopback(t, p.serve)
 	return p
 }
 

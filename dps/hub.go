@@ -745,6 +745,22 @@ func (h *Hub) HandleMethod(name string, fn MethodHandler) {
 	h.methods[name] = fn
 }
 
+// deliver hands a response to the request waiting on its $rid without
+// blocking the dispatcher. It reports false when no request waits.
+func (h *Hub) deliver(resp Response, payload []byte) bool {
+	h.mu.Lock()
+	ch := h.waiters[resp.RID]
+	h.mu.Unlock()
+	if ch == nil {
+		return false
+	}
+	select {
+	case ch <- twinReply{resp, append([]byte(nil), payload...)}:
+	default:
+	}
+	return true
+}
+
 // dispatch routes one inbound PUBLISH. It runs on its own goroutine.
 func (h *Hub) dispatch(topic string, payload []byte) {
 	switch {
@@ -754,16 +770,8 @@ func (h *Hub) dispatch(topic string, payload []byte) {
 			h.log.Warn("bad twin response", "err", err)
 			return
 		}
-		h.mu.Lock()
-		ch := h.waiters[resp.RID]
-		h.mu.Unlock()
-		if ch == nil {
+		if !h.deliver(resp, payload) {
 			h.log.Debug("twin response for no request", "topic", topic)
-			return
-		}
-		select {
-		case ch <- twinReply{resp, append([]byte(nil), payload...)}:
-		default:
 		}
 	case strings.HasPrefix(topic, credentialsResPrefix):
 		resp, err := parseResponseTopic(topic, credentialsResPrefix)
@@ -771,16 +779,8 @@ func (h *Hub) dispatch(topic string, payload []byte) {
 			h.log.Warn("bad credentials response", "err", err)
 			return
 		}
-		h.mu.Lock()
-		ch := h.waiters[resp.RID]
-		h.mu.Unlock()
-		if ch == nil {
+		if !h.deliver(resp, payload) {
 			h.log.Info("credentials response for no request", "topic", topic)
-			return
-		}
-		select {
-		case ch <- twinReply{resp, append([]byte(nil), payload...)}:
-		default:
 		}
 	case strings.HasPrefix(topic, twinDesiredPrefix):
 		v, ok, err := parseDesiredTopic(topic)

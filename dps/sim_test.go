@@ -457,6 +457,22 @@ func TestSim(t *testing.T) {
 		}
 	})
 
+	t.Run("FailedAllocation", func(t *testing.T) {
+		t.Parallel()
+		// The enrollment names a hub that is not linked: DPS finishes the
+		// operation with status "failed" (anchors B-11: stop, and say why).
+		ca := newTestCA(t, "failing group CA")
+		r.sim.EnrollGroup(t, "failing-group", ca.cert, simtest.Policy("static"), simtest.LinkedHubs("unlinked-hub.azure-devices.net"))
+		_, err := Register(context.Background(), r.config(ca.credential(t, "dev-failed"), newFakeClock()))
+		var re *RegistrationError
+		if !errors.Is(err, ErrFailed) || errors.Is(err, ErrDisabled) || !errors.As(err, &re) || Retryable(err) {
+			t.Fatalf("got %v, want a terminal failed registration", err)
+		}
+		if re.Status != StatusFailed || re.ErrorCode == 0 || re.ErrorMessage == "" {
+			t.Errorf("failed registration lacks errorCode/errorMessage: %+v", re)
+		}
+	})
+
 	t.Run("UnknownDevice", func(t *testing.T) {
 		t.Parallel()
 		stranger := newTestCA(t, "never enrolled CA")

@@ -292,7 +292,6 @@ func TestJigKilledMidTransferNeverHalfProgrammed(t *testing.T) {
 				t.Logf("cut at %d came after the run finished", cut)
 			}
 			link.SetTamper(nil)
-			st := checkState(t, d)
 
 			// A new jig run finds a consistent state and finishes the job.
 			p, err = serial.Open(link.JigTTY, 115200)
@@ -301,10 +300,15 @@ func TestJigKilledMidTransferNeverHalfProgrammed(t *testing.T) {
 			}
 			defer p.Close()
 			j := factory.NewJig(p)
+			// STATUS first: the device handles frames in order, so its
+			// answer means a COMMIT that got through before the cut has
+			// finished. Reading the disk before that raced the commit
+			// (a temp file seen mid-write under qemu-user).
 			s, err := j.Status(testCtx(t))
 			if err != nil {
 				t.Fatal(err)
 			}
+			st := checkState(t, d)
 			if s.State != st {
 				t.Fatalf("device reports %s, disk says %s", s.State, st)
 			}

@@ -103,8 +103,8 @@ func readJournal(stateDir string) (*journal, error) {
 		return nil, fmt.Errorf("rotation journal %s: unknown phase %q", journalPath(stateDir), j.Phase)
 	}
 	for _, r := range j.Renames {
-		if !filepath.IsAbs(r.To) || r.From != r.To+StagedSuffix || r.Backup != r.To+OldSuffix {
-			return nil, fmt.Errorf("rotation journal %s: rename %+v is not of the staged/old form", journalPath(stateDir), r)
+		if !inStateDir(stateDir, r.To) || r.From != r.To+StagedSuffix || r.Backup != r.To+OldSuffix {
+			return nil, fmt.Errorf("rotation journal %s: rename %+v is not a staged/old pair inside the state directory", journalPath(stateDir), r)
 		}
 	}
 	return &j, nil
@@ -115,4 +115,12 @@ func removeJournal(stateDir string) error {
 		return fmt.Errorf("rotation journal: %w", err)
 	}
 	return atomicfile.SyncDir(stateDir)
+}
+
+// inStateDir reports whether path names a file directly in stateDir.
+// Rotation only ever renames files there, so a corrupt or forged journal
+// cannot make recovery touch anything else.
+func inStateDir(stateDir, path string) bool {
+	return filepath.IsAbs(path) && filepath.Clean(path) == path && filepath.Dir(path) == filepath.Clean(stateDir) &&
+		filepath.Base(path) != "." && filepath.Base(path) != ".."
 }

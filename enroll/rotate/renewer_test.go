@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -202,4 +203,23 @@ func memDir(t *testing.T) string {
 		}
 	}
 	return t.TempDir()
+}
+
+// FuzzLoadRecord: renewal.json from disk never panics the reader, and a
+// policy it accepts is a valid one.
+func FuzzLoadRecord(f *testing.F) {
+	for _, s := range []string{`{"schema":1,"path":"est","failures":2}`, `{"schema":1,"policy":{"retry":"1s"}}`,
+		`{"schema":1,"policy":{"renew_at":"80%"}}`, `{"schema":9}`, `nope`, ``} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, RecordFile), b, 0o600)
+		rec, err := LoadRecord(dir)
+		if err == nil && rec.Policy != nil {
+			if verr := rec.Policy.Validate(); verr != nil {
+				t.Fatalf("accepted invalid policy %+v: %v", rec.Policy, verr)
+			}
+		}
+	})
 }

@@ -253,6 +253,9 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 			return Result{}, fmt.Errorf("rotate: staged key: %w", err)
 		}
 	}
+	if !inStateDir(r.StateDir, r.Slot.ChainPath) {
+		return Result{}, fmt.Errorf("rotate: the chain %s is not in the state directory %s", r.Slot.ChainPath, r.StateDir)
+	}
 	j.Renames = append(j.Renames, rename{From: r.Slot.ChainPath + StagedSuffix, To: r.Slot.ChainPath, Backup: r.Slot.ChainPath + OldSuffix})
 	if err := writeJournal(r.StateDir, j); err != nil {
 		return Result{}, err
@@ -344,8 +347,8 @@ func (r *Rotator) stagedKey() (string, []string, error) {
 		return "", nil, fmt.Errorf("rotate: the %s key backend keeps no files this build can stage; key rotation is not available", st.Name())
 	}
 	for _, f := range files {
-		if !filepath.IsAbs(f) {
-			return "", nil, fmt.Errorf("rotate: key file %q is not an absolute path", f)
+		if !inStateDir(r.StateDir, f) {
+			return "", nil, fmt.Errorf("rotate: key rotation needs the key in the state directory %s, and %s is not", r.StateDir, f)
 		}
 	}
 	stage := r.StagedSpec
@@ -475,22 +478,12 @@ func recoverLocked(stateDir string, log *slog.Logger) (Recovery, error) {
 }
 
 // rollBack destroys everything staged; the current files were never touched.
-func rollBack(stateDir string, j *journal, log *slog.Logger) error {
-	if j.StagedKeySpec != "" {
-		st, err := keys.Open(j.StagedKeySpec, stateDir)
-		switch {
-		case err != nil:
-			log.Warn("rotation: staged key backend unavailable; removing its files", "spec", j.StagedKeySpec, "err", err)
-		case !onlyStaged(st):
-			// A journal naming a key that is not a staged one is corrupt
-			// or forged: never destroy a key on its word.
-			log.Error("rotation: journal names a staged key outside the staged files; not destroying it", "spec", j.StagedKeySpec)
-		default:
-			if err := st.Destroy(); err != nil {
-				return err
-			}
-		}
-	}
+func rollBack(stateDir string, j *journal, _ *slog.Logger) error {
+	// The staged key is its files (a PEM key, or a TPM blob that holds
+	// no TPM resources at rest), which are among the renames' sources:
+	// removing them destroys it. Recovery never opens a key backend on
+	// the journal's word (a corrupt journal must not make it dial a TPM
+	// address or touch another key).
 	for _, rn := range j.Renames {
 		if err := removeIfExists(rn.From); err != nil {
 			return err
@@ -547,23 +540,6 @@ func rollForward(stateDir string, j *journal, log *slog.Logger) error {
 		log.Info("rotation: old key destroyed")
 	}
 	return removeJournal(stateDir)
-}
-
-// onlyStaged reports whether every file of store st is a staged one.
-func onlyStaged(st keys.Store) bool {
-	var files []string
-	switch s := st.(type) {
-	case interface{ Paths() []string }:
-		files = s.Paths()
-	case interface{ Path() string }:
-		files = []string{s.Path()}
-	}
-	for _, f := range files {
-		if !strings.HasSuffix(f, StagedSuffix) {
-			return false
-		}
-	}
-	return len(files) > 0
 }
 
 func linkOrCopy(from, to string) error {

@@ -19,12 +19,7 @@ func benchTPM(b *testing.B) *TPM {
 	if addr == "" {
 		addr = tpmtest.Start(b).Addr()
 	}
-	tp, err := Open(context.Background(), addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { tp.Close() })
-	return tp
+	return openT(b, addr)
 }
 
 // BenchmarkCreateKey: SRK CreatePrimary + CreateLoaded (or Create) + flushes,
@@ -73,15 +68,7 @@ func BenchmarkLoadKey(b *testing.B) {
 // (ContextLoad + Sign + FlushContext + software verify), i.e. what
 // `tpm2_sign -c key.ctx` does.
 func BenchmarkSign(b *testing.B) {
-	tp := benchTPM(b)
-	blob, err := tp.CreateKey(context.Background())
-	if err != nil {
-		b.Fatal(err)
-	}
-	k, err := tp.LoadKey(context.Background(), blob)
-	if err != nil {
-		b.Fatal(err)
-	}
+	k := newKey(b, benchTPM(b))
 	d := sha256.Sum256([]byte("bench"))
 	var lat latencies
 	for b.Loop() {

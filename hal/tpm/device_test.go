@@ -75,14 +75,7 @@ func TestDevicePath(t *testing.T) {
 	if tp.Addr() != dev {
 		t.Errorf("Addr() = %q, want %q", tp.Addr(), dev)
 	}
-	b, err := tp.CreateKey(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := tp.LoadKey(context.Background(), b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := newKey(t, tp)
 	for range 20 {
 		signVerify(t, k, crypto.SHA256)
 	}

@@ -24,7 +24,7 @@ import (
 	"devid/hal/tpm/tpmtest"
 )
 
-func openT(t *testing.T, addr string, opts ...Option) *TPM {
+func openT(t testing.TB, addr string, opts ...Option) *TPM {
 	t.Helper()
 	tp, err := Open(context.Background(), addr, opts...)
 	if err != nil {
@@ -32,6 +32,20 @@ func openT(t *testing.T, addr string, opts ...Option) *TPM {
 	}
 	t.Cleanup(func() { tp.Close() })
 	return tp
+}
+
+// newKey creates a key in tp and loads it.
+func newKey(t testing.TB, tp *TPM) *Key {
+	t.Helper()
+	b, err := tp.CreateKey(context.Background())
+	if err != nil {
+		t.Fatalf("CreateKey: %v", err)
+	}
+	k, err := tp.LoadKey(context.Background(), b)
+	if err != nil {
+		t.Fatalf("LoadKey: %v", err)
+	}
+	return k
 }
 
 func signVerify(t *testing.T, k *Key, h crypto.Hash) {
@@ -73,14 +87,7 @@ func TestCreateLoadSign(t *testing.T) {
 			if tp.Caps().Manufacturer != "IBM" {
 				t.Errorf("manufacturer %q, want swtpm's %q", tp.Caps().Manufacturer, "IBM")
 			}
-			b, err := tp.CreateKey(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			k, err := tp.LoadKey(context.Background(), b)
-			if err != nil {
-				t.Fatal(err)
-			}
+			k := newKey(t, tp)
 			for _, h := range []crypto.Hash{crypto.SHA256, crypto.SHA384, crypto.SHA512, crypto.SHA1} {
 				signVerify(t, k, h)
 			}
@@ -110,16 +117,9 @@ func TestAttributesFromOutside(t *testing.T) {
 	}
 	sw := tpmtest.Start(t)
 	tp := openT(t, sw.Addr())
-	b, err := tp.CreateKey(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := tp.LoadKey(context.Background(), b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := newKey(t, tp)
 	var h uint32
-	err = tp.Do(context.Background(), func(tr transport.TPM) error {
+	err := tp.Do(context.Background(), func(tr transport.TPM) error {
 		hh, err := k.loadLocked(tr)
 		h = uint32(hh)
 		return err
@@ -231,13 +231,7 @@ func TestFlushLeftovers(t *testing.T) {
 		t.Fatalf("after Open, transient handles %x", hs)
 	}
 	// With the slots free, key creation works.
-	b, err := tp.CreateKey(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tp.LoadKey(context.Background(), b); err != nil {
-		t.Fatal(err)
-	}
+	newKey(t, tp)
 }
 
 // countingConn records how many round trips run at once.
@@ -264,22 +258,7 @@ func TestConcurrentSignSerialised(t *testing.T) {
 	tp := openT(t, sw.Addr())
 	cc := &countingConn{conn: tp.conn}
 	tp.conn = cc
-	b, err := tp.CreateKey(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	k1, err := tp.LoadKey(context.Background(), b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b2, err := tp.CreateKey(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	k2, err := tp.LoadKey(context.Background(), b2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k1, k2 := newKey(t, tp), newKey(t, tp)
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for i := 0; i < 16; i++ {
@@ -320,14 +299,7 @@ func TestReload(t *testing.T) {
 	tp := openT(t, sw.Addr())
 	var ks []*Key
 	for range 2 {
-		b, err := tp.CreateKey(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, err := tp.LoadKey(context.Background(), b)
-		if err != nil {
-			t.Fatal(err)
-		}
+		k := newKey(t, tp)
 		ks = append(ks, k)
 	}
 	ks[0].saved = ks[1].saved // the wrong key behind the context
@@ -343,7 +315,16 @@ func TestReload(t *testing.T) {
 // silentTPM accepts connections and reads commands but never answers,
 // like a wedged TPM.
 func silentTPM(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "wedged")
+	return serveUnix(t, "wedged", func(c net.Conn) {
+		go func() { io.Copy(io.Discard, c); c.Close() }()
+	})
+}
+
+// serveUnix listens on a fresh unix socket (in os.TempDir: t.TempDir can
+// exceed the socket path limit) and passes each connection to serve, one
+// at a time, until the test ends. It returns the socket path.
+func serveUnix(t *testing.T, name string, serve func(net.Conn)) string {
+	dir, err := os.MkdirTemp("", name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +341,7 @@ func silentTPM(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			go func() { io.Copy(io.Discard, c); c.Close() }()
+			serve(c)
 		}
 	}()
 	return p
@@ -384,45 +365,25 @@ func TestTimeout(t *testing.T) {
 // proxy forwards each command to swtpm at target, unless answer returns
 // a response for it first.
 func proxy(t *testing.T, target string, answer func(cmd []byte) []byte) string {
-	dir, err := os.MkdirTemp("", "proxy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	p := filepath.Join(dir, "s")
-	l, err := net.Listen("unix", p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			cmd, err := readFrame(c)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			if rsp := answer(cmd); rsp != nil {
-				c.Write(rsp)
-				c.Close()
-				continue
-			}
-			up, err := net.Dial("unix", target)
-			if err == nil {
-				up.Write(cmd)
-				if rsp, err := readFrame(up); err == nil {
-					c.Write(rsp)
-				}
-				up.Close()
-			}
-			c.Close()
+	return serveUnix(t, "proxy", func(c net.Conn) {
+		defer c.Close()
+		cmd, err := readFrame(c)
+		if err != nil {
+			return
 		}
-	}()
-	return p
+		if rsp := answer(cmd); rsp != nil {
+			c.Write(rsp)
+			return
+		}
+		up, err := net.Dial("unix", target)
+		if err == nil {
+			up.Write(cmd)
+			if rsp, err := readFrame(up); err == nil {
+				c.Write(rsp)
+			}
+			up.Close()
+		}
+	})
 }
 
 // errResponse is a bare TPM error response with code rc.
@@ -463,14 +424,7 @@ func TestCreateLoadedRefused(t *testing.T) {
 	})
 	tp := openT(t, "unix:"+p)
 	for range 2 {
-		b, err := tp.CreateKey(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, err := tp.LoadKey(context.Background(), b)
-		if err != nil {
-			t.Fatal(err)
-		}
+		k := newKey(t, tp)
 		signVerify(t, k, crypto.SHA256)
 	}
 	if refused.Load() != 1 || tp.Caps().CreateLoaded {

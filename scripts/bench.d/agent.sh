@@ -18,6 +18,9 @@ main() {
   echo "## Agent (scripts/bench.d/agent.sh)"
   echo
   sizes
+  # The RSS figures are for the shipped build: static, stripped.
+  AGENT="$W/devid-agent"
+  CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$AGENT" ./agent/cmd/devid-agent
   setup
   runtime_figures
 }
@@ -77,7 +80,7 @@ group = ""
 [health]
 interval = "0s"
 EOF
-  "$BIN/devid-agent" factory --config "$W/config.toml" --port "$W/board-uart" --device-id bench-board 2>"$W/factory.log" &
+  "$AGENT" factory --config "$W/config.toml" --port "$W/board-uart" --device-id bench-board 2>"$W/factory.log" &
   local fpid=$!
   "$BIN/devid-jig" program --port "$W/jig-uart" --ca-dir "$W/ca" >/dev/null 2>&1
   kill "$fpid"; wait "$fpid" 2>/dev/null || true
@@ -88,7 +91,7 @@ EOF
 start_agent() {
   : >"$W/agent.log"
   local t0; t0=$(date +%s%N)
-  "$BIN/devid-agent" run --config "$W/config.toml" 2>"$W/agent.log" &
+  "$AGENT" run --config "$W/config.toml" 2>"$W/agent.log" &
   AGENT_PID=$!
   wait_for 60 grep -q 'state=connected' "$W/agent.log"
   BOOT_MS=$((($(date +%s%N) - t0) / 1000000))
@@ -135,7 +138,7 @@ runtime_figures() {
   stop_agent
 
   log "cold start: binary evicted from the page cache, as after a reboot"
-  dd if="$BIN/devid-agent" iflag=nocache count=0 status=none 2>/dev/null || true
+  dd if="$AGENT" iflag=nocache count=0 status=none 2>/dev/null || true
   start_agent
   sleep 5
   local cold; cold=$(rss_kib "$AGENT_PID")
@@ -152,7 +155,7 @@ runtime_figures() {
   local sorted; sorted=$(printf '%s\n' "${boots[@]}" | sort -n | tr '\n' ' ')
   local median; median=$(printf '%s\n' "${boots[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
 
-  echo "### Memory (linux/$(go env GOARCH), loopback simulator)"
+  echo "### Memory (static linux/$(go env GOARCH) build, loopback simulator)"
   echo
   echo "| figure | value | goal |"
   echo "|---|---|---|"

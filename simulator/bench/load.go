@@ -146,6 +146,29 @@ func (c *client) close() {
 	c.c.Close()
 }
 
+// parallelEach calls do(w, i) for every i in [0, n) from workers
+// goroutines (w is the worker's number), stopping early when ctx ends. It
+// returns how many indices were started.
+func parallelEach(ctx context.Context, n, workers int, do func(w, i int)) (started int) {
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for w := 0; w < workers; w++ {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				do(w, i)
+			}
+		})
+	}
+	wg.Wait()
+	return min(int(next.Load()), n)
+}
+
 type regResult struct {
 	ok, failed, notStarted, polls int
 	wall                          time.Duration
@@ -156,41 +179,28 @@ type regResult struct {
 // registerAll runs the DPS flow for every device with o.regWorkers in flight.
 func registerAll(ctx context.Context, s *sim, devs []*device, o options) regResult {
 	var (
-		next, ok, failed, polls atomic.Int64
-		mu                      sync.Mutex
-		lat                     latencies
-		el                      errLog
-		wg                      sync.WaitGroup
+		ok, failed, polls atomic.Int64
+		mu                sync.Mutex
+		lat               latencies
+		el                errLog
 	)
 	start := time.Now()
-	for w := 0; w < o.regWorkers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				i := int(next.Add(1)) - 1
-				if i >= len(devs) {
-					return
-				}
-				t0 := time.Now()
-				n, err := registerOne(ctx, s, devs[i], o, w)
-				polls.Add(int64(n))
-				if err != nil {
-					failed.Add(1)
-					el.add(fmt.Errorf("register %s: %w", devs[i].cn, err))
-					continue
-				}
-				ok.Add(1)
-				d := time.Since(t0)
-				mu.Lock()
-				lat = append(lat, d)
-				mu.Unlock()
-			}
-		}(w)
-	}
-	wg.Wait()
+	started := parallelEach(ctx, len(devs), o.regWorkers, func(w, i int) {
+		t0 := time.Now()
+		n, err := registerOne(ctx, s, devs[i], o, w)
+		polls.Add(int64(n))
+		if err != nil {
+			failed.Add(1)
+			el.add(fmt.Errorf("register %s: %w", devs[i].cn, err))
+			return
+		}
+		ok.Add(1)
+		d := time.Since(t0)
+		mu.Lock()
+		lat = append(lat, d)
+		mu.Unlock()
+	})
 	wall := time.Since(start)
-	started := min(int(next.Load()), len(devs))
 	return regResult{ok: int(ok.Load()), failed: int(failed.Load()), notStarted: len(devs) - started,
 		polls: int(polls.Load()), wall: wall, lat: lat, errs: el.errs}
 }
@@ -313,43 +323,30 @@ func connectAll(ctx context.Context, s *sim, devs []*device, o options) *connRes
 		hubAddr[strings.ToLower(h.Host)] = h.Addr
 	}
 	var (
-		next  atomic.Int64
 		mu    sync.Mutex
 		res   = &connResult{}
 		el    errLog
-		wg    sync.WaitGroup
 		fails atomic.Int64
 	)
 	start := time.Now()
-	for w := 0; w < o.connWorkers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				i := int(next.Add(1)) - 1
-				if i >= len(devs) {
-					return
-				}
-				d := devs[i]
-				if d.hub == "" {
-					continue
-				}
-				t0 := time.Now()
-				c, err := connectOne(ctx, s, d, hubAddr, o, i)
-				if err != nil {
-					fails.Add(1)
-					el.add(fmt.Errorf("connect %s: %w", d.deviceID, err))
-					continue
-				}
-				dt := time.Since(t0)
-				mu.Lock()
-				res.conns = append(res.conns, c)
-				res.lat = append(res.lat, dt)
-				mu.Unlock()
-			}
-		}(w)
-	}
-	wg.Wait()
+	parallelEach(ctx, len(devs), o.connWorkers, func(_, i int) {
+		d := devs[i]
+		if d.hub == "" {
+			return
+		}
+		t0 := time.Now()
+		c, err := connectOne(ctx, s, d, hubAddr, o, i)
+		if err != nil {
+			fails.Add(1)
+			el.add(fmt.Errorf("connect %s: %w", d.deviceID, err))
+			return
+		}
+		dt := time.Since(t0)
+		mu.Lock()
+		res.conns = append(res.conns, c)
+		res.lat = append(res.lat, dt)
+		mu.Unlock()
+	})
 	res.wall = time.Since(start)
 	res.held = len(res.conns)
 	res.failed = int(fails.Load())

@@ -2,8 +2,6 @@ package conformance
 
 import (
 	"encoding/json"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 )
@@ -82,19 +80,5 @@ func TestControlPlaneErrors(t *testing.T) {
 // doRaw sends body exactly as given.
 func (tg *target) doRaw(method, path, body string) (int, []byte) {
 	tg.t.Helper()
-	req, err := http.NewRequest(method, tg.ready.ControlURL+path, strings.NewReader(body))
-	if err != nil {
-		tg.t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := tg.http.Do(req)
-	if err != nil {
-		tg.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		tg.t.Fatalf("%s %s: reading body: %v", method, path, err)
-	}
-	return resp.StatusCode, b
+	return tg.send(method, path, strings.NewReader(body))
 }

@@ -91,17 +91,23 @@ const (
 // nil. It returns the status and the raw response body.
 func (tg *target) do(method, path string, body any) (int, []byte) {
 	tg.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			tg.t.Fatal(err)
-		}
-		rd = bytes.NewReader(b)
+	if body == nil {
+		return tg.send(method, path, nil)
 	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		tg.t.Fatal(err)
+	}
+	return tg.send(method, path, bytes.NewReader(b))
+}
+
+// send sends one control-plane request with body (as JSON, when not nil)
+// and returns the status and the raw response body.
+func (tg *target) send(method, path string, body io.Reader) (int, []byte) {
+	tg.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, tg.ready.ControlURL+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, tg.ready.ControlURL+path, body)
 	if err != nil {
 		tg.t.Fatal(err)
 	}

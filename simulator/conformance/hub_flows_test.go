@@ -53,41 +53,19 @@ func TestHubWire(t *testing.T) {
 		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-c2d-2")
-		c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if code, err := c.connect(d.id, hubUser(d.host, d.id), false); err != nil || code != 0 {
-			t.Fatalf("CONNECT: %d %v", code, err)
-		}
+		c := tg.hubConnectPersistent(t, d)
 		c.mustSubscribe("devices/" + d.id + "/messages/devicebound/#")
 		c.write(packets.NewControlPacket(packets.Disconnect))
 		c.close()
-		waitFor(t, "device offline", 30*time.Second, func() error {
-			if _, dev := tg.device(d.name, d.id); jstr(dev, "connectionState") != "Disconnected" {
-				return fmt.Errorf("connectionState %q", jstr(dev, "connectionState"))
-			}
-			return nil
-		})
+		tg.waitOffline(t, d)
 		tg.sendC2D(d.name, d.id, map[string]any{"payload": "while you were out", "messageId": "q-1"})
-		c2, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if code, err := c2.connect(d.id, hubUser(d.host, d.id), false); err != nil || code != 0 {
-			t.Fatalf("reconnect: %d %v", code, err)
-		}
+		c2 := tg.hubConnectPersistent(t, d)
 		c2.mustSubscribe("devices/" + d.id + "/messages/devicebound/#")
 		p, err := c2.nextPublish()
 		if err != nil || string(p.Payload) != "while you were out" {
 			t.Fatalf("queued C2D after reconnect: %v %v; want it delivered (§3.4)", p, err)
 		}
-		waitFor(t, "C2D queue empty after PUBACK", 30*time.Second, func() error {
-			if _, dev := tg.device(d.name, d.id); jget(dev, "cloudToDeviceMessageCount") != float64(0) {
-				return fmt.Errorf("cloudToDeviceMessageCount %v", jget(dev, "cloudToDeviceMessageCount"))
-			}
-			return nil
-		})
+		tg.waitC2DDone(t, "C2D queue empty after PUBACK", d)
 	})
 	t.Run("packet identifiers are independent per direction", func(t *testing.T) {
 		tg := tg.on(t)
@@ -96,13 +74,7 @@ func TestHubWire(t *testing.T) {
 		// independently. A queued C2D (server ID n) and the device's own
 		// QoS 1 telemetry with the same ID n must both complete.
 		d := tg.provision(t, ca, "wire-pid-1")
-		c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if code, err := c.connect(d.id, hubUser(d.host, d.id), false); err != nil || code != 0 {
-			t.Fatalf("CONNECT: %d %v", code, err)
-		}
+		c := tg.hubConnectPersistent(t, d)
 		c.mustSubscribe("devices/" + d.id + "/messages/devicebound/#")
 		tg.sendC2D(d.name, d.id, map[string]any{"payload": "c2d", "messageId": "pid-1"})
 		pk, err := c.read()
@@ -132,12 +104,7 @@ func TestHubWire(t *testing.T) {
 		if err := c.ack(p); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "C2D completed after its PUBACK", 30*time.Second, func() error {
-			if _, dev := tg.device(d.name, d.id); jget(dev, "cloudToDeviceMessageCount") != float64(0) {
-				return fmt.Errorf("cloudToDeviceMessageCount %v", jget(dev, "cloudToDeviceMessageCount"))
-			}
-			return nil
-		})
+		tg.waitC2DDone(t, "C2D completed after its PUBACK", d)
 	})
 	t.Run("direct method wire, timeout and offline device", func(t *testing.T) {
 		tg := tg.on(t)
@@ -174,12 +141,7 @@ func TestHubWire(t *testing.T) {
 			t.Errorf("unanswered method: HTTP %d %v; want 504 (504101)", st, res)
 		}
 		c.close()
-		waitFor(t, "device offline", 30*time.Second, func() error {
-			if _, dev := tg.device(d.name, d.id); jstr(dev, "connectionState") != "Disconnected" {
-				return fmt.Errorf("connectionState %q", jstr(dev, "connectionState"))
-			}
-			return nil
-		})
+		tg.waitOffline(t, d)
 		if st, res := tg.invokeMethod(d.name, d.id, "getInfo", nil, 5); st != 404 {
 			t.Errorf("method on a disconnected device: HTTP %d %v; want 404 (§3.6)", st, res)
 		}
@@ -209,20 +171,9 @@ func TestHubWire(t *testing.T) {
 		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-will-1")
-		c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
-		p.ProtocolName, p.ProtocolVersion, p.ClientIdentifier, p.Keepalive = "MQTT", 4, d.id, 60
-		p.UsernameFlag, p.Username = true, hubUser(d.host, d.id)
-		p.WillFlag, p.WillQos, p.WillTopic, p.WillMessage = true, 1, "devices/"+d.id+"/messages/events/", []byte("gone")
-		if err := c.write(p); err != nil {
-			t.Fatal(err)
-		}
-		if pk, err := c.read(); err != nil || pk.(*packets.ConnackPacket).ReturnCode != 0 {
-			t.Fatalf("CONNECT with will: %v %v", pk, err)
-		}
+		c := tg.hubConnectRaw(t, d, func(p *packets.ConnectPacket) {
+			p.WillFlag, p.WillQos, p.WillTopic, p.WillMessage = true, 1, "devices/"+d.id+"/messages/events/", []byte("gone")
+		})
 		c.close() // no DISCONNECT: the will fires
 		waitFor(t, "will recorded", 30*time.Second, func() error {
 			for _, r := range tg.telemetry(d.name, d.id) {
@@ -252,20 +203,69 @@ func TestHubWire(t *testing.T) {
 		tg := tg.on(t)
 		t.Parallel()
 		d := tg.provision(t, ca, "wire-keepalive-1")
-		c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
-		p.ProtocolName, p.ProtocolVersion, p.ClientIdentifier, p.Keepalive = "MQTT", 4, d.id, 1
-		p.UsernameFlag, p.Username = true, hubUser(d.host, d.id)
-		c.write(p)
-		if pk, err := c.read(); err != nil || pk.(*packets.ConnackPacket).ReturnCode != 0 {
-			t.Fatalf("CONNECT keepalive 1: %v %v", pk, err)
-		}
+		c := tg.hubConnectRaw(t, d, func(p *packets.ConnectPacket) { p.Keepalive = 1 })
 		// Silent client: the hub closes after 1.5 × keep-alive (§3.7); expectClosed bounds the wait.
 		if err := c.expectClosed(); err != nil {
 			t.Errorf("silent client with keep-alive 1 s: %v", err)
 		}
+	})
+}
+
+// hubConnectPersistent is hubConnect with CleanSession 0, so the hub keeps
+// the session (subscriptions, queued C2D) across reconnects.
+func (tg *target) hubConnectPersistent(t testing.TB, d *hubDevice) *rawConn {
+	t.Helper()
+	c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
+	if err != nil {
+		t.Fatalf("TLS to hub %s: %v", d.host, err)
+	}
+	if code, err := c.connect(d.id, hubUser(d.host, d.id), false); err != nil || code != 0 {
+		t.Fatalf("CONNECT %s with CleanSession 0: CONNACK %d, %v", d.id, code, err)
+	}
+	return c
+}
+
+// hubConnectRaw dials the hub as d and sends a CONNECT (keep-alive 60 s)
+// that edit may change first, e.g. to add a will; it fails unless CONNACK is 0.
+func (tg *target) hubConnectRaw(t testing.TB, d *hubDevice, edit func(*packets.ConnectPacket)) *rawConn {
+	t.Helper()
+	c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
+	if err != nil {
+		t.Fatalf("TLS to hub %s: %v", d.host, err)
+	}
+	p := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	p.ProtocolName, p.ProtocolVersion, p.ClientIdentifier, p.Keepalive = "MQTT", 4, d.id, 60
+	p.UsernameFlag, p.Username = true, hubUser(d.host, d.id)
+	edit(p)
+	if err := c.write(p); err != nil {
+		t.Fatalf("CONNECT %+v: %v", p, err)
+	}
+	pk, err := c.read()
+	if ack, ok := pk.(*packets.ConnackPacket); err != nil || !ok || ack.ReturnCode != 0 {
+		t.Fatalf("CONNECT %+v: %v %v; want CONNACK 0", p, pk, err)
+	}
+	return c
+}
+
+// waitOffline waits until the control plane reports d disconnected.
+func (tg *target) waitOffline(t testing.TB, d *hubDevice) {
+	t.Helper()
+	waitFor(t, "device offline", 30*time.Second, func() error {
+		if _, dev := tg.device(d.name, d.id); jstr(dev, "connectionState") != "Disconnected" {
+			return fmt.Errorf("connectionState %q", jstr(dev, "connectionState"))
+		}
+		return nil
+	})
+}
+
+// waitC2DDone waits until d has no C2D message pending (queued or
+// delivered but not yet acknowledged).
+func (tg *target) waitC2DDone(t testing.TB, what string, d *hubDevice) {
+	t.Helper()
+	waitFor(t, what, 30*time.Second, func() error {
+		if _, dev := tg.device(d.name, d.id); jget(dev, "cloudToDeviceMessageCount") != float64(0) {
+			return fmt.Errorf("cloudToDeviceMessageCount %v", jget(dev, "cloudToDeviceMessageCount"))
+		}
+		return nil
 	})
 }

@@ -166,6 +166,20 @@ func (p portFlags) open() (*serial.TarmPort, *factory.Jig, error) {
 	return port, j, nil
 }
 
+// hello opens the port and greets the device; on error the port is closed.
+func (p portFlags) hello(ctx context.Context) (*serial.TarmPort, *factory.Jig, *factory.Hello, error) {
+	port, j, err := p.open()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	h, err := j.Hello(ctx)
+	if err != nil {
+		port.Close()
+		return nil, nil, nil, err
+	}
+	return port, j, h, nil
+}
+
 func program(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("program", stderr)
 	pf := addPortFlags(fs)
@@ -256,15 +270,11 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parse(fs, args, "port"); err != nil {
 		return err
 	}
-	port, j, err := pf.open()
+	port, j, h, err := pf.hello(ctx)
 	if err != nil {
 		return err
 	}
 	defer port.Close()
-	h, err := j.Hello(ctx)
-	if err != nil {
-		return err
-	}
 	st, err := j.Status(ctx)
 	if err != nil {
 		return err
@@ -290,15 +300,11 @@ func reset(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if !*yes {
 		return usageError{errors.New("reset destroys the device identity; add --yes to confirm")}
 	}
-	port, j, err := pf.open()
+	port, j, h, err := pf.hello(ctx)
 	if err != nil {
 		return err
 	}
 	defer port.Close()
-	h, err := j.Hello(ctx)
-	if err != nil {
-		return err
-	}
 	if err := j.Reset(ctx); err != nil {
 		return err
 	}

@@ -12,7 +12,6 @@ import (
 	"crypto/x509/pkix"
 	"testing"
 
-	"devid/enroll/keys"
 	"devid/hal/tpm/tpmtest"
 )
 
@@ -25,14 +24,7 @@ func BenchmarkTLSHandshake(b *testing.B) {
 	srv := tls.Certificate{Certificate: [][]byte{ca.issue(b, pkix.Name{CommonName: "localhost"}, srvKey.Public(), x509.ExtKeyUsageServerAuth).Raw}, PrivateKey: srvKey}
 
 	sw := tpmtest.Start(b)
-	st, err := keys.Open("tpm:"+sw.Addr(), b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	tk, err := st.Create()
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, tk := createKey(b, sw.Addr(), b.TempDir())
 	b.Cleanup(func() { tk.(*Key).Close() })
 	soft, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 

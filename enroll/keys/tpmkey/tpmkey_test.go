@@ -25,6 +25,27 @@ import (
 	"devid/hal/tpm/tpmtest"
 )
 
+// openStore opens the "tpm" key store for the TPM at addr in state.
+func openStore(t testing.TB, addr, state string) keys.Store {
+	t.Helper()
+	st, err := keys.Open("tpm:"+addr, state)
+	if err != nil {
+		t.Fatalf("keys.Open(tpm:%s): %v", addr, err)
+	}
+	return st
+}
+
+// createKey opens the "tpm" key store like openStore and creates its key.
+func createKey(t testing.TB, addr, state string) (keys.Store, keys.Key) {
+	t.Helper()
+	st := openStore(t, addr, state)
+	k, err := st.Create()
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	return st, k
+}
+
 func closeKey(t *testing.T, k keys.Key) {
 	t.Helper()
 	if c, ok := k.(io.Closer); ok {
@@ -38,10 +59,7 @@ func TestCreateLoadDestroy(t *testing.T) {
 	t.Parallel()
 	sw := tpmtest.Start(t)
 	state := filepath.Join(t.TempDir(), "state")
-	st, err := keys.Open("tpm:"+sw.Addr(), state)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openStore(t, sw.Addr(), state)
 	if st.Name() != "tpm" {
 		t.Fatalf("Name() = %q", st.Name())
 	}
@@ -104,19 +122,9 @@ func TestWrongTPM(t *testing.T) {
 	t.Parallel()
 	a, b := tpmtest.Start(t), tpmtest.Start(t)
 	state := t.TempDir()
-	st, err := keys.Open("tpm:"+a.Addr(), state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := st.Create()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, k := createKey(t, a.Addr(), state)
 	closeKey(t, k)
-	other, err := keys.Open("tpm:"+b.Addr(), state)
-	if err != nil {
-		t.Fatal(err)
-	}
+	other := openStore(t, b.Addr(), state)
 	if _, err := other.Load(); !errors.Is(err, tpm.ErrWrongTPM) {
 		t.Fatalf("Load on another TPM = %v, want tpm.ErrWrongTPM", err)
 	}
@@ -128,14 +136,7 @@ func TestStagedSecondKey(t *testing.T) {
 	t.Parallel()
 	sw := tpmtest.Start(t)
 	state := t.TempDir()
-	st, err := keys.Open("tpm:"+sw.Addr(), state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur, err := st.Create()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, cur := createKey(t, sw.Addr(), state)
 	defer closeKey(t, cur)
 	staged := st.(*Store).WithBlob(st.(*Store).Path() + ".staged")
 	if got := staged.Paths(); len(got) != 1 || got[0] != filepath.Join(state, "device.tpmkey.staged") {
@@ -178,14 +179,7 @@ func TestStagedSecondKey(t *testing.T) {
 func TestCSRAndTLS(t *testing.T) {
 	t.Parallel()
 	sw := tpmtest.Start(t)
-	st, err := keys.Open("tpm:"+sw.Addr(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := st.Create()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, k := createKey(t, sw.Addr(), t.TempDir())
 	defer closeKey(t, k)
 
 	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "dev-0001"}}, k)

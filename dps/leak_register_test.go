@@ -1,0 +1,69 @@
+package dps
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// TestRegisterNoGoroutineLeak: the agent calls Register again and again
+// through an outage. Failed registrations (a broker that never answers,
+// a closed port, a server that fails TLS) must leave no goroutine
+// behind. Not parallel: the goroutine count must not include other tests.
+func TestRegisterNoGoroutineLeak(t *testing.T) {
+	ca, host, addr := startBareBroker(t)
+	other := newTestCA(t, "not the broker's CA")
+	cred := ca.credential(t, "leak-reg")
+	base := Config{
+		Endpoint: host, IDScope: "0ne00000000", Credential: cred,
+		Clock: newFakeClock(), Rand: func() float64 { return 0.5 },
+		// The bare broker never answers a register request: each attempt
+		// ends on the response timeout, the whole call on Timeout.
+		ResponseTimeout: 20 * time.Millisecond,
+		Timeout:         150 * time.Millisecond,
+	}
+	nets := []Network{
+		{Resolve: map[string]string{host: addr}, TrustBundle: []*x509.Certificate{ca.cert}},          // no DPS reply
+		{Resolve: map[string]string{host: "127.0.0.1:1"}, TrustBundle: []*x509.Certificate{ca.cert}}, // refused
+		{Resolve: map[string]string{host: addr}, TrustBundle: []*x509.Certificate{other.cert}},       // TLS refused
+	}
+	run := func() {
+		for _, n := range nets {
+			cfg := base
+			cfg.Network = n
+			if _, err := Register(context.Background(), cfg); err == nil {
+				t.Fatalf("register via %v succeeded against a broker that is not DPS", n.Resolve)
+			}
+		}
+		// A caller that gives up early (agent shutdown, state change).
+		ctx, cancel := context.WithCancel(context.Background())
+		cfg := base
+		cfg.Network = nets[0]
+		done := make(chan error, 1)
+		go func() { _, err := Register(ctx, cfg); done <- err }()
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled register: %v", err)
+		}
+	}
+	run() // warm up: the broker's own goroutines, lazily started pools
+	before := settledGoroutines()
+	for i := 0; i < 3; i++ {
+		run()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= before {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after failed registrations:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
