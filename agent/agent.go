@@ -352,7 +352,7 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 		}
 		a.cnt.hubFailures++
 		a.backoffN++
-	case EvDPSError:
+	case EvDPSError, EvClockBad:
 		a.backoffN++
 	}
 	var nextRetry time.Time
@@ -403,7 +403,15 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	case Factory:
 		a.runFactory(ctx, epoch)
 	case Enrolled:
-		a.startEnrolled(ctx, epoch)
+		var pause time.Duration
+		if ev.Kind == EvClockBad {
+			// A server said our clock is wrong although it passed the
+			// floor: wait (with backoff) for NTP to correct it instead
+			// of retrying TLS in a tight loop (anchors B-6).
+			pause = backoffDelay(a.backoffN, a.cfg.Retry.MinDelay.D(), a.cfg.Retry.MaxDelay.D(), a.cfg.Retry.Jitter.D(), rand.Float64())
+			nextRetry = now.Add(pause)
+		}
+		a.startEnrolled(ctx, epoch, pause, ev.Err)
 	case Provisioning, Reprovisioning:
 		a.startProvisioning(ctx, epoch)
 	case Connecting:
@@ -607,7 +615,9 @@ func (a *Agent) clockFloor() (time.Time, string) {
 // clockFloorBuild is a date before which this build cannot be running.
 var clockFloorBuild = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
-func (a *Agent) startEnrolled(ctx context.Context, epoch uint64) {
+// startEnrolled loads the identity and waits for a sane clock; pause
+// (after a TLS time error, cause) delays the first check.
+func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Duration, cause error) {
 	id, err := a.opt.Identity.Load()
 	if err == nil && a.id != nil && a.id != id {
 		// The previous identity's connection is closed by now.
@@ -637,6 +647,13 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64) {
 	cached := a.cacheUsable()
 	go func() {
 		start := a.clock.Now()
+		if pause > 0 {
+			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: floor,
+				Reason: "a server rejected our clock (" + errString(cause) + "); waiting for it to be corrected"})
+			if !a.sleep(ctx, pause) {
+				return
+			}
+		}
 		interval := time.Second
 		for {
 			now := a.clock.Now()

@@ -149,12 +149,14 @@ func testIdentity(t *testing.T, notBefore time.Time) *Identity {
 type harness struct {
 	button  chan struct{}
 	onState func(Status)
-	t       *testing.T
-	a       *Agent
-	cloud   *fakeCloud
-	clock   *FakeClock
-	cfg     *config.Config
-	stop    func()
+	// clockSynced is Options.ClockSynced (nil: not asked).
+	clockSynced func() bool
+	t           *testing.T
+	a           *Agent
+	cloud       *fakeCloud
+	clock       *FakeClock
+	cfg         *config.Config
+	stop        func()
 }
 
 var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
@@ -178,7 +180,7 @@ func newHarness(t *testing.T, stateDir string, mutate func(*config.Config)) *har
 func (h *harness) start(id *Identity) {
 	h.t.Helper()
 	h.button = make(chan struct{}, 1)
-	a, err := New(Options{Config: h.cfg, Clock: h.clock, Cloud: h.cloud, Identity: staticIdentity{id}, Button: h.button, OnState: h.onState,
+	a, err := New(Options{Config: h.cfg, Clock: h.clock, Cloud: h.cloud, Identity: staticIdentity{id}, Button: h.button, OnState: h.onState, ClockSynced: h.clockSynced,
 		Logger: slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		h.t.Fatal(err)

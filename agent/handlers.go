@@ -112,6 +112,9 @@ type Health struct {
 	LastProvision interface{} `json:"last_provisioning,omitempty"`
 	QueueDepth    uint64      `json:"queue_depth"`
 	QueueDropped  uint64      `json:"queue_dropped"`
+	// RenewalPath is renewal.path: "none" tells the operator the
+	// certificate will simply expire (anchors B-3).
+	RenewalPath string `json:"renewal_path"`
 }
 
 func (a *Agent) health() Health {
@@ -124,6 +127,10 @@ func (a *Agent) health() Health {
 		KeyBackend:    s.KeyBackend,
 		QueueDepth:    s.Queue.Depth,
 		QueueDropped:  s.Queue.Dropped,
+		RenewalPath:   a.cfg.Renewal.Path,
+	}
+	if h.RenewalPath == "" {
+		h.RenewalPath = "none"
 	}
 	if s.LastProvision != nil {
 		h.LastProvision = s.LastProvision

@@ -63,9 +63,12 @@ type board struct {
 	root     string
 	port     string
 	extra    string
-	cmd      *exec.Cmd
-	stderr   *lockedBuffer
-	exited   chan struct{}
+	// resolve overrides the simulator's dial address for a host (e.g.
+	// a stalling relay in front of the hub).
+	resolve map[string]string
+	cmd     *exec.Cmd
+	stderr  *lockedBuffer
+	exited  chan struct{}
 }
 
 type lockedBuffer struct {
@@ -123,6 +126,9 @@ func newBoard(t *testing.T, sim *simtest.Sim, deviceID string, extra string) *bo
 func (b *board) writeConfig() {
 	var resolve strings.Builder
 	for host, addr := range b.sim.Resolve() {
+		if o, ok := b.resolve[host]; ok {
+			addr = o
+		}
 		fmt.Fprintf(&resolve, "%q = %q\n", host, addr)
 	}
 	cfg := fmt.Sprintf(`state_dir = %q

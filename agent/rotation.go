@@ -124,7 +124,7 @@ func (a *Agent) initRenewal() error {
 		Log: a.log.With("component", "renewal"), Probe: r.probe,
 	}
 	switch c.Path {
-	case "dps":
+	case "dps", "hub":
 		spec, err := operationalKeySpec(a.cfg.Key.Backend, stateDir)
 		if err != nil {
 			return fmt.Errorf("renewal: %w", err)
@@ -134,6 +134,11 @@ func (a *Agent) initRenewal() error {
 		// The DPS config is built per attempt (issueDPS): the onboarding
 		// identity exists only once the device is enrolled.
 		rot.Issuer = rotate.IssuerFunc{Path: rotate.PathDPS, Fn: r.issueDPS}
+		if c.Path == "hub" {
+			// Renewals go over the hub connection; the first operational
+			// certificate and every registration still come from DPS.
+			rot.Issuer = rotate.IssuerFunc{Path: rotate.PathHub, Fn: r.issueHub}
+		}
 		// The hub sees the operational credential once there is one.
 		a.opt.Identity = operationalIdentity{inner: a.opt.Identity, slot: r.slot, stateDir: stateDir}
 		// Every DPS registration carries a CSR, so re-provisioning (a hub
@@ -150,9 +155,13 @@ func (a *Agent) initRenewal() error {
 	}
 	r.w = &rotate.Renewer{Rotator: rot, Policy: pol, Clock: agentClock{a.clock}, OnRotated: r.onRotated, Log: rot.Log,
 		// With path dps the agent's own registration fills the empty slot.
-		FirstIssuanceElsewhere: c.Path == "dps"}
+		FirstIssuanceElsewhere: c.Path == "dps" || c.Path == "hub"}
 	a.statusExtra["renewal"] = func() any { return r.w.Status() }
 	if c.Path == "none" || c.Path == "" {
+		if leaf := renewalLeaf(a.cfg); leaf != nil {
+			// Say it at every start, not only in check (anchors B-3).
+			a.log.Warn("renewal.path is none: nothing will renew the device certificate", "not_after", leaf.NotAfter.UTC())
+		}
 		return nil
 	}
 	a.extraMethods[rotate.MethodName] = func(_ context.Context, payload []byte) (int, []byte) {
@@ -235,6 +244,47 @@ func (r *renewal) issueDPS(ctx context.Context, req rotate.IssueRequest) ([]*x50
 	return d.Issue(ctx, req)
 }
 
+// registering marks the context of authWatch.Register: a registration
+// always issues through DPS, whatever renewal.path says.
+type registering struct{}
+
+// issueHub is path "hub": renew over the hub's credentials topic
+// (reference §3.8, preview), authenticated with the current operational
+// certificate. Without one (first issuance), during a registration, or
+// when the hub cannot issue (no preview support, a transient failure),
+// it issues through DPS, which needs only the factory credential.
+func (r *renewal) issueHub(ctx context.Context, req rotate.IssueRequest) ([]*x509.Certificate, error) {
+	as := r.hubAssignment()
+	if ctx.Value(registering{}) != nil || req.Current.Signer == nil || as == nil {
+		return r.issueDPS(ctx, req)
+	}
+	r.a.log.Info("renewal: hub certificate issuance", "hub", as.Hub, "device_id", as.DeviceID)
+	h := &rotate.HubIssuer{Config: dps.HubConfig{Host: as.Hub, DeviceID: as.DeviceID, Network: r.network(),
+		KeepAlive: r.a.cfg.Hub.KeepAlive.D(), ConnectTimeout: r.a.cfg.Hub.ConnectTimeout.D(), Clock: dpsClock{r.a.clock},
+		Logger: r.a.log.With("component", "hub-renewal")}}
+	chain, err := h.Issue(ctx, req)
+	if err == nil || ctx.Err() != nil {
+		return chain, err
+	}
+	r.a.log.Warn("renewal: the hub did not issue a certificate; issuing through DPS", "err", err)
+	return r.issueDPS(ctx, req)
+}
+
+// hubAssignment is the hub the operational credential belongs to: the
+// last DPS issuance's, else the cached assignment.
+func (r *renewal) hubAssignment() *statedir.Assignment {
+	r.mu.Lock()
+	as := r.assigned
+	r.mu.Unlock()
+	if as != nil {
+		return as
+	}
+	if as, err := r.a.dir.LoadAssignment(); err == nil && as.Hub != "" && as.DeviceID != "" {
+		return as
+	}
+	return nil
+}
+
 func payloadOf(s string) json.RawMessage {
 	if strings.TrimSpace(s) == "" {
 		return nil
@@ -264,10 +314,8 @@ func (r *renewal) probe(ctx context.Context, c rotate.Credential) error {
 	sum := sha256.Sum256(leaf.Raw)
 	cand := &Identity{DeviceID: leaf.Subject.CommonName, Key: c.Signer, Chain: c.Chain, Fingerprint: hex.EncodeToString(sum[:])}
 	var as *statedir.Assignment
-	if r.path == "dps" {
-		r.mu.Lock()
-		as = r.assigned
-		r.mu.Unlock()
+	if r.path == "dps" || r.path == "hub" {
+		as = r.hubAssignment()
 	} else {
 		var err error
 		if as, err = r.cloud.Register(ctx, cand); err != nil {
@@ -432,7 +480,7 @@ type authWatch struct {
 // about to connect with gets the new operational credential.
 func (w authWatch) Register(ctx context.Context, id *Identity) (*statedir.Assignment, error) {
 	w.r.ensureDeviceID(id.DeviceID)
-	res, err := w.r.w.RotateSync(ctx, false, "registration")
+	res, err := w.r.w.RotateSync(context.WithValue(ctx, registering{}, true), false, "registration")
 	if err != nil {
 		if errors.Is(err, rotate.ErrProbe) {
 			// DPS accepted us; the hub refusing the brand-new certificate
@@ -467,6 +515,8 @@ func renewalPath(p string) string {
 	switch p {
 	case "dps":
 		return rotate.PathDPS
+	case "hub":
+		return rotate.PathHub
 	case "est":
 		return rotate.PathEST
 	}
@@ -477,7 +527,7 @@ func renewalPath(p string) string {
 // with path dps (when issued), else the device certificate.
 func renewalLeaf(cfg *config.Config) *x509.Certificate {
 	files := []string{certstore.Open(cfg.StateDir, nil).Path()}
-	if cfg.Renewal.Path == "dps" {
+	if cfg.Renewal.Path == "dps" || cfg.Renewal.Path == "hub" {
 		files = append([]string{filepath.Join(cfg.StateDir, OperationalChainFile)}, files...)
 	}
 	for _, f := range files {

@@ -393,3 +393,53 @@ func TestKill9AtEveryRotationStep(t *testing.T) {
 		b.waitDelivered(tag, 1)
 	}
 }
+
+// TestHubRenewalOnAgent: renewal.path = "hub". The first operational
+// certificate comes from DPS certificate issuance; the rotateCredential
+// direct method then renews over the hub's $iothub/credentials topic
+// (reference §3.8, preview) without another DPS registration, and the
+// agent reconnects with the hub-issued certificate.
+func TestHubRenewalOnAgent(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "hubrenew-dev", "[renewal]\npath = \"hub\"\nretry = \"1m\"\n")
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	s1 := b.leafSerial("operational-chain.pem")
+	b.waitFor("reconnect after the first issuance", 30*time.Second, func() bool {
+		return b.renewalStatus()["rotations"] != nil && b.persisted().Name == "connected"
+	})
+	if r := b.renewalStatus(); r["path"] != rotate.PathHub {
+		t.Errorf("status renewal path %v, want %s", r["path"], rotate.PathHub)
+	}
+	reg := sim.RegistrationState(t, b.deviceID)
+
+	var out struct {
+		Status  int             `json:"status"`
+		Payload json.RawMessage `json:"payload"`
+	}
+	code, err := sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
+		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": true}, "responseTimeoutInSeconds": 30}, &out)
+	if err != nil || code != 200 || out.Status != 202 {
+		t.Fatalf("rotateCredential: http %d, %v, device said %d %s\n%s", code, err, out.Status, out.Payload, b.stderr.String())
+	}
+	b.waitFor("the hub-issued certificate", 60*time.Second, func() bool {
+		s := b.leafSerial("operational-chain.pem")
+		return s != "" && s != s1
+	})
+	b.waitLive("connected", 30*time.Second)
+	log := b.stderr.String()
+	if !strings.Contains(log, "renewal: hub certificate issuance") || strings.Contains(log, "issuing through DPS") {
+		t.Fatalf("the renewal did not go through the hub\n--- agent log ---\n%s", log)
+	}
+	after := sim.RegistrationState(t, b.deviceID)
+	for _, k := range []string{"etag", "lastUpdatedDateTimeUtc"} {
+		if reg[k] == nil || after[k] != reg[k] {
+			t.Errorf("DPS registration %s %v -> %v: a hub renewal must not register again", k, reg[k], after[k])
+		}
+	}
+	b.send(3, "h")
+	b.waitDelivered("h", 3)
+}

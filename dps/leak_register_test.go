@@ -9,11 +9,12 @@ import (
 	"time"
 )
 
-// TestRegisterNoGoroutineLeak: the agent calls Register again and again
-// through an outage. Failed registrations (a broker that never answers,
-// a closed port, a server that fails TLS) must leave no goroutine
-// behind. Not parallel: the goroutine count must not include other tests.
-func TestRegisterNoGoroutineLeak(t *testing.T) {
+// TestFailedConnectsNoGoroutineLeak: the agent calls Register and
+// ConnectHub again and again through an outage. Failed attempts (a
+// broker that never answers DPS, a closed port, a server that fails TLS,
+// a caller that gives up) must leave no goroutine behind. Not parallel:
+// the goroutine count must not include other tests.
+func TestFailedConnectsNoGoroutineLeak(t *testing.T) {
 	ca, host, addr := startBareBroker(t)
 	other := newTestCA(t, "not the broker's CA")
 	cred := ca.credential(t, "leak-reg")
@@ -48,6 +49,15 @@ func TestRegisterNoGoroutineLeak(t *testing.T) {
 		if err := <-done; !errors.Is(err, context.Canceled) {
 			t.Fatalf("cancelled register: %v", err)
 		}
+		// Hub connects that fail before CONNACK.
+		for _, n := range nets[1:] {
+			h, err := ConnectHub(context.Background(), HubConfig{Host: host, DeviceID: "leak-reg", Credential: cred,
+				Network: n, DisableReconnect: true})
+			if err == nil {
+				h.Close()
+				t.Fatalf("hub connect via %v succeeded", n.Resolve)
+			}
+		}
 	}
 	run() // warm up: the broker's own goroutines, lazily started pools
 	before := settledGoroutines()
@@ -62,7 +72,7 @@ func TestRegisterNoGoroutineLeak(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d after failed registrations:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+			t.Fatalf("%d goroutines before, %d after failed connects:\n%s", before, n, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

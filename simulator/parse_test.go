@@ -1,6 +1,7 @@
 package simulator
 
 import (
+	"encoding/base64"
 	"reflect"
 	"strings"
 	"testing"
@@ -186,4 +187,21 @@ func TestValidRegistrationID(t *testing.T) {
 			t.Errorf("%q accepted", bad)
 		}
 	}
+}
+
+func FuzzParsePEMCerts(f *testing.F) {
+	ca, _, err := loadOrMakeCA(f.TempDir(), "c.pem", "c.key", "fuzz seed CA", nil, nil, "p256")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(pemCert(ca))
+	f.Add([]byte(base64.StdEncoding.EncodeToString(ca.Raw)))
+	f.Add([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+	f.Add([]byte("not a certificate"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		certs, err := ParsePEMCerts(b)
+		if err == nil && len(certs) == 0 {
+			t.Fatal("no error and no certificate")
+		}
+	})
 }

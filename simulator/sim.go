@@ -271,6 +271,14 @@ func Start(cfg Config) (*Sim, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
+	// The directory holds CA keys: tighten it if it already existed wider.
+	if fi, err := os.Stat(cfg.StateDir); err != nil {
+		return nil, err
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("state dir %s is mode %o and cannot be made 0700: %w", cfg.StateDir, fi.Mode().Perm(), err)
+		}
+	}
 	cfg.Switches = withDefaults(cfg.Switches)
 	if cfg.IDScope == "" {
 		cfg.IDScope = "0ne0000SIM1"

@@ -62,7 +62,8 @@ type Config struct {
 // docs/rotation.md). Empty policy fields keep the rotate package defaults.
 type Renewal struct {
 	// Path is the issuance path: "dps" (DPS certificate issuance with a
-	// CSR), "est" (EST /simplereenroll) or "none".
+	// CSR), "hub" (IoT Hub $iothub/credentials, preview; first issuance
+	// and recovery through DPS), "est" (EST /simplereenroll) or "none".
 	Path string `toml:"path"`
 	// ESTURL is the EST server for path "est".
 	ESTURL string `toml:"est_url"`
@@ -520,13 +521,13 @@ func (c *Config) Validate() error {
 	positive("hardware.button_hold", c.Hardware.ButtonHold)
 
 	switch c.Renewal.Path {
-	case "dps", "none":
+	case "dps", "hub", "none":
 	case "est":
 		if u, err := url.Parse(c.Renewal.ESTURL); err != nil || u.Scheme != "https" || u.Host == "" {
 			bad("renewal.est_url", "%q must be an https:// URL when renewal.path is \"est\"", c.Renewal.ESTURL)
 		}
 	default:
-		bad("renewal.path", "%q is not dps, est or none", c.Renewal.Path)
+		bad("renewal.path", "%q is not dps, hub, est or none", c.Renewal.Path)
 	}
 	for _, f := range []struct{ key, v string }{
 		{"renew_at", c.Renewal.RenewAt}, {"jitter", c.Renewal.Jitter}, {"retry", c.Renewal.Retry}, {"margin", c.Renewal.Margin},

@@ -84,6 +84,8 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"[local_api]\nmax_message = 0", "local_api.max_message"},
 		{"[health]\ninterval = \"1s\"", "health.interval"},
 		{"state_dir = ", "line 1"},
+		{"[renewal]\npath = \"iothub\"", `renewal.path: "iothub" is not dps, hub, est or none`},
+		{"[renewal]\npath = \"est\"", "renewal.est_url"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.doc))
@@ -93,6 +95,17 @@ func TestErrorsNameTheField(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: error %q does not contain %q", tc.doc, err, tc.want)
+		}
+	}
+}
+
+// TestRenewalPaths: every documented renewal.path is accepted.
+func TestRenewalPaths(t *testing.T) {
+	t.Parallel()
+	for _, p := range []string{"dps", "hub", "none"} {
+		c, err := Parse([]byte("[renewal]\npath = \"" + p + "\""))
+		if err != nil || c.Renewal.Path != p {
+			t.Errorf("renewal.path %q: %v", p, err)
 		}
 	}
 }

@@ -28,10 +28,11 @@ main() {
   local times=() bytes=0
   for i in $(seq 1 "$n"); do
     socat pty,raw,echo=0,link="$tmp/dev$i" pty,raw,echo=0,link="$tmp/jig$i" & local sp=$!
-    while [ ! -e "$tmp/jig$i" ] || [ ! -e "$tmp/dev$i" ]; do sleep 0.05; done
+    waitfor "socat pty pair $i" '[ -e "$tmp/jig$i" ] && [ -e "$tmp/dev$i" ]' || return 0
     "$tmp/devid-agent" factory --port "$tmp/dev$i" --state "$tmp/state$i" --root "$tmp/ca/root.pem" \
       --device-id "bench-$i" --key file: 2>"$tmp/agent$i.log" & local ap=$!
-    until grep -q "serving factory bus" "$tmp/agent$i.log" 2>/dev/null; do sleep 0.05; done
+    waitfor "devid-agent factory $i" 'grep -q "serving factory bus" "$tmp/agent$i.log" 2>/dev/null' || {
+      sed 's/^/    /' "$tmp/agent$i.log" >&2; return 0; }
     local start end out
     start=$(date +%s%N)
     out=$("$tmp/devid-jig" program --port "$tmp/jig$i" --ca-dir "$tmp/ca" --json 2>/dev/null)
@@ -52,6 +53,18 @@ main() {
   echo "| bytes on the wire per board | $bytes |"
   echo "| wire floor at 115200 baud | ${floor} ms |"
   echo
+}
+
+# waitfor WHAT COND: polls the shell condition COND for at most 10 s, so a
+# dead socat or agent ends the section with a note instead of hanging.
+waitfor() {
+  local try # not "i": COND may use the caller's $i
+  for try in $(seq 200); do
+    eval "$2" && return 0
+    sleep 0.05
+  done
+  echo "_factory bench: $1 did not come up within 10 s; binary run skipped_"
+  return 1
 }
 
 main "$@"
