@@ -817,7 +817,27 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 	const window = 8
 	sem := make(chan struct{}, window)
 	var after uint64
+	// A Send that fails while the connection stays up (a PUBACK that
+	// never came) is retried on this connection: the loop rewinds to the
+	// lowest such seq instead of leaving it until the next reconnect.
+	var (
+		mu        sync.Mutex
+		inflight  = map[uint64]bool{}
+		retryFrom uint64 // 0: nothing to retry
+	)
+	kick := make(chan struct{}, 1)
 	for ctx.Err() == nil {
+		mu.Lock()
+		rewind := retryFrom != 0
+		if rewind && retryFrom <= after {
+			after = retryFrom - 1
+		}
+		retryFrom = 0
+		mu.Unlock()
+		if rewind && !a.sleep(ctx, a.cfg.Retry.MinDelay.D()) {
+			// Paced: a hub that keeps failing sends is not hammered.
+			return
+		}
 		recs, err := a.queue.Next(after, window, 1<<20)
 		if err != nil {
 			a.log.Error("read telemetry queue", "err", err)
@@ -829,6 +849,7 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 		if len(recs) == 0 {
 			select {
 			case <-a.queue.Notify():
+			case <-kick:
 			case <-ctx.Done():
 				return
 			case <-time.After(5 * time.Second):
@@ -839,6 +860,12 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 		}
 		for _, r := range recs {
 			after = r.Seq
+			mu.Lock()
+			busy := inflight[r.Seq]
+			mu.Unlock()
+			if busy {
+				continue // still waiting for its PUBACK
+			}
 			var m Message
 			if err := json.Unmarshal(r.Payload, &m); err != nil {
 				a.log.Error("undecodable queued message; dropping it", "seq", r.Seq, "err", err)
@@ -850,14 +877,29 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 			case <-ctx.Done():
 				return
 			}
+			mu.Lock()
+			inflight[r.Seq] = true
+			mu.Unlock()
 			go func(seq uint64, m Message) {
 				defer func() { <-sem }()
 				sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 				defer cancel()
-				if err := conn.Send(sctx, m); err != nil {
-					// Not acked: it is sent again after the reconnect.
+				err := conn.Send(sctx, m)
+				mu.Lock()
+				delete(inflight, seq)
+				if err != nil && ctx.Err() == nil && !closed(conn.Done()) && (retryFrom == 0 || seq < retryFrom) {
+					retryFrom = seq
+				}
+				mu.Unlock()
+				if err != nil {
+					// Not acked: sent again on this connection (above) or
+					// after the reconnect.
 					if ctx.Err() == nil {
 						a.log.Debug("telemetry not acknowledged", "seq", seq, "err", err)
+						select {
+						case kick <- struct{}{}:
+						default:
+						}
 					}
 					return
 				}
@@ -867,6 +909,16 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 				a.mu.Unlock()
 			}(r.Seq, m)
 		}
+	}
+}
+
+// closed reports whether ch is closed (without blocking).
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 

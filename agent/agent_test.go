@@ -33,6 +33,7 @@ type fakeCloud struct {
 	registerErr error
 	connectErr  error
 	failNext    error // fails the next connect only
+	failSends   int   // fails this many sends, the connection staying up
 	conns       []*fakeConn
 	sent        []Message
 }
@@ -111,6 +112,10 @@ func (c *fakeConn) Send(ctx context.Context, m Message) error {
 	}
 	c.cloud.mu.Lock()
 	defer c.cloud.mu.Unlock()
+	if c.cloud.failSends > 0 && m.Properties["devid-health"] == "" {
+		c.cloud.failSends--
+		return errors.New("no PUBACK within the timeout")
+	}
 	if m.Properties["devid-health"] == "" {
 		c.cloud.sent = append(c.cloud.sent, m)
 	}

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -148,5 +150,86 @@ func TestHealthReportsRenewalPath(t *testing.T) {
 	h.start(testIdentity(t, t0.Add(-time.Hour)))
 	if p := h.a.health().RenewalPath; p != "none" {
 		t.Fatalf("health renewal_path %q, want none", p)
+	}
+}
+
+// TestNoGoroutineLeakAcrossReconnects: 20 hub drops and reconnects leave
+// no goroutines behind (a field device reconnects thousands of times).
+// Not parallel: it counts the process's goroutines.
+func TestNoGoroutineLeakAcrossReconnects(t *testing.T) {
+	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h.waitState(Connected, 0)
+	cycle := func() {
+		t.Helper()
+		_, c0, _ := h.cloud.get()
+		h.cloud.drop()
+		h.waitFor("reconnected", func() bool {
+			h.clock.Advance(time.Second)
+			_, c, _ := h.cloud.get()
+			return c > c0 && h.a.Status().State == "connected"
+		})
+	}
+	settled := func(limit int) bool {
+		deadline := time.Now().Add(10 * time.Second)
+		for runtime.NumGoroutine() > limit {
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return true
+	}
+	cycle() // warm up: goroutines started once per process
+	base := runtime.NumGoroutine()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		// Let the previous connection's goroutines finish.
+		time.Sleep(20 * time.Millisecond)
+		n := runtime.NumGoroutine()
+		if n >= base {
+			break
+		}
+		base = n
+	}
+	for i := 0; i < 20; i++ {
+		cycle()
+	}
+	if !settled(base) {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("goroutines %d after 20 reconnects, %d before\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestSendRetriedWithoutReconnect (B-13): a message whose send fails
+// while the connection stays up (no PUBACK) is sent again on the same
+// connection, paced, instead of waiting for the next reconnect.
+func TestSendRetriedWithoutReconnect(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h.waitState(Connected, 0)
+	h.cloud.set(func(f *fakeCloud) { f.failSends = 3 })
+	for i := 0; i < 5; i++ {
+		if _, err := h.a.Enqueue(Message{Body: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.waitFor("all 5 delivered on the same connection", func() bool {
+		h.clock.Advance(h.cfg.Retry.MinDelay.D()) // the retry pace
+		_, _, sent := h.cloud.get()
+		return len(sent) >= 5 && h.a.QueueStats().Depth == 0
+	})
+	_, c, sent := h.cloud.get()
+	if c != 1 {
+		t.Fatalf("%d connects; the retry must not need a reconnect", c)
+	}
+	got := map[string]int{}
+	for _, m := range sent {
+		got[string(m.Body)]++
+	}
+	for i := 0; i < 5; i++ {
+		if got[fmt.Sprint(i)] == 0 {
+			t.Fatalf("message %d not delivered: %v", i, got)
+		}
 	}
 }

@@ -71,7 +71,7 @@ func openSession(ctx context.Context, nw *Network, endpoint string, cred *Creden
 		SetConnectRetry(false).
 		SetOrderMatters(false).
 		SetConnectTimeout(connectTimeout).
-		SetWriteTimeout(30 * time.Second).
+		SetWriteTimeout(writeTimeout).
 		SetCustomOpenConnectionFn(func(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
 			if handed {
 				return nil, errors.New("connection already used")
@@ -165,6 +165,13 @@ func (s *session) subscribe(ctx context.Context, filters ...string) error {
 func (s *session) publishAsync(topic string, qos byte, payload []byte) mqtt.Token {
 	pt := &pubToken{done: make(chan struct{})}
 	go func() {
+		// A Publish that starts after the session is gone would sit in
+		// paho for up to writeTimeout on a channel nobody reads.
+		select {
+		case <-s.lost:
+			return
+		default:
+		}
 		tok := s.cli.Publish(topic, qos, false, payload)
 		select {
 		case <-tok.Done():
@@ -175,6 +182,11 @@ func (s *session) publishAsync(topic string, qos byte, payload []byte) mqtt.Toke
 	}()
 	return pt
 }
+
+// writeTimeout bounds each paho write. A Publish racing a Close can hold
+// its goroutine in paho for this long (paho offers no way to cancel it);
+// the leak tests allow for it.
+const writeTimeout = 30 * time.Second
 
 // pubToken is the mqtt.Token publishAsync returns.
 type pubToken struct {

@@ -87,6 +87,7 @@ main() {
     sed -u 's/.*state=\([a-z]*\) from=\([a-z]*\).*/    agent: \2 -> \1/') &
   PIDS+=($!)
   wait_for "agent connected" 60 grep -q 'state=connected' "$W/agent.log" || { cat "$W/agent.log"; die "agent did not connect"; }
+  if [ -s "$W/state/operational-chain.pem" ]; then info "operational certificate issued by DPS: $W/state/operational-chain.pem"; fi
 
   step "a local app sends a message through the local API (socat on $W/api.sock)"
   REPLY="$(printf '%s\n' '{"op":"send","body":{"hello":"from a local app","temperature":21.5},"properties":{"source":"demo-app"}}' |
@@ -104,6 +105,8 @@ main() {
   printf '  hub:                    %s\n' "$HUB_HOST"
   printf '  key backend:            %s\n' "${KEYSPEC%%:*}"
   printf '  messages acknowledged:  %s (recorded by the simulator; %s from the local app, the rest agent health)\n' "$ACKED" "$APP"
+  printf '  renewal path:           %s\n' "$(status_row 'renewal path')"
+  printf '  next renewal:           %s\n' "$(status_row 'next renewal')"
   printf '  elapsed:                %s s\n' "$(elapsed)"
   printf '  work dir:               %s (agent.log, sim.log, config.toml)\n\n' "$W"
   printf '%s\n' "$STATUS" | sed 's/^/  /'
@@ -131,8 +134,15 @@ socket = "$W/api.sock"
 group = ""
 [health]
 interval = "0s"
+[renewal]
+# DPS certificate issuance: every registration carries a CSR and DPS
+# returns the operational certificate the hub sees (docs/rotation.md).
+path = "dps"
 EOF
 }
+
+# status_row prints the value of one row of `devid-agent status`.
+status_row() { sed -n "s/^$1: *//p" <<<"$STATUS" | head -n1; }
 
 json_str() { sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" <<<"$1"; }
 

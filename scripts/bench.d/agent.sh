@@ -2,6 +2,7 @@
 # Agent figures for make bench (markdown on stdout, progress on stderr):
 #   - stripped static binary size for amd64, arm64, armv7;
 #   - RSS connected and idle, and under telemetry load (local API -> queue -> hub);
+#   - CPU time connected and idle, and under that load;
 #   - time from boot with a cached assignment to connected.
 # Runs against devid-sim on loopback; every wait is bounded. Measures only.
 set -euo pipefail
@@ -14,6 +15,7 @@ main() {
   trap cleanup EXIT
   LOAD_N="${AGENT_BENCH_MESSAGES:-5000}"
   BOOTS="${AGENT_BENCH_BOOTS:-5}"
+  IDLE_S="${AGENT_BENCH_IDLE_SECONDS:-10}"
 
   echo "## Agent (scripts/bench.d/agent.sh)"
   echo
@@ -102,6 +104,9 @@ stop_agent() {
   wait "$AGENT_PID" 2>/dev/null || true
 }
 
+# cpu_ms: user + system CPU time of a process so far, in milliseconds.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / hz)}' "/proc/$1/stat"; }
+
 rss_kib() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/{print $2}' "/proc/$1/status"; }
 
@@ -112,6 +117,10 @@ runtime_figures() {
   sleep 5 # let it settle: idle is what is measured
   local idle; idle=$(rss_kib "$AGENT_PID")
   local anon; anon=$(awk '/^Anonymous:/{print $2}' "/proc/$AGENT_PID/smaps_rollup" 2>/dev/null || echo 0)
+  log "idle CPU over ${IDLE_S}s"
+  local c0; c0=$(cpu_ms "$AGENT_PID")
+  sleep "$IDLE_S"
+  local idle_cpu=$(($(cpu_ms "$AGENT_PID") - c0))
 
   log "telemetry load: $LOAD_N messages through the local API"
   local req="$W/load.jsonl"
@@ -122,6 +131,7 @@ runtime_figures() {
   poll_telemetry
   DELIVERED=0
   local t0; t0=$(date +%s%N)
+  local lc0; lc0=$(cpu_ms "$AGENT_PID")
   socat -t 30 - UNIX-CONNECT:"$W/api.sock" <"$req" >"$W/load.replies"
   local t_enq=$((($(date +%s%N) - t0) / 1000000))
   local ok; ok=$(grep -c '"ok":true' "$W/load.replies" || true)
@@ -134,6 +144,7 @@ runtime_figures() {
     sleep 0.1
   done
   local t_all=$((($(date +%s%N) - t0) / 1000000))
+  local load_cpu=$(($(cpu_ms "$AGENT_PID") - lc0))
   local hwm; hwm=$(hwm_kib "$AGENT_PID")
   stop_agent
 
@@ -164,6 +175,13 @@ runtime_figures() {
   printf '| RSS connected, idle, cold start (binary not in page cache) | %.1f MiB (%.1f anonymous) | ≤ 12 MiB |\n' "$(awk -v k="$cold" 'BEGIN{print k/1024}')" "$(awk -v k="$cold_anon" 'BEGIN{print k/1024}')"
   printf '| RSS under load, highest sample (%d messages) | %.1f MiB | ≤ 12 MiB |\n' "$LOAD_N" "$(awk -v k="$peak_load" 'BEGIN{print k/1024}')"
   printf '| peak RSS over the run (VmHWM) | %.1f MiB | |\n' "$(awk -v k="$hwm" 'BEGIN{print k/1024}')"
+  echo
+  echo "### CPU (utime + stime of the agent, /proc/PID/stat)"
+  echo
+  echo "| figure | value |"
+  echo "|---|---|"
+  printf '| connected, idle, over %d s | %d ms (%.2f %% of one core; resolution %d ms) |\n' "$IDLE_S" "$idle_cpu" "$(awk -v c="$idle_cpu" -v s="$IDLE_S" 'BEGIN{print c/(s*10)}')" "$((1000 / $(getconf CLK_TCK)))"
+  printf '| telemetry load, %d messages | %d ms (%.0f µs per message) |\n' "$LOAD_N" "$load_cpu" "$(awk -v c="$load_cpu" -v n="$LOAD_N" 'BEGIN{print (n>0)?c*1000/n:0}')"
   echo
   echo "### Telemetry through the agent (local API -> durable queue -> QoS 1 -> simulated hub)"
   echo

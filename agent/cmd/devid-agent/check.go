@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -254,56 +252,47 @@ func (c *checker) assignment() {
 	}
 }
 
-// reach checks DPS and hub with a TLS handshake (client certificate
-// included, server verified against the trust roots), as the agent would.
+// reach checks DPS and hub the way the agent connects: through the same
+// dps.Network (resolve overrides, HTTP CONNECT proxy, WebSocket, trust
+// bundle, client certificate always offered), up to the end of the TLS
+// handshake (and the WebSocket upgrade).
 func (c *checker) reach(ctx context.Context) {
-	pool := x509.NewCertPool()
-	for _, r := range c.roots {
-		pool.AddCert(r)
+	cloud, err := agent.NewDPSCloud(c.cfg, agent.SystemClock{}, nil, version)
+	if err != nil {
+		c.add("dps reachable", "fail", err.Error(), "fix the config (devid-agent config check)")
+		return
 	}
-	var certs []tls.Certificate
+	n := cloud.Network()
+	var cred *dps.Credential
 	if c.chain != nil && c.key != nil {
-		certs = []tls.Certificate{c.chain.TLSCertificate(c.key)}
+		cred = &dps.Credential{Signer: c.key, Chain: append([]*x509.Certificate{c.chain.Leaf}, c.chain.Intermediates...)}
+	}
+	via := "direct"
+	if n.Proxy != "" {
+		via = "via proxy " + n.Proxy
 	}
 	try := func(name, endpoint string) {
-		host, port, err := net.SplitHostPort(endpoint)
-		if err != nil {
-			host, port = endpoint, "8883"
-		}
-		addr := net.JoinHostPort(host, port)
-		for _, k := range []string{addr, host} {
-			if v, ok := c.cfg.Network.Resolve[k]; ok {
-				addr = v
-				if _, _, err := net.SplitHostPort(v); err != nil {
-					addr = net.JoinHostPort(v, port)
-				}
-				break
-			}
-		}
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		start := time.Now()
-		d := tls.Dialer{Config: &tls.Config{ServerName: host, RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}}
-		if c.cfg.Network.Proxy != "" {
-			c.add(name, "skip", "through proxy "+c.cfg.Network.Proxy+": not checked", "")
-			return
-		}
-		conn, err := d.DialContext(dctx, "tcp", addr)
-		if err != nil {
-			hint := "check DNS, firewall (port " + port + ") and the trust bundle"
-			var uae x509.UnknownAuthorityError
-			if errors.As(err, &uae) {
-				hint = "the server's certificate is not from a trusted root: TLS interception (proxy) or wrong dps.trust_bundle"
-			}
-			var cie x509.CertificateInvalidError
-			if errors.As(err, &cie) && cie.Reason == x509.Expired {
+		if err := n.Probe(dctx, endpoint, cred); err != nil {
+			hint := "check DNS, firewall (port 8883, or 443 with dps.transport = \"websocket\"), network.proxy and network.resolve"
+			var te *dps.TLSError
+			var pe *dps.ProxyError
+			switch {
+			case errors.As(err, &te) && te.Interception:
+				hint = "the server's certificate is from another CA: TLS interception by a proxy or firewall; allow the endpoint through"
+			case errors.As(err, &te) && te.Kind == dps.TLSUnknownAuthority:
+				hint = "the server's certificate is not from a trusted root: wrong dps.trust_bundle, or TLS interception"
+			case errors.As(err, &te) && (te.Kind == dps.TLSExpired || te.Kind == dps.TLSNotYetValid):
 				hint = "certificate time check failed: is the clock right?"
+			case errors.As(err, &pe):
+				hint = "the proxy refused or failed the CONNECT tunnel: check network.proxy and its allow list"
 			}
-			c.add(name, "fail", fmt.Sprintf("%s (%s): %v", host, addr, err), hint)
+			c.add(name, "fail", fmt.Sprintf("%s (%s): %v", endpoint, via, err), hint)
 			return
 		}
-		conn.Close()
-		c.add(name, "pass", fmt.Sprintf("%s (%s) TLS ok in %s", host, addr, time.Since(start).Round(time.Millisecond)), "")
+		c.add(name, "pass", fmt.Sprintf("%s (%s) TLS ok in %s", endpoint, via, time.Since(start).Round(time.Millisecond)), "")
 	}
 	try("dps reachable", c.cfg.DPS.Endpoint)
 	if as, err := (&statedir.Dir{Path: c.cfg.StateDir}).LoadAssignment(); err == nil {
