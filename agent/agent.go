@@ -37,6 +37,9 @@ type Options struct {
 	// ClockSynced reports whether the kernel says the clock is NTP
 	// synchronised (used when clock.require_sync is set).
 	ClockSynced func() bool
+	// ConfigDegraded, when set, is reported as Status.Config (the agent
+	// runs with the last-known-good config; see devid-agent run).
+	ConfigDegraded string
 }
 
 // Status is what `devid-agent status` and the local API show.
@@ -59,6 +62,9 @@ type Status struct {
 	Uptime        string                    `json:"uptime"`
 	StartedAt     time.Time                 `json:"started_at"`
 	Sent          uint64                    `json:"sent"`
+	// Config is set when the config file was invalid and the agent runs
+	// with its last-known-good copy: what was wrong, and from when.
+	Config string `json:"config,omitempty"`
 	// Extra holds extension status by name (e.g. "renewal").
 	Extra map[string]any `json:"extra,omitempty"`
 }
@@ -171,6 +177,7 @@ func New(opt Options) (*Agent, error) {
 		extraMethods: map[string]func(context.Context, []byte) (int, []byte){},
 		statusExtra:  map[string]func() any{},
 	}
+	a.status.Config = opt.ConfigDegraded
 	if err := a.initExtensions(); err != nil {
 		q.Close()
 		return nil, err

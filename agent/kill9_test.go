@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -271,4 +272,62 @@ func TestKill9Error(t *testing.T) {
 	b.waitCLI("connected", 60*time.Second)
 	b.waitDelivered("e", 10)
 	b.waitDrained()
+}
+
+// TestConfigLastKnownGood (anchors B-18): a config that once started the
+// agent is kept in the state dir; a bad config pushed later does not
+// strand the device: run logs every problem and runs with the copy, and
+// status and check say so. (A bad config with no history still exits
+// non-zero: TestBadConfig.)
+func TestConfigLastKnownGood(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, "lkg-dev", "")
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	lkg := filepath.Join(b.state, "config.last-good.toml")
+	b.waitFor("the last-known-good config", 10*time.Second, func() bool {
+		st, err := os.Stat(lkg)
+		return err == nil && st.Mode().Perm() == 0o600
+	})
+	b.kill()
+
+	good, _ := os.ReadFile(b.config)
+	bad := strings.Replace(string(good), `fsync = "always"`, `fsync = "sometimes"`, 1)
+	if bad == string(good) {
+		t.Fatal("could not break queue.fsync in the board config")
+	}
+	os.WriteFile(b.config, []byte(bad), 0o644)
+	saved, _ := os.ReadFile(lkg)
+	b.start()
+	st := b.waitCLI("connected", 60*time.Second)
+	out, err := exec.Command(agentBinary(t), "status", "--json", "--config", b.config).Output()
+	var m map[string]any
+	if err != nil || json.Unmarshal(out, &m) != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if c, _ := m["config"].(string); !strings.Contains(c, "last-known-good") || !strings.Contains(c, "queue.fsync") {
+		t.Fatalf("status config %q (state %s): want the degraded note naming queue.fsync", c, st.State)
+	}
+	if !strings.Contains(b.stderr.String(), "running with the last-known-good config") {
+		t.Fatalf("run did not log the fallback\n%s", b.stderr.String())
+	}
+	out, _ = exec.Command(agentBinary(t), "check", "--json", "--offline", "--config", b.config).Output()
+	var results []struct{ Name, Result, Detail string }
+	json.Unmarshal(out, &results)
+	found := false
+	for _, r := range results {
+		if r.Name == "config" {
+			found = r.Result == "warn" && strings.Contains(r.Detail, "queue.fsync")
+		}
+	}
+	if !found {
+		t.Fatalf("check config line is not a warning naming queue.fsync: %s", out)
+	}
+	if now, _ := os.ReadFile(lkg); string(now) != string(saved) {
+		t.Fatal("a degraded start overwrote the last-known-good config")
+	}
+	b.send(2, "g")
+	b.waitDelivered("g", 2)
 }

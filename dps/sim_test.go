@@ -721,10 +721,31 @@ func TestSimVariants(t *testing.T) {
 		renewThroughHub(t, r, "dev-v-renew")
 	})
 
+	t.Run("PollFloor", func(t *testing.T) {
+		t.Parallel()
+		clk := newFakeClock()
+		if _, err := Register(context.Background(), r.config(r.ca.credential(t, "dev-v-floor"), clk)); err != nil {
+			t.Fatal(err)
+		}
+		// retry-after=0 on every 202: reference §6 still waits max(retry-after, 2 s).
+		// (The 5-per-10-s limiter may add short waits of its own.)
+		floored := 0
+		for _, d := range clk.Sleeps() {
+			if d >= 2*time.Second {
+				floored++
+			}
+		}
+		if floored < 7 {
+			t.Errorf("sleeps %v: want a wait of >= 2 s after each of the 7 assigning answers", clk.Sleeps())
+		}
+	})
+
 	t.Run("PollLimit", func(t *testing.T) {
 		t.Parallel()
 		clk := newFakeClock()
-		res, err := Register(context.Background(), r.config(r.ca.credential(t, "dev-v-polls"), clk))
+		cfg := r.config(r.ca.credential(t, "dev-v-polls"), clk)
+		cfg.MinPollInterval = -1 // exercise the 5-per-10-s limiter alone
+		res, err := Register(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

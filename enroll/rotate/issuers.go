@@ -84,6 +84,10 @@ func (e *ESTIssuer) Issue(ctx context.Context, req IssueRequest) ([]*x509.Certif
 		tr := hc.Transport.(*http.Transport)
 		hc.Transport = e.Transport(tr.TLSClientConfig)
 	}
+	// Each attempt authenticates with the credential of the moment, so the
+	// client is not reused; close its idle connection rather than keep one
+	// open per renewal attempt.
+	defer hc.CloseIdleConnections()
 	c := &est.Client{URL: e.URL, Label: e.Label, HTTP: hc}
 	return c.Reenroll(ctx, csr)
 }

@@ -58,13 +58,17 @@ func runCheck(ctx context.Context, args []string) error {
 		return usageError{err}
 	}
 	c := &checker{now: time.Now()}
-	cfg, err := config.Load(*cfgPath)
+	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
 	if err != nil {
 		c.add("config", "fail", err.Error(), "run `devid-agent config check --config "+*cfgPath+"` and fix each field it names")
 	} else {
 		c.cfg = cfg
 		resolveKeySpec(cfg)
-		c.add("config", "pass", *cfgPath+" is valid", "")
+		if degraded != "" {
+			c.add("config", "warn", degraded, "fix the file (devid-agent config check --config "+*cfgPath+"); the checks below use the last-known-good config")
+		} else {
+			c.add("config", "pass", *cfgPath+" is valid", "")
+		}
 		c.stateDir()
 		c.keyAndCert()
 		c.clock()

@@ -1,12 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
 
 	"devid/agent/config"
+	"devid/agent/statedir"
 )
 
 func init() {
@@ -42,4 +49,66 @@ func runConfig(ctx context.Context, args []string) error {
 // loadConfig loads --config for the daemon and the other subcommands.
 func loadConfig(path string) (*config.Config, error) {
 	return config.Load(path)
+}
+
+// lkgConfigFile is the last-known-good copy of the config that `run`
+// keeps in the state dir after each successful start.
+const lkgConfigFile = "config.last-good.toml"
+
+// loadConfigOrLKG loads path. If the file is invalid (or gone) and a
+// previous successful `run` left a last-known-good copy, it returns that
+// copy and a note saying what was wrong and from when: a bad config
+// push must not strand a field device. With no copy, the error stands
+// (a first boot with a bad config exits non-zero with the message).
+func loadConfigOrLKG(path string) (*config.Config, string, error) {
+	cfg, err := config.Load(path)
+	if err == nil {
+		return cfg, "", nil
+	}
+	for _, dir := range lkgDirs(path) {
+		file := filepath.Join(dir, lkgConfigFile)
+		b, rerr := os.ReadFile(file)
+		if rerr != nil {
+			continue
+		}
+		lkg, perr := config.Parse(b)
+		if perr != nil || lkg.StateDir != dir {
+			continue // not a copy this agent wrote for this state dir
+		}
+		when := "an unknown time"
+		if st, serr := os.Stat(file); serr == nil {
+			when = st.ModTime().UTC().Format(time.RFC3339)
+		}
+		return lkg, fmt.Sprintf("degraded (using last-known-good from %s): %s: %v", when, path, err), nil
+	}
+	return nil, "", err
+}
+
+// lkgDirs are the state dirs that may hold the copy: the one the invalid
+// file names (when it still parses as TOML), then the default.
+func lkgDirs(path string) []string {
+	var dirs []string
+	if b, err := os.ReadFile(path); err == nil {
+		var v struct {
+			StateDir string `toml:"state_dir"`
+		}
+		if toml.Unmarshal(b, &v) == nil && filepath.IsAbs(v.StateDir) {
+			dirs = append(dirs, filepath.Clean(v.StateDir))
+		}
+	}
+	if d := config.Default().StateDir; !slices.Contains(dirs, d) {
+		dirs = append(dirs, d)
+	}
+	return dirs
+}
+
+// saveLKG keeps the effective config (as loaded, before any run-time
+// resolution) as the last-known-good copy: atomic, 0600, and not
+// rewritten when unchanged (flash wear).
+func saveLKG(stateDir string, effective []byte) error {
+	file := filepath.Join(stateDir, lkgConfigFile)
+	if old, err := os.ReadFile(file); err == nil && bytes.Equal(old, effective) {
+		return nil
+	}
+	return statedir.WriteFile(file, effective, 0o600)
 }

@@ -42,7 +42,11 @@ func runDaemon(ctx context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
+	if err != nil {
+		return err
+	}
+	effective, err := cfg.TOML() // before run-time resolution, for the last-known-good copy
 	if err != nil {
 		return err
 	}
@@ -50,6 +54,9 @@ func runDaemon(ctx context.Context, args []string) error {
 	resolveKeySpec(cfg)
 	log := newLogger(cfg)
 	notify := sdnotify.FromEnv()
+	if degraded != "" {
+		log.Error("config file invalid; running with the last-known-good config (fix it: devid-agent config check)", "config", degraded)
+	}
 
 	var clock agent.Clock = agent.SystemClock{}
 	if p := os.Getenv(clockFileEnv); p != "" {
@@ -84,6 +91,7 @@ func runDaemon(ctx context.Context, args []string) error {
 		OnState: func(s agent.Status) {
 			notify.Status(statusLine(s))
 		},
+		ConfigDegraded: degraded,
 	}
 	if cfg.Factory.Port != "" {
 		opt.Factory = func(ctx context.Context) error { return serveFactoryBus(ctx, cfg, log) }
@@ -96,6 +104,13 @@ func runDaemon(ctx context.Context, args []string) error {
 	a, err := agent.New(opt)
 	if err != nil {
 		return err
+	}
+	if degraded == "" {
+		// This config started the agent: keep it for the day a bad one
+		// is pushed.
+		if err := saveLKG(cfg.StateDir, effective); err != nil {
+			log.Warn("cannot save the last-known-good config", "err", err)
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -175,6 +190,9 @@ func petWatchdog(ctx context.Context, a *agent.Agent, n *sdnotify.Notifier, iv t
 
 func statusLine(s agent.Status) string {
 	line := s.State
+	if s.Config != "" {
+		line = "config degraded (last-known-good in use); " + line
+	}
 	if s.Hub != "" {
 		line += " hub=" + s.Hub
 	}

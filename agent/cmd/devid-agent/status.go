@@ -41,7 +41,7 @@ func runStatus(ctx context.Context, args []string) error {
 		}
 		return usageError{err}
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
 	if err != nil {
 		return err
 	}
@@ -51,6 +51,7 @@ func runStatus(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
+		out.Config = degraded
 	}
 	if out.Extra == nil {
 		out.Extra = map[string]any{}
@@ -142,6 +143,9 @@ func printStatus(s *statusOut) {
 		state += fmt.Sprintf(" (since %s)", s.Since.Format(time.RFC3339))
 	}
 	row("state", state)
+	if s.Config != "" {
+		row("config", s.Config)
+	}
 	row("device id", s.DeviceID)
 	row("hub", s.Hub)
 	if !s.CertExpiry.IsZero() {
