@@ -250,10 +250,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) shutdown() {
-	if a.stateCancel != nil {
-		a.stateCancel()
-	}
+// closeHub closes the hub connection, if there is one, and forgets it.
+func (a *Agent) closeHub() {
 	a.mu.Lock()
 	hub := a.hub
 	a.hub = nil
@@ -261,6 +259,13 @@ func (a *Agent) shutdown() {
 	if hub != nil {
 		hub.Close()
 	}
+}
+
+func (a *Agent) shutdown() {
+	if a.stateCancel != nil {
+		a.stateCancel()
+	}
+	a.closeHub()
 	a.queue.Sync()
 	a.persist()
 	a.id.Close()
@@ -337,13 +342,7 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 		a.stateCancel()
 	}
 	if from == Connected && ns != Connected {
-		a.mu.Lock()
-		hub := a.hub
-		a.hub = nil
-		a.mu.Unlock()
-		if hub != nil {
-			hub.Close()
-		}
+		a.closeHub()
 	}
 	a.epoch++
 	a.state = ns

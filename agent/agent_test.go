@@ -198,6 +198,33 @@ func (h *harness) start(id *Identity) {
 	h.t.Cleanup(func() { h.stop() })
 }
 
+// newConnectedHarness starts an agent with a valid identity on a fresh
+// state dir and waits until it is connected.
+func newConnectedHarness(t *testing.T) *harness {
+	t.Helper()
+	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h.waitState(Connected, 0)
+	return h
+}
+
+// startFaultyHarness starts an agent with a valid identity on a fresh
+// state dir against a fake cloud that has fault from the start.
+func startFaultyHarness(t *testing.T, fault func(*fakeCloud)) *harness {
+	t.Helper()
+	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
+	h.cloud.set(fault)
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	return h
+}
+
+// breakCloud applies fault to the fake cloud and drops the current
+// connection, so the agent meets the fault on its next attempt.
+func (h *harness) breakCloud(fault func(*fakeCloud)) {
+	h.cloud.set(fault)
+	h.cloud.drop()
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
@@ -265,11 +292,8 @@ func TestProvisionConnectSend(t *testing.T) {
 
 func TestHubAuthRefusalReprovisions(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	h.cloud.set(func(f *fakeCloud) { f.failNext = errAuth })
-	h.cloud.drop()
+	h := newConnectedHarness(t)
+	h.breakCloud(func(f *fakeCloud) { f.failNext = errAuth })
 	h.waitFor("re-provisioned and connected", func() bool {
 		h.clock.Advance(time.Second)
 		r, c, _ := h.cloud.get()
@@ -282,9 +306,7 @@ func TestHubAuthRefusalReprovisions(t *testing.T) {
 
 func TestDisabledEnrollmentRevokedSlowRetry(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.cloud.set(func(f *fakeCloud) { f.registerErr = errDisabled })
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h := startFaultyHarness(t, func(f *fakeCloud) { f.registerErr = errDisabled })
 	h.waitState(Revoked, 0)
 	st := h.a.Status()
 	if wait := st.NextRetry.Sub(h.clock.Now()); wait < h.cfg.Retry.RevokedMin.D() {
@@ -347,11 +369,8 @@ func TestClockAt1970Waits(t *testing.T) {
 
 func TestOutageQueuesThenDelivers(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	h.cloud.set(func(f *fakeCloud) { f.connectErr = errNet })
-	h.cloud.drop()
+	h := newConnectedHarness(t)
+	h.breakCloud(func(f *fakeCloud) { f.connectErr = errNet })
 	h.waitState(Backoff, 0)
 	const n = 50
 	for i := 0; i < n; i++ {
@@ -379,11 +398,8 @@ func TestOutageQueuesThenDelivers(t *testing.T) {
 
 func TestTenHubFailuresReprovision(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	h.cloud.set(func(f *fakeCloud) { f.connectErr = errNet })
-	h.cloud.drop()
+	h := newConnectedHarness(t)
+	h.breakCloud(func(f *fakeCloud) { f.connectErr = errNet })
 	h.waitFor("re-registration after 10 hub failures", func() bool {
 		h.clock.Advance(10 * time.Second)
 		time.Sleep(time.Millisecond)

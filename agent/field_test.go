@@ -21,11 +21,8 @@ import (
 // deleted) and retries with backoff, never in a tight loop.
 func TestTLSClockErrorNoHammering(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	h.cloud.set(func(f *fakeCloud) { f.connectErr = errClock })
-	h.cloud.drop()
+	h := newConnectedHarness(t)
+	h.breakCloud(func(f *fakeCloud) { f.connectErr = errClock })
 	h.waitFor("a connect refused for the clock", func() bool {
 		h.clock.Advance(time.Second) // past the backoff after the drop
 		_, c, _ := h.cloud.get()
@@ -54,9 +51,7 @@ func TestTLSClockErrorNoHammering(t *testing.T) {
 // TestTLSClockErrorWhileProvisioning (B-6): the same at DPS.
 func TestTLSClockErrorWhileProvisioning(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.cloud.set(func(f *fakeCloud) { f.registerErr = errClock })
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h := startFaultyHarness(t, func(f *fakeCloud) { f.registerErr = errClock })
 	h.waitFor("a registration refused for the clock", func() bool {
 		r, _, _ := h.cloud.get()
 		s := h.a.Status()
@@ -101,9 +96,7 @@ func TestClockRequireSync(t *testing.T) {
 // provisions once the network appears.
 func TestFirstBootNoNetwork(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.cloud.set(func(f *fakeCloud) { f.registerErr = errNet })
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h := startFaultyHarness(t, func(f *fakeCloud) { f.registerErr = errNet })
 	var delays []time.Duration
 	for len(delays) < 4 {
 		n := len(delays)
@@ -130,9 +123,7 @@ func TestFirstBootNoNetwork(t *testing.T) {
 // to DPS and reconnects.
 func TestReprovisionMethod(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
+	h := newConnectedHarness(t)
 	if st, _ := h.a.onMethod("reprovision", nil); st != 200 {
 		t.Fatalf("reprovision method status %d", st)
 	}
@@ -157,9 +148,7 @@ func TestHealthReportsRenewalPath(t *testing.T) {
 // no goroutines behind (a field device reconnects thousands of times).
 // Not parallel: it counts the process's goroutines.
 func TestNoGoroutineLeakAcrossReconnects(t *testing.T) {
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
+	h := newConnectedHarness(t)
 	cycle := func() {
 		t.Helper()
 		_, c0, _ := h.cloud.get()
@@ -205,9 +194,7 @@ func TestNoGoroutineLeakAcrossReconnects(t *testing.T) {
 // connection, paced, instead of waiting for the next reconnect.
 func TestSendRetriedWithoutReconnect(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
+	h := newConnectedHarness(t)
 	h.cloud.set(func(f *fakeCloud) { f.failSends = 3 })
 	for i := 0; i < 5; i++ {
 		if _, err := h.a.Enqueue(Message{Body: []byte(fmt.Sprint(i))}); err != nil {

@@ -163,10 +163,7 @@ func (r *stallRelay) release() {
 func TestKill9Connecting(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "kill9conn-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	sim, b := startConnectedBoard(t, "kill9conn-dev", "")
 	as, err := (&statedir.Dir{Path: b.state}).LoadAssignment()
 	if err != nil {
 		t.Fatal(err)
@@ -206,10 +203,7 @@ func TestKill9Connecting(t *testing.T) {
 func TestKill9Reprovisioning(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "kill9reprov-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	sim, b := startConnectedBoard(t, "kill9reprov-dev", "")
 	as, err := (&statedir.Dir{Path: b.state}).LoadAssignment()
 	if err != nil {
 		t.Fatal(err)
@@ -240,10 +234,7 @@ func TestKill9Reprovisioning(t *testing.T) {
 func TestKill9Error(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "kill9err-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	sim, b := startConnectedBoard(t, "kill9err-dev", "")
 	b.kill()
 
 	good, err := os.ReadFile(b.config)
@@ -282,10 +273,7 @@ func TestKill9Error(t *testing.T) {
 func TestConfigLastKnownGood(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "lkg-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	_, b := startConnectedBoard(t, "lkg-dev", "")
 	lkg := filepath.Join(b.state, "config.last-good.toml")
 	b.waitFor("the last-known-good config", 10*time.Second, func() bool {
 		st, err := os.Stat(lkg)

@@ -21,32 +21,44 @@ import (
 	"devid/simulator/simtest"
 )
 
+// goBinary is a Go command built once per test process, on first use.
+type goBinary struct {
+	name string // output file name
+	pkg  string // package path, relative to this package's directory
+	once sync.Once
+	path string
+	err  error
+}
+
+func (b *goBinary) build(t *testing.T) string {
+	t.Helper()
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", b.name+"-bin-")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, b.name)
+		if out, err := exec.Command("go", "build", "-o", b.path, b.pkg).CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", b.name, err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
 var (
-	agentOnce sync.Once
-	agentBin  string
-	agentErr  error
+	agentBin = &goBinary{name: "devid-agent", pkg: "./cmd/devid-agent"}
+	jigBin   = &goBinary{name: "devid-jig", pkg: "../enroll/cmd/devid-jig"}
 )
 
 // agentBinary builds the real devid-agent once per test process.
-func agentBinary(t *testing.T) string {
-	t.Helper()
-	agentOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "devid-agent-bin-")
-		if err != nil {
-			agentErr = err
-			return
-		}
-		agentBin = filepath.Join(dir, "devid-agent")
-		cmd := exec.Command("go", "build", "-o", agentBin, "./cmd/devid-agent")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			agentErr = fmt.Errorf("go build devid-agent: %v\n%s", err, b)
-		}
-	})
-	if agentErr != nil {
-		t.Fatal(agentErr)
-	}
-	return agentBin
-}
+func agentBinary(t *testing.T) string { return agentBin.build(t) }
+
+// jigBinary builds the real devid-jig once per test process.
+func jigBinary(t *testing.T) string { return jigBin.build(t) }
 
 // board is one simulated device: a state dir with a factory-issued
 // identity and a config pointing at the simulator.
@@ -170,20 +182,21 @@ allow_clock_override = true
 	os.WriteFile(b.config, []byte(cfg), 0o644)
 }
 
+// startConnectedBoard starts a simulator and a programmed board running
+// the agent, and waits until the board is connected.
+func startConnectedBoard(t *testing.T, deviceID, extra string) (*simtest.Sim, *board) {
+	t.Helper()
+	sim := simtest.Start(t)
+	b := newBoard(t, sim, deviceID, extra)
+	b.start()
+	b.waitState("connected", 30*time.Second)
+	return sim, b
+}
+
+// start boots the agent (see startEnv).
 func (b *board) start() {
 	b.t.Helper()
-	b.cmd = exec.Command(agentBinary(b.t), "run", "--config", b.config)
-	b.stderr = &lockedBuffer{}
-	b.cmd.Stderr = b.stderr
-	b.cmd.Env = append(os.Environ(), "DEVID_CLOCK_FILE="+b.clock)
-	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := b.cmd.Start(); err != nil {
-		b.t.Fatal(err)
-	}
-	b.exited = make(chan struct{})
-	cmd, exited := b.cmd, b.exited
-	go func() { cmd.Wait(); close(exited) }()
-	b.t.Cleanup(func() { b.kill() })
+	b.startEnv()
 }
 
 // kill sends SIGKILL (power cut) to the agent.
@@ -309,10 +322,7 @@ func skipShort(t *testing.T) {
 func TestLifecycleKill9(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "kill9-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	sim, b := startConnectedBoard(t, "kill9-dev", "")
 	b.send(10, "a")
 	b.waitDelivered("a", 10)
 	as, err := (&statedir.Dir{Path: b.state}).LoadAssignment()
@@ -401,10 +411,7 @@ func TestLifecycleKill9(t *testing.T) {
 func TestHubAuthRefusalReprovisions(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "authref-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	sim, b := startConnectedBoard(t, "authref-dev", "")
 	as, _ := (&statedir.Dir{Path: b.state}).LoadAssignment()
 	sim.MustDo("DELETE", "/sim/devices/"+as.Hub+"/"+b.deviceID, nil, nil)
 	deadline := time.Now().Add(30 * time.Second)
@@ -498,31 +505,6 @@ func TestSystemdNotify(t *testing.T) {
 	}
 }
 
-var (
-	jigOnce sync.Once
-	jigBin  string
-	jigErr  error
-)
-
-func jigBinary(t *testing.T) string {
-	t.Helper()
-	jigOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "devid-jig-bin-")
-		if err != nil {
-			jigErr = err
-			return
-		}
-		jigBin = filepath.Join(dir, "devid-jig")
-		if b, err := exec.Command("go", "build", "-o", jigBin, "../enroll/cmd/devid-jig").CombinedOutput(); err != nil {
-			jigErr = fmt.Errorf("go build devid-jig: %v\n%s", err, b)
-		}
-	})
-	if jigErr != nil {
-		t.Fatal(jigErr)
-	}
-	return jigBin
-}
-
 // TestFactoryModeThenField: an unprogrammed board with factory.port set
 // serves the factory bus from the daemon; devid-jig programs it over a pty
 // pair; the same process then provisions and connects, no restart.
@@ -589,10 +571,7 @@ func TestFactoryModeThenField(t *testing.T) {
 func TestStatusAndCheck(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "check-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	sim, b := startConnectedBoard(t, "check-dev", "")
 	status := func() map[string]any {
 		out, err := exec.Command(agentBinary(t), "status", "--json", "--config", b.config).Output()
 		if err != nil {
@@ -673,10 +652,7 @@ func TestKill9Provisioning(t *testing.T) {
 func TestLocalAPIEndToEnd(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "lapi-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	sim, b := startConnectedBoard(t, "lapi-dev", "")
 
 	c, err := net.Dial("unix", b.socket)
 	if err != nil {
@@ -777,9 +753,9 @@ func TestLocalAPIEndToEnd(t *testing.T) {
 // TestMain removes the binaries built for the integration tests.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, bin := range []string{agentBin, jigBin} {
-		if bin != "" {
-			os.RemoveAll(filepath.Dir(bin))
+	for _, bin := range []*goBinary{agentBin, jigBin} {
+		if bin.path != "" {
+			os.RemoveAll(filepath.Dir(bin.path))
 		}
 	}
 	os.Exit(code)

@@ -66,6 +66,39 @@ func (b *board) renewalStatus() map[string]any {
 	return r
 }
 
+// rotateNow invokes the rotateCredential direct method and fails unless
+// the device accepted it (202).
+func (b *board) rotateNow(rotateKey bool) {
+	b.t.Helper()
+	var out struct {
+		Status  int             `json:"status"`
+		Payload json.RawMessage `json:"payload"`
+	}
+	code, err := b.sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
+		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": rotateKey}, "responseTimeoutInSeconds": 30}, &out)
+	if err != nil || code != 200 || out.Status != 202 {
+		b.t.Fatalf("rotateCredential: http %d, %v, device said %d %s\n%s", code, err, out.Status, out.Payload, b.stderr.String())
+	}
+}
+
+// waitNewLeaf waits until the chain file name holds a leaf certificate
+// other than the one with serial old.
+func (b *board) waitNewLeaf(what, name, old string) {
+	b.t.Helper()
+	b.waitFor(what, 60*time.Second, func() bool {
+		s := b.leafSerial(name)
+		return s != "" && s != old
+	})
+}
+
+// waitFirstOperational waits for the first operational certificate and
+// returns its serial.
+func (b *board) waitFirstOperational() string {
+	b.t.Helper()
+	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	return b.leafSerial("operational-chain.pem")
+}
+
 // transient reports rotation leftovers in the state dir.
 func (b *board) transient() []string {
 	var out []string
@@ -88,12 +121,8 @@ func (b *board) transient() []string {
 func TestRenewalOnAgent(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "renew-dev", "[renewal]\npath = \"dps\"\nretry = \"1m\"\n")
-	b.start()
-	b.waitState("connected", 30*time.Second)
-	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
-	s1 := b.leafSerial("operational-chain.pem")
+	sim, b := startConnectedBoard(t, "renew-dev", "[renewal]\npath = \"dps\"\nretry = \"1m\"\n")
+	s1 := b.waitFirstOperational()
 	b.waitFor("reconnect after the first issuance", 30*time.Second, func() bool {
 		r := b.renewalStatus()
 		return r["rotations"] != nil && b.persisted().Name == "connected"
@@ -105,25 +134,14 @@ func TestRenewalOnAgent(t *testing.T) {
 	}
 
 	// Direct method: rotate key and certificate now.
-	var out struct {
-		Status  int             `json:"status"`
-		Payload json.RawMessage `json:"payload"`
-	}
-	code, err := sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
-		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": true}, "responseTimeoutInSeconds": 30}, &out)
-	if err != nil || code != 200 || out.Status != 202 {
-		t.Fatalf("rotateCredential: http %d, %v, device said %d %s\n%s", code, err, out.Status, out.Payload, b.stderr.String())
-	}
-	b.waitFor("the rotated certificate", 60*time.Second, func() bool {
-		s := b.leafSerial("operational-chain.pem")
-		return s != "" && s != s1
-	})
+	b.rotateNow(true)
+	b.waitNewLeaf("the rotated certificate", "operational-chain.pem", s1)
 	b.waitState("connected", 30*time.Second)
 	b.send(3, "b")
 	b.waitDelivered("b", 3)
 
 	// Desired property: the policy changes and is reported back.
-	code, err = sim.Do(http.MethodPatch, "/twins/"+b.deviceID,
+	code, err := sim.Do(http.MethodPatch, "/twins/"+b.deviceID,
 		map[string]any{"properties": map[string]any{"desired": map[string]any{"renewal": map[string]any{"renew_at": "50%"}}}}, nil)
 	if err != nil || code/100 != 2 {
 		t.Fatalf("patch desired: %d %v", code, err)
@@ -165,10 +183,7 @@ func TestRenewalOnAgent(t *testing.T) {
 func TestRevokedAndReenabled(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "revoke-dev", "")
-	b.start()
-	b.waitState("connected", 30*time.Second)
+	sim, b := startConnectedBoard(t, "revoke-dev", "")
 	keyBefore, _ := os.ReadFile(filepath.Join(b.state, "device.key"))
 	chainBefore, _ := os.ReadFile(filepath.Join(b.state, "device-chain.pem"))
 
@@ -235,23 +250,15 @@ func TestTPMRotationOnAgent(t *testing.T) {
 	os.WriteFile(b.config, cfg, 0o644)
 
 	b.start()
-	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	b.waitFirstOperational()
 	if _, err := os.Stat(filepath.Join(b.state, "operational.tpmkey")); err != nil {
 		t.Fatalf("operational key is not a TPM blob: %v", err)
 	}
 	b.waitLive("connected", 60*time.Second)
 	s1 := b.leafSerial("operational-chain.pem")
 	blob1, _ := os.ReadFile(filepath.Join(b.state, "operational.tpmkey"))
-	var out struct{ Status int }
-	code, err := sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
-		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": true}, "responseTimeoutInSeconds": 30}, &out)
-	if err != nil || code != 200 || out.Status != 202 {
-		t.Fatalf("rotateCredential: http %d %v status %d", code, err, out.Status)
-	}
-	b.waitFor("the rotated TPM credential", 60*time.Second, func() bool {
-		s := b.leafSerial("operational-chain.pem")
-		return s != "" && s != s1
-	})
+	b.rotateNow(true)
+	b.waitNewLeaf("the rotated TPM credential", "operational-chain.pem", s1)
 	blob2, _ := os.ReadFile(filepath.Join(b.state, "operational.tpmkey"))
 	if string(blob1) == string(blob2) {
 		t.Error("the TPM key blob did not change: no key rotation")
@@ -273,7 +280,7 @@ func TestRevokedOperationalCertificate(t *testing.T) {
 	sim := simtest.Start(t)
 	b := newBoard(t, sim, "oprevoke-dev", "[renewal]\npath = \"dps\"\nretry = \"1m\"\n")
 	b.start()
-	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	b.waitFirstOperational()
 	b.waitLive("connected", 60*time.Second)
 	s1 := b.leafSerial("operational-chain.pem")
 	raw, _ := os.ReadFile(filepath.Join(b.state, "operational-chain.pem"))
@@ -316,16 +323,8 @@ func TestESTRenewalOnAgent(t *testing.T) {
 	b.start()
 	b.waitLive("connected", 60*time.Second)
 	s1 := b.leafSerial("device-chain.pem")
-	var out struct{ Status int }
-	code, err := sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
-		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": false}, "responseTimeoutInSeconds": 30}, &out)
-	if err != nil || code != 200 || out.Status != 202 {
-		t.Fatalf("rotateCredential: http %d %v status %d\n%s", code, err, out.Status, b.stderr.String())
-	}
-	b.waitFor("the EST-renewed certificate", 60*time.Second, func() bool {
-		s := b.leafSerial("device-chain.pem")
-		return s != "" && s != s1
-	})
+	b.rotateNow(false)
+	b.waitNewLeaf("the EST-renewed certificate", "device-chain.pem", s1)
 	b.waitLive("connected", 60*time.Second)
 	b.send(2, "est")
 	b.waitDelivered("est", 2)
@@ -363,7 +362,7 @@ func TestKill9AtEveryRotationStep(t *testing.T) {
 	sim := simtest.Start(t)
 	b := newBoard(t, sim, "cut-dev", "[renewal]\npath = \"dps\"\nretry = \"1m\"\n")
 	b.start()
-	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
+	b.waitFirstOperational()
 	b.waitLive("connected", 60*time.Second)
 	steps := []string{"begin", "key", "issued", "staged", "probed", "proved", "backup-0", "rename-0", "backup-1", "rename-1", "committed", "destroyed"}
 	for i, step := range steps {
@@ -402,12 +401,8 @@ func TestKill9AtEveryRotationStep(t *testing.T) {
 func TestHubRenewalOnAgent(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	sim := simtest.Start(t)
-	b := newBoard(t, sim, "hubrenew-dev", "[renewal]\npath = \"hub\"\nretry = \"1m\"\n")
-	b.start()
-	b.waitState("connected", 30*time.Second)
-	b.waitFor("the first operational certificate", 60*time.Second, func() bool { return b.leafSerial("operational-chain.pem") != "" })
-	s1 := b.leafSerial("operational-chain.pem")
+	sim, b := startConnectedBoard(t, "hubrenew-dev", "[renewal]\npath = \"hub\"\nretry = \"1m\"\n")
+	s1 := b.waitFirstOperational()
 	b.waitFor("reconnect after the first issuance", 30*time.Second, func() bool {
 		return b.renewalStatus()["rotations"] != nil && b.persisted().Name == "connected"
 	})
@@ -416,19 +411,8 @@ func TestHubRenewalOnAgent(t *testing.T) {
 	}
 	reg := sim.RegistrationState(t, b.deviceID)
 
-	var out struct {
-		Status  int             `json:"status"`
-		Payload json.RawMessage `json:"payload"`
-	}
-	code, err := sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
-		map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": true}, "responseTimeoutInSeconds": 30}, &out)
-	if err != nil || code != 200 || out.Status != 202 {
-		t.Fatalf("rotateCredential: http %d, %v, device said %d %s\n%s", code, err, out.Status, out.Payload, b.stderr.String())
-	}
-	b.waitFor("the hub-issued certificate", 60*time.Second, func() bool {
-		s := b.leafSerial("operational-chain.pem")
-		return s != "" && s != s1
-	})
+	b.rotateNow(true)
+	b.waitNewLeaf("the hub-issued certificate", "operational-chain.pem", s1)
 	b.waitLive("connected", 30*time.Second)
 	log := b.stderr.String()
 	if !strings.Contains(log, "renewal: hub certificate issuance") || strings.Contains(log, "issuing through DPS") {

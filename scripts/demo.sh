@@ -9,6 +9,8 @@
 # Usage: scripts/demo.sh [file|tpm]   (make demo KEY=tpm)
 # Needs: make build (binaries in .build/bin), socat; swtpm for KEY=tpm.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 main() {
   cd "$(dirname "$0")/.."
@@ -29,12 +31,7 @@ main() {
   PIDS+=($!)
   wait_for "simulator ready line" 30 test -s "$W/sim.ready"
   READY="$(head -n1 "$W/sim.ready")"
-  SCOPE="$(json_str "$READY" id_scope)"
-  DPS_HOST="$(sed -n 's/.*"dps":{"host":"\([^"]*\)","addr":"\([^"]*\)".*/\1/p' <<<"$READY")"
-  DPS_ADDR="$(sed -n 's/.*"dps":{"host":"\([^"]*\)","addr":"\([^"]*\)".*/\2/p' <<<"$READY")"
-  HUB_HOST="$(sed -n 's/.*"hubs":\[{"name":"[^"]*","host":"\([^"]*\)","addr":"\([^"]*\)".*/\1/p' <<<"$READY")"
-  HUB_ADDR="$(sed -n 's/.*"hubs":\[{"name":"[^"]*","host":"\([^"]*\)","addr":"\([^"]*\)".*/\2/p' <<<"$READY")"
-  SERVER_CA="$(json_str "$READY" server_ca)"
+  sim_ready_vars "$READY"
   info "id scope $SCOPE, DPS $DPS_HOST at $DPS_ADDR, hub $HUB_HOST at $HUB_ADDR"
 
   step "create a virtual board: a pty pair as its factory UART and an empty state dir"
@@ -114,7 +111,8 @@ main() {
 }
 
 write_config() {
-  cat >"$W/config.toml" <<EOF
+  {
+    cat <<EOF
 # devid-agent config for the demo board (docs/config.md)
 state_dir = "$W/state"
 [key]
@@ -122,29 +120,20 @@ backend = "$KEYSPEC"
 [factory]
 port = "$W/board-uart"
 root = "$W/ca/root.pem"
-[dps]
-endpoint = "$DPS_HOST:8883"
-id_scope = "$SCOPE"
-trust_bundle = "$SERVER_CA"
-[network.resolve]
-"$DPS_HOST" = "$DPS_ADDR"
-"$HUB_HOST" = "$HUB_ADDR"
-[local_api]
-socket = "$W/api.sock"
-group = ""
-[health]
-interval = "0s"
+EOF
+    sim_config_tables
+    cat <<EOF
 [renewal]
 # DPS certificate issuance: every registration carries a CSR and DPS
 # returns the operational certificate the hub sees (docs/rotation.md).
 path = "dps"
 EOF
+  } >"$W/config.toml"
 }
 
 # status_row prints the value of one row of `devid-agent status`.
 status_row() { sed -n "s/^$1: *//p" <<<"$STATUS" | head -n1; }
 
-json_str() { sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" <<<"$1"; }
 
 N=0
 step() {

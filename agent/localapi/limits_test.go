@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -15,12 +13,7 @@ import (
 // error and is closed; a freed slot is usable again.
 func TestMaxClients(t *testing.T) {
 	t.Parallel()
-	dir, err := os.MkdirTemp("", "lapi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "api.sock")
+	path := socketPath(t)
 	s, err := Listen(Options{Path: path, MaxMessage: 1024, MaxClients: 2}, &fakeBackend{})
 	if err != nil {
 		t.Fatal(err)

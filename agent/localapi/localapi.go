@@ -163,23 +163,29 @@ type client struct {
 	dropped int
 }
 
-// request is one line from a client.
-type request struct {
-	ID              json.RawMessage   `json:"id,omitempty"`
-	Op              string            `json:"op"`
-	Body            json.RawMessage   `json:"body,omitempty"`
+// messageMeta is what a message carries besides a text body, the same
+// way in both directions: on send requests and on c2d events.
+type messageMeta struct {
 	BodyBase64      string            `json:"body_base64,omitempty"`
 	ContentType     string            `json:"content_type,omitempty"`
 	ContentEncoding string            `json:"content_encoding,omitempty"`
 	MessageID       string            `json:"message_id,omitempty"`
 	Properties      map[string]string `json:"properties,omitempty"`
-	Patch           json.RawMessage   `json:"patch,omitempty"`
-	C2D             bool              `json:"c2d,omitempty"`
-	Desired         bool              `json:"desired,omitempty"`
-	Methods         []string          `json:"methods,omitempty"`
-	Call            string            `json:"call,omitempty"`
-	Status          int               `json:"status,omitempty"`
-	Payload         json.RawMessage   `json:"payload,omitempty"`
+}
+
+// request is one line from a client.
+type request struct {
+	ID   json.RawMessage `json:"id,omitempty"`
+	Op   string          `json:"op"`
+	Body json.RawMessage `json:"body,omitempty"`
+	messageMeta
+	Patch   json.RawMessage `json:"patch,omitempty"`
+	C2D     bool            `json:"c2d,omitempty"`
+	Desired bool            `json:"desired,omitempty"`
+	Methods []string        `json:"methods,omitempty"`
+	Call    string          `json:"call,omitempty"`
+	Status  int             `json:"status,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
 }
 
 type reply struct {
@@ -409,23 +415,19 @@ func (s *Server) handle(ctx context.Context, cl *client, line []byte) reply {
 }
 
 type event struct {
-	Event           string            `json:"event"`
-	Body            string            `json:"body,omitempty"`
-	BodyBase64      string            `json:"body_base64,omitempty"`
-	ContentType     string            `json:"content_type,omitempty"`
-	ContentEncoding string            `json:"content_encoding,omitempty"`
-	MessageID       string            `json:"message_id,omitempty"`
-	Properties      map[string]string `json:"properties,omitempty"`
-	Patch           json.RawMessage   `json:"patch,omitempty"`
-	Call            string            `json:"call,omitempty"`
-	Name            string            `json:"name,omitempty"`
-	Payload         json.RawMessage   `json:"payload,omitempty"`
+	Event string `json:"event"`
+	Body  string `json:"body,omitempty"`
+	messageMeta
+	Patch   json.RawMessage `json:"patch,omitempty"`
+	Call    string          `json:"call,omitempty"`
+	Name    string          `json:"name,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
 }
 
 // C2D pushes a cloud-to-device message to every subscribed client.
 func (s *Server) C2D(m agent.Message) {
-	ev := event{Event: "c2d", ContentType: m.ContentType, ContentEncoding: m.ContentEncoding,
-		MessageID: m.MessageID, Properties: m.Properties}
+	ev := event{Event: "c2d", messageMeta: messageMeta{ContentType: m.ContentType, ContentEncoding: m.ContentEncoding,
+		MessageID: m.MessageID, Properties: m.Properties}}
 	if json.Valid(m.Body) || isUTF8Text(m.Body) {
 		ev.Body = string(m.Body)
 	} else {

@@ -44,14 +44,21 @@ func (f *fakeBackend) MethodAdded(n string) {
 	f.mu.Unlock()
 }
 
-func start(t *testing.T) (*Server, *fakeBackend, string) {
+// socketPath is a socket path in a fresh directory under the system temp
+// dir (t.TempDir paths can exceed the unix socket path limit).
+func socketPath(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "lapi")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "api.sock")
+	return filepath.Join(dir, "api.sock")
+}
+
+func start(t *testing.T) (*Server, *fakeBackend, string) {
+	t.Helper()
+	path := socketPath(t)
 	be := &fakeBackend{}
 	s, err := Listen(Options{Path: path, Group: "no-such-group-devid", MaxMessage: 1024}, be)
 	if err != nil {

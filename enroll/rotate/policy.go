@@ -87,6 +87,19 @@ func DefaultPolicy() Policy {
 // policyKeys are the grammar's keys, in the order String prints them.
 var policyKeys = []string{"renew_at", "jitter", "retry", "margin"}
 
+// parseAmountKey parses the value of an amount key (jitter, retry,
+// margin), refusing a share of the lifetime above maxPPM.
+func parseAmountKey(key, value string, maxPPM int64) (Amount, error) {
+	a, err := ParseAmount(value)
+	if err != nil {
+		return a, fmt.Errorf("%w: %s %q: %v", ErrPolicy, key, value, err)
+	}
+	if a.Dur == 0 && a.PPM > maxPPM {
+		return a, fmt.Errorf("%w: %s %q: at most %d%% of the lifetime", ErrPolicy, key, value, maxPPM/10_000)
+	}
+	return a, nil
+}
+
 // Set parses one key = value pair into p. Keys: renew_at (share only),
 // jitter, retry, margin (share or duration).
 func (p *Policy) Set(key, value string) error {
@@ -105,35 +118,27 @@ func (p *Policy) Set(key, value string) error {
 		}
 		p.RenewAtPPM = share
 	case "jitter":
-		a, err := ParseAmount(value)
+		a, err := parseAmountKey(key, value, 250_000)
 		if err != nil {
-			return fmt.Errorf("%w: jitter %q: %v", ErrPolicy, value, err)
-		}
-		if a.Dur == 0 && a.PPM > 250_000 {
-			return fmt.Errorf("%w: jitter %q: at most 25%% of the lifetime", ErrPolicy, value)
+			return err
 		}
 		p.Jitter = a
 	case "retry":
-		a, err := ParseAmount(value)
+		a, err := parseAmountKey(key, value, 500_000)
 		if err != nil {
-			return fmt.Errorf("%w: retry %q: %v", ErrPolicy, value, err)
+			return err
 		}
 		switch {
 		case a.Dur == 0 && a.PPM == 0:
 			return fmt.Errorf("%w: retry %q: must be more than zero (a zero retry would hammer the CA)", ErrPolicy, value)
-		case a.Dur == 0 && a.PPM > 500_000:
-			return fmt.Errorf("%w: retry %q: at most 50%% of the lifetime", ErrPolicy, value)
 		case a.Dur != 0 && a.Dur < MinRetry:
 			return fmt.Errorf("%w: retry %q: at least %v, so that a failing CA is not hammered", ErrPolicy, value, MinRetry)
 		}
 		p.Retry = a
 	case "margin":
-		a, err := ParseAmount(value)
+		a, err := parseAmountKey(key, value, 500_000)
 		if err != nil {
-			return fmt.Errorf("%w: margin %q: %v", ErrPolicy, value, err)
-		}
-		if a.Dur == 0 && a.PPM > 500_000 {
-			return fmt.Errorf("%w: margin %q: at most 50%% of the lifetime", ErrPolicy, value)
+			return err
 		}
 		p.Margin = a
 	default:

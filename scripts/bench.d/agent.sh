@@ -6,6 +6,8 @@
 #   - time from boot with a cached assignment to connected.
 # Runs against devid-sim on loopback; every wait is bounded. Measures only.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/../lib.sh"
 
 main() {
   cd "$(dirname "$0")/../.."
@@ -50,38 +52,24 @@ setup() {
   PIDS+=($!)
   wait_for 30 test -s "$W/sim.ready"
   local r; r="$(head -n1 "$W/sim.ready")"
-  SCOPE="$(sed -n 's/.*"id_scope":"\([^"]*\)".*/\1/p' <<<"$r")"
-  DPS_HOST="$(sed -n 's/.*"dps":{"host":"\([^"]*\)","addr":"\([^"]*\)".*/\1/p' <<<"$r")"
-  DPS_ADDR="$(sed -n 's/.*"dps":{"host":"\([^"]*\)","addr":"\([^"]*\)".*/\2/p' <<<"$r")"
-  HUB_HOST="$(sed -n 's/.*"hubs":\[{"name":"[^"]*","host":"\([^"]*\)","addr":"\([^"]*\)".*/\1/p' <<<"$r")"
-  HUB_ADDR="$(sed -n 's/.*"hubs":\[{"name":"[^"]*","host":"\([^"]*\)","addr":"\([^"]*\)".*/\2/p' <<<"$r")"
-  SERVER_CA="$(sed -n 's/.*"server_ca":"\([^"]*\)".*/\1/p' <<<"$r")"
+  sim_ready_vars "$r"
   socat pty,raw,echo=0,link="$W/board-uart" pty,raw,echo=0,link="$W/jig-uart" 2>/dev/null &
   PIDS+=($!)
   wait_for 10 test -e "$W/board-uart" -a -e "$W/jig-uart"
   mkdir -m 0700 "$W/state"
   "$BIN/devid-jig" ca init --dir "$W/ca" >/dev/null 2>&1
   "$BIN/devid-sim" enroll-group bench --ca "$W/ca/root.pem" --state "$W/sim" >/dev/null
-  cat >"$W/config.toml" <<EOF
+  {
+    cat <<EOF
 state_dir = "$W/state"
 log_level = "info"
 [key]
 backend = "file:$W/state/device.key"
 [factory]
 root = "$W/ca/root.pem"
-[dps]
-endpoint = "$DPS_HOST:8883"
-id_scope = "$SCOPE"
-trust_bundle = "$SERVER_CA"
-[network.resolve]
-"$DPS_HOST" = "$DPS_ADDR"
-"$HUB_HOST" = "$HUB_ADDR"
-[local_api]
-socket = "$W/api.sock"
-group = ""
-[health]
-interval = "0s"
 EOF
+    sim_config_tables
+  } >"$W/config.toml"
   "$AGENT" factory --config "$W/config.toml" --port "$W/board-uart" --device-id bench-board 2>"$W/factory.log" &
   local fpid=$!
   "$BIN/devid-jig" program --port "$W/jig-uart" --ca-dir "$W/ca" >/dev/null 2>&1

@@ -51,11 +51,8 @@ func runCheck(ctx context.Context, args []string) error {
 	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	offline := fs.Bool("offline", false, "skip the DPS and hub reachability checks")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	c := &checker{now: time.Now()}
 	cfg, degraded, err := loadConfigOrLKG(*cfgPath)

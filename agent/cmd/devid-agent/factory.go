@@ -32,14 +32,8 @@ func runFactory(ctx context.Context, args []string) error {
 	keySpec := fs.String("key", "", `key backend: auto, file:PATH or tpm:... (config key.backend, default auto)`)
 	deviceID := fs.String("device-id", "", "device ID (config device_id; default: from the board)")
 	root := fs.String("root", "", "factory root PEM the certificate must chain to (config factory.root)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	if err := parseArgsNone(fs, args); err != nil {
+		return err
 	}
 
 	cfg := config.Default()

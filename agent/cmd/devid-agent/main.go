@@ -75,6 +75,31 @@ func main() {
 	}
 }
 
+// parseFlags parses args into fs. -h comes back as flag.ErrHelp (the
+// flag package has printed the usage; exit 2 without more); any other
+// flag error is a usageError.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	return nil
+}
+
+// parseArgsNone is parseFlags for a command that takes no positional
+// arguments.
+func parseArgsNone(fs *flag.FlagSet, args []string) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
 // usageError marks a bad flag or argument, which exits 2 rather than 1.
 type usageError struct{ error }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -33,14 +32,8 @@ func init() {
 func runDaemon(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("devid-agent run", flag.ContinueOnError)
 	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	if err := parseArgsNone(fs, args); err != nil {
+		return err
 	}
 	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
 	if err != nil {

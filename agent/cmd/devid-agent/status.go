@@ -35,11 +35,8 @@ func runStatus(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("devid-agent status", flag.ContinueOnError)
 	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
 	if err != nil {
