@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -914,43 +915,51 @@ func (s *Sim) getCRL(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(der)
 }
 
+// queryParam parses the query parameter name with parse when it is present,
+// keeping def otherwise. On a bad value it writes a 400 naming the parameter
+// and what it must be, and returns false.
+func queryParam[T any](w http.ResponseWriter, q url.Values, name, want string, def T, parse func(string) (T, bool)) (T, bool) {
+	v := q.Get(name)
+	if v == "" {
+		return def, true
+	}
+	x, ok := parse(v)
+	if !ok {
+		writeErr(w, 400, 400004, "%s must be %s, got %q", name, want, v)
+		return def, false
+	}
+	return x, true
+}
+
 func (s *Sim) getTelemetry(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	var after uint64
-	if v := q.Get("after"); v != "" {
+	intAtLeast := func(lo int) func(string) (int, bool) {
+		return func(v string) (int, bool) {
+			n, err := strconv.Atoi(v)
+			return n, err == nil && n >= lo
+		}
+	}
+	after, ok := queryParam(w, q, "after", "a non-negative integer", uint64(0), func(v string) (uint64, bool) {
 		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			writeErr(w, 400, 400004, "after: %v", err)
-			return
-		}
-		after = n
+		return n, err == nil
+	})
+	if !ok {
+		return
 	}
-	limit := 1000
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			writeErr(w, 400, 400004, "limit must be a positive integer")
-			return
-		}
-		limit = n
+	limit, ok := queryParam(w, q, "limit", "a positive integer", 1000, intAtLeast(1))
+	if !ok {
+		return
 	}
-	min := 1
-	if v := q.Get("min"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			writeErr(w, 400, 400004, "min must be a non-negative integer")
-			return
-		}
-		min = n
+	min, ok := queryParam(w, q, "min", "a non-negative integer", 1, intAtLeast(0))
+	if !ok {
+		return
 	}
-	var wait time.Duration
-	if v := q.Get("wait"); v != "" {
+	wait, ok := queryParam(w, q, "wait", "a duration up to 5m, e.g. 10s", time.Duration(0), func(v string) (time.Duration, bool) {
 		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 || d > 5*time.Minute {
-			writeErr(w, 400, 400004, "wait must be a duration up to 5m, e.g. 10s")
-			return
-		}
-		wait = d
+		return d, err == nil && d >= 0 && d <= 5*time.Minute
+	})
+	if !ok {
+		return
 	}
 	hub, dev := q.Get("hub"), q.Get("deviceId")
 	match := func(t *TelemetryRecord) bool {

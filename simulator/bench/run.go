@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,14 +8,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -25,6 +22,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"devid/simulator/simproc"
 )
 
 type options struct {
@@ -39,26 +38,10 @@ type options struct {
 	honourRetryAfter bool
 }
 
-// ready is the part of devid-sim's ready line the bench uses.
-type ready struct {
-	IDScope string `json:"id_scope"`
-	DPS     struct {
-		Host string `json:"host"`
-		Addr string `json:"addr"`
-	} `json:"dps"`
-	Hubs []struct {
-		Name string `json:"name"`
-		Host string `json:"host"`
-		Addr string `json:"addr"`
-	} `json:"hubs"`
-	ControlURL string `json:"control_url"`
-	ServerCA   string `json:"server_ca"`
-}
-
 // sim is a running devid-sim process.
 type sim struct {
-	cmd   *exec.Cmd
-	ready ready
+	*simproc.Proc
+	ready simproc.Ready
 	roots *x509.CertPool
 }
 
@@ -67,41 +50,11 @@ func startSim(bin, extra, stateDir string) (*sim, error) {
 	if extra != "" {
 		args = append(args, strings.Fields(extra)...)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Stderr = io.Discard
-	out, err := cmd.StdoutPipe()
+	p, err := simproc.Start(context.Background(), bin, args, simproc.Options{})
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	s := &sim{cmd: cmd}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		if sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		io.Copy(io.Discard, out)
-	}()
-	select {
-	case l, ok := <-lines:
-		if !ok {
-			s.stop()
-			return nil, fmt.Errorf("devid-sim exited before its ready line")
-		}
-		if err := json.Unmarshal([]byte(l), &s.ready); err != nil {
-			s.stop()
-			return nil, fmt.Errorf("ready line %q: %v", l, err)
-		}
-	case <-time.After(60 * time.Second):
-		s.stop()
-		return nil, fmt.Errorf("no ready line from devid-sim within 60 s")
-	}
+	s := &sim{Proc: p, ready: p.Ready}
 	if len(s.ready.Hubs) == 0 {
 		s.stop()
 		return nil, fmt.Errorf("ready line lists no hub")
@@ -116,19 +69,7 @@ func startSim(bin, extra, stateDir string) (*sim, error) {
 	return s, nil
 }
 
-func (s *sim) stop() {
-	if s.cmd.Process != nil {
-		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { s.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-	}
-}
+func (s *sim) stop() { s.Proc.Stop() }
 
 // memKB reads VmRSS and VmHWM (kB) of pid.
 func memKB(pid int) (rss, hwm int64) {
@@ -298,7 +239,7 @@ func run(o options, w io.Writer) error {
 		return err
 	}
 	defer s.stop()
-	pid := s.cmd.Process.Pid
+	pid := s.Cmd.Process.Pid
 	idleRSS, _ := memKB(pid)
 
 	caCert, caKey, caPEM, err := makeCA()

@@ -14,8 +14,8 @@
 package simtest
 
 import (
-	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -31,37 +31,18 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"devid/simulator/simproc"
 )
 
 // Endpoint is the DPS endpoint of the ready line.
-type Endpoint struct {
-	Host   string `json:"host"`
-	Addr   string `json:"addr"`
-	WSAddr string `json:"ws_addr"`
-}
+type Endpoint = simproc.Endpoint
 
 // Hub is one hub of the ready line.
-type Hub struct {
-	Name   string `json:"name"`
-	Host   string `json:"host"`
-	Addr   string `json:"addr"`
-	WSAddr string `json:"ws_addr"`
-}
+type Hub = simproc.Hub
 
 // Ready is devid-sim's ready line.
-type Ready struct {
-	IDScope      string   `json:"id_scope"`
-	DPS          Endpoint `json:"dps"`
-	Hubs         []Hub    `json:"hubs"`
-	ControlURL   string   `json:"control_url"`
-	ESTURL       string   `json:"est_url"`
-	CRLURL       string   `json:"crl_url"`
-	ServerCA     string   `json:"server_ca"`
-	IssuingCA    string   `json:"issuing_ca"`
-	IssuingChain string   `json:"issuing_chain"`
-	StateDir     string   `json:"state_dir"`
-	PID          int      `json:"pid"`
-}
+type Ready = simproc.Ready
 
 // Option configures Start.
 type Option func(*options)
@@ -95,8 +76,7 @@ type Sim struct {
 
 	t      testing.TB
 	args   []string
-	cmd    *exec.Cmd
-	done   chan struct{}
+	proc   *simproc.Proc
 	stderr *syncBuffer
 	mu     sync.Mutex
 }
@@ -198,69 +178,22 @@ func (b *syncBuffer) String() string {
 func (s *Sim) start(args []string) {
 	t := s.t
 	t.Helper()
-	cmd := exec.Command(Binary(t), args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	s.stderr = &syncBuffer{}
-	cmd.Stderr = s.stderr
-	out, err := cmd.StdoutPipe()
+	p, err := simproc.Start(context.Background(), Binary(t), args, simproc.Options{Stderr: s.stderr})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v: %s", err, s.stderr.String())
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start devid-sim: %v", err)
-	}
-	s.cmd = cmd
-	s.done = make(chan struct{})
-	lines := make(chan string, 1)
-	go func() {
-		r := bufio.NewReader(out)
-		line, err := r.ReadString('\n')
-		if err != nil && line == "" {
-			close(lines)
-		} else {
-			lines <- line
-		}
-		_, _ = io.Copy(io.Discard, r)
-	}()
-	go func() { _ = cmd.Wait(); close(s.done) }()
-	select {
-	case line, ok := <-lines:
-		if !ok {
-			<-s.done
-			t.Fatalf("devid-sim exited before ready: %s", s.stderr.String())
-		}
-		var r Ready
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			s.kill()
-			t.Fatalf("devid-sim ready line %q: %v", line, err)
-		}
-		s.Ready = r
-	case <-time.After(60 * time.Second):
-		s.kill()
-		t.Fatalf("devid-sim not ready after 60s: %s", s.stderr.String())
-	}
-}
-
-func (s *Sim) kill() {
-	if s.cmd == nil || s.cmd.Process == nil {
-		return
-	}
-	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-		<-s.done
-	}
+	s.proc = p
+	s.Ready = p.Ready
 }
 
 // Stop stops the simulator (idempotent).
 func (s *Sim) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd != nil {
-		s.kill()
-		s.cmd = nil
+	if s.proc != nil {
+		s.proc.Stop()
+		s.proc = nil
 		if bad := problems(s.stderr.String()); bad != "" {
 			s.t.Errorf("devid-sim reported a data race or panic:\n%s", bad)
 		}
@@ -297,44 +230,14 @@ func (s *Sim) Restart() {
 }
 
 func (s *Sim) tryStart(args []string, lastErr *string) (ok bool) {
-	cmd := exec.Command(Binary(s.t), args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	buf := &syncBuffer{}
-	cmd.Stderr = buf
-	out, err := cmd.StdoutPipe()
+	p, err := simproc.Start(context.Background(), Binary(s.t), args, simproc.Options{Stderr: buf})
 	if err != nil {
-		*lastErr = err.Error()
+		*lastErr = err.Error() + ": " + buf.String()
 		return false
 	}
-	if err := cmd.Start(); err != nil {
-		*lastErr = err.Error()
-		return false
-	}
-	done := make(chan struct{})
-	lines := make(chan string, 1)
-	go func() {
-		r := bufio.NewReader(out)
-		line, _ := r.ReadString('\n')
-		lines <- line
-		_, _ = io.Copy(io.Discard, r)
-	}()
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case line := <-lines:
-		var r Ready
-		if line == "" || json.Unmarshal([]byte(line), &r) != nil {
-			<-done
-			*lastErr = buf.String()
-			return false
-		}
-		s.cmd, s.done, s.stderr, s.Ready = cmd, done, buf, r
-		return true
-	case <-time.After(60 * time.Second):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		*lastErr = "not ready after 60s: " + buf.String()
-		return false
-	}
+	s.proc, s.stderr, s.Ready = p, buf, p.Ready
+	return true
 }
 
 // Hub returns the ready-line hub by name (first hub for "").

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -10,34 +9,18 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
-)
 
-// simReady is devid-sim's ready line (team contract).
-type simReady struct {
-	IDScope string `json:"id_scope"`
-	DPS     struct {
-		Host string `json:"host"`
-		Addr string `json:"addr"`
-	} `json:"dps"`
-	Hubs []struct {
-		Name string `json:"name"`
-		Host string `json:"host"`
-		Addr string `json:"addr"`
-	} `json:"hubs"`
-	ControlURL string `json:"control_url"`
-	ServerCA   string `json:"server_ca"`
-}
+	"devid/simulator/simproc"
+)
 
 // sim is a running devid-sim and a client for its control plane. The
 // harness's verdicts come from here: what the service itself recorded.
 type sim struct {
-	cmd   *exec.Cmd
-	ready simReady
+	proc  *simproc.Proc
+	ready simproc.Ready
 	http  *http.Client
 }
 
@@ -45,52 +28,20 @@ func startSim(ctx context.Context, bin, dir string) (*sim, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "serve", "--state", dir)
-	cmd.SysProcAttr = childAttr()
 	logFile, err := os.Create(filepath.Join(dir, "..", "sim.log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = logFile
-	stdout, err := cmd.StdoutPipe()
+	p, err := simproc.Start(ctx, bin, []string{"serve", "--state", dir}, simproc.Options{
+		Stderr:      logFile,
+		Stdout:      logFile,
+		Timeout:     30 * time.Second,
+		SysProcAttr: childAttr(),
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (see %s)", err, logFile.Name())
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	s := &sim{cmd: cmd, http: &http.Client{Timeout: 30 * time.Second}}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		first := true
-		for sc.Scan() {
-			if first && strings.HasPrefix(strings.TrimSpace(sc.Text()), "{") {
-				lines <- sc.Text()
-				first = false
-			}
-			fmt.Fprintln(logFile, sc.Text())
-		}
-		close(lines)
-	}()
-	select {
-	case l, ok := <-lines:
-		if !ok {
-			s.stop()
-			return nil, fmt.Errorf("devid-sim exited before its ready line (see %s)", logFile.Name())
-		}
-		if err := json.Unmarshal([]byte(l), &s.ready); err != nil {
-			s.stop()
-			return nil, fmt.Errorf("devid-sim ready line %q: %w", l, err)
-		}
-	case <-time.After(30 * time.Second):
-		s.stop()
-		return nil, fmt.Errorf("devid-sim printed no ready line within 30s")
-	case <-ctx.Done():
-		s.stop()
-		return nil, ctx.Err()
-	}
+	s := &sim{proc: p, ready: p.Ready, http: &http.Client{Timeout: 30 * time.Second}}
 	if s.ready.DPS.Addr == "" || len(s.ready.Hubs) == 0 || s.ready.ControlURL == "" {
 		s.stop()
 		return nil, fmt.Errorf("devid-sim ready line lacks dps.addr, hubs or control_url: %+v", s.ready)
@@ -98,19 +49,7 @@ func startSim(ctx context.Context, bin, dir string) (*sim, error) {
 	return s, nil
 }
 
-func (s *sim) stop() {
-	if s.cmd.Process != nil {
-		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = s.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-	}
-}
+func (s *sim) stop() { s.proc.Stop() }
 
 // call does one control-plane request. A 404 gives found=false, no error.
 func (s *sim) call(ctx context.Context, method, path string, in, out any) (found bool, err error) {
