@@ -797,6 +797,11 @@ type RevokeRequest struct {
 	Issuer      string `json:"issuer,omitempty"`
 	Hub         string `json:"hub,omitempty"`
 	DeviceID    string `json:"deviceId,omitempty"`
+	// CRL (PEM, DER or base64 DER) revokes every listed serial issued by
+	// the CA that signed it; Chain (PEM) may add CA certificates between
+	// an enrollment group's signing certificate and the CRL signer.
+	CRL   string `json:"crl,omitempty"`
+	Chain string `json:"chain,omitempty"`
 }
 
 func (s *Sim) revoke(w http.ResponseWriter, r *http.Request) {
@@ -807,6 +812,12 @@ func (s *Sim) revoke(w http.ResponseWriter, r *http.Request) {
 	var entries []revokedCert
 	now := nowUTC()
 	switch {
+	case in.CRL != "":
+		var err error
+		if entries, err = s.crlEntries(in.CRL, in.Chain); err != nil {
+			writeErr(w, 400, 400004, "%v", err)
+			return
+		}
 	case in.Certificate != "":
 		certs, err := ParsePEMCerts([]byte(in.Certificate))
 		if err != nil {
@@ -844,7 +855,7 @@ func (s *Sim) revoke(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	default:
-		writeErr(w, 400, 400004, "give certificate, thumbprint, serial or deviceId")
+		writeErr(w, 400, 400004, "give crl, certificate, thumbprint, serial or deviceId")
 		return
 	}
 	s.mu.Lock()
@@ -862,7 +873,7 @@ func (s *Sim) revoke(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, e := range entries {
 			t1, t256 := Thumbprints(c.leaf)
-			if e.SHA256 == t256 || e.SHA256 == t1 || (e.Serial != "" && strings.EqualFold(e.Serial, fmt.Sprintf("%X", c.leaf.SerialNumber))) {
+			if e.SHA256 == t256 || e.SHA256 == t1 || e.matchesSerial(c.leaf) {
 				kick = append(kick, cl)
 			}
 		}

@@ -760,7 +760,7 @@ func (s *Sim) isRevoked(chain []*x509.Certificate) bool {
 			return true
 		}
 		for _, r := range s.revoked {
-			if r.Serial != "" && strings.EqualFold(r.Serial, fmt.Sprintf("%X", c.SerialNumber)) && (r.Issuer == "" || r.Issuer == c.Issuer.String()) {
+			if r.matchesSerial(c) {
 				return true
 			}
 		}

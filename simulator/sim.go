@@ -241,7 +241,8 @@ type revokedCert struct {
 	Issuer    string `json:"issuer"`
 	Subject   string `json:"subject"`
 	RevokedAt string `json:"revokedAt"`
-	IssuedBy  bool   `json:"issuedBySim"` // issued by the simulator's issuing CA (listed in the CRL)
+	IssuedBy  bool   `json:"issuedBySim"`        // issued by the simulator's issuing CA (listed in the CRL)
+	IssuerCA  string `json:"issuerCA,omitempty"` // base64 DER of the CA that signed the CRL (revoke only what it issued)
 }
 
 // conn is the simulator's view of one MQTT connection.

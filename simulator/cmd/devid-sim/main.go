@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -45,7 +46,7 @@ Control (talk to a running simulator; --state DIR or --control URL):
   devid-sim method ID NAME [--payload JSON] [--timeout S] [--hub NAME]
   devid-sim c2d ID TEXT [--prop k=v]... [--hub NAME]
   devid-sim telemetry [--device ID] [--hub NAME] [--after N] [--wait 10s] [--min N]
-  devid-sim revoke (--cert FILE | --thumbprint HEX | --serial HEX | --device ID [--hub NAME])
+  devid-sim revoke (--crl FILE [--chain FILE] | --cert FILE | --thumbprint HEX | --serial HEX | --device ID [--hub NAME])
   devid-sim fault add [--scope dps|hub] [--device ID] [--hub NAME] [--ops a,b] [--status N] [--retry-after N]
                       [--delay-ms N] [--drop-after K] [--refuse-seconds T] [--count N]
   devid-sim fault list | fault clear [ID]
@@ -330,6 +331,8 @@ func control(verb string, args []string) error {
 	fs.Var(&props, "prop", "k=v message property (repeatable)")
 	ca := fs.String("ca", "", "CA certificate PEM (enrollment group)")
 	cert := fs.String("cert", "", "certificate PEM")
+	crlFile := fs.String("crl", "", "CRL file (PEM or DER) to revoke from")
+	chainFile := fs.String("chain", "", "PEM CA certificates between the group CA and the CRL signer")
 	deviceID := fs.String("device-id", "", "device id")
 	device := fs.String("device", "", "device / registration id")
 	policy := fs.String("policy", "", "allocation policy: hashed | static | geoLatency | custom")
@@ -614,6 +617,22 @@ func control(verb string, args []string) error {
 				return err
 			}
 			req.Certificate = string(b)
+		}
+		for _, f := range []struct {
+			path string
+			dst  *string
+		}{{*crlFile, &req.CRL}, {*chainFile, &req.Chain}} {
+			if f.path == "" {
+				continue
+			}
+			b, err := os.ReadFile(f.path)
+			if err != nil {
+				return err
+			}
+			if f.dst == &req.CRL && !bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----")) {
+				b = []byte(base64.StdEncoding.EncodeToString(b)) // DER travels as base64 in JSON
+			}
+			*f.dst = string(b)
 		}
 		var out any
 		if err := c.do("POST", "/sim/revoke", req, &out); err != nil {
