@@ -125,7 +125,7 @@ func (a *Agent) initRenewal() error {
 	}
 	switch c.Path {
 	case "dps", "hub":
-		spec, err := operationalKeySpec(a.cfg.Key.Backend, stateDir)
+		spec, err := operationalKeySpec(a.cfg.Key.Backend, stateDir, c.KeyCurve)
 		if err != nil {
 			return fmt.Errorf("renewal: %w", err)
 		}
@@ -407,21 +407,29 @@ func (r *renewal) estTransport(tc *tls.Config) http.RoundTripper {
 }
 
 // operationalKeySpec puts the operational key beside the factory key, in
-// the same backend (the same TPM when the factory key is in one).
-func operationalKeySpec(deviceSpec, stateDir string) (string, error) {
+// the same backend (the same TPM when the factory key is in one). curve
+// (renewal.key_curve, "P-256" or "P-384") becomes the spec's ",curve="
+// option, which the rotator keeps on the staged key: every key made for
+// the slot is on that curve, and a key already there loads whatever its
+// curve.
+func operationalKeySpec(deviceSpec, stateDir, curve string) (string, error) {
+	opt, err := keys.CurveOption(curve)
+	if err != nil {
+		return "", fmt.Errorf("renewal.key_curve: %w", err)
+	}
 	st, err := keys.Open(deviceSpec, stateDir)
 	if err != nil {
 		return "", err
 	}
 	switch st.Name() {
 	case "file":
-		return "file:" + filepath.Join(stateDir, OperationalKeyFile), nil
+		return "file:" + filepath.Join(stateDir, OperationalKeyFile) + opt, nil
 	case "tpm":
 		addr := ""
 		if scheme, arg, _ := strings.Cut(deviceSpec, ":"); scheme == "tpm" {
 			addr, _, _ = strings.Cut(arg, ",")
 		}
-		return "tpm:" + addr + ",blob=" + filepath.Join(stateDir, OperationalBlobFile), nil
+		return "tpm:" + addr + ",blob=" + filepath.Join(stateDir, OperationalBlobFile) + opt, nil
 	}
 	return "", fmt.Errorf("key backend %s cannot hold an operational key", st.Name())
 }

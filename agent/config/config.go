@@ -69,6 +69,10 @@ type Renewal struct {
 	ESTURL string `toml:"est_url"`
 	// RotateKey makes each renewal use a new key.
 	RotateKey bool `toml:"rotate_key"`
+	// KeyCurve is the curve of operational keys the agent makes for the
+	// dps and hub paths (the first one and each rotated one): "P-256"
+	// (default) or "P-384". Existing keys keep their curve until rotated.
+	KeyCurve string `toml:"key_curve"`
 	// RenewAt is the share of the lifetime after which renewal starts ("66%", "2/3").
 	RenewAt string `toml:"renew_at"`
 	// Jitter moves renewal earlier by a random part of this ("5%" or "1h").
@@ -259,11 +263,12 @@ func Default() *Config {
 		},
 		Health: Health{Interval: Duration(time.Hour)},
 		Renewal: Renewal{
-			Path:    "none",
-			RenewAt: "66%",
-			Jitter:  "5%",
-			Retry:   "1h",
-			Margin:  "10%",
+			Path:     "none",
+			KeyCurve: "P-256",
+			RenewAt:  "66%",
+			Jitter:   "5%",
+			Retry:    "1h",
+			Margin:   "10%",
 		},
 		Hardware: Hardware{ButtonHold: Duration(3 * time.Second)},
 	}
@@ -528,6 +533,11 @@ func (c *Config) Validate() error {
 		}
 	default:
 		bad("renewal.path", "%q is not dps, hub, est or none", c.Renewal.Path)
+	}
+	switch c.Renewal.KeyCurve {
+	case "", "P-256", "P-384":
+	default:
+		bad("renewal.key_curve", "%q is not \"P-256\" or \"P-384\"", c.Renewal.KeyCurve)
 	}
 	for _, f := range []struct{ key, v string }{
 		{"renew_at", c.Renewal.RenewAt}, {"jitter", c.Renewal.Jitter}, {"retry", c.Renewal.Retry}, {"margin", c.Renewal.Margin},

@@ -86,6 +86,8 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"state_dir = ", "line 1"},
 		{"[renewal]\npath = \"iothub\"", `renewal.path: "iothub" is not dps, hub, est or none`},
 		{"[renewal]\npath = \"est\"", "renewal.est_url"},
+		{"[renewal]\nkey_curve = \"P-521\"", "renewal.key_curve"},
+		{"[renewal]\nkey_curve = \"p384\"", "renewal.key_curve"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.doc))
@@ -153,4 +155,18 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("effective config does not parse back: %v\n%s", err, out)
 		}
 	})
+}
+
+// TestRenewalKeyCurve: renewal.key_curve defaults to P-256 and takes P-384.
+func TestRenewalKeyCurve(t *testing.T) {
+	t.Parallel()
+	if c := Default(); c.Renewal.KeyCurve != "P-256" {
+		t.Errorf("default key_curve %q, want P-256", c.Renewal.KeyCurve)
+	}
+	for _, v := range []string{"P-256", "P-384"} {
+		c, err := Parse([]byte("[renewal]\npath = \"dps\"\nkey_curve = \"" + v + "\""))
+		if err != nil || c.Renewal.KeyCurve != v {
+			t.Errorf("renewal.key_curve %q: %+v, %v", v, c, err)
+		}
+	}
 }

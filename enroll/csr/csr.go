@@ -1,6 +1,8 @@
 // Package csr builds and checks the device's PKCS#10 certificate request:
-// subject CN = device ID, signed ECDSA-SHA256 by the device key, whatever
-// backend holds it (any crypto.Signer: a software key or a TPM key).
+// subject CN = device ID, signed by the device key, whatever backend holds
+// it (any crypto.Signer: a software key or a TPM key). A P-256 key signs
+// ECDSA-SHA256 and a P-384 key ECDSA-SHA384 (Microsoft's DPS docs ask for
+// P-384, the SDK samples use P-256; both are accepted).
 package csr
 
 import (
@@ -28,19 +30,18 @@ const MaxSize = 8 << 10
 var ErrInvalid = errors.New("invalid CSR")
 
 // Create returns the DER of a CSR for deviceID signed by signer. The key
-// must be ECDSA P-256: that is what every backend makes, and what the CA
-// and DPS expect.
+// must be ECDSA P-256 (signed ECDSA-SHA256) or P-384 (ECDSA-SHA384).
 func Create(signer crypto.Signer, deviceID string) ([]byte, error) {
 	if err := board.Validate(deviceID); err != nil {
 		return nil, fmt.Errorf("create CSR: %w", err)
 	}
-	pub, ok := signer.Public().(*ecdsa.PublicKey)
-	if !ok || pub.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("create CSR: device key is %T, want ECDSA P-256", signer.Public())
+	alg, err := SignatureAlgorithm(signer.Public())
+	if err != nil {
+		return nil, fmt.Errorf("create CSR: %w", err)
 	}
 	tmpl := &x509.CertificateRequest{
 		Subject:            pkix.Name{CommonName: deviceID},
-		SignatureAlgorithm: x509.ECDSAWithSHA256,
+		SignatureAlgorithm: alg,
 	}
 	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, signer)
 	if err != nil {
@@ -73,16 +74,33 @@ func Parse(b []byte) (*x509.CertificateRequest, error) {
 	if err := req.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: signature does not verify: %v", ErrInvalid, err)
 	}
-	if req.SignatureAlgorithm != x509.ECDSAWithSHA256 {
-		return nil, fmt.Errorf("%w: signature algorithm %v, want ECDSA-SHA256", ErrInvalid, req.SignatureAlgorithm)
+	want, err := SignatureAlgorithm(req.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if pub, ok := req.PublicKey.(*ecdsa.PublicKey); !ok || pub.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("%w: public key is %T, want ECDSA P-256", ErrInvalid, req.PublicKey)
+	if req.SignatureAlgorithm != want {
+		return nil, fmt.Errorf("%w: signature algorithm %v, want %v", ErrInvalid, req.SignatureAlgorithm, want)
 	}
 	if err := board.Validate(req.Subject.CommonName); err != nil {
 		return nil, fmt.Errorf("%w: subject CN: %v", ErrInvalid, err)
 	}
 	return req, nil
+}
+
+// SignatureAlgorithm is the CSR signature algorithm for a device public
+// key: ECDSA-SHA256 for P-256, ECDSA-SHA384 for P-384; other keys are an
+// error.
+func SignatureAlgorithm(pub crypto.PublicKey) (x509.SignatureAlgorithm, error) {
+	if k, ok := pub.(*ecdsa.PublicKey); ok {
+		switch k.Curve {
+		case elliptic.P256():
+			return x509.ECDSAWithSHA256, nil
+		case elliptic.P384():
+			return x509.ECDSAWithSHA384, nil
+		}
+		return 0, fmt.Errorf("device key is ECDSA %s, want P-256 or P-384", k.Curve.Params().Name)
+	}
+	return 0, fmt.Errorf("device key is %T, want ECDSA P-256 or P-384", pub)
 }
 
 // PEM encodes a CSR's DER as PEM.

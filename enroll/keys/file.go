@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"devid/enroll/atomicfile"
 )
@@ -26,19 +27,43 @@ func DefaultFilePath(stateDir string) string { return filepath.Join(stateDir, De
 
 func init() {
 	Register("file", func(arg, stateDir string) (Store, error) {
-		if arg == "" {
+		path, curve, err := splitCurveOption(arg)
+		if err != nil {
+			return nil, fmt.Errorf("key spec %q: %w", "file:"+arg, err)
+		}
+		if path == "" {
 			if stateDir == "" {
 				return nil, errors.New(`key spec "file:" needs a path or a state directory`)
 			}
-			arg = DefaultFilePath(stateDir)
+			path = DefaultFilePath(stateDir)
 		}
-		return NewFileStore(arg), nil
+		s := NewFileStore(path)
+		s.curve = curve
+		return s, nil
 	})
 }
 
-// FileStore keeps an ECDSA P-256 key as PKCS#8 PEM in one file, mode 0600,
-// in a directory of mode 0700.
-type FileStore struct{ path string }
+// splitCurveOption splits a trailing ",curve=NAME" option off a file spec's
+// argument. Only that exact option is recognised, so a path that happens
+// to contain a comma still works.
+func splitCurveOption(arg string) (string, elliptic.Curve, error) {
+	i := strings.LastIndex(arg, ",curve=")
+	if i < 0 {
+		return arg, elliptic.P256(), nil
+	}
+	c, err := ParseCurve(arg[i+len(",curve="):])
+	if err != nil {
+		return "", nil, err
+	}
+	return arg[:i], c, nil
+}
+
+// FileStore keeps an ECDSA key (P-256 unless the spec says curve=p384) as
+// PKCS#8 PEM in one file, mode 0600, in a directory of mode 0700.
+type FileStore struct {
+	path  string
+	curve elliptic.Curve // for Create; nil means P-256
+}
 
 var _ Store = (*FileStore)(nil)
 
@@ -81,8 +106,8 @@ func parseKey(b []byte) (*ecdsa.PrivateKey, error) {
 		return nil, fmt.Errorf("parse PKCS#8: %w", err)
 	}
 	ek, ok := k.(*ecdsa.PrivateKey)
-	if !ok || ek.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("key is %T, want ECDSA P-256", k)
+	if !ok || (ek.Curve != elliptic.P256() && ek.Curve != elliptic.P384()) {
+		return nil, fmt.Errorf("key is %T, want ECDSA P-256 or P-384", k)
 	}
 	return ek, nil
 }
@@ -99,9 +124,13 @@ func (s *FileStore) Create() (Key, error) {
 	if err := atomicfile.EnsurePrivateDir(dir); err != nil {
 		return nil, fmt.Errorf("create key: %w", err)
 	}
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	curve := s.curve
+	if curve == nil {
+		curve = elliptic.P256()
+	}
+	k, err := ecdsa.GenerateKey(curve, rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("create key: generate P-256: %w", err)
+		return nil, fmt.Errorf("create key: generate %s: %w", curve.Params().Name, err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {

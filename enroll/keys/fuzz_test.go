@@ -12,7 +12,7 @@ import (
 
 // FuzzParseKey: the key file is read back at every start and may be
 // truncated or replaced by hand. parseKey must never panic and must
-// accept only a P-256 PKCS#8 key.
+// accept only a P-256 or P-384 PKCS#8 key.
 func FuzzParseKey(f *testing.F) {
 	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.MarshalPKCS8PrivateKey(ec)
@@ -22,6 +22,9 @@ func FuzzParseKey(f *testing.F) {
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	der384, _ := x509.MarshalPKCS8PrivateKey(p384)
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der384}))
+	p521, _ := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+	der521, _ := x509.MarshalPKCS8PrivateKey(p521)
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der521}))
 	if rk, err := rsa.GenerateKey(rand.Reader, 1024); err == nil {
 		derRSA, _ := x509.MarshalPKCS8PrivateKey(rk)
 		f.Add(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: derRSA}))
@@ -38,7 +41,7 @@ func FuzzParseKey(f *testing.F) {
 			}
 			return
 		}
-		if k.Curve != elliptic.P256() {
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
 			t.Fatalf("accepted curve %v", k.Curve.Params().Name)
 		}
 		if _, err := k.ECDH(); err != nil {

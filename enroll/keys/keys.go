@@ -3,8 +3,14 @@
 // A key backend is chosen by a URI-like spec from config:
 //
 //	file:/var/lib/devid/device.key   software ECDSA P-256, PKCS#8 PEM, mode 0600
+//	file:PATH,curve=p384             the same with a P-384 key
 //	tpm:/dev/tpmrm0                  a non-exportable P-256 key inside the TPM
 //	auto                             tpm if a TPM is present, else file in the state dir
+//
+// The optional ",curve=NAME" suffix (NAME p256 or p384, also written P-256
+// or P-384; default p256) only chooses the curve of a key that Create makes:
+// Load takes the curve from the stored key itself, so a spec without the
+// option loads a P-384 key too. The curve option must be last in the spec.
 //
 // Backends register themselves with Register, so that a binary that does not
 // want TPM support simply does not import the TPM backend.
@@ -12,6 +18,7 @@ package keys
 
 import (
 	"crypto"
+	"crypto/elliptic"
 	"errors"
 	"fmt"
 	"sort"
@@ -91,4 +98,32 @@ func Open(spec, stateDir string) (Store, error) {
 		return nil, fmt.Errorf("%w %q in key spec %q (have %v)", ErrUnknownBackend, scheme, spec, Backends())
 	}
 	return open(arg, stateDir)
+}
+
+// ParseCurve maps a curve name from a key spec or config ("p256", "P-256",
+// "p384", "P-384", any case) to the curve.
+func ParseCurve(name string) (elliptic.Curve, error) {
+	switch strings.ToLower(strings.ReplaceAll(name, "-", "")) {
+	case "p256":
+		return elliptic.P256(), nil
+	case "p384":
+		return elliptic.P384(), nil
+	}
+	return nil, fmt.Errorf("unknown key curve %q (want p256 or p384)", name)
+}
+
+// CurveOption is the spec suffix that makes Create use curve name
+// ("P-384" -> ",curve=p384"); empty for the default P-256 or an empty name.
+func CurveOption(name string) (string, error) {
+	if name == "" {
+		return "", nil
+	}
+	c, err := ParseCurve(name)
+	if err != nil {
+		return "", err
+	}
+	if c == elliptic.P256() {
+		return "", nil
+	}
+	return ",curve=p384", nil
 }

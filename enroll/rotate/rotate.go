@@ -364,7 +364,8 @@ func (r *Rotator) stagedKey() (string, []string, error) {
 
 // DefaultStagedSpec names the staged key beside the current one, for the
 // file backend ("file:PATH" -> "file:PATH.staged") and the TPM backend
-// (the same TPM, blob PATH.staged). backend is the store's Name(), which
+// (the same TPM, blob PATH.staged); a trailing ",curve=NAME" option is
+// kept. backend is the store's Name(), which
 // also resolves "auto"; files are the current store's key files.
 func DefaultStagedSpec(backend string, files []string) func(string) (string, error) {
 	return func(spec string) (string, error) {
@@ -372,15 +373,21 @@ func DefaultStagedSpec(backend string, files []string) func(string) (string, err
 			return "", fmt.Errorf("rotate: %s backend keeps %d key files; set Rotator.StagedSpec", backend, len(files))
 		}
 		scheme, arg, _ := strings.Cut(spec, ":")
+		// A ",curve=NAME" option (last in the spec) carries over, so the
+		// staged key is made on the configured curve.
+		curve := ""
+		if i := strings.LastIndex(spec, ",curve="); i >= 0 {
+			curve = spec[i:]
+		}
 		switch backend {
 		case "file":
-			return "file:" + files[0] + StagedSuffix, nil
+			return "file:" + files[0] + StagedSuffix + curve, nil
 		case "tpm":
 			addr := ""
 			if scheme == "tpm" {
 				addr, _, _ = strings.Cut(arg, ",")
 			}
-			return "tpm:" + addr + ",blob=" + files[0] + StagedSuffix, nil
+			return "tpm:" + addr + ",blob=" + files[0] + StagedSuffix + curve, nil
 		}
 		return "", fmt.Errorf("rotate: no staged key naming for spec %q; set Rotator.StagedSpec", spec)
 	}

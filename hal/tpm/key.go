@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"encoding/asn1"
 	"encoding/pem"
 	"errors"
@@ -147,6 +148,9 @@ func (b Blob) publicKey() (*ecdsa.PublicKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
 	}
+	if parms.CurveID != tpm2.TPMECCNistP256 && parms.CurveID != tpm2.TPMECCNistP384 {
+		return nil, fmt.Errorf("%w: curve %v, want NIST P-256 or P-384", ErrBadBlob, parms.CurveID)
+	}
 	key, err := tpm2.ECDSAPub(parms, point)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
@@ -175,13 +179,49 @@ func flush(tr transport.TPM, h tpm2.TPMHandle) {
 	_, _ = tpm2.FlushContext{FlushHandle: h}.Execute(tr)
 }
 
+// ErrCurveUnsupported means CreateKeyCurve was asked for a curve other
+// than P-256 or P-384.
+var ErrCurveUnsupported = errors.New("unsupported curve for a TPM key")
+
+// SigningKeyTemplateFor is SigningKeyTemplate on curve (P-256 or P-384),
+// with the same non-exportable attributes.
+func SigningKeyTemplateFor(curve elliptic.Curve) (tpm2.TPMTPublic, error) {
+	var id tpm2.TPMECCCurve
+	switch curve {
+	case nil, elliptic.P256():
+		return SigningKeyTemplate, nil
+	case elliptic.P384():
+		id = tpm2.TPMECCNistP384
+	default:
+		return tpm2.TPMTPublic{}, fmt.Errorf("%w: %s", ErrCurveUnsupported, curve.Params().Name)
+	}
+	tmpl := SigningKeyTemplate
+	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+		CurveID: id,
+		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
+		KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+	})
+	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{})
+	return tmpl, nil
+}
+
 // CreateKey makes a new non-exportable P-256 signing key under the SRK
 // and returns its blob. The key is not left loaded. It uses
 // TPM2_CreateLoaded where the TPM has it (one command) and falls back to
 // TPM2_Create.
 func (t *TPM) CreateKey(ctx context.Context) (Blob, error) {
+	return t.CreateKeyCurve(ctx, elliptic.P256())
+}
+
+// CreateKeyCurve is CreateKey on curve: P-256 or ECC NIST P-384 (which
+// signs with SHA-384). A TPM without P-384 refuses the command.
+func (t *TPM) CreateKeyCurve(ctx context.Context, curve elliptic.Curve) (Blob, error) {
+	tmpl, err := SigningKeyTemplateFor(curve)
+	if err != nil {
+		return Blob{}, err
+	}
 	var b Blob
-	err := t.Do(ctx, func(tr transport.TPM) error {
+	err = t.Do(ctx, func(tr transport.TPM) error {
 		parent, err := srk(tr)
 		if err != nil {
 			return err
@@ -191,7 +231,7 @@ func (t *TPM) CreateKey(ctx context.Context) (Blob, error) {
 		if t.caps.CreateLoaded {
 			rsp, err := tpm2.CreateLoaded{
 				ParentHandle: tpm2.AuthHandle{Handle: ph.Handle, Name: ph.Name, Auth: tpm2.PasswordAuth(nil)},
-				InPublic:     tpm2.New2BTemplate(&SigningKeyTemplate),
+				InPublic:     tpm2.New2BTemplate(&tmpl),
 			}.Execute(tr)
 			switch {
 			case err == nil:
@@ -207,7 +247,7 @@ func (t *TPM) CreateKey(ctx context.Context) (Blob, error) {
 		}
 		rsp, err := tpm2.Create{
 			ParentHandle: tpm2.AuthHandle{Handle: ph.Handle, Name: ph.Name, Auth: tpm2.PasswordAuth(nil)},
-			InPublic:     tpm2.New2B(SigningKeyTemplate),
+			InPublic:     tpm2.New2B(tmpl),
 		}.Execute(tr)
 		if err != nil {
 			return fmt.Errorf("create key: %w", err)

@@ -1,5 +1,6 @@
-// Package tpmkey is the "tpm" key backend: a non-exportable ECC P-256 key
-// created inside the TPM and kept across reboots as a key blob file
+// Package tpmkey is the "tpm" key backend: a non-exportable ECC P-256 (or,
+// with curve=p384, P-384) key created inside the TPM and kept across
+// reboots as a key blob file
 // (TSS2 PRIVATE KEY PEM) in the state directory, loaded under the TPM's
 // storage root key. It also registers "auto", which picks the TPM when
 // one is present and the file backend otherwise.
@@ -10,7 +11,7 @@
 //
 // Spec grammar (the part after "tpm:"):
 //
-//	tpm:[ADDRESS][,blob=PATH]
+//	tpm:[ADDRESS][,blob=PATH][,curve=p256|p384]
 //
 //	ADDRESS  empty or "auto"   /dev/tpmrm0, else /dev/tpm0
 //	         /dev/tpmrm0       a TPM character device
@@ -18,6 +19,9 @@
 //	         tcp:HOST:PORT     swtpm raw data port
 //	blob     where the key blob lives; relative paths are inside the state
 //	         directory; default STATE/device.tpmkey
+//	curve    curve of a key Create makes: p256 (default) or p384 (ECC NIST
+//	         P-384, signs SHA-384; the TPM must support it). Load takes
+//	         the curve from the blob.
 //
 // Examples: "tpm:", "tpm:/dev/tpmrm0", "tpm:unix:/run/swtpm/tpm.sock",
 // "tpm:tcp:127.0.0.1:2321,blob=device-next.tpmkey".

@@ -4,6 +4,7 @@ package tpmkey
 
 import (
 	"context"
+	"crypto/elliptic"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -44,11 +45,18 @@ type Spec struct {
 	Addr string
 	// Blob is the absolute path of the key blob.
 	Blob string
+	// Curve is the curve Create uses: "" (P-256, the default) or "p384"
+	// (ECC NIST P-384). Load takes the curve from the blob.
+	Curve string
 }
 
 // String gives the spec back as "tpm:..." text.
 func (s Spec) String() string {
-	return "tpm:" + s.Addr + ",blob=" + s.Blob
+	out := "tpm:" + s.Addr + ",blob=" + s.Blob
+	if s.Curve != "" {
+		out += ",curve=" + s.Curve
+	}
+	return out
 }
 
 // ParseSpec parses the part of a spec after "tpm:" and returns its store.
@@ -72,8 +80,17 @@ func ParseSpec(arg, stateDir string) (*Store, error) {
 					return nil, fmt.Errorf("%w %q: blob given twice", ErrBadSpec, "tpm:"+arg)
 				}
 				sp.Blob = v
+			case k == "curve":
+				c, err := keys.ParseCurve(v)
+				if err != nil {
+					return nil, fmt.Errorf("%w %q: %v", ErrBadSpec, "tpm:"+arg, err)
+				}
+				sp.Curve = ""
+				if c == elliptic.P384() {
+					sp.Curve = "p384"
+				}
 			default:
-				return nil, fmt.Errorf("%w %q: unknown option %q (known: blob)", ErrBadSpec, "tpm:"+arg, k)
+				return nil, fmt.Errorf("%w %q: unknown option %q (known: blob, curve)", ErrBadSpec, "tpm:"+arg, k)
 			}
 		}
 	}
@@ -189,7 +206,11 @@ func (s *Store) Create() (keys.Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create TPM key: %w", err)
 	}
-	blob, err := t.CreateKey(context.Background())
+	curve := elliptic.P256()
+	if s.spec.Curve == "p384" {
+		curve = elliptic.P384()
+	}
+	blob, err := t.CreateKeyCurve(context.Background(), curve)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("create TPM key: %w", err)
