@@ -213,6 +213,25 @@ func (n *Network) bundle() []*x509.Certificate {
 
 var defaultRoots = sync.OnceValue(AzureRoots)
 
+// defaultPool is the pool for a nil TrustBundle, built once rather than
+// on every dial (a CertPool is only read during verification).
+var defaultPool = sync.OnceValue(func() *x509.CertPool { return certPool(defaultRoots()) })
+
+func certPool(certs []*x509.Certificate) *x509.CertPool {
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool
+}
+
+func (n *Network) rootPool() *x509.CertPool {
+	if n.TrustBundle != nil {
+		return certPool(n.TrustBundle)
+	}
+	return defaultPool()
+}
+
 func (n *Network) now() time.Time {
 	if n.Now != nil {
 		return n.Now()
@@ -224,13 +243,9 @@ func (n *Network) now() time.Time {
 // allowed), SNI = host, server verified against the bundle, and our
 // chain always offered.
 func (n *Network) tlsConfig(host string, cred *Credential) *tls.Config {
-	pool := x509.NewCertPool()
-	for _, c := range n.bundle() {
-		pool.AddCert(c)
-	}
 	cfg := &tls.Config{
 		ServerName: host,
-		RootCAs:    pool,
+		RootCAs:    n.rootPool(),
 		MinVersion: tls.VersionTLS12,
 		Time:       n.Now,
 	}

@@ -178,10 +178,9 @@ type HubStats struct {
 // telemetry, C2D, twin and direct methods. Its methods are safe for
 // concurrent use.
 type Hub struct {
-	cfg      HubConfig
-	host     string
-	endpoint string
-	log      *slog.Logger
+	cfg  HubConfig
+	host string // cfg.Host without a port
+	log  *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -226,10 +225,7 @@ func (cfg *HubConfig) defaults() error {
 			cfg.APIVersion = hubCSRAPIVersion
 		}
 	}
-	if cfg.KeepAlive <= 0 {
-		cfg.KeepAlive = DefaultKeepAlive
-	}
-	cfg.KeepAlive = min(max(cfg.KeepAlive, time.Second), MaxKeepAlive)
+	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 120*time.Second, &cfg.Clock, &cfg.Rand, &cfg.Logger)
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 32
 	}
@@ -239,26 +235,11 @@ func (cfg *HubConfig) defaults() error {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 30 * time.Second
 	}
-	if cfg.Backoff.Base <= 0 {
-		cfg.Backoff.Base = time.Second
-	}
-	if cfg.Backoff.Max <= 0 {
-		cfg.Backoff.Max = 120 * time.Second
-	}
 	if cfg.AuthRefusalLimit <= 0 {
 		cfg.AuthRefusalLimit = 1
 	}
 	if cfg.ReprovisionAfter <= 0 {
 		cfg.ReprovisionAfter = 10
-	}
-	if cfg.Clock == nil {
-		cfg.Clock = SystemClock
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = defaultRand()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }
@@ -277,16 +258,15 @@ func ConnectHub(ctx context.Context, cfg HubConfig) (*Hub, error) {
 		host = h
 	}
 	h := &Hub{
-		cfg:      cfg,
-		host:     host,
-		endpoint: cfg.Host,
-		log:      cfg.Logger.With("component", "hub", "hub", host, "device_id", cfg.DeviceID),
-		window:   make(chan struct{}, cfg.MaxInFlight),
-		up:       make(chan struct{}),
-		methods:  map[string]MethodHandler{},
-		waiters:  map[string]chan twinReply{},
-		done:     make(chan struct{}),
-		exited:   make(chan struct{}),
+		cfg:     cfg,
+		host:    host,
+		log:     cfg.Logger.With("component", "hub", "hub", host, "device_id", cfg.DeviceID),
+		window:  make(chan struct{}, cfg.MaxInFlight),
+		up:      make(chan struct{}),
+		methods: map[string]MethodHandler{},
+		waiters: map[string]chan twinReply{},
+		done:    make(chan struct{}),
+		exited:  make(chan struct{}),
 	}
 	for k, v := range cfg.Methods {
 		h.methods[k] = v
@@ -311,7 +291,7 @@ func ConnectHub(ctx context.Context, cfg HubConfig) (*Hub, error) {
 func (h *Hub) connect(ctx context.Context) (*session, error) {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.ConnectTimeout)
 	defer cancel()
-	s, err := openSession(ctx, &h.cfg.Network, h.endpoint, &h.cfg.Credential, sessionOptions{
+	s, err := openSession(ctx, &h.cfg.Network, h.cfg.Host, &h.cfg.Credential, sessionOptions{
 		clientID:     h.cfg.DeviceID,
 		username:     HubUsername(h.host, h.cfg.DeviceID, h.cfg.APIVersion, h.cfg.ModelID),
 		cleanSession: h.cfg.CleanSession,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"runtime"
 	"testing"
 	"time"
 )
@@ -64,18 +63,5 @@ func TestFailedConnectsNoGoroutineLeak(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		run()
 	}
-	// A Publish that raced a Close may sit in paho for up to writeTimeout;
-	// anything still there after that is a leak.
-	deadline := time.Now().Add(writeTimeout + 5*time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= before {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d after failed connects:\n%s", before, n, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitGoroutinesBack(t, before, "after failed connects")
 }

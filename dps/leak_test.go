@@ -41,8 +41,14 @@ func TestHubNoGoroutineLeak(t *testing.T) {
 		}
 		h.Close()
 	}
-	// A Publish that raced a Close may sit in paho for up to writeTimeout;
-	// anything still there after that is a leak.
+	waitGoroutinesBack(t, before, "after closing every client")
+}
+
+// waitGoroutinesBack waits until the goroutine count is back to before.
+// A Publish that raced a Close may sit in paho for up to writeTimeout;
+// anything still there after that is a leak.
+func waitGoroutinesBack(t *testing.T, before int, what string) {
+	t.Helper()
 	deadline := time.Now().Add(writeTimeout + 5*time.Second)
 	for {
 		n := runtime.NumGoroutine()
@@ -51,7 +57,7 @@ func TestHubNoGoroutineLeak(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d after closing every client:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+			t.Fatalf("%d goroutines before, %d %s:\n%s", before, n, what, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

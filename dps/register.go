@@ -154,25 +154,7 @@ func (cfg *Config) defaults() error {
 	if cfg.MaxRetryAfter <= 0 {
 		cfg.MaxRetryAfter = 300 * time.Second
 	}
-	if cfg.Backoff.Base <= 0 {
-		cfg.Backoff.Base = time.Second
-	}
-	if cfg.Backoff.Max <= 0 {
-		cfg.Backoff.Max = 60 * time.Second
-	}
-	if cfg.KeepAlive <= 0 {
-		cfg.KeepAlive = DefaultKeepAlive
-	}
-	cfg.KeepAlive = min(max(cfg.KeepAlive, time.Second), MaxKeepAlive)
-	if cfg.Clock == nil {
-		cfg.Clock = SystemClock
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = defaultRand()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 60*time.Second, &cfg.Clock, &cfg.Rand, &cfg.Logger)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package dps
 
 import (
 	"context"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -116,5 +117,30 @@ func (p *pollLimiter) record(now time.Time) {
 	p.times = append(p.times, now)
 	if len(p.times) > p.limit {
 		p.times = p.times[len(p.times)-p.limit:]
+	}
+}
+
+// sharedDefaults fills the fields Config and HubConfig have in common:
+// keep-alive (defaulted and clamped to [1 s, MaxKeepAlive]), backoff
+// (base 1 s, max maxBackoff), clock, jitter source and logger.
+func sharedDefaults(keepAlive *time.Duration, b *Backoff, maxBackoff time.Duration, clock *Clock, rnd *func() float64, logger **slog.Logger) {
+	if *keepAlive <= 0 {
+		*keepAlive = DefaultKeepAlive
+	}
+	*keepAlive = min(max(*keepAlive, time.Second), MaxKeepAlive)
+	if b.Base <= 0 {
+		b.Base = time.Second
+	}
+	if b.Max <= 0 {
+		b.Max = maxBackoff
+	}
+	if *clock == nil {
+		*clock = SystemClock
+	}
+	if *rnd == nil {
+		*rnd = defaultRand()
+	}
+	if *logger == nil {
+		*logger = slog.New(slog.DiscardHandler)
 	}
 }

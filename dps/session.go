@@ -35,8 +35,6 @@ type sessionOptions struct {
 	// goroutine (paho OrderMatters=false); paho acknowledges a QoS 1
 	// message when it returns.
 	onMessage func(topic string, payload []byte)
-	// onLost is called once when the connection drops after CONNACK.
-	onLost func(error)
 }
 
 // openSession dials, sends CONNECT and waits for CONNACK, all bounded by
@@ -86,9 +84,6 @@ func openSession(ctx context.Context, nw *Network, endpoint string, cred *Creden
 		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			s.markLost(classifyConnErr(host, "session", err))
-			if o.onLost != nil {
-				o.onLost(s.lostErr)
-			}
 		})
 	s.cli = mqtt.NewClient(opts)
 	tok := s.cli.Connect()

@@ -324,7 +324,7 @@ type Message struct {
 }
 
 func (m *Message) propertyBag() string {
-	var bag PropertyBag
+	bag := make(PropertyBag, 0, 7+len(m.Properties)) // system properties + user properties
 	add := func(name, v string) {
 		if v != "" {
 			bag = append(bag, Property{Name: name, Value: v})
