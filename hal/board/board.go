@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 )
 
@@ -128,16 +127,12 @@ func readValue(path string) (string, bool) {
 // firstMAC returns the address of the first interface, in sorted name
 // order, that is not loopback and has a non-zero MAC.
 func firstMAC(dir string) string {
-	ents, err := os.ReadDir(dir)
+	ents, err := os.ReadDir(dir) // sorted by name
 	if err != nil {
 		return ""
 	}
-	names := make([]string, 0, len(ents))
 	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
-	for _, n := range names {
+		n := e.Name()
 		if n == "lo" {
 			continue
 		}

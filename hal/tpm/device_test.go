@@ -4,14 +4,11 @@ import (
 	"context"
 	"crypto"
 	"errors"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
-	"golang.org/x/sys/unix"
-
+	"devid/hal/serial/serialtest"
 	"devid/hal/tpm/tpmtest"
 )
 
@@ -23,25 +20,8 @@ import (
 // covers the real kernel driver.
 func ptyDevice(t *testing.T, target string) string {
 	t.Helper()
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ptmx.Close(); tty.Close() })
-	tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// cfmakeraw: no echo, no line editing, no CR/NL translation.
-	tio.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
-	tio.Oflag &^= unix.OPOST
-	tio.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
-	tio.Cflag &^= unix.CSIZE | unix.PARENB
-	tio.Cflag |= unix.CS8
-	tio.Cc[unix.VMIN], tio.Cc[unix.VTIME] = 1, 0
-	if err := unix.IoctlSetTermios(int(tty.Fd()), unix.TCSETS, tio); err != nil {
-		t.Fatal(err)
-	}
+	pair := serialtest.Pty(t) // raw mode, closed when the test ends
+	ptmx := pair.Master
 	go func() {
 		for {
 			cmd, err := readFrame(ptmx)
@@ -51,20 +31,14 @@ func ptyDevice(t *testing.T, target string) string {
 			if target == "" {
 				continue // wedged: never answer
 			}
-			c, err := net.Dial("unix", target)
-			if err != nil {
-				return
-			}
-			c.Write(cmd)
-			rsp, err := readFrame(c)
-			c.Close()
+			rsp, err := forward(target, cmd)
 			if err != nil {
 				return
 			}
 			ptmx.Write(rsp)
 		}
 	}()
-	return tty.Name()
+	return pair.TTY
 }
 
 func TestDevicePath(t *testing.T) {

@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -22,22 +23,27 @@ import (
 // can never be duplicated) and sensitiveDataOrigin (the TPM generated the
 // private part). userWithAuth with an empty auth value lets the agent use
 // it without a policy session.
-var SigningKeyTemplate = tpm2.TPMTPublic{
-	Type:    tpm2.TPMAlgECC,
-	NameAlg: tpm2.TPMAlgSHA256,
-	ObjectAttributes: tpm2.TPMAObject{
-		FixedTPM:            true,
-		FixedParent:         true,
-		SensitiveDataOrigin: true,
-		UserWithAuth:        true,
-		SignEncrypt:         true,
-	},
-	Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		CurveID: tpm2.TPMECCNistP256,
-		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
-		KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
-	}),
-	Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{}),
+var SigningKeyTemplate = signingKeyTemplate(tpm2.TPMECCNistP256)
+
+// signingKeyTemplate is the device key template on curve id.
+func signingKeyTemplate(id tpm2.TPMECCCurve) tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgECC,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:            true,
+			FixedParent:         true,
+			SensitiveDataOrigin: true,
+			UserWithAuth:        true,
+			SignEncrypt:         true,
+		},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			CurveID: id,
+			Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
+			KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{}),
+	}
 }
 
 // Blob is a key as stored outside the TPM: its TPM2B_PUBLIC and its
@@ -89,7 +95,7 @@ func ParseBlobPEM(data []byte) (Blob, error) {
 	if block.Type != pemType {
 		return Blob{}, fmt.Errorf("%w: PEM type %q, want %q", ErrBadBlob, block.Type, pemType)
 	}
-	if len(trimSpace(rest)) != 0 {
+	if len(bytes.TrimLeft(rest, " \n\r\t")) != 0 {
 		return Blob{}, fmt.Errorf("%w: trailing data after the PEM block", ErrBadBlob)
 	}
 	var k tssKey
@@ -117,45 +123,44 @@ func ParseBlobPEM(data []byte) (Blob, error) {
 	return b, nil
 }
 
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\n' || b[0] == '\r' || b[0] == '\t') {
-		b = b[1:]
-	}
-	return b
-}
-
 // publicKey decodes the public area and checks it is a key we made.
 func (b Blob) publicKey() (*ecdsa.PublicKey, error) {
+	_, key, err := b.parsePublic()
+	return key, err
+}
+
+// parsePublic is publicKey that also returns the decoded public area.
+func (b Blob) parsePublic() (*tpm2.TPMTPublic, *ecdsa.PublicKey, error) {
 	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](b.Public)
 	if err != nil {
-		return nil, fmt.Errorf("%w: public area: %v", ErrBadBlob, err)
+		return nil, nil, fmt.Errorf("%w: public area: %v", ErrBadBlob, err)
 	}
 	pub, err := p2b.Contents()
 	if err != nil {
-		return nil, fmt.Errorf("%w: public area: %v", ErrBadBlob, err)
+		return nil, nil, fmt.Errorf("%w: public area: %v", ErrBadBlob, err)
 	}
 	if pub.Type != tpm2.TPMAlgECC {
-		return nil, fmt.Errorf("%w: key type %v, want ECC", ErrBadBlob, pub.Type)
+		return nil, nil, fmt.Errorf("%w: key type %v, want ECC", ErrBadBlob, pub.Type)
 	}
 	if a := pub.ObjectAttributes; !a.FixedTPM || !a.FixedParent || !a.SensitiveDataOrigin || !a.SignEncrypt || a.Decrypt || a.Restricted {
-		return nil, fmt.Errorf("%w: attributes %+v are not those of a non-exportable signing key", ErrBadBlob, a)
+		return nil, nil, fmt.Errorf("%w: attributes %+v are not those of a non-exportable signing key", ErrBadBlob, a)
 	}
 	parms, err := pub.Parameters.ECCDetail()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
 	}
 	point, err := pub.Unique.ECC()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
 	}
 	if parms.CurveID != tpm2.TPMECCNistP256 && parms.CurveID != tpm2.TPMECCNistP384 {
-		return nil, fmt.Errorf("%w: curve %v, want NIST P-256 or P-384", ErrBadBlob, parms.CurveID)
+		return nil, nil, fmt.Errorf("%w: curve %v, want NIST P-256 or P-384", ErrBadBlob, parms.CurveID)
 	}
 	key, err := tpm2.ECDSAPub(parms, point)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
 	}
-	return key, nil
+	return pub, key, nil
 }
 
 // srk makes the TCG-standard ECC P-256 storage root key. CreatePrimary is
@@ -186,23 +191,13 @@ var ErrCurveUnsupported = errors.New("unsupported curve for a TPM key")
 // SigningKeyTemplateFor is SigningKeyTemplate on curve (P-256 or P-384),
 // with the same non-exportable attributes.
 func SigningKeyTemplateFor(curve elliptic.Curve) (tpm2.TPMTPublic, error) {
-	var id tpm2.TPMECCCurve
 	switch curve {
 	case nil, elliptic.P256():
 		return SigningKeyTemplate, nil
 	case elliptic.P384():
-		id = tpm2.TPMECCNistP384
-	default:
-		return tpm2.TPMTPublic{}, fmt.Errorf("%w: %s", ErrCurveUnsupported, curve.Params().Name)
+		return signingKeyTemplate(tpm2.TPMECCNistP384), nil
 	}
-	tmpl := SigningKeyTemplate
-	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		CurveID: id,
-		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
-		KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
-	})
-	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{})
-	return tmpl, nil
+	return tpm2.TPMTPublic{}, fmt.Errorf("%w: %s", ErrCurveUnsupported, curve.Params().Name)
 }
 
 // CreateKey makes a new non-exportable P-256 signing key under the SRK
@@ -287,12 +282,10 @@ var _ crypto.Signer = (*Key)(nil)
 // LoadKey loads a blob made by CreateKey on this TPM and returns the key.
 // It fails if the blob belongs to another TPM or the TPM was cleared.
 func (t *TPM) LoadKey(ctx context.Context, b Blob) (*Key, error) {
-	pub, err := b.publicKey()
+	tp, pub, err := b.parsePublic()
 	if err != nil {
 		return nil, err
 	}
-	p2b, _ := tpm2.Unmarshal[tpm2.TPM2BPublic](b.Public) // checked by publicKey
-	tp, _ := p2b.Contents()
 	name, err := tpm2.ObjectName(tp)
 	if err != nil {
 		return nil, fmt.Errorf("%w: name: %v", ErrBadBlob, err)

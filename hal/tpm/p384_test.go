@@ -1,7 +1,6 @@
 package tpm
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -29,14 +28,8 @@ func TestCreateP384(t *testing.T) {
 			t.Parallel()
 			sw := tpmtest.Start(t)
 			tp := openT(t, sw.Addr(), tc.opts...)
-			b, err := tp.CreateKeyCurve(context.Background(), elliptic.P384())
-			if err != nil {
-				t.Fatalf("CreateKeyCurve(P-384): %v", err)
-			}
-			k, err := tp.LoadKey(context.Background(), b)
-			if err != nil {
-				t.Fatalf("LoadKey: %v", err)
-			}
+			k := newKeyCurve(t, tp, elliptic.P384())
+			b := k.Blob()
 			if c := k.Public().(*ecdsa.PublicKey).Curve; c != elliptic.P384() {
 				t.Fatalf("key curve %s, want P-384", c.Params().Name)
 			}

@@ -149,9 +149,6 @@ func Open(ctx context.Context, addr string, opts ...Option) (*TPM, error) {
 	}
 	t := &TPM{addr: resolved, timeouts: o.timeouts, conn: c}
 	err = t.Do(ctx, func(tr transport.TPM) error {
-		if err := startupIfNeeded(tr); err != nil {
-			return err
-		}
 		caps, err := probe(tr)
 		if err != nil {
 			return err
@@ -269,26 +266,37 @@ func (l *lockedTransport) Send(cmd []byte) ([]byte, error) {
 	}
 }
 
-// startupIfNeeded sends TPM2_Startup(CLEAR) when the TPM says it has not
-// been started (a bare swtpm without --flags startup-clear; on a board the
-// kernel or firmware does it).
-func startupIfNeeded(tr transport.TPM) error {
-	_, err := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTManufacturer), PropertyCount: 1}.Execute(tr)
+// manufacturer asks for TPM_PT_MANUFACTURER, the first command Open
+// sends. A TPM that says it has not been started (a bare swtpm without
+// --flags startup-clear; on a board the kernel or firmware does it) gets
+// TPM2_Startup(CLEAR) and the question again.
+func manufacturer(tr transport.TPM) (*tpm2.GetCapabilityResponse, error) {
+	q := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTManufacturer), PropertyCount: 1}
+	rsp, err := q.Execute(tr)
 	if errors.Is(err, tpm2.TPMRCInitialize) {
 		if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(tr); err != nil {
-			return fmt.Errorf("TPM2_Startup: %w", err)
+			return nil, fmt.Errorf("TPM2_Startup: %w", err)
 		}
-		return nil
+		rsp, err = q.Execute(tr)
 	}
 	if err != nil {
-		return fmt.Errorf("probe: %w", err)
+		return nil, fmt.Errorf("probe manufacturer: %w", err)
 	}
-	return nil
+	return rsp, nil
 }
 
+// probe starts the TPM if needed and reads its capabilities.
 func probe(tr transport.TPM) (Caps, error) {
 	var c Caps
-	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapCommands, Property: uint32(tpm2.TPMCCCreateLoaded), PropertyCount: 1}.Execute(tr)
+	rsp, err := manufacturer(tr)
+	if err != nil {
+		return c, err
+	}
+	if props, err := rsp.CapabilityData.Data.TPMProperties(); err == nil && len(props.TPMProperty) > 0 {
+		v := props.TPMProperty[0].Value
+		c.Manufacturer = strings.TrimRight(string([]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), "\x00 ")
+	}
+	rsp, err = tpm2.GetCapability{Capability: tpm2.TPMCapCommands, Property: uint32(tpm2.TPMCCCreateLoaded), PropertyCount: 1}.Execute(tr)
 	if err != nil {
 		return c, fmt.Errorf("probe commands: %w", err)
 	}
@@ -300,14 +308,6 @@ func probe(tr transport.TPM) (Caps, error) {
 		if tpm2.TPMCC(a.CommandIndex) == tpm2.TPMCCCreateLoaded {
 			c.CreateLoaded = true
 		}
-	}
-	rsp, err = tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTManufacturer), PropertyCount: 1}.Execute(tr)
-	if err != nil {
-		return c, fmt.Errorf("probe manufacturer: %w", err)
-	}
-	if props, err := rsp.CapabilityData.Data.TPMProperties(); err == nil && len(props.TPMProperty) > 0 {
-		v := props.TPMProperty[0].Value
-		c.Manufacturer = strings.TrimRight(string([]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), "\x00 ")
 	}
 	rsp, err = tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTFirmwareVersion1), PropertyCount: 2}.Execute(tr)
 	if err == nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -34,12 +35,18 @@ func openT(t testing.TB, addr string, opts ...Option) *TPM {
 	return tp
 }
 
-// newKey creates a key in tp and loads it.
+// newKey creates a P-256 key in tp and loads it.
 func newKey(t testing.TB, tp *TPM) *Key {
 	t.Helper()
-	b, err := tp.CreateKey(context.Background())
+	return newKeyCurve(t, tp, elliptic.P256())
+}
+
+// newKeyCurve creates a key on curve in tp and loads it.
+func newKeyCurve(t testing.TB, tp *TPM, curve elliptic.Curve) *Key {
+	t.Helper()
+	b, err := tp.CreateKeyCurve(context.Background(), curve)
 	if err != nil {
-		t.Fatalf("CreateKey: %v", err)
+		t.Fatalf("CreateKeyCurve(%s): %v", curve.Params().Name, err)
 	}
 	k, err := tp.LoadKey(context.Background(), b)
 	if err != nil {
@@ -170,10 +177,7 @@ func field(out, header string) string {
 func TestSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	sw := tpmtest.Start(t)
-	tp, err := Open(context.Background(), sw.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp := openT(t, sw.Addr()) // closed early below; Close is idempotent
 	b, err := tp.CreateKey(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -375,15 +379,24 @@ func proxy(t *testing.T, target string, answer func(cmd []byte) []byte) string {
 			c.Write(rsp)
 			return
 		}
-		up, err := net.Dial("unix", target)
-		if err == nil {
-			up.Write(cmd)
-			if rsp, err := readFrame(up); err == nil {
-				c.Write(rsp)
-			}
-			up.Close()
+		if rsp, err := forward(target, cmd); err == nil {
+			c.Write(rsp)
 		}
 	})
+}
+
+// forward sends cmd to swtpm's data socket at target and returns the
+// response.
+func forward(target string, cmd []byte) ([]byte, error) {
+	c, err := net.Dial("unix", target)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if _, err := c.Write(cmd); err != nil {
+		return nil, err
+	}
+	return readFrame(c)
 }
 
 // errResponse is a bare TPM error response with code rc.
@@ -432,6 +445,31 @@ func TestCreateLoadedRefused(t *testing.T) {
 	}
 }
 
+// TestStartup: a TPM that has not been started (TPM_RC_INITIALIZE) gets
+// TPM2_Startup, then the probe goes on.
+func TestStartup(t *testing.T) {
+	t.Parallel()
+	sw := tpmtest.Start(t)
+	var seen, startups atomic.Int32
+	p := proxy(t, sw.Sock, func(cmd []byte) []byte {
+		switch {
+		case seen.Add(1) == 1:
+			return errResponse(0x100) // TPM_RC_INITIALIZE
+		case commandCode(cmd) == 0x144: // TPM2_Startup: swtpm is already started
+			startups.Add(1)
+			return errResponse(0) // TPM_RC_SUCCESS
+		}
+		return nil
+	})
+	tp := openT(t, "unix:"+p)
+	if n := startups.Load(); n != 1 {
+		t.Errorf("%d TPM2_Startup commands, want 1", n)
+	}
+	if tp.Caps().Manufacturer != "IBM" {
+		t.Errorf("manufacturer after startup %q, want %q", tp.Caps().Manufacturer, "IBM")
+	}
+}
+
 func TestRetryWarning(t *testing.T) {
 	t.Parallel()
 	sw := tpmtest.Start(t)
@@ -470,10 +508,7 @@ func TestEKDeviceID(t *testing.T) {
 	t.Run("template", func(t *testing.T) {
 		t.Parallel()
 		sw := tpmtest.Start(t)
-		tp, err := Open(context.Background(), sw.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
+		tp := openT(t, sw.Addr()) // closed early below; Close is idempotent
 		id1, err := tp.EKDeviceID(context.Background())
 		tp.Close()
 		if err != nil {
