@@ -24,7 +24,6 @@ type Button struct {
 	hold       time.Duration
 	debounce   time.Duration
 	activeHigh bool
-	clock      Clock
 }
 
 // ButtonOption configures NewButton.
@@ -36,16 +35,13 @@ func ActiveHigh() ButtonOption { return func(b *Button) { b.activeHigh = true } 
 // WithDebounce replaces DefaultDebounce.
 func WithDebounce(d time.Duration) ButtonOption { return func(b *Button) { b.debounce = d } }
 
-// WithButtonClock replaces the real clock.
-func WithButtonClock(c Clock) ButtonOption { return func(b *Button) { b.clock = c } }
-
 // NewButton configures pin as an input with both edges and returns a
 // button that reports holds of at least hold.
 func NewButton(pin gpio.PinIn, hold time.Duration, opts ...ButtonOption) (*Button, error) {
 	if hold <= 0 {
 		return nil, fmt.Errorf("factory button: hold time %v must be positive", hold)
 	}
-	b := &Button{pin: pin, hold: hold, debounce: DefaultDebounce, clock: RealClock}
+	b := &Button{pin: pin, hold: hold, debounce: DefaultDebounce}
 	for _, o := range opts {
 		o(b)
 	}
@@ -101,14 +97,14 @@ func (b *Button) Run(ctx context.Context, onHold func()) error {
 	pressed := b.pressed()
 	var settle, held <-chan time.Time
 	if pressed {
-		held = b.clock.After(b.hold)
+		held = time.After(b.hold)
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-edges:
-			settle = b.clock.After(b.debounce) // restart on every bounce
+			settle = time.After(b.debounce) // restart on every bounce
 		case <-settle:
 			settle = nil
 			now := b.pressed()
@@ -118,7 +114,7 @@ func (b *Button) Run(ctx context.Context, onHold func()) error {
 			pressed = now
 			held = nil
 			if pressed {
-				held = b.clock.After(b.hold)
+				held = time.After(b.hold)
 			}
 		case <-held:
 			held = nil

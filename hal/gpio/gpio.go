@@ -8,15 +8,14 @@
 //
 // The LED shows one blink pattern per agent state (PatternFor). The
 // button is debounced and reports a hold of a configured length, which
-// the agent takes as "enter factory mode". Time comes from a Clock, so
-// tests run on fake time (testing/synctest or an injected Clock).
+// the agent takes as "enter factory mode". Timers are plain time.After,
+// so tests run on fake time inside testing/synctest.
 package gpio
 
 import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"periph.io/x/conn/v3/driver/driverreg"
 	"periph.io/x/conn/v3/gpio"
@@ -26,20 +25,6 @@ import (
 
 // ErrLineNotFound means no GPIO line has the configured name.
 var ErrLineNotFound = errors.New("GPIO line not found")
-
-// Clock is the time source. The real one is the default.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                         { return time.Now() }
-func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
-// RealClock is the wall clock.
-var RealClock Clock = realClock{}
 
 var initOnce struct {
 	sync.Once

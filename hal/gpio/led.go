@@ -75,7 +75,6 @@ func PatternFor(state string) Pattern {
 type LED struct {
 	pin       gpio.PinOut
 	activeLow bool
-	clock     Clock
 	set       chan Pattern // capacity 1: holds the latest pattern only
 }
 
@@ -85,12 +84,9 @@ type LEDOption func(*LED)
 // ActiveLow says the LED lights when the line is driven low.
 func ActiveLow() LEDOption { return func(l *LED) { l.activeLow = true } }
 
-// WithLEDClock replaces the real clock.
-func WithLEDClock(c Clock) LEDOption { return func(l *LED) { l.clock = c } }
-
 // NewLED returns an LED on pin, initially off.
 func NewLED(pin gpio.PinOut, opts ...LEDOption) *LED {
-	l := &LED{pin: pin, clock: RealClock, set: make(chan Pattern, 1)}
+	l := &LED{pin: pin, set: make(chan Pattern, 1)}
 	for _, o := range opts {
 		o(l)
 	}
@@ -148,7 +144,7 @@ func (l *LED) Run(ctx context.Context) error {
 		}
 		next = nil
 		if s.For > 0 && len(cur.Steps) > 0 {
-			next = l.clock.After(s.For)
+			next = time.After(s.For)
 		}
 		return nil
 	}
