@@ -147,18 +147,6 @@ elapsed() {
 info() { printf '    %s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
-# wait_for WHAT SECONDS CMD...: poll CMD every 0.1 s, bounded.
-wait_for() {
-  local what="$1" secs="$2"; shift 2
-  local i
-  for ((i = 0; i < secs * 10; i++)); do
-    "$@" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  printf 'demo: timed out waiting for %s\n' "$what" >&2
-  return 1
-}
-
 cleanup() {
   local rc=$?
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do

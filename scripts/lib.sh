@@ -34,3 +34,16 @@ group = ""
 interval = "0s"
 EOT
 }
+
+# wait_for WHAT SECONDS CMD...: poll CMD every 0.1 s, at most SECONDS; on
+# timeout say so on stderr and return 1.
+wait_for() {
+  local what="$1" secs="$2"; shift 2
+  local i
+  for ((i = 0; i < secs * 10; i++)); do
+    "$@" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  printf '%s: timed out waiting for %s\n' "${0##*/}" "$what" >&2
+  return 1
+}

@@ -50,12 +50,12 @@ setup() {
   log "starting devid-sim and programming a board"
   "$BIN/devid-sim" serve --state "$W/sim" --retry-after 1 --assigning-polls 0 >"$W/sim.ready" 2>"$W/sim.log" &
   PIDS+=($!)
-  wait_for 30 test -s "$W/sim.ready"
+  wait_for "simulator ready line" 30 test -s "$W/sim.ready"
   local r; r="$(head -n1 "$W/sim.ready")"
   sim_ready_vars "$r"
   socat pty,raw,echo=0,link="$W/board-uart" pty,raw,echo=0,link="$W/jig-uart" 2>/dev/null &
   PIDS+=($!)
-  wait_for 10 test -e "$W/board-uart" -a -e "$W/jig-uart"
+  wait_for "pty pair" 10 test -e "$W/board-uart" -a -e "$W/jig-uart"
   mkdir -m 0700 "$W/state"
   "$BIN/devid-jig" ca init --dir "$W/ca" >/dev/null 2>&1
   "$BIN/devid-sim" enroll-group bench --ca "$W/ca/root.pem" --state "$W/sim" >/dev/null
@@ -83,7 +83,7 @@ start_agent() {
   local t0; t0=$(date +%s%N)
   "$AGENT" run --config "$W/config.toml" 2>"$W/agent.log" &
   AGENT_PID=$!
-  wait_for 60 grep -q 'state=connected' "$W/agent.log"
+  wait_for "agent connected" 60 grep -q 'state=connected' "$W/agent.log"
   BOOT_MS=$((($(date +%s%N) - t0) / 1000000))
 }
 
@@ -203,16 +203,6 @@ poll_telemetry() {
     CURSOR=$(tail -n1 <<<"$seqs")
     [ "$n" -lt 1000 ] && return
   done
-}
-
-wait_for() {
-  local secs="$1"; shift
-  for ((i = 0; i < secs * 10; i++)); do
-    "$@" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  log "timed out: $*"
-  return 1
 }
 
 log() { printf 'agent bench: %s\n' "$*" >&2; }

@@ -193,10 +193,7 @@ func TestHubCertificateRenewal(t *testing.T) {
 	tg.enrollGroup("renewal", ca.PEM, nil)
 	d := tg.provision(t, ca, "renew-1")
 
-	c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := tg.hubDial(t, d)
 	c.mustConnect(d.id, d.host+"/"+d.id+"/?api-version="+hubCSRAPI)
 	c.mustSubscribe("$iothub/credentials/res/#")
 	credReply := func() (int, string, []byte) {

@@ -34,13 +34,20 @@ func (tg *target) provision(t testing.TB, ca *testCA, cn string) *hubDevice {
 	return hd
 }
 
-// hubConnect opens a hub session as d and fails unless CONNACK is 0.
-func (tg *target) hubConnect(t testing.TB, d *hubDevice) *rawConn {
+// hubDial opens TLS to d's hub with d's certificate, failing the test on error.
+func (tg *target) hubDial(t testing.TB, d *hubDevice) *rawConn {
 	t.Helper()
 	c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
 	if err != nil {
 		t.Fatalf("TLS to hub %s: %v", d.host, err)
 	}
+	return c
+}
+
+// hubConnect opens a hub session as d and fails unless CONNACK is 0.
+func (tg *target) hubConnect(t testing.TB, d *hubDevice) *rawConn {
+	t.Helper()
+	c := tg.hubDial(t, d)
 	c.mustConnect(d.id, hubUser(d.host, d.id))
 	return c
 }

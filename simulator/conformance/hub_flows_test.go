@@ -215,10 +215,7 @@ func TestHubWire(t *testing.T) {
 // the session (subscriptions, queued C2D) across reconnects.
 func (tg *target) hubConnectPersistent(t testing.TB, d *hubDevice) *rawConn {
 	t.Helper()
-	c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-	if err != nil {
-		t.Fatalf("TLS to hub %s: %v", d.host, err)
-	}
+	c := tg.hubDial(t, d)
 	if code, err := c.connect(d.id, hubUser(d.host, d.id), false); err != nil || code != 0 {
 		t.Fatalf("CONNECT %s with CleanSession 0: CONNACK %d, %v", d.id, code, err)
 	}
@@ -229,10 +226,7 @@ func (tg *target) hubConnectPersistent(t testing.TB, d *hubDevice) *rawConn {
 // that edit may change first, e.g. to add a will; it fails unless CONNACK is 0.
 func (tg *target) hubConnectRaw(t testing.TB, d *hubDevice, edit func(*packets.ConnectPacket)) *rawConn {
 	t.Helper()
-	c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-	if err != nil {
-		t.Fatalf("TLS to hub %s: %v", d.host, err)
-	}
+	c := tg.hubDial(t, d)
 	p := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
 	p.ProtocolName, p.ProtocolVersion, p.ClientIdentifier, p.Keepalive = "MQTT", 4, d.id, 60
 	p.UsernameFlag, p.Username = true, hubUser(d.host, d.id)

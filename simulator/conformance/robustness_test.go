@@ -74,10 +74,7 @@ func TestGarbageInput(t *testing.T) {
 			t.Parallel()
 			// A device of its own, so that no other subtest's session kicks this one.
 			d := tg.provision(t, ca, fmt.Sprintf("garbage-hub-%d", i))
-			c, err := dialTLS(t, tg.hub(d.host), tg.roots, &d.TLS)
-			if err != nil {
-				t.Fatalf("TLS: %v", err)
-			}
+			c := tg.hubDial(t, d)
 			id := identity{d.id, hubUser(d.host, d.id), "devices/" + d.id + "/messages/events/k="}
 			if err := send(c, id); err != nil && !isClosed(err) {
 				t.Fatal(err)
