@@ -14,9 +14,10 @@ import (
 	"time"
 )
 
-// testCA is a device CA made by the test itself, independent of the
-// simulator's helpers, so that certificate corner cases (expired, wrong CN,
-// unknown issuer) can be built exactly.
+// testCA is a one-level device CA: a self-signed root that signs leaves
+// directly, and devices present the leaf alone. simtest.DeviceCA always
+// signs from an intermediate and sends it in the chain, so it cannot build
+// these cases or the corner cases (expired, wrong CN, unknown issuer).
 type testCA struct {
 	Cert *x509.Certificate
 	Key  crypto.Signer
