@@ -274,32 +274,22 @@ func (s *Sim) deleteEnrollment(group bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		s.mu.Lock()
-		var found bool
+		var old *Enrollment
+		bkt := bktEnrollments
 		if group {
-			_, found = s.groups[id]
+			old, bkt = s.groups[id], bktGroups
 			delete(s.groups, id)
 		} else {
-			_, found = s.indiv[strings.ToLower(id)]
+			old = s.indiv[strings.ToLower(id)]
 			delete(s.indiv, strings.ToLower(id))
 		}
 		s.mu.Unlock()
-		if !found {
+		if old == nil {
 			writeErr(w, 404, 404201, "Enrollment %q not found.", id)
 			return
 		}
-		bkt, key := bktEnrollments, id
-		if group {
-			bkt = bktGroups
-		} else {
-			// Individual enrollments are stored under their registration id as given.
-			_ = s.st.each(bktEnrollments, func(k, _ []byte) error {
-				if strings.EqualFold(string(k), id) {
-					key = string(k)
-				}
-				return nil
-			})
-		}
-		_ = s.st.del(bkt, key)
+		// Stored under its key as given (individual: registration id's case).
+		_ = s.st.del(bkt, old.key())
 		w.WriteHeader(204)
 	}
 }
@@ -438,13 +428,15 @@ func (s *Sim) setRegistrationStatus(w http.ResponseWriter, r *http.Request) {
 // ---- Hubs ----
 
 // hubFor selects the hub of a hub-API request: /hubs/{hub}/ prefix, else
-// a Host header equal to a hub host name, else the first hub.
-func (s *Sim) hubFor(r *http.Request) *HubConfig {
+// a Host header equal to a hub host name, else the first hub. An unknown
+// {hub} gets a 404 written to w and a nil result.
+func (s *Sim) hubFor(w http.ResponseWriter, r *http.Request) *HubConfig {
 	if n := r.PathValue("hub"); n != "" {
-		if h := s.hubByName(n); h != nil {
-			return h
+		h := s.namedHub(n)
+		if h == nil {
+			writeErr(w, 404, 404000, "unknown hub %q", n)
 		}
-		return s.hubByHost(n)
+		return h
 	}
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -456,10 +448,20 @@ func (s *Sim) hubFor(r *http.Request) *HubConfig {
 	return s.hubs[0]
 }
 
+// namedHub finds a hub by name or host name; "" means the first hub.
+func (s *Sim) namedHub(name string) *HubConfig {
+	if name == "" {
+		return s.hubs[0]
+	}
+	if h := s.hubByName(name); h != nil {
+		return h
+	}
+	return s.hubByHost(name)
+}
+
 func (s *Sim) putDevice(w http.ResponseWriter, r *http.Request) {
-	hub := s.hubFor(r)
+	hub := s.hubFor(w, r)
 	if hub == nil {
-		writeErr(w, 404, 404000, "unknown hub")
 		return
 	}
 	id := r.PathValue("id")
@@ -531,7 +533,10 @@ func (s *Sim) putDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Sim) getDevice(w http.ResponseWriter, r *http.Request) {
-	hub := s.hubFor(r)
+	hub := s.hubFor(w, r)
+	if hub == nil {
+		return
+	}
 	key := hub.Name + "/" + r.PathValue("id")
 	s.mu.Lock()
 	d := s.devices[key]
@@ -548,9 +553,8 @@ func (s *Sim) getDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Sim) deleteDevice(w http.ResponseWriter, r *http.Request) {
-	hub := s.hubFor(r)
+	hub := s.hubFor(w, r)
 	if hub == nil {
-		writeErr(w, 404, 404000, "unknown hub %q", r.PathValue("hub"))
 		return
 	}
 	key := hub.Name + "/" + r.PathValue("id")
@@ -571,7 +575,10 @@ func (s *Sim) deleteDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Sim) listDevices(w http.ResponseWriter, r *http.Request) {
-	hub := s.hubFor(r)
+	hub := s.hubFor(w, r)
+	if hub == nil {
+		return
+	}
 	s.mu.Lock()
 	out := []Device{}
 	for _, d := range s.devices {
@@ -585,9 +592,8 @@ func (s *Sim) listDevices(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Sim) setDeviceStatus(w http.ResponseWriter, r *http.Request) {
-	hub := s.hubFor(r)
+	hub := s.hubFor(w, r)
 	if hub == nil {
-		writeErr(w, 404, 404000, "unknown hub %q", r.PathValue("hub"))
 		return
 	}
 	action := r.PathValue("action")
@@ -640,7 +646,10 @@ func twinJSON(hub *HubConfig, d *DeviceRecord) map[string]any {
 }
 
 func (s *Sim) getTwin(w http.ResponseWriter, r *http.Request) {
-	hub := s.hubFor(r)
+	hub := s.hubFor(w, r)
+	if hub == nil {
+		return
+	}
 	key := hub.Name + "/" + r.PathValue("id")
 	s.mu.Lock()
 	d := s.devices[key]
@@ -658,7 +667,10 @@ func (s *Sim) getTwin(w http.ResponseWriter, r *http.Request) {
 
 func (s *Sim) patchTwin(replace bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		hub := s.hubFor(r)
+		hub := s.hubFor(w, r)
+		if hub == nil {
+			return
+		}
 		var in struct {
 			Tags       map[string]any `json:"tags"`
 			Properties struct {
@@ -685,7 +697,10 @@ func (s *Sim) patchTwin(replace bool) http.HandlerFunc {
 }
 
 func (s *Sim) invokeMethod(w http.ResponseWriter, r *http.Request) {
-	hub := s.hubFor(r)
+	hub := s.hubFor(w, r)
+	if hub == nil {
+		return
+	}
 	var in struct {
 		MethodName               string          `json:"methodName"`
 		Payload                  json.RawMessage `json:"payload"`
@@ -739,12 +754,18 @@ func (s *Sim) invokeMethod(w http.ResponseWriter, r *http.Request) {
 
 func (s *Sim) getHubs(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
+	out := s.hubsLocked()
+	s.mu.Unlock()
+	writeJSON(w, 200, out)
+}
+
+// hubsLocked copies every hub's settings; s.mu must be held.
+func (s *Sim) hubsLocked() []HubConfig {
 	out := []HubConfig{}
 	for _, h := range s.hubs {
 		out = append(out, *h)
 	}
-	s.mu.Unlock()
-	writeJSON(w, 200, out)
+	return out
 }
 
 func (s *Sim) patchHub(w http.ResponseWriter, r *http.Request) {
@@ -776,10 +797,7 @@ func (s *Sim) patchHub(w http.ResponseWriter, r *http.Request) {
 	if in.LatencyMs != nil {
 		h.LatencyMs = *in.LatencyMs
 	}
-	all := []HubConfig{}
-	for _, x := range s.hubs {
-		all = append(all, *x)
-	}
+	all := s.hubsLocked()
 	cp := *h
 	s.mu.Unlock()
 	b, _ := json.Marshal(all)
@@ -836,9 +854,10 @@ func (s *Sim) revoke(w http.ResponseWriter, r *http.Request) {
 		entries = append(entries, revokedCert{SHA256: "serial:" + ser + "|" + in.Issuer, Serial: ser, Issuer: in.Issuer, RevokedAt: now,
 			IssuedBy: in.Issuer == "" || in.Issuer == s.PKI.IssuingCA.Subject.String()})
 	case in.DeviceID != "":
-		h := s.hubByName(in.Hub)
+		h := s.namedHub(in.Hub)
 		if h == nil {
-			h = s.hubs[0]
+			writeErr(w, 404, 404000, "unknown hub %q", in.Hub)
+			return
 		}
 		s.mu.Lock()
 		d := s.devices[h.Name+"/"+in.DeviceID]
@@ -1053,18 +1072,16 @@ func (s *Sim) postC2DPath(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &in) {
 		return
 	}
-	in.Hub, in.DeviceID = s.hubFor(r).Name, r.PathValue("id")
+	h := s.hubFor(w, r)
+	if h == nil {
+		return
+	}
+	in.Hub, in.DeviceID = h.Name, r.PathValue("id")
 	s.c2dFromRequest(w, in)
 }
 
 func (s *Sim) c2dFromRequest(w http.ResponseWriter, in C2DRequest) {
-	h := s.hubByName(in.Hub)
-	if h == nil {
-		h = s.hubByHost(in.Hub)
-	}
-	if h == nil && in.Hub == "" {
-		h = s.hubs[0]
-	}
+	h := s.namedHub(in.Hub)
 	if h == nil {
 		writeErr(w, 404, 404000, "unknown hub %q", in.Hub)
 		return

@@ -31,6 +31,12 @@ func TestControlPlaneErrors(t *testing.T) {
 		{"PUT", "/devices/d1", map[string]any{"authentication": map[string]any{"type": "selfSigned"}}, 400},
 		{"GET", "/hubs/h2/devices/d1", nil, 404},
 		{"GET", "/twins/none", nil, 404},
+		{"GET", "/hubs/nope/devices/d1", nil, 404},
+		{"GET", "/hubs/nope/devices", nil, 404},
+		{"GET", "/hubs/nope/twins/d1", nil, 404},
+		{"POST", "/hubs/nope/twins/d1/methods", map[string]any{"methodName": "m"}, 404},
+		{"POST", "/hubs/nope/devices/d1/messages/deviceBound", map[string]any{"payload": "x"}, 404},
+		{"POST", "/sim/revoke", map[string]any{"hub": "nope", "deviceId": "d1"}, 404},
 		{"POST", "/twins/none/methods", map[string]any{}, 400},
 		{"POST", "/twins/none/methods", map[string]any{"methodName": "m", "responseTimeoutInSeconds": 1}, 400},
 		{"POST", "/sim/c2d", map[string]any{"deviceId": "none"}, 404},
@@ -74,5 +80,25 @@ func TestControlPlaneErrors(t *testing.T) {
 	sim.MustDo("GET", "/hubs/h1/devices", nil, &devs)
 	if len(devs) != 0 {
 		t.Fatalf("h1 devices %v", devs)
+	}
+}
+
+func TestDeleteEnrollmentSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	sim := simtest.Start(t)
+	ca := simtest.NewDeviceCA(t)
+	sim.EnrollIndividual(t, "Dev-A", ca.Issue(t, "Dev-A").Leaf)
+	sim.EnrollGroup(t, "g1", ca.Root)
+	if st, err := sim.Do("DELETE", "/enrollments/dev-a", nil, nil); st != http.StatusNoContent {
+		t.Fatalf("delete individual: %d %v", st, err)
+	}
+	if st, err := sim.Do("DELETE", "/enrollmentGroups/g1", nil, nil); st != http.StatusNoContent {
+		t.Fatalf("delete group: %d %v", st, err)
+	}
+	sim.Restart()
+	for _, p := range []string{"/enrollments/Dev-A", "/enrollmentGroups/g1"} {
+		if st, _ := sim.Do("GET", p, nil, nil); st != http.StatusNotFound {
+			t.Errorf("GET %s after delete and restart: %d, want 404", p, st)
+		}
 	}
 }

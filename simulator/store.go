@@ -193,15 +193,25 @@ func (s *store) appendTelemetry(rec *TelemetryRecord, max int) error {
 		if err := b.Put(seqKey(seq), v); err != nil {
 			return err
 		}
-		if max > 0 && b.Stats().KeyN >= max+max/10 {
-			c := b.Cursor()
-			n := b.Stats().KeyN - max
-			for k, _ := c.First(); k != nil && n > 0; k, _ = c.Next() {
-				if err := c.Delete(); err != nil {
-					return err
-				}
-				n--
+		if max <= 0 {
+			return nil
+		}
+		// Keys are consecutive sequence numbers (appends take the next,
+		// trimming removes the oldest), so the count is last-first+1;
+		// b.Stats() would walk every page on every message.
+		c := b.Cursor()
+		k, _ := c.First()
+		n := int(seq-binary.BigEndian.Uint64(k)) + 1 - max
+		if n < max/10 {
+			return nil
+		}
+		// Re-seek the first key after each delete: bbolt's Cursor.Next
+		// after Delete skips a key, which left every other record behind.
+		for ; k != nil && n > 0; k, _ = c.First() {
+			if err := c.Delete(); err != nil {
+				return err
 			}
+			n--
 		}
 		return nil
 	})
