@@ -199,8 +199,7 @@ func (s *Store) Check(chainPEM []byte, pub crypto.PublicKey, deviceID string) (*
 	leaf := certs[0]
 	c := &Chain{Leaf: leaf, Intermediates: certs[1:], PEM: EncodePEM(certs...)}
 
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	if k, ok := pub.(equaler); !ok || !k.Equal(leaf.PublicKey) {
+	if !c.Matches(pub) {
 		return nil, reject(ReasonKeyMismatch, "leaf public key is not the device key")
 	}
 	if leaf.Subject.CommonName != deviceID {

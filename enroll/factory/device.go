@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strconv"
 	"time"
@@ -191,12 +190,6 @@ func (d *Device) Handle(line []byte) []byte {
 // release closes a key that holds a resource (a TPM key holds one of the
 // TPM's few object slots); keys are loaded per command, so state on disk
 // is always what the device reports.
-func release(k keys.Key) {
-	if c, ok := k.(io.Closer); ok {
-		_ = c.Close()
-	}
-}
-
 func nak(reason string, detail ...string) []string { return append([]string{"NAK", reason}, detail...) }
 
 func (d *Device) exec(f Frame) []string {
@@ -205,7 +198,7 @@ func (d *Device) exec(f Frame) []string {
 		if len(f.Args) != 0 {
 			return nak(ReasonArgs, "HELLO", "takes", "no", "arguments")
 		}
-		st, _ := d.state()
+		st, _, _ := d.state()
 		return []string{"OK", "HELLO", "proto=" + strconv.Itoa(ProtocolVersion), "id=" + d.ID,
 			"key=" + d.Keys.Name(), "state=" + string(st), "chunk=" + strconv.Itoa(Chunk), "max=" + strconv.Itoa(MaxLine)}
 	case "STATUS":
@@ -229,32 +222,33 @@ func (d *Device) exec(f Frame) []string {
 }
 
 // state derives the programming state from what is on disk, so that it is
-// right after a power cut as well as within a session.
-func (d *Device) state() (State, string) {
+// right after a power cut as well as within a session. It also returns
+// the installed chain, nil when none could be loaded.
+func (d *Device) state() (State, string, *certstore.Chain) {
 	key, kerr := d.Keys.Load()
-	defer release(key)
+	defer keys.Close(key)
 	chain, cerr := d.Certs.Load()
 	switch {
 	case kerr != nil && !errors.Is(kerr, keys.ErrNoKey):
-		return StateError, kerr.Error()
+		return StateError, kerr.Error(), chain
 	case cerr != nil && !errors.Is(cerr, certstore.ErrNoChain):
-		return StateError, cerr.Error()
+		return StateError, cerr.Error(), chain
 	case kerr != nil && cerr != nil:
-		return StateBlank, ""
+		return StateBlank, "", chain
 	case kerr != nil:
-		return StateInconsistent, "certificate installed but no device key"
+		return StateInconsistent, "certificate installed but no device key", chain
 	case cerr != nil:
-		return StateKeyed, ""
+		return StateKeyed, "", chain
 	case !chain.Matches(key.Public()):
-		return StateInconsistent, "installed certificate is for another key"
+		return StateInconsistent, "installed certificate is for another key", chain
 	}
-	return StateProgrammed, ""
+	return StateProgrammed, "", chain
 }
 
 func (d *Device) status() []string {
-	st, why := d.state()
+	st, why, chain := d.state()
 	out := []string{"OK", "STATUS", "state=" + string(st), "id=" + d.ID, "key=" + d.Keys.Name()}
-	if chain, err := d.Certs.Load(); err == nil {
+	if chain != nil {
 		out = append(out, "serial="+chain.Serial(), "not_after="+chain.NotAfter().UTC().Format(time.RFC3339))
 	}
 	if why != "" {
@@ -265,7 +259,7 @@ func (d *Device) status() []string {
 
 func (d *Device) csr() []string {
 	key, err := d.Keys.Load()
-	defer func() { release(key) }()
+	defer func() { keys.Close(key) }()
 	if errors.Is(err, keys.ErrNoKey) {
 		// Making a key while a certificate is stored would orphan that
 		// certificate: only RESET may start a new identity.
@@ -371,7 +365,7 @@ func (d *Device) commit() []string {
 		return nak(ReasonDigest, "upload", "SHA-256", "is", hex.EncodeToString(sum[:]))
 	}
 	key, err := d.Keys.Load()
-	defer release(key)
+	defer keys.Close(key)
 	if errors.Is(err, keys.ErrNoKey) {
 		return nak(ReasonState, "no", "device", "key;", "send", "CSR", "first")
 	}

@@ -21,6 +21,7 @@ import (
 	"crypto/elliptic"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"sync"
@@ -41,6 +42,14 @@ type Key interface {
 	crypto.Signer
 	// Backend names the backend that holds the key ("file" or "tpm").
 	Backend() string
+}
+
+// Close releases the resource a key holds (a loaded TPM object), if any.
+// It accepts a nil key, so it can be deferred before the error check.
+func Close(k crypto.Signer) {
+	if c, ok := k.(io.Closer); ok {
+		_ = c.Close()
+	}
 }
 
 // Store creates, loads and destroys the one device key a spec names.

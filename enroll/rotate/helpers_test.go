@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -22,6 +21,7 @@ import (
 
 	"devid/enroll/atomicfile"
 	"devid/enroll/certstore"
+	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
 )
 
@@ -42,10 +42,7 @@ type testCA struct {
 
 func newTestCA(t testing.TB, now func() time.Time, life time.Duration) *testCA {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := pkitest.Key()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "rotate test CA"},
 		NotBefore: now().Add(-time.Hour), NotAfter: now().Add(20 * 365 * 24 * time.Hour),
@@ -115,9 +112,16 @@ func (ca *testCA) Issue(_ context.Context, req IssueRequest) ([]*x509.Certificat
 // save writes the CA to dir so a helper process can load it.
 func (ca *testCA) save(t testing.TB, dir string) {
 	t.Helper()
-	der, _ := x509.MarshalPKCS8PrivateKey(ca.key)
-	os.WriteFile(filepath.Join(dir, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}), 0o600)
-	os.WriteFile(filepath.Join(dir, "ca.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	der, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), certstore.EncodePEM(ca.cert), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func loadTestCA(dir string, now func() time.Time, life time.Duration) (*testCA, error) {
@@ -155,21 +159,22 @@ func hubProbe(ca *testCA) Probe {
 }
 
 var serverCert struct {
-	once sync.Once
-	cert tls.Certificate
+	once  sync.Once
+	cert  tls.Certificate
+	roots *x509.CertPool // the client's trust: the self-signed cert itself
 }
 
 func handshake(ca *testCA, cand Credential) error {
 	serverCert.once.Do(func() {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		k := pkitest.Key()
 		tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "hub"}, DNSNames: []string{"hub.test"},
 			NotBefore: time.Unix(0, 0), NotAfter: time.Date(9000, 1, 1, 0, 0, 0, 0, time.UTC), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 		der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
 		serverCert.cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+		leaf, _ := x509.ParseCertificate(der)
+		serverCert.roots = x509.NewCertPool()
+		serverCert.roots.AddCert(leaf)
 	})
-	leaf, _ := x509.ParseCertificate(serverCert.cert.Certificate[0])
-	srvRoots := x509.NewCertPool()
-	srvRoots.AddCert(leaf)
 	c, s := net.Pipe()
 	defer c.Close()
 	defer s.Close()
@@ -179,7 +184,7 @@ func handshake(ca *testCA, cand Credential) error {
 		ClientCAs: ca.roots(), Time: now, MinVersion: tls.VersionTLS12,
 	})
 	cli := tls.Client(c, &tls.Config{
-		ServerName: "hub.test", RootCAs: srvRoots, Certificates: []tls.Certificate{cand.TLSCertificate()}, Time: now,
+		ServerName: "hub.test", RootCAs: serverCert.roots, Certificates: []tls.Certificate{cand.TLSCertificate()}, Time: now,
 		MinVersion: tls.VersionTLS12,
 	})
 	errc := make(chan error, 1)
@@ -225,7 +230,7 @@ func provisionSpec(t testing.TB, dir string, ca *testCA, spec string) Slot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeKey(k)
+	defer keys.Close(k)
 	leaf, err := ca.sign(k.Public(), "dev-1")
 	if err != nil {
 		t.Fatal(err)

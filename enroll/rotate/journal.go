@@ -71,14 +71,7 @@ func journalPath(stateDir string) string { return filepath.Join(stateDir, Journa
 
 func writeJournal(stateDir string, j *journal) error {
 	j.Schema = JournalSchema
-	b, err := json.MarshalIndent(j, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFile(journalPath(stateDir), append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("rotation journal: %w", err)
-	}
-	return nil
+	return writeJSON(journalPath(stateDir), "rotation journal", j)
 }
 
 // readJournal returns the journal, or nil when there is none.

@@ -76,12 +76,18 @@ func LoadRecord(stateDir string) (Record, error) {
 // SaveRecord writes the renewal record atomically.
 func SaveRecord(stateDir string, r Record) error {
 	r.Schema = RecordSchema
-	b, err := json.MarshalIndent(r, "", "  ")
+	return writeJSON(filepath.Join(stateDir, RecordFile), "renewal record", r)
+}
+
+// writeJSON writes v as indented JSON to path (0600) atomically; what
+// prefixes a write error.
+func writeJSON(path, what string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, RecordFile), append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("renewal record: %w", err)
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -9,11 +9,8 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
-
-	"devid/enroll/certstore"
 )
 
 // Clock is the time source of the renewal loop; tests inject a simulated
@@ -112,11 +109,7 @@ func (w *Renewer) policy() Policy {
 
 // leaf reads the current certificate from the slot's chain file.
 func (w *Renewer) leaf() (*x509.Certificate, error) {
-	b, err := os.ReadFile(w.Rotator.Slot.ChainPath)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := certstore.ParsePEM(b)
+	certs, err := readChain(w.Rotator.Slot.ChainPath)
 	if err != nil {
 		return nil, err
 	}

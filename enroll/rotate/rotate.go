@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -77,18 +76,27 @@ func LoadCredential(slot Slot, stateDir string) (Credential, error) {
 	if err != nil {
 		return Credential{}, err
 	}
-	b, err := os.ReadFile(slot.ChainPath)
+	chain, err := readChain(slot.ChainPath)
 	if err != nil {
-		return Credential{}, fmt.Errorf("load chain: %w", err)
-	}
-	chain, err := certstore.ParsePEM(b)
-	if err != nil {
-		return Credential{}, fmt.Errorf("load chain %s: %w", slot.ChainPath, err)
+		return Credential{}, err
 	}
 	if !sameKey(k.Public(), chain[0].PublicKey) {
 		return Credential{}, fmt.Errorf("load credential: chain %s does not certify key %s", slot.ChainPath, slot.KeySpec)
 	}
 	return Credential{Signer: k, Chain: chain}, nil
+}
+
+// readChain reads and parses the PEM chain file at path (leaf first).
+func readChain(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load chain: %w", err)
+	}
+	chain, err := certstore.ParsePEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("load chain %s: %w", path, err)
+	}
+	return chain, nil
 }
 
 func sameKey(a, b crypto.PublicKey) bool {
@@ -272,7 +280,7 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 
 	signer := cur.Signer
 	if cur.Signer != nil {
-		defer closeKey(cur.Signer)
+		defer keys.Close(cur.Signer)
 	}
 	if newKey {
 		// Leftovers of an attempt that crashed before its journal existed.
@@ -282,7 +290,7 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 			return Result{}, fmt.Errorf("rotate: create staged key: %w", err)
 		}
 		signer = k
-		defer closeKey(k)
+		defer keys.Close(k)
 		step("key")
 	}
 	deviceID := r.DeviceID
@@ -390,13 +398,6 @@ func DefaultStagedSpec(backend string, files []string) func(string) (string, err
 			return "tpm:" + addr + ",blob=" + files[0] + StagedSuffix + curve, nil
 		}
 		return "", fmt.Errorf("rotate: no staged key naming for spec %q; set Rotator.StagedSpec", spec)
-	}
-}
-
-// closeKey releases a key that holds a resource (a loaded TPM object).
-func closeKey(s crypto.Signer) {
-	if c, ok := s.(io.Closer); ok {
-		c.Close()
 	}
 }
 

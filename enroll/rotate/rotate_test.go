@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"devid/enroll/keys"
 )
 
 func realNow() time.Time { return time.Now() }
@@ -277,7 +279,7 @@ func mustLoad(t *testing.T, slot Slot, dir string) Credential {
 	if err != nil {
 		t.Fatal(err)
 	}
-	closeKey(c.Signer)
+	keys.Close(c.Signer)
 	return c
 }
 
@@ -290,7 +292,7 @@ func checkRecovered(t *testing.T, dir string, slot Slot, ca *testCA, old Credent
 	if err != nil {
 		t.Fatalf("%s: no usable credential after recovery: %v", what, err)
 	}
-	defer closeKey(cred.Signer)
+	defer keys.Close(cred.Signer)
 	if err := handshake(ca, cred); err != nil {
 		t.Fatalf("%s: credential after recovery does not connect: %v", what, err)
 	}

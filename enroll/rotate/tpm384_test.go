@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"devid/enroll/keys"
 	"devid/hal/tpm/tpmtest"
 )
 
@@ -38,7 +39,7 @@ func TestTPMKeyRotationP384(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeKey(c.Signer)
+	defer keys.Close(c.Signer)
 	pub := c.Signer.Public().(*ecdsa.PublicKey)
 	if pub.Curve != elliptic.P384() || pub.Equal(old.Signer.Public()) {
 		t.Fatalf("rotated key: curve %s, new %v; want a new P-384 key", pub.Curve.Params().Name, !pub.Equal(old.Signer.Public()))
