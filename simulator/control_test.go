@@ -102,3 +102,22 @@ func TestDeleteEnrollmentSurvivesRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestEnrollmentCaseOneRecord: individual enrollment IDs match without
+// regard to case, so re-PUTting in another case must not leave a second
+// stored record that comes back after a restart.
+func TestEnrollmentCaseOneRecord(t *testing.T) {
+	t.Parallel()
+	sim := simtest.Start(t)
+	ca := simtest.NewDeviceCA(t)
+	leaf := ca.Issue(t, "dev-b").Leaf
+	sim.EnrollIndividual(t, "Dev-B", leaf)
+	sim.EnrollIndividual(t, "dev-b", leaf)
+	if st, err := sim.Do("DELETE", "/enrollments/DEV-B", nil, nil); st != http.StatusNoContent {
+		t.Fatalf("delete: %d %v", st, err)
+	}
+	sim.Restart()
+	if st, _ := sim.Do("GET", "/enrollments/dev-b", nil, nil); st != http.StatusNotFound {
+		t.Errorf("GET after delete and restart: %d, want 404 (a stale record of the other case survived)", st)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -104,11 +105,14 @@ type Enrollment struct {
 
 func (e *Enrollment) isGroup() bool { return e.EnrollmentGroupID != "" }
 
+// key is the enrollment's storage key. Individual enrollments are matched
+// case-insensitively (s.indiv is keyed in lower case), so the stored key is
+// lower case too: a PUT of "Dev1" then "dev1" updates one record.
 func (e *Enrollment) key() string {
 	if e.isGroup() {
 		return e.EnrollmentGroupID
 	}
-	return e.RegistrationID
+	return strings.ToLower(e.RegistrationID)
 }
 
 func (e *Enrollment) enabled() bool { return e.ProvisioningStatus != "disabled" }
