@@ -380,7 +380,11 @@ func TestOutageQueuesThenDelivers(t *testing.T) {
 	end := h.clock.Now().Add(5 * time.Minute)
 	for h.clock.Now().Before(end) {
 		h.clock.Advance(time.Second)
-		time.Sleep(time.Millisecond)
+		// Let the agent act on the step: back in backoff, next retry armed.
+		h.waitFor("backoff re-armed", func() bool {
+			s := h.a.Status()
+			return s.State == Backoff.String() && s.NextRetry.After(h.clock.Now())
+		})
 	}
 	if d := h.a.QueueStats().Depth; d != n {
 		t.Fatalf("queue depth %d during the outage, want %d", d, n)

@@ -358,13 +358,7 @@ func TestLifecycleKill9(t *testing.T) {
 	sim.Restart()
 	b.waitState("connected", 60*time.Second)
 	b.waitDelivered("b", 15)
-	deadline := time.Now().Add(10 * time.Second)
-	for b.liveDepth() != 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if d := b.liveDepth(); d != 0 {
-		t.Fatalf("queue depth %v after delivery", d)
-	}
+	b.waitFor("queue depth 0 after delivery", 10*time.Second, func() bool { return b.liveDepth() == 0 })
 
 	// 3. Boot with the clock at 1970: the agent waits, deletes nothing.
 	b.kill()
@@ -414,13 +408,9 @@ func TestHubAuthRefusalReprovisions(t *testing.T) {
 	sim, b := startConnectedBoard(t, "authref-dev", "")
 	as, _ := (&statedir.Dir{Path: b.state}).LoadAssignment()
 	sim.MustDo("DELETE", "/sim/devices/"+as.Hub+"/"+b.deviceID, nil, nil)
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(b.stderr.String(), "state=reprovisioning") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no re-provisioning after the hub refused:\n%s", b.stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	b.waitFor("re-provisioning after the hub refused", 30*time.Second, func() bool {
+		return strings.Contains(b.stderr.String(), "state=reprovisioning")
+	})
 	b.waitState("connected", 30*time.Second)
 	b.send(2, "r")
 	b.waitDelivered("r", 2)

@@ -29,7 +29,7 @@ import (
 	"sync"
 	"time"
 
-	"devid/agent/statedir"
+	"devid/enroll/atomicfile"
 )
 
 // Fsync policies.
@@ -251,7 +251,7 @@ func (q *Queue) newSegmentLocked() error {
 	if err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}
-	statedir.SyncDir(q.dir)
+	atomicfile.SyncDir(q.dir)
 	q.w = f
 	q.segs = append(q.segs, &segment{path: path, first: q.nextSeq, last: q.nextSeq - 1})
 	return nil
@@ -502,7 +502,7 @@ func (q *Queue) Sync() error {
 
 func (q *Queue) writeCursorLocked() error {
 	b, _ := json.Marshal(cursor{Schema: 1, Acked: q.acked, Dropped: q.dropped})
-	if err := statedir.WriteFile(filepath.Join(q.dir, cursorFile), b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(q.dir, cursorFile), b, 0o600); err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}
 	q.cursorDirty = false

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+
+	"devid/enroll/atomicfile"
 )
 
 func renameAside(d *Dir, name, aside string) error {
@@ -14,5 +16,5 @@ func renameAside(d *Dir, name, aside string) error {
 	if err != nil {
 		return err
 	}
-	return SyncDir(d.Path)
+	return atomicfile.SyncDir(d.Path)
 }

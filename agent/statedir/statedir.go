@@ -19,6 +19,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"devid/enroll/atomicfile"
 )
 
 // File names inside the state directory owned by the agent. The key and
@@ -76,56 +78,6 @@ func Open(path string) (*Dir, error) {
 // File returns the path of name inside the directory.
 func (d *Dir) File(name string) string { return filepath.Join(d.Path, name) }
 
-// WriteFile atomically replaces name with data at mode perm: temp file in
-// the same directory (created at perm, never wider), fsync, rename, fsync
-// of the directory.
-func WriteFile(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	// CreateTemp makes the file 0600 already; Chmod only narrows or keeps.
-	if err := f.Chmod(perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	ok = true
-	return SyncDir(dir)
-}
-
-// SyncDir fsyncs a directory so a rename or create in it is durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
-}
-
 // writeJSON writes v (which must carry a "schema" field) as name, unless
 // the file already holds exactly these bytes (saves flash wear).
 func (d *Dir) writeJSON(name string, v any) error {
@@ -137,7 +89,7 @@ func (d *Dir) writeJSON(name string, v any) error {
 	if old, err := os.ReadFile(d.File(name)); err == nil && bytes.Equal(old, b) {
 		return nil
 	}
-	return WriteFile(d.File(name), b, 0o600)
+	return atomicfile.WriteFile(d.File(name), b, 0o600)
 }
 
 // readJSON reads name into v after checking its schema is at most max.
@@ -171,6 +123,6 @@ func (d *Dir) quarantine(name string, why error) error {
 	if err := os.Rename(d.File(name), aside); err != nil {
 		return fmt.Errorf("%s is unreadable (%v) and could not be moved aside: %w", name, why, err)
 	}
-	_ = SyncDir(d.Path)
+	_ = atomicfile.SyncDir(d.Path)
 	return fmt.Errorf("%s is unreadable (%v); kept as %s: %w", name, why, filepath.Base(aside), ErrNotExist)
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"devid/agent/config"
-	"devid/agent/statedir"
+	"devid/enroll/atomicfile"
 )
 
 func init() {
@@ -110,5 +110,5 @@ func saveLKG(stateDir string, effective []byte) error {
 	if old, err := os.ReadFile(file); err == nil && bytes.Equal(old, effective) {
 		return nil
 	}
-	return statedir.WriteFile(file, effective, 0o600)
+	return atomicfile.WriteFile(file, effective, 0o600)
 }
