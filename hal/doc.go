@@ -5,6 +5,7 @@
 //	hal/serial  the factory UART (github.com/tarm/serial)
 //	hal/tpm     TPM 2.0 transport and keys (github.com/google/go-tpm)
 //	hal/gpio    status LED and factory button (periph.io, gpioioctl)
+//	hal/clock   the time source (wall clock and timers) every layer above takes
 //
 // Nothing under hal imports any other devid package.
 package hal
