@@ -13,15 +13,18 @@ import (
 	"devid/agent/config"
 	"devid/agent/queue"
 	"devid/agent/statedir"
+	"devid/hal/clock"
 )
 
 // Options are the agent's dependencies. Config, Identity and Cloud are
 // required; the rest have safe defaults.
 type Options struct {
-	Config   *config.Config
-	Version  string
-	Logger   *slog.Logger
-	Clock    Clock
+	Config  *config.Config
+	Version string
+	Logger  *slog.Logger
+	// Clock is the time source of every timestamp and wait. Nil:
+	// clock.System.
+	Clock    clock.Clock
 	Identity IdentitySource
 	Cloud    Cloud
 	// Factory serves the factory bus until ctx ends. Nil: factory mode
@@ -92,7 +95,7 @@ type Agent struct {
 	opt   Options
 	cfg   *config.Config
 	log   *slog.Logger
-	clock Clock
+	clock clock.Clock
 	dir   *statedir.Dir
 	queue *queue.Queue
 
@@ -141,7 +144,7 @@ func New(opt Options) (*Agent, error) {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opt.Clock == nil {
-		opt.Clock = SystemClock{}
+		opt.Clock = clock.System
 	}
 	if opt.Version == "" {
 		opt.Version = "dev"
@@ -413,8 +416,8 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 		if ev.Kind == EvClockBad {
 			// A server said our clock is wrong although it passed the
 			// floor: wait (with backoff) for NTP to correct it instead
-			// of retrying TLS in a tight loop (anchors B-6).
-			pause = backoffDelay(a.backoffN, a.cfg.Retry.MinDelay.D(), a.cfg.Retry.MaxDelay.D(), a.cfg.Retry.Jitter.D(), rand.Float64())
+			// of retrying TLS in a tight loop (docs/field-problems.md, row 6).
+			pause = a.retryBackoff().Delay(a.backoffN, rand.Float64())
 			nextRetry = now.Add(pause)
 		}
 		a.startEnrolled(ctx, epoch, pause, ev.Err)
@@ -425,12 +428,12 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	case Connected:
 		a.startConnected(ctx, epoch, ev.payload.(HubConn))
 	case Backoff:
-		d := backoffDelay(a.backoffN, a.cfg.Retry.MinDelay.D(), a.cfg.Retry.MaxDelay.D(), a.cfg.Retry.Jitter.D(), rand.Float64())
+		d := a.retryBackoff().Delay(a.backoffN, rand.Float64())
 		nextRetry = now.Add(d)
 		a.timer(ctx, epoch, d, Event{Kind: EvTimer})
 	case Revoked:
 		min, max := a.cfg.Retry.RevokedMin.D(), a.cfg.Retry.RevokedMax.D()
-		d := backoffDelay(a.revokedN, min, max, min/4, rand.Float64())
+		d := clock.Backoff{Min: min, Max: max, Jitter: min / 4}.Delay(a.revokedN, rand.Float64())
 		if ev.Kind == EvBoot {
 			// Resume the wait that a reboot interrupted (capped, in case
 			// the clock went backwards).
@@ -457,6 +460,11 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	for _, h := range a.transitionHooks {
 		h(from, ns, ev)
 	}
+}
+
+// retryBackoff is the backoff between DPS and hub attempts ([retry]).
+func (a *Agent) retryBackoff() clock.Backoff {
+	return clock.Backoff{Min: a.cfg.Retry.MinDelay.D(), Max: a.cfg.Retry.MaxDelay.D(), Jitter: a.cfg.Retry.Jitter.D()}
 }
 
 func errString(err error) string {
@@ -486,17 +494,10 @@ func (a *Agent) timerFunc(ctx context.Context, epoch uint64, d time.Duration, mk
 	context.AfterFunc(ctx, func() { stop() })
 }
 
-// sleep waits d on the agent's clock or until ctx ends.
+// sleep waits d on the agent's clock or until ctx ends; it reports
+// whether the whole of d passed.
 func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
-	ch := make(chan struct{})
-	stop := a.clock.AfterFunc(d, func() { close(ch) })
-	defer stop()
-	select {
-	case <-ch:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return clock.Sleep(ctx, a.clock, d) == nil
 }
 
 // probeIdentity loads the identity only to see whether it exists (and
@@ -576,13 +577,16 @@ func (a *Agent) runFactory(ctx context.Context, epoch uint64) {
 				finish(nil)
 				return
 			}
+			tick, stop := clock.After(a.clock, time.Second)
 			select {
 			case err := <-done:
+				stop()
 				finish(err)
 				return
 			case <-ctx.Done():
+				stop()
 				return
-			case <-time.After(time.Second):
+			case <-tick:
 			}
 		}
 	}()
@@ -660,8 +664,9 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 				return
 			}
 		}
-		interval := time.Second
-		for {
+		// Re-check every 1 s, doubling to 32 s.
+		checks := clock.Backoff{Min: time.Second, Max: 32 * time.Second}
+		for n := 1; ; n++ {
 			now := a.clock.Now()
 			synced := !a.cfg.Clock.RequireSync || a.opt.ClockSynced == nil || a.opt.ClockSynced()
 			if !now.Before(floor) && synced {
@@ -681,14 +686,11 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 				a.postState(epoch, Event{Kind: EvClockOK, Cached: cached})
 				return
 			}
-			if interval == time.Second {
+			if n == 1 {
 				a.log.Warn("waiting for a sane clock before any TLS", "reason", reason, "max_wait", a.cfg.Clock.MaxWait.String())
 			}
-			if !a.sleep(ctx, interval) {
+			if !a.sleep(ctx, checks.Delay(n, 0)) {
 				return
-			}
-			if interval < 30*time.Second {
-				interval *= 2
 			}
 		}
 	}()
@@ -853,15 +855,18 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 			continue
 		}
 		if len(recs) == 0 {
+			// Safety net: re-scan in case a notification was consumed
+			// while the window was full.
+			rescan, stop := clock.After(a.clock, 5*time.Second)
 			select {
 			case <-a.queue.Notify():
 			case <-kick:
 			case <-ctx.Done():
+				stop()
 				return
-			case <-time.After(5 * time.Second):
-				// Safety net: re-scan in case a notification was consumed
-				// while the window was full.
+			case <-rescan:
 			}
+			stop()
 			continue
 		}
 		for _, r := range recs {

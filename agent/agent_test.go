@@ -15,11 +15,19 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"devid/agent/config"
 	"devid/agent/statedir"
+	"devid/hal/clock/clocktest"
 )
+
+// The in-process tests run the agent inside a testing/synctest bubble on
+// the bubble's fake time (through clocktest.Wall, which starts at t0 and
+// can be stepped like a 1970 boot or NTP). Time moves only when every
+// goroutine waits, so "let the agent settle, then read its status" is
+// exact and nothing depends on how fast the machine is.
 
 var errAuth = errors.New("connack 5: not authorized")
 var errDisabled = errors.New("registration disabled")
@@ -27,6 +35,10 @@ var errNet = errors.New("connection refused")
 var errClock = errors.New("tls: server certificate not yet valid")
 
 type fakeCloud struct {
+	// jam is never closed: a runaway agent that calls the cloud more than
+	// runaway times blocks on it, so the bubble goes idle and the test
+	// fails on its counts instead of spinning until the test timeout.
+	jam         chan struct{}
 	mu          sync.Mutex
 	registers   int
 	connects    int
@@ -38,8 +50,20 @@ type fakeCloud struct {
 	sent        []Message
 }
 
+// runaway is more cloud calls than any test makes on purpose.
+const runaway = 1000
+
+// stuck blocks a runaway caller for good (see jam). Called with f.mu held.
+func (f *fakeCloud) stuck() {
+	if f.registers+f.connects > runaway {
+		f.mu.Unlock()
+		<-f.jam
+	}
+}
+
 func (f *fakeCloud) Register(ctx context.Context, id *Identity) (*statedir.Assignment, error) {
 	f.mu.Lock()
+	f.stuck()
 	defer f.mu.Unlock()
 	f.registers++
 	if f.registerErr != nil {
@@ -50,6 +74,7 @@ func (f *fakeCloud) Register(ctx context.Context, id *Identity) (*statedir.Assig
 
 func (f *fakeCloud) Connect(ctx context.Context, id *Identity, a *statedir.Assignment, h Handlers) (HubConn, error) {
 	f.mu.Lock()
+	f.stuck()
 	defer f.mu.Unlock()
 	f.connects++
 	if err := f.failNext; err != nil {
@@ -159,13 +184,15 @@ type harness struct {
 	t           *testing.T
 	a           *Agent
 	cloud       *fakeCloud
-	clock       *FakeClock
+	clock       *clocktest.Wall
 	cfg         *config.Config
 	stop        func()
 }
 
 var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 
+// newHarness prepares an agent on a fake cloud and a wall clock at t0.
+// Call it inside a synctest bubble.
 func newHarness(t *testing.T, stateDir string, mutate func(*config.Config)) *harness {
 	t.Helper()
 	cfg := config.Default()
@@ -178,7 +205,7 @@ func newHarness(t *testing.T, stateDir string, mutate func(*config.Config)) *har
 	if mutate != nil {
 		mutate(cfg)
 	}
-	h := &harness{t: t, cloud: &fakeCloud{}, clock: NewFakeClock(t0), cfg: cfg}
+	h := &harness{t: t, cloud: &fakeCloud{jam: make(chan struct{})}, clock: clocktest.NewWall(t0), cfg: cfg}
 	return h
 }
 
@@ -229,212 +256,221 @@ type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
 
-// waitState waits (in real time, bounded) for the agent to reach state,
-// advancing the fake clock when advance is set so backoff timers fire.
-func (h *harness) waitState(want State, advance time.Duration) {
+// await lets the agent run on fake time until cond holds, looking each
+// time the agent is idle after a step of limit/1000; it fails once limit
+// has passed without cond. With limit 0 no time passes: cond must hold as
+// soon as the agent has settled.
+func (h *harness) await(what string, limit time.Duration, cond func() bool) {
 	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if h.a.Status().State == want.String() {
-			return
+	deadline := time.Now().Add(limit)
+	step := max(limit/1000, time.Millisecond)
+	synctest.Wait()
+	for !cond() {
+		if !time.Now().Before(deadline) {
+			h.t.Fatalf("%s: not within %v of fake time; status %+v", what, limit, h.a.Status())
 		}
-		if advance > 0 {
-			h.clock.Advance(advance)
-		}
-		time.Sleep(2 * time.Millisecond)
+		clocktest.Step(step)
 	}
-	h.t.Fatalf("state %s not reached; status %+v", want, h.a.Status())
 }
 
-func (h *harness) waitFor(what string, cond func() bool) {
+// waitState is await for the agent's state.
+func (h *harness) waitState(want State, limit time.Duration) {
 	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out waiting for %s; status %+v", what, h.a.Status())
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	h.await("state "+want.String(), limit, func() bool { return h.a.Status().State == want.String() })
 }
 
 func TestProvisionConnectSend(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join(t.TempDir(), "state")
-	h := newHarness(t, dir, nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	for i := 0; i < 5; i++ {
-		if _, err := h.a.Enqueue(Message{Body: []byte(fmt.Sprint(i))}); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "state")
+		h := newHarness(t, dir, nil)
+		h.start(testIdentity(t, t0.Add(-time.Hour)))
+		h.waitState(Connected, 0)
+		for i := 0; i < 5; i++ {
+			if _, err := h.a.Enqueue(Message{Body: []byte(fmt.Sprint(i))}); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	h.waitFor("5 messages sent", func() bool { _, _, s := h.cloud.get(); return len(s) == 5 })
-	h.waitFor("queue drained", func() bool { return h.a.QueueStats().Depth == 0 })
-	d, _ := statedir.Open(dir)
-	as, err := d.LoadAssignment()
-	if err != nil || as.Hub != "hub-1.azure-devices.net" || as.IDScope != "0ne0000SIM1" {
-		t.Fatalf("assignment not cached: %+v %v", as, err)
-	}
-	st, _ := d.LoadState()
-	if st.Name != "connected" || st.LastKnownGood.IsZero() {
-		t.Fatalf("state record %+v", st)
-	}
-	// A restart uses the cached assignment: no second registration.
-	h.stop()
-	h2 := newHarness(t, dir, nil)
-	h2.cloud = h.cloud
-	h2.start(testIdentity(t, t0.Add(-time.Hour)))
-	h2.waitState(Connected, 0)
-	if r, c, _ := h.cloud.get(); r != 1 || c != 2 {
-		t.Fatalf("registers %d connects %d; want 1 and 2", r, c)
-	}
+		h.await("5 messages sent", 0, func() bool { _, _, s := h.cloud.get(); return len(s) == 5 })
+		h.await("queue drained", 0, func() bool { return h.a.QueueStats().Depth == 0 })
+		d, _ := statedir.Open(dir)
+		as, err := d.LoadAssignment()
+		if err != nil || as.Hub != "hub-1.azure-devices.net" || as.IDScope != "0ne0000SIM1" {
+			t.Fatalf("assignment not cached: %+v %v", as, err)
+		}
+		st, _ := d.LoadState()
+		if st.Name != "connected" || st.LastKnownGood.IsZero() {
+			t.Fatalf("state record %+v", st)
+		}
+		// A restart uses the cached assignment: no second registration.
+		h.stop()
+		h2 := newHarness(t, dir, nil)
+		h2.cloud = h.cloud
+		h2.start(testIdentity(t, t0.Add(-time.Hour)))
+		h2.waitState(Connected, 0)
+		if r, c, _ := h.cloud.get(); r != 1 || c != 2 {
+			t.Fatalf("registers %d connects %d; want 1 and 2", r, c)
+		}
+	})
 }
 
 func TestHubAuthRefusalReprovisions(t *testing.T) {
 	t.Parallel()
-	h := newConnectedHarness(t)
-	h.breakCloud(func(f *fakeCloud) { f.failNext = errAuth })
-	h.waitFor("re-provisioned and connected", func() bool {
-		h.clock.Advance(time.Second)
-		r, c, _ := h.cloud.get()
-		return r == 2 && c >= 3 && h.a.Status().State == "connected"
+	synctest.Test(t, func(t *testing.T) {
+		h := newConnectedHarness(t)
+		h.breakCloud(func(f *fakeCloud) { f.failNext = errAuth })
+		h.await("re-provisioned and connected", time.Minute, func() bool {
+			r, c, _ := h.cloud.get()
+			return r == 2 && c >= 3 && h.a.Status().State == "connected"
+		})
+		if r, _, _ := h.cloud.get(); r != 2 {
+			t.Fatalf("registrations %d, want 2 (auth refusal must re-provision)", r)
+		}
 	})
-	if r, _, _ := h.cloud.get(); r != 2 {
-		t.Fatalf("registrations %d, want 2 (auth refusal must re-provision)", r)
-	}
 }
 
 func TestDisabledEnrollmentRevokedSlowRetry(t *testing.T) {
 	t.Parallel()
-	h := startFaultyHarness(t, func(f *fakeCloud) { f.registerErr = errDisabled })
-	h.waitState(Revoked, 0)
-	st := h.a.Status()
-	if wait := st.NextRetry.Sub(h.clock.Now()); wait < h.cfg.Retry.RevokedMin.D() {
-		t.Fatalf("revoked retry in %v; must be at least %v", wait, h.cfg.Retry.RevokedMin)
-	}
-	// A minute later: no hammering.
-	h.clock.Advance(time.Minute)
-	if r, _, _ := h.cloud.get(); r != 1 {
-		t.Fatalf("%d registrations within a minute of revocation", r)
-	}
-	// Still disabled on the next slow retry: back to revoked, longer wait.
-	h.clock.Advance(h.cfg.Retry.RevokedMin.D() * 2)
-	h.waitFor("second registration", func() bool { r, _, _ := h.cloud.get(); return r == 2 })
-	h.waitState(Revoked, 0)
-	// Re-enabled: the device comes back by itself.
-	h.cloud.set(func(f *fakeCloud) { f.registerErr = nil })
-	h.waitState(Connected, 10*time.Minute)
+	synctest.Test(t, func(t *testing.T) {
+		h := startFaultyHarness(t, func(f *fakeCloud) { f.registerErr = errDisabled })
+		h.waitState(Revoked, 0)
+		st := h.a.Status()
+		if wait := st.NextRetry.Sub(h.clock.Now()); wait < h.cfg.Retry.RevokedMin.D() {
+			t.Fatalf("revoked retry in %v; must be at least %v", wait, h.cfg.Retry.RevokedMin)
+		}
+		// A minute later: no hammering.
+		clocktest.Step(time.Minute)
+		if r, _, _ := h.cloud.get(); r != 1 {
+			t.Fatalf("%d registrations within a minute of revocation", r)
+		}
+		// Still disabled on the next slow retry: back to revoked, longer wait.
+		clocktest.Step(h.cfg.Retry.RevokedMin.D() * 2)
+		h.await("second registration", 0, func() bool { r, _, _ := h.cloud.get(); return r == 2 })
+		h.waitState(Revoked, 0)
+		// Re-enabled: the device comes back by itself.
+		h.cloud.set(func(f *fakeCloud) { f.registerErr = nil })
+		h.waitState(Connected, h.cfg.Retry.RevokedMax.D())
+	})
 }
 
 func TestClockAt1970Waits(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join(t.TempDir(), "s")
-	h := newHarness(t, dir, nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	h.stop()
-	before, _ := os.ReadDir(dir)
+	synctest.Test(t, func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "s")
+		h := newHarness(t, dir, nil)
+		h.start(testIdentity(t, t0.Add(-time.Hour)))
+		h.waitState(Connected, 0)
+		h.stop()
+		before, _ := os.ReadDir(dir)
 
-	h2 := newHarness(t, dir, nil)
-	h2.cloud = h.cloud
-	h2.clock = NewFakeClock(time.Unix(0, 0).UTC())
-	h2.start(testIdentity(t, t0.Add(-time.Hour)))
-	h2.waitFor("clock wait reported", func() bool {
-		s := h2.a.Status()
-		return s.State == "enrolled" && s.ClockWait != nil
-	})
-	// Way past max_wait, still at 1970: no TLS attempted, nothing deleted.
-	h2.clock.Advance(h2.cfg.Clock.MaxWait.D() * 3)
-	h2.waitFor("clock wait exceeded", func() bool { s := h2.a.Status(); return s.ClockWait != nil && s.ClockWait.Exceeded })
-	if r, c, _ := h.cloud.get(); r != 1 || c != 1 {
-		t.Fatalf("cloud contacted with a 1970 clock: registers %d connects %d", r, c)
-	}
-	after, _ := os.ReadDir(dir)
-	names := map[string]bool{}
-	for _, e := range after {
-		names[e.Name()] = true
-	}
-	for _, e := range before {
-		if !names[e.Name()] {
-			t.Errorf("%s deleted during the clock wait", e.Name())
+		h2 := newHarness(t, dir, nil)
+		h2.cloud = h.cloud
+		h2.clock = clocktest.NewWall(time.Unix(0, 0).UTC())
+		h2.start(testIdentity(t, t0.Add(-time.Hour)))
+		h2.await("clock wait reported", 0, func() bool {
+			s := h2.a.Status()
+			return s.State == "enrolled" && s.ClockWait != nil
+		})
+		// Way past max_wait, still at 1970: no TLS attempted, nothing deleted.
+		clocktest.Step(h2.cfg.Clock.MaxWait.D() * 3)
+		h2.await("clock wait exceeded", 0, func() bool { s := h2.a.Status(); return s.ClockWait != nil && s.ClockWait.Exceeded })
+		if r, c, _ := h.cloud.get(); r != 1 || c != 1 {
+			t.Fatalf("cloud contacted with a 1970 clock: registers %d connects %d", r, c)
 		}
-	}
-	// NTP fixes the clock: the agent connects with its cached assignment.
-	h2.clock.Set(t0.Add(time.Hour))
-	h2.waitState(Connected, 0)
-	if r, _, _ := h.cloud.get(); r != 1 {
-		t.Fatalf("re-registered after the clock wait: %d", r)
-	}
+		after, _ := os.ReadDir(dir)
+		names := map[string]bool{}
+		for _, e := range after {
+			names[e.Name()] = true
+		}
+		for _, e := range before {
+			if !names[e.Name()] {
+				t.Errorf("%s deleted during the clock wait", e.Name())
+			}
+		}
+		// NTP steps the clock: the agent notices at its next check (at
+		// most 32 s later) and connects with its cached assignment.
+		h2.clock.Set(t0.Add(time.Hour))
+		h2.waitState(Connected, time.Minute)
+		if r, _, _ := h.cloud.get(); r != 1 {
+			t.Fatalf("re-registered after the clock wait: %d", r)
+		}
+	})
 }
 
 func TestOutageQueuesThenDelivers(t *testing.T) {
 	t.Parallel()
-	h := newConnectedHarness(t)
-	h.breakCloud(func(f *fakeCloud) { f.connectErr = errNet })
-	h.waitState(Backoff, 0)
-	const n = 50
-	for i := 0; i < n; i++ {
-		h.a.Enqueue(Message{Body: []byte(fmt.Sprint(i))})
-	}
-	// Five simulated minutes of outage.
-	end := h.clock.Now().Add(5 * time.Minute)
-	for h.clock.Now().Before(end) {
-		h.clock.Advance(time.Second)
-		// Let the agent act on the step: back in backoff, next retry armed.
-		h.waitFor("backoff re-armed", func() bool {
-			s := h.a.Status()
-			return s.State == Backoff.String() && s.NextRetry.After(h.clock.Now())
-		})
-	}
-	if d := h.a.QueueStats().Depth; d != n {
-		t.Fatalf("queue depth %d during the outage, want %d", d, n)
-	}
-	if s := h.a.Status(); s.State == "reprovisioning" || s.HubFailures >= 10 {
-		t.Fatalf("a 5-minute outage must not trigger re-provisioning: %+v", s)
-	}
-	h.cloud.set(func(f *fakeCloud) { f.connectErr = nil })
-	h.waitState(Connected, time.Second)
-	h.waitFor("all delivered", func() bool { _, _, s := h.cloud.get(); return len(s) >= n })
-	if r, _, _ := h.cloud.get(); r != 1 {
-		t.Fatalf("outage caused %d registrations", r)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		h := newConnectedHarness(t)
+		h.breakCloud(func(f *fakeCloud) { f.connectErr = errNet })
+		h.waitState(Backoff, 0)
+		const n = 50
+		for i := 0; i < n; i++ {
+			h.a.Enqueue(Message{Body: []byte(fmt.Sprint(i))})
+		}
+		// Five simulated minutes of outage.
+		end := h.clock.Now().Add(5 * time.Minute)
+		for h.clock.Now().Before(end) {
+			clocktest.Step(time.Second)
+			// The agent has acted on the step: back in backoff, next retry armed.
+			h.await("backoff re-armed", 0, func() bool {
+				s := h.a.Status()
+				return s.State == Backoff.String() && s.NextRetry.After(h.clock.Now())
+			})
+		}
+		if d := h.a.QueueStats().Depth; d != n {
+			t.Fatalf("queue depth %d during the outage, want %d", d, n)
+		}
+		if s := h.a.Status(); s.State == "reprovisioning" || s.HubFailures >= 10 {
+			t.Fatalf("a 5-minute outage must not trigger re-provisioning: %+v", s)
+		}
+		h.cloud.set(func(f *fakeCloud) { f.connectErr = nil })
+		h.waitState(Connected, 2*h.cfg.Retry.MaxDelay.D())
+		h.await("all delivered", 0, func() bool { _, _, s := h.cloud.get(); return len(s) >= n })
+		if r, _, _ := h.cloud.get(); r != 1 {
+			t.Fatalf("outage caused %d registrations", r)
+		}
+	})
 }
 
 func TestTenHubFailuresReprovision(t *testing.T) {
 	t.Parallel()
-	h := newConnectedHarness(t)
-	h.breakCloud(func(f *fakeCloud) { f.connectErr = errNet })
-	h.waitFor("re-registration after 10 hub failures", func() bool {
-		h.clock.Advance(10 * time.Second)
-		time.Sleep(time.Millisecond)
-		r, _, _ := h.cloud.get()
-		return r == 2
+	synctest.Test(t, func(t *testing.T) {
+		h := newConnectedHarness(t)
+		h.breakCloud(func(f *fakeCloud) { f.connectErr = errNet })
+		// hub.max_failures failures, over at least hub.reprovision_after.
+		h.await("re-registration after 10 hub failures", time.Hour, func() bool {
+			r, _, _ := h.cloud.get()
+			return r == 2
+		})
+		if _, c, _ := h.cloud.get(); c < 10 {
+			t.Fatalf("re-provisioned after %d connects", c)
+		}
 	})
-	if _, c, _ := h.cloud.get(); c < 10 {
-		t.Fatalf("re-provisioned after %d connects", c)
-	}
 }
 
 // TestNewIDScopeReprovisions: a config naming another DPS instance makes
-// the cached assignment unusable (anchors B-11: a new ID scope ignored).
+// the cached assignment unusable (docs/field-problems.md, row 11: a new ID
+// scope ignored).
 func TestNewIDScopeReprovisions(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join(t.TempDir(), "s")
-	h := newHarness(t, dir, nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	h.stop()
-	h2 := newHarness(t, dir, func(c *config.Config) { c.DPS.IDScope = "0ne0000OTHER" })
-	h2.cloud = h.cloud
-	h2.start(testIdentity(t, t0.Add(-time.Hour)))
-	h2.waitState(Connected, 0)
-	if r, _, _ := h.cloud.get(); r != 2 {
-		t.Fatalf("registrations %d, want 2 after the ID scope changed", r)
-	}
-	as, _ := h2.a.dir.LoadAssignment()
-	if as.IDScope != "0ne0000OTHER" {
-		t.Fatalf("cached assignment still from the old scope: %+v", as)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "s")
+		h := newHarness(t, dir, nil)
+		h.start(testIdentity(t, t0.Add(-time.Hour)))
+		h.waitState(Connected, 0)
+		h.stop()
+		h2 := newHarness(t, dir, func(c *config.Config) { c.DPS.IDScope = "0ne0000OTHER" })
+		h2.cloud = h.cloud
+		h2.start(testIdentity(t, t0.Add(-time.Hour)))
+		h2.waitState(Connected, 0)
+		if r, _, _ := h.cloud.get(); r != 2 {
+			t.Fatalf("registrations %d, want 2 after the ID scope changed", r)
+		}
+		as, _ := h2.a.dir.LoadAssignment()
+		if as.IDScope != "0ne0000OTHER" {
+			t.Fatalf("cached assignment still from the old scope: %+v", as)
+		}
+	})
 }
 
 // TestFactoryButton: the button enters factory mode from connected; with
@@ -442,67 +478,72 @@ func TestNewIDScopeReprovisions(t *testing.T) {
 // field (cached assignment, no new registration).
 func TestFactoryButton(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
-	var states []string
-	var mu sync.Mutex
-	h.onState = func(s Status) { mu.Lock(); states = append(states, s.State); mu.Unlock() }
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	mu.Lock()
-	states = nil
-	mu.Unlock()
-	h.button <- struct{}{}
-	h.waitFor("factory and back", func() bool {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, filepath.Join(t.TempDir(), "s"), nil)
+		var states []string
+		var mu sync.Mutex
+		h.onState = func(s Status) { mu.Lock(); states = append(states, s.State); mu.Unlock() }
+		h.start(testIdentity(t, t0.Add(-time.Hour)))
+		h.waitState(Connected, 0)
 		mu.Lock()
-		defer mu.Unlock()
-		return len(states) > 0 && states[0] == "factory" && states[len(states)-1] == "connected"
+		states = nil
+		mu.Unlock()
+		h.button <- struct{}{}
+		h.await("factory and back", 0, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(states) > 0 && states[0] == "factory" && states[len(states)-1] == "connected"
+		})
+		if r, _, _ := h.cloud.get(); r != 1 {
+			t.Fatalf("registrations %d", r)
+		}
 	})
-	if r, _, _ := h.cloud.get(); r != 1 {
-		t.Fatalf("registrations %d", r)
-	}
 }
 
 // TestRevokedSurvivesReboot: a device rebooting while revoked resumes its
 // slow retry instead of asking DPS at every boot.
 func TestRevokedSurvivesReboot(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join(t.TempDir(), "s")
-	h := newHarness(t, dir, nil)
-	h.cloud.set(func(f *fakeCloud) { f.registerErr = errDisabled })
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Revoked, 0)
-	retry := h.a.Status().NextRetry
-	for i := 0; i < 3; i++ {
-		h.stop()
-		h2 := newHarness(t, dir, nil)
-		h2.cloud = h.cloud
-		h2.clock = NewFakeClock(t0.Add(time.Duration(i+1) * time.Minute))
-		h2.start(testIdentity(t, t0.Add(-time.Hour)))
-		h2.waitState(Revoked, 0)
-		if got := h2.a.Status().NextRetry; !got.Equal(retry) {
-			t.Fatalf("reboot %d: next retry %v, want %v", i, got, retry)
+	synctest.Test(t, func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "s")
+		h := newHarness(t, dir, nil)
+		h.cloud.set(func(f *fakeCloud) { f.registerErr = errDisabled })
+		h.start(testIdentity(t, t0.Add(-time.Hour)))
+		h.waitState(Revoked, 0)
+		retry := h.a.Status().NextRetry
+		for i := 0; i < 3; i++ {
+			h.stop()
+			h2 := newHarness(t, dir, nil)
+			h2.cloud = h.cloud
+			h2.clock = clocktest.NewWall(t0.Add(time.Duration(i+1) * time.Minute))
+			h2.start(testIdentity(t, t0.Add(-time.Hour)))
+			h2.waitState(Revoked, 0)
+			if got := h2.a.Status().NextRetry; !got.Equal(retry) {
+				t.Fatalf("reboot %d: next retry %v, want %v", i, got, retry)
+			}
+			h = h2
 		}
-		h = h2
-	}
-	if r, _, _ := h.cloud.get(); r != 1 {
-		t.Fatalf("%d registrations across 3 reboots while revoked, want 1", r)
-	}
-	h.cloud.set(func(f *fakeCloud) { f.registerErr = nil })
-	h.waitState(Connected, time.Minute)
+		if r, _, _ := h.cloud.get(); r != 1 {
+			t.Fatalf("%d registrations across 3 reboots while revoked, want 1", r)
+		}
+		h.cloud.set(func(f *fakeCloud) { f.registerErr = nil })
+		h.waitState(Connected, h.cfg.Retry.RevokedMax.D())
+	})
 }
 
 // TestLastKnownGoodRefreshed: while connected, the clock floor follows
 // the clock (hourly), so a later boot with a clock far back waits.
 func TestLastKnownGoodRefreshed(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join(t.TempDir(), "s")
-	h := newHarness(t, dir, nil)
-	h.start(testIdentity(t, t0.Add(-time.Hour)))
-	h.waitState(Connected, 0)
-	d, _ := statedir.Open(dir)
-	h.waitFor("last_known_good a day later", func() bool {
-		h.clock.Advance(time.Hour)
-		st, err := d.LoadState()
-		return err == nil && st.LastKnownGood.After(t0.Add(24*time.Hour))
+	synctest.Test(t, func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "s")
+		h := newHarness(t, dir, nil)
+		h.start(testIdentity(t, t0.Add(-time.Hour)))
+		h.waitState(Connected, 0)
+		d, _ := statedir.Open(dir)
+		h.await("last_known_good a day later", 26*time.Hour, func() bool {
+			st, err := d.LoadState()
+			return err == nil && st.LastKnownGood.After(t0.Add(24*time.Hour))
+		})
 	})
 }

@@ -13,6 +13,7 @@ import (
 	"devid/agent/config"
 	"devid/agent/statedir"
 	"devid/dps"
+	"devid/hal/clock"
 )
 
 // DPSCloud is the production Cloud: devid/dps against Azure (or the
@@ -20,7 +21,7 @@ import (
 type DPSCloud struct {
 	cfg     *config.Config
 	net     dps.Network
-	clock   Clock
+	clock   clock.Clock
 	log     *slog.Logger
 	version string
 }
@@ -28,12 +29,12 @@ type DPSCloud struct {
 // NewDPSCloud builds the dps network settings from the config: trust
 // bundle, resolve overrides, proxy, transport and the agent's clock for
 // TLS verification.
-func NewDPSCloud(cfg *config.Config, clock Clock, log *slog.Logger, version string) (*DPSCloud, error) {
+func NewDPSCloud(cfg *config.Config, clk clock.Clock, log *slog.Logger, version string) (*DPSCloud, error) {
 	n := dps.Network{
 		Resolve:          cfg.Network.Resolve,
 		Proxy:            cfg.Network.Proxy,
 		WebSocket:        cfg.DPS.Transport == "websocket",
-		Now:              clock.Now,
+		Now:              clk.Now,
 		HandshakeTimeout: cfg.Hub.ConnectTimeout.D(),
 	}
 	if cfg.DPS.TrustBundle != "" {
@@ -53,26 +54,13 @@ func NewDPSCloud(cfg *config.Config, clock Clock, log *slog.Logger, version stri
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &DPSCloud{cfg: cfg, net: n, clock: clock, log: log, version: version}, nil
+	return &DPSCloud{cfg: cfg, net: n, clock: clk, log: log, version: version}, nil
 }
 
-// dpsClock adapts the agent clock to dps.Clock.
-type dpsClock struct{ c Clock }
-
-func (d dpsClock) Now() time.Time { return d.c.Now() }
-func (d dpsClock) Sleep(ctx context.Context, dur time.Duration) error {
-	if dur <= 0 {
-		return ctx.Err()
-	}
-	ch := make(chan struct{})
-	stop := d.c.AfterFunc(dur, func() { close(ch) })
-	defer stop()
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// sleepOn is c as dps's Sleep seam (dps imports no devid package, so it
+// takes functions, not a clock.Clock).
+func sleepOn(c clock.Clock) func(context.Context, time.Duration) error {
+	return func(ctx context.Context, d time.Duration) error { return clock.Sleep(ctx, c, d) }
 }
 
 func credential(id *Identity) dps.Credential {
@@ -88,7 +76,8 @@ func (c *DPSCloud) Register(ctx context.Context, id *Identity) (*statedir.Assign
 		Network:       c.net,
 		Timeout:       c.cfg.DPS.Timeout.D(),
 		ClientVersion: "devid-agent/" + c.version,
-		Clock:         dpsClock{c.clock},
+		Now:           c.clock.Now,
+		Sleep:         sleepOn(c.clock),
 		Logger:        c.log,
 	}
 	if c.cfg.DPS.Payload != "" {
@@ -159,7 +148,8 @@ func (c *DPSCloud) Connect(ctx context.Context, id *Identity, a *statedir.Assign
 		ConnectTimeout:   c.cfg.Hub.ConnectTimeout.D(),
 		DisableReconnect: true,
 		Methods:          methods,
-		Clock:            dpsClock{c.clock},
+		Now:              c.clock.Now,
+		Sleep:            sleepOn(c.clock),
 		Logger:           c.log,
 	}
 	if h.C2D != nil {

@@ -5,8 +5,6 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
-	"sync"
-	"time"
 
 	"devid/agent/statedir"
 )
@@ -117,103 +115,4 @@ type Cloud interface {
 	Connect(ctx context.Context, id *Identity, a *statedir.Assignment, h Handlers) (HubConn, error)
 	// Classify says what an error from Register or Connect means.
 	Classify(err error) ErrorClass
-}
-
-// Clock is the agent's time source. Tests inject a simulated clock.
-type Clock interface {
-	Now() time.Time
-	// AfterFunc calls f in its own goroutine after d; stop cancels it.
-	AfterFunc(d time.Duration, f func()) (stop func() bool)
-}
-
-// SystemClock is the real clock.
-type SystemClock struct{}
-
-// Now returns time.Now.
-func (SystemClock) Now() time.Time { return time.Now() }
-
-// AfterFunc wraps time.AfterFunc.
-func (SystemClock) AfterFunc(d time.Duration, f func()) func() bool {
-	return time.AfterFunc(d, f).Stop
-}
-
-// FakeClock is a manually advanced clock for tests and simulations.
-// It is safe for concurrent use.
-type FakeClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*fakeTimer
-}
-
-type fakeTimer struct {
-	at      time.Time
-	f       func()
-	stopped bool
-}
-
-// NewFakeClock starts a fake clock at t.
-func NewFakeClock(t time.Time) *FakeClock { return &FakeClock{now: t} }
-
-// Now returns the fake time.
-func (c *FakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// AfterFunc schedules f at Now()+d.
-func (c *FakeClock) AfterFunc(d time.Duration, f func()) func() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &fakeTimer{at: c.now.Add(d), f: f}
-	c.timers = append(c.timers, t)
-	return func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		was := !t.stopped
-		t.stopped = true
-		return was
-	}
-}
-
-// Advance moves the clock forward by d and fires every timer due.
-func (c *FakeClock) Advance(d time.Duration) {
-	c.Set(c.Now().Add(d))
-}
-
-// Set moves the clock to t (forwards or backwards) and fires every timer due.
-func (c *FakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	c.now = t
-	var due []*fakeTimer
-	keep := c.timers[:0]
-	for _, tm := range c.timers {
-		switch {
-		case tm.stopped:
-		case !tm.at.After(t):
-			tm.stopped = true
-			due = append(due, tm)
-		default:
-			keep = append(keep, tm)
-		}
-	}
-	c.timers = keep
-	c.mu.Unlock()
-	for _, tm := range due {
-		go tm.f()
-	}
-}
-
-// Pending reports how many timers are scheduled (for tests that wait
-// until the agent has armed its next timer).
-func (c *FakeClock) Pending() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, t := range c.timers {
-		if !t.stopped {
-			n++
-		}
-	}
-	return n
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"devid/agent/config"
+	"devid/hal/clock/clocktest"
 	"devid/simulator/simtest"
 )
 
@@ -20,6 +21,12 @@ import (
 // real time. Messages sent during the outage are queued and all arrive
 // afterwards, and the outage does not send the agent back to DPS before
 // hub.max_failures.
+//
+// The simulator is a real process on real sockets, so this test cannot
+// run in a synctest bubble. The clock is a clocktest.Fake that the test
+// moves only once the timer it expects is armed: the next DPS poll while
+// provisioning, the backoff timer (and nothing else) while backing off.
+// Only the wait for the agent to get there polls the wall clock.
 func TestHubOutageSimulatedClock(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the simulator")
@@ -48,7 +55,7 @@ func TestHubOutageSimulatedClock(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	clock := NewFakeClock(time.Now())
+	clock := clocktest.NewFake(time.Now())
 	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	cloud, err := NewDPSCloud(cfg, clock, log, "test")
 	if err != nil {
@@ -64,33 +71,33 @@ func TestHubOutageSimulatedClock(t *testing.T) {
 	go func() { a.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	// The clock pump: simulated time runs at about 200x, but stands still
-	// while a hub connection attempt is on the wire, so the simulation does
-	// not depend on how fast this machine is.
-	pumpCtx, stopPump := context.WithCancel(ctx)
-	defer stopPump()
-	go func() {
-		for pumpCtx.Err() == nil {
-			if a.Status().State != "connecting" {
-				clock.Advance(time.Second)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
-	waitState := func(want string, within time.Duration) {
+	// settle waits until the agent is connected, or idle in wait with
+	// exactly one timer armed, the one it is waiting for; only then does
+	// it advance the clock, to that timer.
+	settle := func(what string, wait string) {
 		t.Helper()
-		deadline := time.Now().Add(within)
-		for a.Status().State != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("state %q not reached: %+v", want, a.Status())
+		ok := clocktest.Poll(60*time.Second, func() bool {
+			switch a.Status().State {
+			case "connected":
+				return true
+			case wait:
+				if clock.Pending() == 1 {
+					clock.AdvanceToNext()
+				}
 			}
-			time.Sleep(5 * time.Millisecond)
+			return false
+		})
+		if !ok {
+			t.Fatalf("%s: not connected: %+v (%d timers armed)", what, a.Status(), clock.Pending())
 		}
 	}
-	waitState("connected", 30*time.Second)
+	// Registration: the DPS status polls wait on the agent's clock.
+	settle("first registration", "provisioning")
 
 	sim.Stop()
-	waitState("backoff", 30*time.Second)
+	if !clocktest.Poll(30*time.Second, func() bool { return a.Status().State == "backoff" }) {
+		t.Fatalf("state backoff not reached after the hub went away: %+v", a.Status())
+	}
 	start := clock.Now()
 	const n = 40
 	for i := 0; i < n; i++ {
@@ -101,10 +108,18 @@ func TestHubOutageSimulatedClock(t *testing.T) {
 	// More than hub.max_failures failures, but less than
 	// hub.reprovision_after (15m): no DPS round trip.
 	for clock.Now().Sub(start) < 10*time.Minute {
-		if s := a.Status(); s.State == "reprovisioning" || s.State == "provisioning" {
+		var s Status
+		armed := clocktest.Poll(30*time.Second, func() bool {
+			s = a.Status()
+			return s.State != "backoff" && s.State != "connecting" || s.State == "backoff" && clock.Pending() == 1
+		})
+		if s.State == "reprovisioning" || s.State == "provisioning" {
 			t.Fatalf("went back to DPS during a 10-minute hub outage: %+v", s)
 		}
-		time.Sleep(5 * time.Millisecond)
+		if !armed || s.State != "backoff" {
+			t.Fatalf("backoff timer not armed during the outage: %+v (%d timers armed)", s, clock.Pending())
+		}
+		clock.AdvanceToNext()
 	}
 	if s := a.Status(); s.HubFailures < cfg.Hub.MaxFailures {
 		t.Fatalf("only %d hub failures in 10 simulated minutes; the test needs more than %d", s.HubFailures, cfg.Hub.MaxFailures)
@@ -113,17 +128,16 @@ func TestHubOutageSimulatedClock(t *testing.T) {
 		t.Fatalf("queue depth %d after 10 simulated minutes, want %d", d, n)
 	}
 	sim.Restart()
-	waitState("connected", 60*time.Second)
+	settle("after the outage", "backoff")
 	got := map[string]bool{}
-	deadline := time.Now().Add(30 * time.Second)
-	for len(got) < n && time.Now().Before(deadline) {
+	clocktest.Poll(30*time.Second, func() bool {
 		for _, m := range sim.Telemetry(t, "outage-dev") {
 			if m.ApplicationProperties["outage"] == "1" {
 				got[strings.TrimSpace(m.Body)] = true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return len(got) >= n
+	})
 	if len(got) != n {
 		t.Fatalf("%d of %d queued messages delivered after the outage", len(got), n)
 	}

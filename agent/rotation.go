@@ -29,6 +29,7 @@ import (
 	"devid/enroll/certstore"
 	"devid/enroll/keys"
 	"devid/enroll/rotate"
+	"devid/hal/clock"
 )
 
 // Operational slot file names (path "dps"): the DPS-issued credential the
@@ -153,13 +154,13 @@ func (a *Agent) initRenewal() error {
 	case "est":
 		rot.Issuer = &rotate.ESTIssuer{URL: c.ESTURL, ServerRoots: r.estRoots(), Transport: r.estTransport}
 	}
-	r.w = &rotate.Renewer{Rotator: rot, Policy: pol, Clock: agentClock{a.clock}, OnRotated: r.onRotated, Log: rot.Log,
+	r.w = &rotate.Renewer{Rotator: rot, Policy: pol, Clock: a.clock, OnRotated: r.onRotated, Log: rot.Log,
 		// With path dps the agent's own registration fills the empty slot.
 		FirstIssuanceElsewhere: c.Path == "dps" || c.Path == "hub"}
 	a.statusExtra["renewal"] = func() any { return r.w.Status() }
 	if c.Path == "none" || c.Path == "" {
 		if leaf := renewalLeaf(a.cfg); leaf != nil {
-			// Say it at every start, not only in check (anchors B-3).
+			// Say it at every start, not only in check (docs/field-problems.md, row 3).
 			a.log.Warn("renewal.path is none: nothing will renew the device certificate", "not_after", leaf.NotAfter.UTC())
 		}
 		return nil
@@ -187,13 +188,8 @@ func (r *renewal) waitEnrolled(ctx context.Context) error {
 			closeIdentity(id)
 			return nil
 		}
-		ch := make(chan struct{})
-		stop := r.a.clock.AfterFunc(30*time.Second, func() { close(ch) })
-		select {
-		case <-ctx.Done():
-			stop()
-			return ctx.Err()
-		case <-ch:
+		if err := clock.Sleep(ctx, r.a.clock, 30*time.Second); err != nil {
+			return err
 		}
 	}
 }
@@ -236,7 +232,7 @@ func (r *renewal) issueDPS(ctx context.Context, req rotate.IssueRequest) ([]*x50
 		Config: dps.Config{
 			Endpoint: cfg.DPS.Endpoint, IDScope: cfg.DPS.IDScope, Credential: credential(id),
 			Network: r.network(), Timeout: cfg.DPS.Timeout.D(), Payload: payloadOf(cfg.DPS.Payload),
-			Logger: r.a.log.With("component", "dps"),
+			Now: r.a.clock.Now, Sleep: sleepOn(r.a.clock), Logger: r.a.log.With("component", "dps"),
 		},
 		OnAssigned: r.onAssigned,
 	}
@@ -249,7 +245,7 @@ func (r *renewal) issueDPS(ctx context.Context, req rotate.IssueRequest) ([]*x50
 type registering struct{}
 
 // issueHub is path "hub": renew over the hub's credentials topic
-// (reference §3.8, preview), authenticated with the current operational
+// (docs/dps.md, certificate renewal, preview), authenticated with the current operational
 // certificate. Without one (first issuance), during a registration, or
 // when the hub cannot issue (no preview support, a transient failure),
 // it issues through DPS, which needs only the factory credential.
@@ -260,7 +256,7 @@ func (r *renewal) issueHub(ctx context.Context, req rotate.IssueRequest) ([]*x50
 	}
 	r.a.log.Info("renewal: hub certificate issuance", "hub", as.Hub, "device_id", as.DeviceID)
 	h := &rotate.HubIssuer{Config: dps.HubConfig{Host: as.Hub, DeviceID: as.DeviceID, Network: r.network(),
-		KeepAlive: r.a.cfg.Hub.KeepAlive.D(), ConnectTimeout: r.a.cfg.Hub.ConnectTimeout.D(), Clock: dpsClock{r.a.clock},
+		KeepAlive: r.a.cfg.Hub.KeepAlive.D(), ConnectTimeout: r.a.cfg.Hub.ConnectTimeout.D(), Now: r.a.clock.Now, Sleep: sleepOn(r.a.clock),
 		Logger: r.a.log.With("component", "hub-renewal")}}
 	chain, err := h.Issue(ctx, req)
 	if err == nil || ctx.Err() != nil {
@@ -460,16 +456,6 @@ func (o operationalIdentity) Load() (*Identity, error) {
 	id.Operational = &Identity{DeviceID: leaf.Subject.CommonName, Key: c.Signer, Backend: backend, Chain: c.Chain,
 		Fingerprint: hex.EncodeToString(sum[:])}
 	return id, nil
-}
-
-// agentClock adapts the agent's clock to rotate.Clock.
-type agentClock struct{ c Clock }
-
-func (k agentClock) Now() time.Time { return k.c.Now() }
-func (k agentClock) After(d time.Duration) <-chan time.Time {
-	ch := make(chan time.Time, 1)
-	k.c.AfterFunc(d, func() { ch <- k.c.Now() })
-	return ch
 }
 
 // authWatch passes everything to the agent's Cloud except Register (see

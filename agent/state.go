@@ -141,7 +141,7 @@ type counters struct {
 	failingFor, minFailing time.Duration
 	// reprovisions counts DPS round trips since the last good hub
 	// connection; a hub that refuses every fresh assignment must not
-	// make the agent loop through DPS (anchors B-11).
+	// make the agent loop through DPS (docs/field-problems.md, row 11).
 	reprovisions    int
 	maxReprovisions int
 	cached          bool // an assignment is cached
@@ -273,24 +273,4 @@ func next(cur State, ev Event, c counters) State {
 		}
 	}
 	return cur
-}
-
-// Backoff computes the retry delay after n consecutive failures (n ≥ 1):
-// min·2^(n-1) capped at max, plus up to jitter of random delay (full
-// jitter on top of the base, as the Azure SDKs do). rnd is in [0,1).
-func backoffDelay(n int, min, max, jitter time.Duration, rnd float64) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	d := min
-	for i := 1; i < n && d < max; i++ {
-		d *= 2
-	}
-	if d > max {
-		d = max
-	}
-	if jitter > 0 {
-		d += time.Duration(rnd * float64(jitter))
-	}
-	return d
 }

@@ -73,17 +73,3 @@ func TestStateNamesRoundTrip(t *testing.T) {
 		t.Error("unknown name parsed")
 	}
 }
-
-func TestBackoffDelay(t *testing.T) {
-	t.Parallel()
-	min, max := time.Second, 100*time.Second
-	want := []time.Duration{1, 2, 4, 8, 16, 32, 64, 100, 100}
-	for i, w := range want {
-		if d := backoffDelay(i+1, min, max, 5*time.Second, 0); d != w*time.Second {
-			t.Errorf("n=%d: %v, want %v", i+1, d, w*time.Second)
-		}
-	}
-	if d := backoffDelay(1, min, max, 5*time.Second, 0.5); d != 3500*time.Millisecond {
-		t.Errorf("jitter: %v", d)
-	}
-}

@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// Hub limits and defaults (reference §3.1, §3.7).
+// Hub limits and defaults (docs/dps.md).
 const (
 	DefaultKeepAlive = 240 * time.Second
 	// MaxKeepAlive keeps the hub's 1.5× timeout under Azure's load
@@ -88,7 +88,12 @@ type HubConfig struct {
 	// connection goroutine; do not block in it.
 	OnState func(StateEvent)
 
-	Clock  Clock
+	// Now and Sleep are the time source of the waits (nil: real time);
+	// Sleep waits d or until ctx is done, returning ctx.Err(). Tests pass
+	// virtual time, the agent its clock. Plain functions, because dps
+	// imports no devid package (the agent's clock is hal/clock).
+	Now    func() time.Time
+	Sleep  func(ctx context.Context, d time.Duration) error
 	Rand   func() float64
 	Logger *slog.Logger
 }
@@ -225,7 +230,7 @@ func (cfg *HubConfig) defaults() error {
 			cfg.APIVersion = hubCSRAPIVersion
 		}
 	}
-	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 120*time.Second, &cfg.Clock, &cfg.Rand, &cfg.Logger)
+	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 120*time.Second, &cfg.Now, &cfg.Sleep, &cfg.Rand, &cfg.Logger)
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 32
 	}
@@ -344,7 +349,7 @@ func (h *Hub) emit(ev StateEvent) {
 func (h *Hub) supervise(s *session) {
 	defer close(h.exited)
 	for {
-		started := h.cfg.Clock.Now()
+		started := h.cfg.Now()
 		select {
 		case <-h.ctx.Done():
 			return
@@ -361,7 +366,7 @@ func (h *Hub) supervise(s *session) {
 			return
 		}
 		failures := 0
-		if h.cfg.Clock.Now().Sub(started) < time.Minute {
+		if h.cfg.Now().Sub(started) < time.Minute {
 			// It dropped soon after connecting: do not reconnect at once
 			// (repeated immediate disconnects must back off).
 			failures = 1
@@ -369,7 +374,7 @@ func (h *Hub) supervise(s *session) {
 		refusals := 0
 		for {
 			d := h.cfg.Backoff.Delay(failures, h.cfg.Rand)
-			if err := h.cfg.Clock.Sleep(h.ctx, d); err != nil {
+			if err := h.cfg.Sleep(h.ctx, d); err != nil {
 				return
 			}
 			h.emit(StateEvent{State: StateConnecting, Failures: failures})
@@ -686,7 +691,7 @@ func (h *Hub) twinRequest(ctx context.Context, op, format string, body []byte) (
 			d = max(d, clampRetryAfter(se.RetryAfter, 0, 300*time.Second))
 		}
 		failures++
-		if err := h.cfg.Clock.Sleep(ctx, d); err != nil {
+		if err := h.cfg.Sleep(ctx, d); err != nil {
 			return Response{}, nil, ctxError(ctx, op, failures, last)
 		}
 	}

@@ -17,9 +17,10 @@ func TestFailedConnectsNoGoroutineLeak(t *testing.T) {
 	ca, host, addr := startBareBroker(t)
 	other := newTestCA(t, "not the broker's CA")
 	cred := ca.credential(t, "leak-reg")
+	clk := newFakeClock()
 	base := Config{
 		Endpoint: host, IDScope: "0ne00000000", Credential: cred,
-		Clock: newFakeClock(), Rand: func() float64 { return 0.5 },
+		Now: clk.Now, Sleep: clk.Sleep, Rand: func() float64 { return 0.5 },
 		// The bare broker never answers a register request: each attempt
 		// ends on the response timeout, the whole call on Timeout.
 		ResponseTimeout: 20 * time.Millisecond,

@@ -53,7 +53,7 @@ type Config struct {
 	// no retry-after. Default 2 s.
 	PollInterval time.Duration
 	// MinPollInterval floors the wait between status polls whatever
-	// retry-after says: reference §6 asks for max(retry-after, 2 s), which
+	// retry-after says: max(retry-after, 2 s), as the C# SDK does, which
 	// also keeps a device well inside DPS's 5 polls per 10 s. Default 2 s;
 	// a negative value honours retry-after exactly (benchmarks only).
 	MinPollInterval time.Duration
@@ -65,7 +65,12 @@ type Config struct {
 	// KeepAlive for the DPS connection. Default 240 s, at most 1177 s.
 	KeepAlive time.Duration
 
-	Clock  Clock
+	// Now and Sleep are the time source of the waits (nil: real time);
+	// Sleep waits d or until ctx is done, returning ctx.Err(). Tests pass
+	// virtual time, the agent its clock. Plain functions, because dps
+	// imports no devid package (the agent's clock is hal/clock).
+	Now    func() time.Time
+	Sleep  func(ctx context.Context, d time.Duration) error
 	Rand   func() float64 // [0,1); default math/rand/v2
 	Logger *slog.Logger
 }
@@ -154,7 +159,7 @@ func (cfg *Config) defaults() error {
 	if cfg.MaxRetryAfter <= 0 {
 		cfg.MaxRetryAfter = 300 * time.Second
 	}
-	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 60*time.Second, &cfg.Clock, &cfg.Rand, &cfg.Logger)
+	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 60*time.Second, &cfg.Now, &cfg.Sleep, &cfg.Rand, &cfg.Logger)
 	return nil
 }
 
@@ -219,7 +224,7 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 			d := r.cfg.Backoff.Delay(r.failures, r.cfg.Rand)
 			r.failures++
 			r.log.Info("dps connection failed; backing off", "err", err, "retry_in", d)
-			if err := r.cfg.Clock.Sleep(ctx, d); err != nil {
+			if err := r.cfg.Sleep(ctx, d); err != nil {
 				return nil, ctxError(ctx, "dps register", r.attempts(), r.lastErr)
 			}
 		}
@@ -255,13 +260,13 @@ func (r *registration) session(ctx context.Context) (*Result, error) {
 	for {
 		topic, body, op := r.nextRequest()
 		if op == "poll" {
-			if d := r.limiter.wait(cfg.Clock.Now()); d > 0 {
+			if d := r.limiter.wait(cfg.Now()); d > 0 {
 				r.log.Debug("poll limit reached; waiting", "wait", d)
-				if err := cfg.Clock.Sleep(ctx, d); err != nil {
+				if err := cfg.Sleep(ctx, d); err != nil {
 					return nil, ctxError(ctx, "dps register", r.attempts(), r.lastErr)
 				}
 			}
-			r.limiter.record(cfg.Clock.Now())
+			r.limiter.record(cfg.Now())
 		}
 		rid := ridOf(topic)
 		r.res.RoundTrips++
@@ -294,7 +299,7 @@ func (r *registration) session(ctx context.Context) (*Result, error) {
 			}
 			wait = max(wait, cfg.MinPollInterval)
 		}
-		if err := cfg.Clock.Sleep(ctx, wait); err != nil {
+		if err := cfg.Sleep(ctx, wait); err != nil {
 			return nil, ctxError(ctx, "dps register", r.attempts(), r.lastErr)
 		}
 	}
@@ -405,7 +410,7 @@ func (r *registration) assigned(st *OperationStatus) (*Result, error) {
 	res := r.res
 	r.log.Info("dps assigned", "hub", rs.AssignedHub, "device_id", rs.DeviceID, "round_trips", res.RoundTrips)
 	if p := rs.ConnectionProfile; p != "" && !strings.EqualFold(p, "classic") {
-		// Draft API (reference §2.11): an MQTT 5 hub is not supported.
+		// A draft API: a hub that speaks MQTT 5 is not supported.
 		r.log.Warn("dps assigned a hub with a connection profile this client does not speak", "connection_profile", p)
 	}
 	if len(r.cfg.CSR) == 0 {

@@ -70,11 +70,12 @@ func mustCSR(t *testing.T, cn string) []byte {
 func TestRegisterStopsAtDeadline(t *testing.T) {
 	t.Parallel()
 	cred := newTestCA(t, "CA").credential(t, "dev-9")
+	clk := newFakeClock()
 	// Nothing listens: every attempt is a TCP error; the deadline ends it
 	// with a TimeoutError that carries the last cause.
 	cfg := Config{IDScope: "s", Credential: cred, Endpoint: "dps.example.test:1",
 		Network: Network{Resolve: map[string]string{"dps.example.test": "127.0.0.1:1"}},
-		Clock:   newFakeClock(), Timeout: 200 * time.Millisecond}
+		Now:     clk.Now, Sleep: clk.Sleep, Timeout: 200 * time.Millisecond}
 	_, err := Register(context.Background(), cfg)
 	var te *TimeoutError
 	if !errors.As(err, &te) || !errors.Is(err, ErrTCP) || !errors.Is(err, context.DeadlineExceeded) || te.Attempts < 2 {

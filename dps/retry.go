@@ -8,19 +8,9 @@ import (
 	"time"
 )
 
-// Clock is the time source for waits and deadlines. Tests inject a
-// virtual clock whose Sleep returns at once and advances Now, so retry
-// logic is checked without waiting on the wall clock.
-type Clock interface {
-	Now() time.Time
-	// Sleep waits for d or until ctx is done (returning ctx.Err()).
-	Sleep(ctx context.Context, d time.Duration) error
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time { return time.Now() }
-func (realClock) Sleep(ctx context.Context, d time.Duration) error {
+// sleep is the real Sleep: it waits d or until ctx is done (returning
+// ctx.Err()).
+func sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
 	}
@@ -34,10 +24,10 @@ func (realClock) Sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// SystemClock is the real clock.
-var SystemClock Clock = realClock{}
-
-// Backoff is exponential backoff with full jitter:
+// Backoff is exponential backoff with full jitter for the retries inside
+// dps (429, 5xx, transport failures, reconnects). It is dps's own because
+// dps imports no devid package; the agent's backoff between attempts is
+// hal/clock's Backoff.
 //
 //	delay(n) = Floor + U[0, min(Max, Base·2^n))
 //
@@ -122,8 +112,8 @@ func (p *pollLimiter) record(now time.Time) {
 
 // sharedDefaults fills the fields Config and HubConfig have in common:
 // keep-alive (defaulted and clamped to [1 s, MaxKeepAlive]), backoff
-// (base 1 s, max maxBackoff), clock, jitter source and logger.
-func sharedDefaults(keepAlive *time.Duration, b *Backoff, maxBackoff time.Duration, clock *Clock, rnd *func() float64, logger **slog.Logger) {
+// (base 1 s, max maxBackoff), time source, jitter source and logger.
+func sharedDefaults(keepAlive *time.Duration, b *Backoff, maxBackoff time.Duration, now *func() time.Time, sleepFn *func(context.Context, time.Duration) error, rnd *func() float64, logger **slog.Logger) {
 	if *keepAlive <= 0 {
 		*keepAlive = DefaultKeepAlive
 	}
@@ -134,8 +124,11 @@ func sharedDefaults(keepAlive *time.Duration, b *Backoff, maxBackoff time.Durati
 	if b.Max <= 0 {
 		b.Max = maxBackoff
 	}
-	if *clock == nil {
-		*clock = SystemClock
+	if *now == nil {
+		*now = time.Now
+	}
+	if *sleepFn == nil {
+		*sleepFn = sleep
 	}
 	if *rnd == nil {
 		*rnd = defaultRand()

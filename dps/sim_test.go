@@ -91,16 +91,20 @@ func (r *rig) wsNetwork() Network {
 	return Network{Resolve: m, TrustBundle: r.roots, WebSocket: true}
 }
 
-func (r *rig) config(cred Credential, clk Clock) Config {
-	return Config{
+// config is a registration on clk's virtual time (nil: real time).
+func (r *rig) config(cred Credential, clk *fakeClock) Config {
+	cfg := Config{
 		Endpoint:   r.sim.Ready.DPS.Host,
 		IDScope:    r.sim.Ready.IDScope,
 		Credential: cred,
 		Network:    r.network(),
-		Clock:      clk,
 		Rand:       func() float64 { return 0.5 },
 		Timeout:    30 * time.Second,
 	}
+	if clk != nil {
+		cfg.Now, cfg.Sleep = clk.Now, clk.Sleep
+	}
+	return cfg
 }
 
 func (r *rig) hubConfig(res *Result, cred Credential) HubConfig {
@@ -436,7 +440,7 @@ func TestSim(t *testing.T) {
 		defer cancel()
 		cfg := r.config(r.ca.credential(t, id), newFakeClock())
 		// A real clock here: the deadline is what must stop it.
-		cfg.Clock = nil
+		cfg.Now, cfg.Sleep = nil, nil
 		cfg.Backoff = Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 		cfg.MaxRetryAfter = 100 * time.Millisecond
 		_, err := Register(ctx, cfg)
@@ -460,7 +464,7 @@ func TestSim(t *testing.T) {
 	t.Run("FailedAllocation", func(t *testing.T) {
 		t.Parallel()
 		// The enrollment names a hub that is not linked: DPS finishes the
-		// operation with status "failed" (anchors B-11: stop, and say why).
+		// operation with status "failed" (docs/field-problems.md, row 11: stop, and say why).
 		ca := newTestCA(t, "failing group CA")
 		r.sim.EnrollGroup(t, "failing-group", ca.cert, simtest.Policy("static"), simtest.LinkedHubs("unlinked-hub.azure-devices.net"))
 		_, err := Register(context.Background(), r.config(ca.credential(t, "dev-failed"), newFakeClock()))
@@ -727,7 +731,7 @@ func TestSimVariants(t *testing.T) {
 		if _, err := Register(context.Background(), r.config(r.ca.credential(t, "dev-v-floor"), clk)); err != nil {
 			t.Fatal(err)
 		}
-		// retry-after=0 on every 202: reference §6 still waits max(retry-after, 2 s).
+		// retry-after=0 on every 202: still wait max(retry-after, 2 s) (docs/dps.md, retry policy).
 		// (The 5-per-10-s limiter may add short waits of its own.)
 		floored := 0
 		for _, d := range clk.Sleeps() {

@@ -11,19 +11,9 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"devid/hal/clock"
 )
-
-// Clock is the time source of the renewal loop; tests inject a simulated
-// one (or run the real one in a testing/synctest bubble).
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                         { return time.Now() }
-func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // maxSleep bounds one wait of the loop, so that a stepped wall clock
 // (NTP after a boot at 1970) is noticed within the hour.
@@ -58,8 +48,9 @@ type Renewer struct {
 	// Policy is the configured policy; a desired-property policy
 	// (SetPolicy) overrides it and is remembered in the record.
 	Policy Policy
-	// Clock defaults to the real clock.
-	Clock Clock
+	// Clock is the loop's time source; nil is clock.System (tests run
+	// that inside a testing/synctest bubble).
+	Clock clock.Clock
 	// OnRotated is called after each committed rotation, from the loop's
 	// goroutine: the agent reconnects to the hub with the new credential.
 	OnRotated func(Result)
@@ -83,7 +74,7 @@ func (w *Renewer) init() {
 		w.trigger = make(chan bool, 1)
 		w.wake = make(chan struct{}, 1)
 		if w.Clock == nil {
-			w.Clock = realClock{}
+			w.Clock = clock.System
 		}
 		if w.Log == nil {
 			w.Log = w.Rotator.log()
@@ -223,13 +214,17 @@ func (w *Renewer) Run(ctx context.Context) error {
 			}
 			wait = min(wait, pl.At.Sub(now))
 		}
+		timeout, stop := clock.After(w.Clock, wait)
 		select {
 		case <-ctx.Done():
+			stop()
 			return ctx.Err()
 		case newKey := <-w.trigger:
+			stop()
 			w.attempt(ctx, newKey, "requested")
 		case <-w.wake:
-		case <-w.Clock.After(wait):
+			stop()
+		case <-timeout:
 		}
 	}
 }

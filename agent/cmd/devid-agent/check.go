@@ -19,6 +19,7 @@ import (
 	"devid/dps"
 	"devid/enroll/certstore"
 	"devid/enroll/keys"
+	"devid/hal/clock"
 )
 
 func init() {
@@ -258,7 +259,7 @@ func (c *checker) assignment() {
 // bundle, client certificate always offered), up to the end of the TLS
 // handshake (and the WebSocket upgrade).
 func (c *checker) reach(ctx context.Context) {
-	cloud, err := agent.NewDPSCloud(c.cfg, agent.SystemClock{}, nil, version)
+	cloud, err := agent.NewDPSCloud(c.cfg, clock.System, nil, version)
 	if err != nil {
 		c.add("dps reachable", "fail", err.Error(), "fix the config (devid-agent config check)")
 		return

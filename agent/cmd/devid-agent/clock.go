@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"devid/agent"
+	"devid/hal/clock"
 )
 
 // clockFileEnv names a file that shifts the agent's clock, for tests of
@@ -16,9 +16,9 @@ import (
 const clockFileEnv = "DEVID_CLOCK_FILE"
 
 // fileClock is the system clock plus an offset read from a file,
-// re-read whenever the file changes.
+// re-read whenever the file changes. Only the wall clock moves: timers
+// run on the system's monotonic time, as after an NTP step.
 type fileClock struct {
-	agent.SystemClock
 	path string
 
 	mu     sync.Mutex
@@ -49,4 +49,9 @@ func (c *fileClock) Now() time.Time {
 		}
 	}
 	return real.Add(c.offset)
+}
+
+// AfterFunc is the system clock's.
+func (c *fileClock) AfterFunc(d time.Duration, f func()) func() bool {
+	return clock.System.AfterFunc(d, f)
 }

@@ -22,6 +22,7 @@ import (
 	_ "devid/enroll/keys/tpmkey" // registers the "tpm" and "auto" key backends
 	"devid/enroll/rotate"
 	"devid/hal/board"
+	"devid/hal/clock"
 	"devid/hal/serial"
 )
 
@@ -51,10 +52,10 @@ func runDaemon(ctx context.Context, args []string) error {
 		log.Error("config file invalid; running with the last-known-good config (fix it: devid-agent config check)", "config", degraded)
 	}
 
-	var clock agent.Clock = agent.SystemClock{}
+	clk := clock.System
 	if p := os.Getenv(clockFileEnv); p != "" {
 		if cfg.Debug.AllowClockOverride {
-			clock = &fileClock{path: p}
+			clk = &fileClock{path: p}
 			log.Warn("clock override active (debug.allow_clock_override)", "file", p)
 		} else {
 			log.Warn("ignoring " + clockFileEnv + ": debug.allow_clock_override is not set")
@@ -69,7 +70,7 @@ func runDaemon(ctx context.Context, args []string) error {
 		log.Warn("rotation recovered", "action", rec.Action)
 	}
 
-	cloud, err := agent.NewDPSCloud(cfg, clock, log.With("component", "dps"), version)
+	cloud, err := agent.NewDPSCloud(cfg, clk, log.With("component", "dps"), version)
 	if err != nil {
 		return err
 	}
@@ -77,7 +78,7 @@ func runDaemon(ctx context.Context, args []string) error {
 		Config:      cfg,
 		Version:     version,
 		Logger:      log,
-		Clock:       clock,
+		Clock:       clk,
 		Identity:    agent.StoreIdentity{KeySpec: cfg.Key.Backend, StateDir: cfg.StateDir},
 		Cloud:       cloud,
 		ClockSynced: clockSynced,
