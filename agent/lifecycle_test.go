@@ -18,6 +18,7 @@ import (
 	"devid/agent/queue"
 	"devid/agent/statedir"
 	"devid/enroll/certstore"
+	"devid/hal/clock/clocktest"
 	"devid/simulator/simtest"
 )
 
@@ -218,16 +219,21 @@ func (b *board) persisted() *statedir.State {
 	return st
 }
 
+// waitFor polls cond while the agent process runs (clocktest.Poll, the one
+// wall-clock wait: the agent is a real process) and fails with its log.
+func (b *board) waitFor(what string, within time.Duration, cond func() bool) {
+	b.t.Helper()
+	if !clocktest.Poll(within, cond) {
+		b.t.Fatalf("timed out waiting for %s\n--- agent log ---\n%s", what, b.stderr.String())
+	}
+}
+
+// waitState waits until the agent's state record says want.
 func (b *board) waitState(want string, within time.Duration) {
 	b.t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if b.persisted().Name == want {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !clocktest.Poll(within, func() bool { return b.persisted().Name == want }) {
+		b.t.Fatalf("agent never reached %q (last %q)\n--- agent log ---\n%s", want, b.persisted().Name, b.stderr.String())
 	}
-	b.t.Fatalf("agent never reached %q (last %q)\n--- agent log ---\n%s", want, b.persisted().Name, b.stderr.String())
 }
 
 // api sends one local-API request and returns the reply.
@@ -235,14 +241,11 @@ func (b *board) api(req string) map[string]any {
 	b.t.Helper()
 	var c net.Conn
 	var err error
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	// The agent creates its socket once it runs.
+	clocktest.Poll(10*time.Second, func() bool {
 		c, err = net.Dial("unix", b.socket)
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	})
 	if err != nil {
 		b.t.Fatalf("local api: %v\n%s", err, b.stderr.String())
 	}
@@ -282,19 +285,17 @@ func (b *board) appTelemetry() map[string]int {
 
 func (b *board) waitDelivered(tag string, n int) {
 	b.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	delivered := clocktest.Poll(30*time.Second, func() bool {
 		got := b.appTelemetry()
-		missing := 0
 		for i := 0; i < n; i++ {
 			if got[fmt.Sprintf("%s/%d", tag, i)] == 0 {
-				missing++
+				return false
 			}
 		}
-		if missing == 0 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+		return true
+	})
+	if delivered {
+		return
 	}
 	b.t.Fatalf("messages %s/0..%d not all delivered: %v\n%s", tag, n-1, b.appTelemetry(), b.stderr.String())
 }
@@ -399,10 +400,10 @@ func TestLifecycleKill9(t *testing.T) {
 	b.waitDelivered("c", 3)
 }
 
-// TestHubAuthRefusalReprovisions deletes the device from its hub: the
+// TestHubAuthRefusalReprovisionsEndToEnd deletes the device from its hub: the
 // hub refuses (CONNACK 5) and the agent goes back to DPS, which creates
 // it again.
-func TestHubAuthRefusalReprovisions(t *testing.T) {
+func TestHubAuthRefusalReprovisionsEndToEnd(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
 	sim, b := startConnectedBoard(t, "authref-dev", "")
@@ -527,17 +528,12 @@ func TestFactoryModeThenField(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { socat.Process.Kill(); socat.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	if !clocktest.Poll(10*time.Second, func() bool {
 		_, e1 := os.Stat(boardTTY)
 		_, e2 := os.Stat(jigTTY)
-		if e1 == nil && e2 == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("socat pty pair did not appear")
-		}
-		time.Sleep(20 * time.Millisecond)
+		return e1 == nil && e2 == nil
+	}) {
+		t.Fatal("socat pty pair did not appear")
 	}
 	b.root = filepath.Join(caDir, "root.pem")
 	b.port = boardTTY

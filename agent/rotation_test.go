@@ -35,19 +35,6 @@ func (b *board) leafSerial(name string) string {
 	return certs[0].SerialNumber.Text(16)
 }
 
-// waitFor polls cond (bounded) and fails with the agent log.
-func (b *board) waitFor(what string, within time.Duration, cond func() bool) {
-	b.t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	b.t.Fatalf("timed out waiting for %s\n--- agent log ---\n%s", what, b.stderr.String())
-}
-
 // waitLive waits until the running agent (not the state file a killed
 // one left) reports state want over the local API.
 func (b *board) waitLive(want string, within time.Duration) {
@@ -396,7 +383,7 @@ func TestKill9AtEveryRotationStep(t *testing.T) {
 // TestHubRenewalOnAgent: renewal.path = "hub". The first operational
 // certificate comes from DPS certificate issuance; the rotateCredential
 // direct method then renews over the hub's $iothub/credentials topic
-// (reference §3.8, preview) without another DPS registration, and the
+// (docs/dps.md, certificate renewal, preview) without another DPS registration, and the
 // agent reconnects with the hub-issued certificate.
 func TestHubRenewalOnAgent(t *testing.T) {
 	skipShort(t)

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"devid/hal/clock/clocktest"
 )
 
 // TestHubNoGoroutineLeak connects, sends, and closes hub clients
@@ -47,33 +49,26 @@ func TestHubNoGoroutineLeak(t *testing.T) {
 // waitGoroutinesBack waits until the goroutine count is back to before.
 // A Publish that raced a Close may sit in paho for up to writeTimeout;
 // anything still there after that is a leak.
+// The clients' goroutines end on real network IO (the broker closing,
+// paho's writes timing out), which no fake clock drives: these two wait
+// on the wall clock through clocktest.Poll.
 func waitGoroutinesBack(t *testing.T, before int, what string) {
 	t.Helper()
-	deadline := time.Now().Add(writeTimeout + 5*time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= before {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d %s:\n%s", before, n, what, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !clocktest.Poll(writeTimeout+5*time.Second, func() bool { return runtime.NumGoroutine() <= before }) {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines before, %d %s:\n%s", before, runtime.NumGoroutine(), what, buf[:runtime.Stack(buf, true)])
 	}
 }
 
-// settledGoroutines waits briefly for goroutines that are finishing and
-// returns the count.
+// settledGoroutines waits briefly for goroutines that are finishing (two
+// readings in a row agree) and returns the count.
 func settledGoroutines() int {
-	n := runtime.NumGoroutine()
-	for i := 0; i < 100; i++ {
-		time.Sleep(5 * time.Millisecond)
+	n := -1
+	clocktest.Poll(500*time.Millisecond, func() bool {
 		m := runtime.NumGoroutine()
-		if m == n {
-			return m
-		}
+		same := m == n
 		n = m
-	}
+		return same
+	})
 	return n
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"devid/hal/clock/clocktest"
 	"devid/simulator/simtest"
 )
 
@@ -368,26 +369,21 @@ func TestSim(t *testing.T) {
 		}()
 		// Once the simulator has sat on two register requests, let it
 		// answer again.
-		deadline := time.Now().Add(20 * time.Second)
-		for {
+		n := 0
+		if !clocktest.Poll(20*time.Second, func() bool {
 			var faults []struct {
 				ID      string `json:"id"`
 				Applied int    `json:"applied"`
 			}
 			r.sim.MustDo("GET", "/sim/faults", nil, &faults)
-			n := 0
 			for _, f := range faults {
 				if f.ID == fid {
 					n = f.Applied
 				}
 			}
-			if n >= 2 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("register requests never reached the slow simulator (applied %d)", n)
-			}
-			time.Sleep(20 * time.Millisecond)
+			return n >= 2
+		}) {
+			t.Fatalf("register requests never reached the slow simulator (applied %d)", n)
 		}
 		r.sim.MustDo("DELETE", "/sim/faults/"+fid, nil, nil)
 		o := wait(t, done, "register after the delay fault")
@@ -660,21 +656,14 @@ func TestHubRestartMidTelemetry(t *testing.T) {
 	}
 	// Crash the simulator (SIGKILL: no goodbye to anyone) once a third
 	// has been acknowledged, then start it again on the same ports.
-	deadline := time.Now().Add(30 * time.Second)
-	for h.Stats().Sent < n/3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("telemetry stalled before the restart: %+v", h.Stats())
-		}
-		time.Sleep(2 * time.Millisecond)
+	if !clocktest.Poll(30*time.Second, func() bool { return h.Stats().Sent >= n/3 }) {
+		t.Fatalf("telemetry stalled before the restart: %+v", h.Stats())
 	}
 	// Slow PUBACKs (the simulator records a message after the delay) so
 	// messages are surely in flight, unrecorded, when it dies.
 	r.sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: "dev-restart", Ops: []string{"telemetry"}, DelayMs: 500})
-	for h.Stats().InFlight < 4 {
-		if time.Now().After(deadline) {
-			t.Fatalf("telemetry stalled before the restart: %+v", h.Stats())
-		}
-		time.Sleep(2 * time.Millisecond)
+	if !clocktest.Poll(30*time.Second, func() bool { return h.Stats().InFlight >= 4 }) {
+		t.Fatalf("telemetry stalled before the restart: %+v", h.Stats())
 	}
 	if err := syscall.Kill(r.sim.Ready.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
