@@ -113,7 +113,7 @@ type Health struct {
 	QueueDepth    uint64      `json:"queue_depth"`
 	QueueDropped  uint64      `json:"queue_dropped"`
 	// RenewalPath is renewal.path: "none" tells the operator the
-	// certificate will simply expire (anchors B-3).
+	// certificate will simply expire (docs/field-problems.md, row 3).
 	RenewalPath string `json:"renewal_path"`
 }
 

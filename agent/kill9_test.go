@@ -265,7 +265,7 @@ func TestKill9Error(t *testing.T) {
 	b.waitDrained()
 }
 
-// TestConfigLastKnownGood (anchors B-18): a config that once started the
+// TestConfigLastKnownGood (docs/field-problems.md, row 18): a config that once started the
 // agent is kept in the state dir; a bad config pushed later does not
 // strand the device: run logs every problem and runs with the copy, and
 // status and check say so. (A bad config with no history still exits

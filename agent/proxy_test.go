@@ -81,7 +81,7 @@ func (p *connectProxy) seen() []string {
 	return append([]string(nil), p.targets...)
 }
 
-// TestCheckThroughProxy (anchors B-8): with network.proxy set, the agent
+// TestCheckThroughProxy (docs/field-problems.md, row 8): with network.proxy set, the agent
 // provisions and connects through the CONNECT proxy, and `check` tests
 // DPS and hub reachability through it too (it used to skip them).
 func TestCheckThroughProxy(t *testing.T) {

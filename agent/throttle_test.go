@@ -8,7 +8,7 @@ import (
 	"devid/simulator/simtest"
 )
 
-// TestHubThrottlingDrain (anchors B-13): the hub throttles telemetry
+// TestHubThrottlingDrain (docs/field-problems.md, row 13): the hub throttles telemetry
 // (429: it closes the connection, as the real hub does over MQTT) three
 // times while a backlog drains. The agent reconnects with backoff, does
 // not go back to DPS, and delivers every message.

@@ -11,8 +11,8 @@ import (
 	"strings"
 )
 
-// Operational-certificate renewal through IoT Hub (reference §3.8,
-// preview). It needs the hub api-version 2025-08-01-preview, which
+// Operational-certificate renewal through IoT Hub (preview; the wire
+// forms are in docs/dps.md). It needs the hub api-version 2025-08-01-preview, which
 // HubConfig.CertificateRenewal selects.
 const (
 	hubCSRAPIVersion     = "2025-08-01-preview"

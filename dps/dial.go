@@ -327,7 +327,7 @@ func (n *Network) dialTCP(ctx context.Context, host, addr string) (net.Conn, err
 
 // dialProxy opens an HTTP CONNECT tunnel to target. The proxy only sees
 // the host name; TLS runs inside the tunnel so the client certificate
-// reaches the service untouched (anchors B-8).
+// reaches the service untouched (docs/field-problems.md, row 8).
 func (n *Network) dialProxy(ctx context.Context, target string) (net.Conn, error) {
 	raw := n.Proxy
 	if !strings.Contains(raw, "://") {

@@ -11,7 +11,7 @@ import (
 	"strings"
 )
 
-// Registration status values (reference §2.7).
+// Registration status values of a DPS operation.
 const (
 	StatusUnassigned = "unassigned"
 	StatusAssigning  = "assigning"

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Wire strings, exactly as in the protocol reference (§0, §2, §3).
+// Wire strings, exactly as docs/dps.md lists them.
 const (
 	dpsAPIVersion    = "2019-03-31"
 	dpsCSRAPIVersion = "2025-07-01-preview"

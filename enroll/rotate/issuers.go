@@ -93,8 +93,8 @@ func (e *ESTIssuer) Issue(ctx context.Context, req IssueRequest) ([]*x509.Certif
 }
 
 // HubIssuer renews an operational certificate through the IoT Hub
-// credentials topic (reference §3.8, preview, hub api-version
-// 2025-08-01-preview): it connects with the current operational
+// credentials topic (preview, hub api-version 2025-08-01-preview; wire
+// forms in docs/dps.md): it connects with the current operational
 // credential, posts the CSR to issueCertificate and waits for the chain.
 // It needs a current credential that the hub still accepts; when that is
 // gone (revoked, expired) DPSIssuer is the way back.
