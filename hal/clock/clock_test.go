@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"devid/hal/clock"
+	"devid/hal/clock/clocktest"
 )
 
 func TestBackoffDelay(t *testing.T) {
@@ -58,7 +59,7 @@ func TestAfterStop(t *testing.T) {
 		if !stop() {
 			t.Fatal("stop of an armed timer reported false")
 		}
-		time.Sleep(2 * time.Minute)
+		clocktest.Step(2 * time.Minute)
 		select {
 		case <-ch:
 			t.Fatal("a stopped timer fired")
