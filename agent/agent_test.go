@@ -235,6 +235,19 @@ func newConnectedHarness(t *testing.T) *harness {
 	return h
 }
 
+// provisionedThenStopped runs an agent on a fresh state dir until it is
+// connected, then stops it: the dir holds a cached assignment. The
+// harness's cloud counts what the next agent does.
+func provisionedThenStopped(t *testing.T) (string, *harness) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "s")
+	h := newHarness(t, dir, nil)
+	h.start(testIdentity(t, t0.Add(-time.Hour)))
+	h.waitState(Connected, 0)
+	h.stop()
+	return dir, h
+}
+
 // startFaultyHarness starts an agent with a valid identity on a fresh
 // state dir against a fake cloud that has fault from the start.
 func startFaultyHarness(t *testing.T, fault func(*fakeCloud)) *harness {
@@ -356,11 +369,7 @@ func TestDisabledEnrollmentRevokedSlowRetry(t *testing.T) {
 func TestClockAt1970Waits(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		dir := filepath.Join(t.TempDir(), "s")
-		h := newHarness(t, dir, nil)
-		h.start(testIdentity(t, t0.Add(-time.Hour)))
-		h.waitState(Connected, 0)
-		h.stop()
+		dir, h := provisionedThenStopped(t)
 		before, _ := os.ReadDir(dir)
 
 		h2 := newHarness(t, dir, nil)
@@ -454,11 +463,7 @@ func TestTenHubFailuresReprovision(t *testing.T) {
 func TestNewIDScopeReprovisions(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		dir := filepath.Join(t.TempDir(), "s")
-		h := newHarness(t, dir, nil)
-		h.start(testIdentity(t, t0.Add(-time.Hour)))
-		h.waitState(Connected, 0)
-		h.stop()
+		dir, h := provisionedThenStopped(t)
 		h2 := newHarness(t, dir, func(c *config.Config) { c.DPS.IDScope = "0ne0000OTHER" })
 		h2.cloud = h.cloud
 		h2.start(testIdentity(t, t0.Add(-time.Hour)))
