@@ -88,7 +88,7 @@ func runDaemon(ctx context.Context, args []string) error {
 		ConfigDegraded: degraded,
 	}
 	if cfg.Factory.Port != "" {
-		opt.Factory = func(ctx context.Context) error { return serveFactoryBus(ctx, cfg, log) }
+		opt.Factory = func(ctx context.Context) error { return serveFactoryBus(ctx, cfg, clk, log) }
 	}
 	if hw := openHardware(cfg, log); hw != nil {
 		defer hw.Close()
@@ -227,7 +227,7 @@ func clockSynced() bool {
 
 // serveFactoryBus runs the factory device side on factory.port until ctx
 // ends, reopening the port when the jig's adapter goes away.
-func serveFactoryBus(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+func serveFactoryBus(ctx context.Context, cfg *config.Config, clk clock.Clock, log *slog.Logger) error {
 	log = log.With("component", "factory")
 	id, src, err := board.Reader{Configured: cfg.DeviceID}.DeviceID()
 	if err != nil {
@@ -254,10 +254,7 @@ func serveFactoryBus(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 				log.Warn("factory bus failed; reopening", "err", err)
 			}
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
+		clock.Sleep(ctx, clk, time.Second)
 	}
 	return nil
 }
