@@ -15,11 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"devid/enroll/ca"
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
+	"devid/enroll/station/ca"
 	"devid/hal/serial"
 	"devid/hal/serial/serialtest"
 )

@@ -12,7 +12,7 @@ import (
 )
 
 // Issuer signs a device CSR and returns the chain, leaf first, without the
-// root. The local CA (enroll/ca) and the EST client (enroll/est) are
+// root. The local CA (enroll/station/ca) and the EST client (enroll/est) are
 // Issuers.
 type Issuer interface {
 	Issue(ctx context.Context, req *x509.CertificateRequest) ([]*x509.Certificate, error)

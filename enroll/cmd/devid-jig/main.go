@@ -26,10 +26,10 @@ import (
 	"syscall"
 	"time"
 
-	"devid/enroll/ca"
 	"devid/enroll/certstore"
 	"devid/enroll/est"
 	"devid/enroll/factory"
+	"devid/enroll/station/ca"
 	"devid/hal/serial"
 )
 
