@@ -3,6 +3,7 @@
 // the rest of enroll. It runs on the jig PC, never on a device.
 //
 //	station/ca   the local CA: policy, issuance ledger, CRL
+//	station/jig  the jig side of the factory bus and the programming pass
 //
 // Device-side packages (everything else under enroll, and agent) never
 // import station, and the devid-agent binary never links it;

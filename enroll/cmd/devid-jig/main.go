@@ -28,8 +28,8 @@ import (
 
 	"devid/enroll/certstore"
 	"devid/enroll/est"
-	"devid/enroll/factory"
 	"devid/enroll/station/ca"
+	"devid/enroll/station/jig"
 	"devid/hal/serial"
 )
 
@@ -151,23 +151,23 @@ func addPortFlags(fs *flag.FlagSet) portFlags {
 	return portFlags{
 		port:    fs.String("port", "", "serial device the board is on"),
 		baud:    fs.Int("baud", 115200, "serial line rate"),
-		timeout: fs.Duration("timeout", factory.DefaultReplyTimeout, "wait for one reply before re-sending"),
-		retries: fs.Int("retries", factory.DefaultRetries, "re-sends per request"),
+		timeout: fs.Duration("timeout", jig.DefaultReplyTimeout, "wait for one reply before re-sending"),
+		retries: fs.Int("retries", jig.DefaultRetries, "re-sends per request"),
 	}
 }
 
-func (p portFlags) open() (*serial.TarmPort, *factory.Jig, error) {
+func (p portFlags) open() (*serial.TarmPort, *jig.Jig, error) {
 	port, err := serial.Open(*p.port, *p.baud)
 	if err != nil {
 		return nil, nil, err
 	}
-	j := factory.NewJig(port)
+	j := jig.New(port)
 	j.ReplyTimeout, j.Retries = *p.timeout, *p.retries
 	return port, j, nil
 }
 
 // hello opens the port and greets the device; on error the port is closed.
-func (p portFlags) hello(ctx context.Context) (*serial.TarmPort, *factory.Jig, *factory.Hello, error) {
+func (p portFlags) hello(ctx context.Context) (*serial.TarmPort, *jig.Jig, *jig.Hello, error) {
 	port, j, err := p.open()
 	if err != nil {
 		return nil, nil, nil, err
@@ -199,7 +199,7 @@ func program(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *station == "" {
 		*station, _ = os.Hostname()
 	}
-	var iss factory.Issuer
+	var iss jig.Issuer
 	if *caDir != "" {
 		local, err := ca.Open(*caDir, *station)
 		if err != nil {
@@ -233,7 +233,7 @@ func program(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	start := time.Now()
 	n := 0
-	res, err := factory.Program(ctx, j, iss, func(s factory.Step, msg string) {
+	res, err := jig.Program(ctx, j, iss, func(s jig.Step, msg string) {
 		n++
 		fmt.Fprintf(progressOut, "[%d/5] %-7s %s\n", n, s, msg)
 	})
@@ -242,7 +242,7 @@ func program(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(progressOut, "FAIL %v\n", err)
 		if *asJSON {
 			// Line software reads stdout: give it the failure as an object too.
-			var se *factory.StepError
+			var se *jig.StepError
 			step := ""
 			if errors.As(err, &se) {
 				step = string(se.Step)
