@@ -4,6 +4,7 @@
 //
 //	station/ca   the local CA: policy, issuance ledger, CRL
 //	station/jig  the jig side of the factory bus and the programming pass
+//	station/cli  devid-jig's commands (enroll/cmd/devid-jig is a thin main)
 //
 // Device-side packages (everything else under enroll, and agent) never
 // import station, and the devid-agent binary never links it;
