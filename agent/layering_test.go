@@ -35,7 +35,23 @@ func goList(t *testing.T, pattern string) map[string][]string {
 
 func ours(path string) bool { return path == "devid" || strings.HasPrefix(path, "devid/") }
 
-// TestLayering enforces the dependency direction of docs/architecture.md. Each rule names why it exists.
+// under reports whether path is the package root or one below it.
+func under(path, root string) bool { return path == root || strings.HasPrefix(path, root+"/") }
+
+// station is the factory station's code: it runs on the jig PC, never on
+// a device.
+func station(path string) bool {
+	return under(path, "devid/enroll/station") || path == "devid/enroll/cmd/devid-jig"
+}
+
+// deviceSide is code that runs on the device: the agent, and enroll
+// except the station.
+func deviceSide(path string) bool {
+	return under(path, "devid/agent") || (under(path, "devid/enroll") && !station(path))
+}
+
+// TestLayering enforces the dependency direction of
+// docs/architecture.md. Each rule names why it exists.
 func TestLayering(t *testing.T) {
 	all := goList(t, "devid/...")
 	for pkg, imports := range all {
@@ -55,6 +71,8 @@ func TestLayering(t *testing.T) {
 				t.Errorf("%s imports %s: the simulator is an independent implementation of the service", pkg, imp)
 			case strings.HasPrefix(pkg, "devid/enroll") && (strings.HasPrefix(imp, "devid/agent") || strings.HasPrefix(imp, "devid/simulator")):
 				t.Errorf("%s imports %s: enroll sits below agent and never links the simulator", pkg, imp)
+			case deviceSide(pkg) && station(imp):
+				t.Errorf("%s imports %s: the station (jig, CA) runs on the jig PC and builds on the device side, never the reverse", pkg, imp)
 			}
 		}
 	}
@@ -73,6 +91,9 @@ func TestAgentBinaryDeps(t *testing.T) {
 		}
 		if strings.HasPrefix(pkg, "devid/simulator") {
 			t.Errorf("devid-agent links %s: the simulator is for tests and demos only", pkg)
+		}
+		if station(pkg) {
+			t.Errorf("devid-agent links %s: the factory station (jig, CA) never ships on devices", pkg)
 		}
 		if strings.HasPrefix(pkg, "github.com/mochi-mqtt/") {
 			t.Errorf("devid-agent links %s: the broker belongs to the simulator", pkg)

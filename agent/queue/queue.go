@@ -29,7 +29,7 @@ import (
 	"sync"
 	"time"
 
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 // Fsync policies.

@@ -5,7 +5,7 @@ import (
 	"io/fs"
 	"os"
 
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 func renameAside(d *Dir, name, aside string) error {

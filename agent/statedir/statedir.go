@@ -20,7 +20,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 // File names inside the state directory owned by the agent. The key and

@@ -27,7 +27,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 // ChainFile is the chain's file name inside the state directory.

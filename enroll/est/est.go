@@ -5,7 +5,8 @@
 //
 // The station authenticates with its own TLS client certificate, and the
 // server certificate is always verified (NewHTTPClient). A Client is a
-// factory.Issuer, so `devid-jig program --est URL` signs through it.
+// jig.Issuer (enroll/station/jig), so `devid-jig program --est URL` signs
+// through it.
 // (github.com/globalsign/est cannot be built beside go-tpm v0.9, hence
 // this small implementation.)
 package est
@@ -106,7 +107,7 @@ func (c *Client) Reenroll(ctx context.Context, csr *x509.CertificateRequest) ([]
 	return c.enroll(ctx, "simplereenroll", csr)
 }
 
-// Issue is Enroll; it makes Client a factory.Issuer.
+// Issue is Enroll; it makes Client a jig.Issuer.
 func (c *Client) Issue(ctx context.Context, csr *x509.CertificateRequest) ([]*x509.Certificate, error) {
 	return c.Enroll(ctx, csr)
 }

@@ -19,33 +19,6 @@ import (
 	"devid/hal/serial"
 )
 
-// State is the device's programming state as HELLO and STATUS report it.
-type State string
-
-// States. "inconsistent" means a chain is stored that the key does not
-// match (or the key is gone); only RESET leaves it.
-const (
-	StateBlank        State = "blank"
-	StateKeyed        State = "keyed"
-	StateProgrammed   State = "programmed"
-	StateInconsistent State = "inconsistent"
-	StateError        State = "error"
-)
-
-// Device-side NAK reasons for well-formed frames.
-const (
-	ReasonUnknown  = "unknown-command" // verb not known
-	ReasonArgs     = "bad-args"        // wrong number or form of arguments
-	ReasonState    = "state"           // command not valid now (e.g. DATA before BEGIN)
-	ReasonOffset   = "offset"          // DATA offset is not where the upload stands
-	ReasonSize     = "size"            // payload larger than MaxPayload or than announced
-	ReasonDigest   = "digest"          // SHA-256 of the upload does not match BEGIN
-	ReasonCert     = "cert"            // chain refused; next word is a certstore reason
-	ReasonRefused  = "refused"         // would re-key a device that has a certificate
-	ReasonToken    = "token"           // RESET confirmation token wrong or not requested
-	ReasonInternal = "internal"        // the device failed (key backend, disk)
-)
-
 // DefaultFrameTimeout is how long the device keeps half a frame with no
 // new byte before dropping it (and NAKing "timeout").
 const DefaultFrameTimeout = 2 * time.Second
@@ -82,16 +55,16 @@ func (d *Device) Serve(ctx context.Context, port serial.Port) error {
 	if idle <= 0 {
 		idle = DefaultFrameTimeout
 	}
-	r := newLineReader(port)
+	r := NewLineReader(port)
 	for {
-		line, err := r.next(ctx, time.Time{}, idle)
+		line, err := r.Next(ctx, time.Time{}, idle)
 		var resp []byte
 		switch {
 		case err == nil:
 			resp = d.Handle(line)
-		case errors.Is(err, errLineTooLong):
+		case errors.Is(err, ErrLineTooLong):
 			resp = Encode(NoSeq, "NAK", ReasonTooLong, "line", "longer", "than", strconv.Itoa(MaxLine), "bytes")
-		case errors.Is(err, errPartial):
+		case errors.Is(err, ErrPartialLine):
 			resp = Encode(NoSeq, "NAK", ReasonTimeout, "partial", "frame", "dropped", "after", idle.String())
 		case ctx.Err() != nil:
 			return ctx.Err()

@@ -1,6 +1,9 @@
 // Package factory is the factory bus protocol that programs a device's
 // identity over a UART: the device side (Device, run by `devid-agent
-// factory`) and the jig side (Jig and Program, run by `devid-jig program`).
+// factory`) and what both sides share, the frame codec, the line reader
+// and the protocol's vocabulary (states, NAK reasons). The jig side, run
+// by `devid-jig program`, is enroll/station/jig; this package never
+// imports it.
 //
 // The protocol is line-oriented ASCII so that a person can drive it from a
 // terminal. Every frame is "SEQ VERB ARG... *CRC32" and at most MaxLine

@@ -8,20 +8,22 @@ import (
 	"devid/hal/serial"
 )
 
-// Line-reader outcomes other than a line.
+// LineReader outcomes other than a line.
 var (
-	// errLineTooLong: a line longer than MaxLine ended; its bytes were dropped.
-	errLineTooLong = errors.New("line too long")
-	// errPartial: half a line, then silence for the idle gap; it was dropped.
-	errPartial = errors.New("partial line timed out")
-	// errDeadline: no complete line before the caller's deadline.
-	errDeadline = errors.New("no reply before deadline")
+	// ErrLineTooLong: a line longer than MaxLine ended; its bytes were dropped.
+	ErrLineTooLong = errors.New("line too long")
+	// ErrPartialLine: half a line, then silence for the idle gap; it was dropped.
+	ErrPartialLine = errors.New("partial line timed out")
+	// ErrDeadline: no complete line before the caller's deadline.
+	ErrDeadline = errors.New("no reply before deadline")
 )
 
-// lineReader splits the byte stream into lines. Both CR and LF end a
+// LineReader splits the byte stream into lines. Both CR and LF end a
 // line, so a terminal's Enter works; empty lines are skipped. It never
-// holds more than MaxLine bytes of one line.
-type lineReader struct {
+// holds more than MaxLine bytes of one line. Both sides of the bus read
+// through it: the device (Device.Serve) and the jig (enroll/station/jig).
+// It is not safe for concurrent use.
+type LineReader struct {
 	port    serial.Port
 	buf     [512]byte
 	pending []byte // read from the port, not yet scanned
@@ -30,11 +32,12 @@ type lineReader struct {
 	last    time.Time
 }
 
-func newLineReader(p serial.Port) *lineReader { return &lineReader{port: p} }
+// NewLineReader returns a LineReader on p.
+func NewLineReader(p serial.Port) *LineReader { return &LineReader{port: p} }
 
-// next returns the next line. deadline (zero: none) bounds the whole call;
+// Next returns the next line. deadline (zero: none) bounds the whole call;
 // idle bounds the silence inside a started line (zero: no bound).
-func (r *lineReader) next(ctx context.Context, deadline time.Time, idle time.Duration) ([]byte, error) {
+func (r *LineReader) Next(ctx context.Context, deadline time.Time, idle time.Duration) ([]byte, error) {
 	for {
 		for len(r.pending) > 0 {
 			c := r.pending[0]
@@ -43,7 +46,7 @@ func (r *lineReader) next(ctx context.Context, deadline time.Time, idle time.Dur
 			case c == '\n' || c == '\r':
 				if r.over {
 					r.over, r.line = false, r.line[:0]
-					return nil, errLineTooLong
+					return nil, ErrLineTooLong
 				}
 				if len(r.line) > 0 {
 					l := append([]byte(nil), r.line...)
@@ -73,10 +76,10 @@ func (r *lineReader) next(ctx context.Context, deadline time.Time, idle time.Dur
 		if serial.IsTimeout(err) {
 			if started && idle > 0 && !time.Now().Before(r.last.Add(idle)) {
 				r.over, r.line = false, r.line[:0]
-				return nil, errPartial
+				return nil, ErrPartialLine
 			}
 			if !deadline.IsZero() && !time.Now().Before(deadline) {
-				return nil, errDeadline
+				return nil, ErrDeadline
 			}
 			continue
 		}
@@ -87,8 +90,8 @@ func (r *lineReader) next(ctx context.Context, deadline time.Time, idle time.Dur
 	}
 }
 
-// reset drops any partial line and unread bytes (the jig does this before
+// Reset drops any partial line and unread bytes (the jig does this before
 // sending a request, so stale replies cannot be mistaken for new ones).
-func (r *lineReader) reset() {
+func (r *LineReader) Reset() {
 	r.pending, r.line, r.over = nil, r.line[:0], false
 }

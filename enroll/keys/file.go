@@ -15,7 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 // DefaultKeyFile is the key file's name inside the state directory.

@@ -19,10 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"devid/enroll/atomicfile"
 	"devid/enroll/certstore"
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
+	"devid/hal/atomicfile"
 )
 
 // testCA is a throwaway issuing CA with a settable clock, standing in for

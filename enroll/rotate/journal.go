@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 // JournalFile is the rotation journal's name in the state directory. It

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 // RecordFile is the renewal record's name in the state directory.

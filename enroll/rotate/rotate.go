@@ -17,10 +17,10 @@ import (
 	"syscall"
 	"time"
 
-	"devid/enroll/atomicfile"
 	"devid/enroll/certstore"
 	"devid/enroll/csr"
 	"devid/enroll/keys"
+	"devid/hal/atomicfile"
 )
 
 // Sentinel errors callers branch on. Every one of them leaves the current

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Factory programming time against the 115200-baud wire floor.
-#   1. BenchmarkProgramOverPty (enroll/factory): one fresh device per
+#   1. BenchmarkProgramOverPty (enroll/station/jig): one fresh device per
 #      iteration, in-process, over a real pty and tarm/serial.
 #   2. The real binaries: devid-agent factory and devid-jig program --json
 #      over a socat pty pair, N boards (one state dir each).
@@ -16,7 +16,7 @@ main() {
   echo "measured time is the protocol + key generation + CA + fsync cost without the UART."
   echo
   echo '```'
-  go test -run '^$' -bench BenchmarkProgramOverPty -benchtime 50x -count 3 ./enroll/factory/ 2>&1 | grep -E '^Benchmark' || true
+  go test -run '^$' -bench BenchmarkProgramOverPty -benchtime 50x -count 3 ./enroll/station/jig/ 2>&1 | grep -E '^Benchmark' || true
   echo '```'
   echo
 

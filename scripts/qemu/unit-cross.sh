@@ -11,10 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ARCHES=("$@"); ((${#ARCHES[@]})) || ARCHES=(arm64 armv7)
-# Device-side packages whose tests need no simulator and no host binary
-# built on the fly. swtpm-backed tests are in: qemu-user passes the exec of
-# the host's swtpm through, so the TPM code runs as arm code against it.
-PKGS=${CROSS_PKGS:-"./hal/board ./hal/serial ./hal/gpio ./hal/tpm ./enroll/keys ./enroll/keys/tpmkey ./enroll/atomicfile ./enroll/ca ./enroll/csr ./enroll/certstore ./enroll/factory ./agent/config ./agent/localapi ./agent/queue ./agent/sdnotify ./agent/statedir"}
+# Device-side packages (and the station packages whose tests drive a device
+# over a pty) whose tests need no simulator and no host binary built on the
+# fly. swtpm-backed tests are in: qemu-user passes the exec of the host's
+# swtpm through, so the TPM code runs as arm code against it.
+PKGS=${CROSS_PKGS:-"./hal/board ./hal/serial ./hal/gpio ./hal/tpm ./hal/atomicfile ./enroll/keys ./enroll/keys/tpmkey ./enroll/csr ./enroll/certstore ./enroll/factory ./enroll/station/ca ./enroll/station/jig ./agent/config ./agent/localapi ./agent/queue ./agent/sdnotify ./agent/statedir"}
 # dps: its unit tests only (topics, parsers, backoff, credentials, dial
 # classification, fuzz seeds); the rest runs against devid-sim natively.
 DPS_RUN=${CROSS_DPS_RUN:-'Test(Usernames|DPSTopics|TelemetryTopic|PropertyBagNullAndForms|ParseResponseTopics|MethodAndDesiredTopics|ParseC2DTopic|ParseOperationStatus|ParseStatusError|BackoffAndLimiter|Credential|AzureRoots|ConfigValidation|HubConfigValidation|DialTLSClassification|DialNetworkErrors)$|^Fuzz'}

@@ -13,7 +13,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"devid/agent/config"
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 func init() {

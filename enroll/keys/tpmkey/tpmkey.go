@@ -13,8 +13,8 @@ import (
 	"strings"
 	"sync"
 
-	"devid/enroll/atomicfile"
 	"devid/enroll/keys"
+	"devid/hal/atomicfile"
 	"devid/hal/tpm"
 )
 

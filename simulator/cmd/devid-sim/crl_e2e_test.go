@@ -15,7 +15,7 @@ import (
 	"strings"
 	"testing"
 
-	"devid/enroll/ca"
+	"devid/enroll/station/ca"
 	"devid/simulator/simtest"
 )
 

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"devid/enroll/atomicfile"
+	"devid/hal/atomicfile"
 )
 
 func TestWriteAndCreate(t *testing.T) {

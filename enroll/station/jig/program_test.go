@@ -1,4 +1,4 @@
-package factory_test
+package jig_test
 
 import (
 	"bufio"
@@ -15,11 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"devid/enroll/ca"
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
+	"devid/enroll/station/ca"
+	"devid/enroll/station/jig"
 	"devid/hal/serial"
 	"devid/hal/serial/serialtest"
 )
@@ -119,12 +120,12 @@ func TestProgramOverPty(t *testing.T) {
 	d := startDevice(t, pair.TTY, "board-0001", rootPool(l))
 	ctx := testCtx(t)
 
-	var steps []factory.Step
-	res, err := factory.Program(ctx, factory.NewJig(pair.Master), l, func(s factory.Step, _ string) { steps = append(steps, s) })
+	var steps []jig.Step
+	res, err := jig.Program(ctx, jig.New(pair.Master), l, func(s jig.Step, _ string) { steps = append(steps, s) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []factory.Step{factory.StepHello, factory.StepCSR, factory.StepSign, factory.StepInstall, factory.StepStatus}; fmt.Sprint(steps) != fmt.Sprint(want) {
+	if want := []jig.Step{jig.StepHello, jig.StepCSR, jig.StepSign, jig.StepInstall, jig.StepStatus}; fmt.Sprint(steps) != fmt.Sprint(want) {
 		t.Fatalf("steps %v, want %v", steps, want)
 	}
 	if res.DeviceID != "board-0001" || res.Key != "file" || res.Serial == "" {
@@ -140,7 +141,7 @@ func TestProgramOverPty(t *testing.T) {
 	key1, _ := d.Keys.Load()
 
 	// Programming again is allowed and keeps the key (repeated CSR: same key).
-	res2, err := factory.Program(ctx, factory.NewJig(pair.Master), l, nil)
+	res2, err := jig.Program(ctx, jig.New(pair.Master), l, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +208,7 @@ func TestCorruptFramesAreNAKedAndSessionRecovers(t *testing.T) {
 		t.Errorf("typed HELLO: %q", got)
 	}
 	// The session still works end to end.
-	if _, err := factory.Program(testCtx(t), factory.NewJig(pair.Master), l, nil); err != nil {
+	if _, err := jig.Program(testCtx(t), jig.New(pair.Master), l, nil); err != nil {
 		t.Fatalf("program after corrupt frames: %v", err)
 	}
 }
@@ -244,9 +245,9 @@ func TestTamperedLinkRecovers(t *testing.T) {
 		}
 		return b
 	})
-	j := factory.NewJig(p)
+	j := jig.New(p)
 	j.ReplyTimeout = time.Second
-	res, err := factory.Program(testCtx(t), j, l, nil)
+	res, err := jig.Program(testCtx(t), j, l, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +287,7 @@ func TestJigKilledMidTransferNeverHalfProgrammed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = factory.Program(ctx, factory.NewJig(p), l, nil)
+			_, err = jig.Program(ctx, jig.New(p), l, nil)
 			p.Close()
 			if err == nil {
 				t.Logf("cut at %d came after the run finished", cut)
@@ -299,7 +300,7 @@ func TestJigKilledMidTransferNeverHalfProgrammed(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			j := factory.NewJig(p)
+			j := jig.New(p)
 			// STATUS first: the device handles frames in order, so its
 			// answer means a COMMIT that got through before the cut has
 			// finished. Reading the disk before that raced the commit
@@ -312,7 +313,7 @@ func TestJigKilledMidTransferNeverHalfProgrammed(t *testing.T) {
 			if s.State != st {
 				t.Fatalf("device reports %s, disk says %s", s.State, st)
 			}
-			if _, err := factory.Program(testCtx(t), j, l, nil); err != nil {
+			if _, err := jig.Program(testCtx(t), j, l, nil); err != nil {
 				t.Fatalf("rerun after cut at %d (state %s): %v", cut, st, err)
 			}
 			if checkState(t, d) != factory.StateProgrammed {
@@ -322,7 +323,7 @@ func TestJigKilledMidTransferNeverHalfProgrammed(t *testing.T) {
 	}
 }
 
-// issuerFunc adapts a function to factory.Issuer.
+// issuerFunc adapts a function to jig.Issuer.
 type issuerFunc func(*x509.CertificateRequest) []*x509.Certificate
 
 func (f issuerFunc) Issue(_ context.Context, r *x509.CertificateRequest) ([]*x509.Certificate, error) {
@@ -355,10 +356,10 @@ func TestBadChainsRefusedOverBus(t *testing.T) {
 		}, certstore.ReasonExpired},
 	}
 	for _, c := range cases {
-		_, err := factory.Program(testCtx(t), factory.NewJig(pair.Master), c.issue, nil)
-		var nk *factory.NAKError
-		var se *factory.StepError
-		if !errors.As(err, &nk) || !errors.As(err, &se) || se.Step != factory.StepInstall ||
+		_, err := jig.Program(testCtx(t), jig.New(pair.Master), c.issue, nil)
+		var nk *jig.NAKError
+		var se *jig.StepError
+		if !errors.As(err, &nk) || !errors.As(err, &se) || se.Step != jig.StepInstall ||
 			nk.Reason != factory.ReasonCert || !strings.HasPrefix(nk.Detail, string(c.reason)+" ") {
 			t.Errorf("%s: err = %v, want install NAK cert %s", c.name, err, c.reason)
 		}
@@ -374,8 +375,8 @@ func TestResetAndRekeyRules(t *testing.T) {
 	pair := serialtest.Pty(t)
 	d := startDevice(t, pair.TTY, "board-0005", rootPool(l))
 	ctx := testCtx(t)
-	j := factory.NewJig(pair.Master)
-	if _, err := factory.Program(ctx, j, l, nil); err != nil {
+	j := jig.New(pair.Master)
+	if _, err := jig.Program(ctx, j, l, nil); err != nil {
 		t.Fatal(err)
 	}
 	// RESET needs the token it hands out, in the very next command.
@@ -411,19 +412,19 @@ func TestResetAndRekeyRules(t *testing.T) {
 		t.Fatal("RESET left something behind")
 	}
 	// The CA refuses the device ID for a new key until the old one is revoked.
-	if _, err := factory.Program(ctx, j, l, nil); !errors.Is(err, ca.ErrIDTaken) {
+	if _, err := jig.Program(ctx, j, l, nil); !errors.Is(err, ca.ErrIDTaken) {
 		t.Fatalf("program with a new key: %v, want ErrIDTaken", err)
 	}
 	if _, err := l.Revoke("board-0005", "rework"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := factory.Program(ctx, j, l, nil); err != nil {
+	if _, err := jig.Program(ctx, j, l, nil); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func isNAK(err error, reason string) bool {
-	var nk *factory.NAKError
+	var nk *jig.NAKError
 	return errors.As(err, &nk) && nk.Reason == reason
 }
 
@@ -438,9 +439,9 @@ func BenchmarkProgramOverPty(b *testing.B) {
 		b.StopTimer()
 		pair := serialtest.Pty(b)
 		startDevice(b, pair.TTY, fmt.Sprintf("bench-%d", i), rootPool(l))
-		j := factory.NewJig(pair.Master)
+		j := jig.New(pair.Master)
 		b.StartTimer()
-		res, err := factory.Program(context.Background(), j, l, nil)
+		res, err := jig.Program(context.Background(), j, l, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

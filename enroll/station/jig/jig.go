@@ -1,4 +1,4 @@
-package factory
+package jig
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"devid/enroll/factory"
 	"devid/hal/serial"
 )
 
@@ -63,7 +64,7 @@ func isFieldKey(k string) bool {
 // Jig drives a device over a port. It is not safe for concurrent use.
 type Jig struct {
 	port serial.Port
-	r    *lineReader
+	r    *factory.LineReader
 	seq  int
 	// ReplyTimeout, SlowTimeout and Retries default to the constants.
 	ReplyTimeout time.Duration
@@ -73,20 +74,20 @@ type Jig struct {
 	Sent, Received int
 }
 
-// NewJig returns a jig on port. Its first sequence number is random, so a
+// New returns a jig on port. Its first sequence number is random, so a
 // rerun after a crash never repeats the previous run's last request.
-func NewJig(port serial.Port) *Jig {
-	n, _ := rand.Int(rand.Reader, big.NewInt(MaxSeq))
-	return &Jig{port: port, r: newLineReader(port), seq: int(n.Int64())}
+func New(port serial.Port) *Jig {
+	n, _ := rand.Int(rand.Reader, big.NewInt(factory.MaxSeq))
+	return &Jig{port: port, r: factory.NewLineReader(port), seq: int(n.Int64())}
 }
 
 // SetSeq makes the next request carry sequence number n+1 (for logs and
-// documentation; NewJig's random start is what production wants).
+// documentation; New's random start is what production wants).
 func (j *Jig) SetSeq(n int) { j.seq = n }
 
 func (j *Jig) nextSeq() int {
 	j.seq++
-	if j.seq > MaxSeq {
+	if j.seq > factory.MaxSeq {
 		j.seq = 1
 	}
 	return j.seq
@@ -109,7 +110,7 @@ func (j *Jig) Do(ctx context.Context, slow bool, verb string, args ...string) (*
 		retries = DefaultRetries
 	}
 	seq := j.nextSeq()
-	req := Encode(seq, verb, args...)
+	req := factory.Encode(seq, verb, args...)
 	var last error
 	for attempt := 0; attempt <= retries; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -141,23 +142,23 @@ func (j *Jig) Do(ctx context.Context, slow bool, verb string, args ...string) (*
 // the deadline. Replies to other sequence numbers are stale and skipped.
 func (j *Jig) await(ctx context.Context, seq int, verb string, deadline time.Time) (*Reply, error) {
 	for {
-		line, err := j.r.next(ctx, deadline, 0)
+		line, err := j.r.Next(ctx, deadline, 0)
 		if err != nil {
-			if errors.Is(err, errLineTooLong) {
+			if errors.Is(err, factory.ErrLineTooLong) {
 				continue
 			}
 			return nil, err
 		}
 		j.Received += len(line) + 1
-		f, err := ParseFrame(line)
+		f, err := factory.ParseFrame(line)
 		if err != nil {
 			return nil, fmt.Errorf("corrupt reply: %w", err)
 		}
 		switch {
 		case !f.CRC:
 			continue // not from a device
-		case f.Verb == "NAK" && f.Seq == NoSeq:
-			if len(f.Args) > 0 && f.Args[0] == ReasonTimeout {
+		case f.Verb == "NAK" && f.Seq == factory.NoSeq:
+			if len(f.Args) > 0 && f.Args[0] == factory.ReasonTimeout {
 				continue // the device dropped an older half frame, not ours
 			}
 			return nil, fmt.Errorf("device could not read the frame: %s", strings.Join(f.Args, " "))
@@ -168,7 +169,7 @@ func (j *Jig) await(ctx context.Context, seq int, verb string, deadline time.Tim
 				return nil, fmt.Errorf("NAK without a reason")
 			}
 			switch f.Args[0] {
-			case ReasonCRC, ReasonBadChar, ReasonSyntax, ReasonTooLong, ReasonCRCMissing:
+			case factory.ReasonCRC, factory.ReasonBadChar, factory.ReasonSyntax, factory.ReasonTooLong, factory.ReasonCRCMissing:
 				return nil, fmt.Errorf("device could not read the frame: %s", strings.Join(f.Args, " "))
 			}
 			return nil, &NAKError{Verb: verb, Reason: f.Args[0], Detail: strings.Join(f.Args[1:], " ")}
@@ -189,29 +190,29 @@ type Hello struct {
 	Proto    int
 	DeviceID string
 	Key      string
-	State    State
+	State    factory.State
 	Chunk    int
 }
 
 // Hello sends HELLO. A protocol version other than ours is an error.
 func (j *Jig) Hello(ctx context.Context) (*Hello, error) {
 	// Drop anything a previous run left in the receive buffer.
-	j.r.reset()
+	j.r.Reset()
 	rep, err := j.Do(ctx, false, "HELLO")
 	if err != nil {
 		return nil, err
 	}
-	h := &Hello{DeviceID: rep.Fields["id"], Key: rep.Fields["key"], State: State(rep.Fields["state"])}
+	h := &Hello{DeviceID: rep.Fields["id"], Key: rep.Fields["key"], State: factory.State(rep.Fields["state"])}
 	h.Proto, _ = strconv.Atoi(rep.Fields["proto"])
 	h.Chunk, _ = strconv.Atoi(rep.Fields["chunk"])
-	if h.Proto != ProtocolVersion {
-		return nil, fmt.Errorf("device speaks factory protocol %q, this jig speaks %d", rep.Fields["proto"], ProtocolVersion)
+	if h.Proto != factory.ProtocolVersion {
+		return nil, fmt.Errorf("device speaks factory protocol %q, this jig speaks %d", rep.Fields["proto"], factory.ProtocolVersion)
 	}
 	if h.DeviceID == "" {
 		return nil, errors.New("HELLO reply has no device id")
 	}
-	if h.Chunk <= 0 || h.Chunk > Chunk {
-		h.Chunk = Chunk
+	if h.Chunk <= 0 || h.Chunk > factory.Chunk {
+		h.Chunk = factory.Chunk
 	}
 	return h, nil
 }
@@ -224,7 +225,7 @@ func (j *Jig) CSR(ctx context.Context) ([]byte, error) {
 		return nil, err
 	}
 	size, err := strconv.Atoi(rep.Fields["size"])
-	if err != nil || size <= 0 || size > MaxPayload {
+	if err != nil || size <= 0 || size > factory.MaxPayload {
 		return nil, fmt.Errorf("CSR reply: bad size %q", rep.Fields["size"])
 	}
 	want, err := hex.DecodeString(rep.Fields["sha256"])
@@ -261,11 +262,11 @@ type Installed struct {
 
 // Install uploads chainPEM in chunks and commits it.
 func (j *Jig) Install(ctx context.Context, chainPEM []byte, chunk int) (*Installed, error) {
-	if len(chainPEM) == 0 || len(chainPEM) > MaxPayload {
-		return nil, fmt.Errorf("install: chain is %d bytes, want 1..%d", len(chainPEM), MaxPayload)
+	if len(chainPEM) == 0 || len(chainPEM) > factory.MaxPayload {
+		return nil, fmt.Errorf("install: chain is %d bytes, want 1..%d", len(chainPEM), factory.MaxPayload)
 	}
-	if chunk <= 0 || chunk > Chunk {
-		chunk = Chunk
+	if chunk <= 0 || chunk > factory.Chunk {
+		chunk = factory.Chunk
 	}
 	sum := sha256.Sum256(chainPEM)
 	if _, err := j.Do(ctx, false, "INSTALL", "BEGIN", strconv.Itoa(len(chainPEM)), hex.EncodeToString(sum[:])); err != nil {
@@ -286,7 +287,7 @@ func (j *Jig) Install(ctx context.Context, chainPEM []byte, chunk int) (*Install
 
 // Status is the device's answer to STATUS.
 type Status struct {
-	State    State
+	State    factory.State
 	DeviceID string
 	Key      string
 	Serial   string
@@ -300,7 +301,7 @@ func (j *Jig) Status(ctx context.Context) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Status{State: State(rep.Fields["state"]), DeviceID: rep.Fields["id"], Key: rep.Fields["key"],
+	return &Status{State: factory.State(rep.Fields["state"]), DeviceID: rep.Fields["id"], Key: rep.Fields["key"],
 		Serial: rep.Fields["serial"], NotAfter: rep.Fields["not_after"], Detail: rep.Fields["detail"]}, nil
 }
 

@@ -1,4 +1,4 @@
-package factory_test
+package jig_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"devid/enroll/factory"
+	"devid/enroll/station/jig"
 	"devid/hal/serial"
 	"devid/hal/serial/serialtest"
 )
@@ -16,7 +17,7 @@ import (
 var updateDoc = flag.Bool("update-doc", false, "regenerate the example transcript in docs/factory-protocol.md")
 
 const (
-	docPath   = "../../docs/factory-protocol.md"
+	docPath   = "../../../docs/factory-protocol.md"
 	beginMark = "<!-- transcript:begin -->"
 	endMark   = "<!-- transcript:end -->"
 )
@@ -96,9 +97,9 @@ func record(t *testing.T) string {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	j := factory.NewJig(p)
+	j := jig.New(p)
 	j.SetSeq(0)
-	if _, err := factory.Program(testCtx(t), j, l, nil); err != nil {
+	if _, err := jig.Program(testCtx(t), j, l, nil); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()

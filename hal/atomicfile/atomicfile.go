@@ -2,6 +2,9 @@
 // any point leaves either the old content or the new, never a mix: a temp
 // file in the same directory (created O_EXCL, mode 0600), fsync, rename or
 // link, then an fsync of the directory so the new name is durable.
+//
+// It sits in hal, the bottom layer, because the device-identity packages
+// (enroll) and the daemon's own state (agent) both write through it.
 package atomicfile
 
 import (

@@ -31,9 +31,9 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
-	"devid/enroll/atomicfile"
 	"devid/enroll/certstore"
 	"devid/enroll/csr"
+	"devid/hal/atomicfile"
 	"devid/hal/board"
 )
 

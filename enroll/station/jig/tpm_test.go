@@ -1,4 +1,4 @@
-package factory_test
+package jig_test
 
 // The factory programming flow with the device key in a TPM (swtpm),
 // over the same pty and real tarm/serial port as the software-key tests.
@@ -20,6 +20,7 @@ import (
 	"devid/enroll/factory"
 	"devid/enroll/keys"
 	"devid/enroll/keys/tpmkey"
+	"devid/enroll/station/jig"
 	"devid/hal/serial"
 	"devid/hal/serial/serialtest"
 	"devid/hal/tpm/tpmtest"
@@ -52,7 +53,7 @@ func TestProgramOverPtyTPM(t *testing.T) {
 		p.Close()
 	})
 
-	res, err := factory.Program(testCtx(t), factory.NewJig(pair.Master), l, nil)
+	res, err := jig.Program(testCtx(t), jig.New(pair.Master), l, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,9 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	"devid/enroll/ca"
 	"devid/enroll/csr"
 	"devid/enroll/internal/pkitest"
+	"devid/enroll/station/ca"
 )
 
 func newCA(t *testing.T) (string, *ca.Local) {

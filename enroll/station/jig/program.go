@@ -1,4 +1,4 @@
-package factory
+package jig
 
 import (
 	"context"
@@ -9,11 +9,12 @@ import (
 
 	"devid/enroll/certstore"
 	"devid/enroll/csr"
+	"devid/enroll/factory"
 )
 
 // Issuer signs a device CSR and returns the chain, leaf first, without the
-// root. The local CA (enroll/ca) and the EST client (enroll/est) are
-// Issuers.
+// root. The local CA (enroll/station/ca) and the EST client (enroll/est)
+// are Issuers.
 type Issuer interface {
 	Issue(ctx context.Context, req *x509.CertificateRequest) ([]*x509.Certificate, error)
 }
@@ -103,7 +104,7 @@ func Program(ctx context.Context, j *Jig, iss Issuer, progress func(Step, string
 	if err != nil {
 		return fail(StepStatus, err)
 	}
-	if st.State != StateProgrammed || st.Serial != serial {
+	if st.State != factory.StateProgrammed || st.Serial != serial {
 		return fail(StepStatus, fmt.Errorf("device reports state %s serial %s after install (detail %q)", st.State, st.Serial, st.Detail))
 	}
 	progress(StepStatus, "programmed")

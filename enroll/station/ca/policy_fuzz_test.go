@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"devid/enroll/ca"
+	"devid/enroll/station/ca"
 )
 
 // FuzzLoadPolicy: the CA policy file is edited by hand on the station.
