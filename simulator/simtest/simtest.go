@@ -32,17 +32,23 @@ import (
 	"testing"
 	"time"
 
+	"devid/simulator/simapi"
 	"devid/simulator/simproc"
 )
 
-// Endpoint is the DPS endpoint of the ready line.
-type Endpoint = simproc.Endpoint
-
-// Hub is one hub of the ready line.
-type Hub = simproc.Hub
-
-// Ready is devid-sim's ready line.
-type Ready = simproc.Ready
+// The wire types of devid-sim, shared with the server through simapi.
+type (
+	// Ready is devid-sim's ready line.
+	Ready = simapi.Ready
+	// Endpoint is the DPS endpoint of the ready line.
+	Endpoint = simapi.Endpoint
+	// Hub is one hub of the ready line.
+	Hub = simapi.Hub
+	// Telemetry is one recorded device-to-cloud message.
+	Telemetry = simapi.TelemetryRecord
+	// Fault is the control plane's fault body (see docs/simulator.md).
+	Fault = simapi.Fault
+)
 
 // Option configures Start.
 type Option func(*options)
@@ -387,20 +393,6 @@ func (s *Sim) EnrollIndividual(t testing.TB, registrationID string, leaf *x509.C
 	}
 }
 
-// Telemetry is one recorded device-to-cloud message.
-type Telemetry struct {
-	Seq                   uint64            `json:"seq"`
-	Hub                   string            `json:"hub"`
-	DeviceID              string            `json:"deviceId"`
-	ReceivedUtc           string            `json:"receivedUtc"`
-	Topic                 string            `json:"topic"`
-	QoS                   byte              `json:"qos"`
-	Body                  string            `json:"body"`
-	BodyBase64            string            `json:"bodyBase64"`
-	SystemProperties      map[string]string `json:"systemProperties"`
-	ApplicationProperties map[string]string `json:"applicationProperties"`
-}
-
 // Telemetry returns every recorded message of deviceID ("" = all).
 func (s *Sim) Telemetry(t testing.TB, deviceID string) []Telemetry {
 	t.Helper()
@@ -434,21 +426,6 @@ func (s *Sim) WaitTelemetry(t testing.TB, deviceID string, n int, timeout time.D
 			t.Fatalf("device %q: %d telemetry messages after %v, want %d", deviceID, len(out), timeout, n)
 		}
 	}
-}
-
-// Fault mirrors the control plane's fault body (see docs/simulator.md).
-type Fault struct {
-	ID            string   `json:"id,omitempty"`
-	Scope         string   `json:"scope,omitempty"`
-	Hub           string   `json:"hub,omitempty"`
-	DeviceID      string   `json:"deviceId,omitempty"`
-	Ops           []string `json:"ops,omitempty"`
-	Status        int      `json:"status,omitempty"`
-	RetryAfter    int      `json:"retryAfter,omitempty"`
-	DelayMs       int      `json:"delayMs,omitempty"`
-	DropAfter     int      `json:"dropAfter,omitempty"`
-	RefuseSeconds int      `json:"refuseSeconds,omitempty"`
-	Count         int      `json:"count,omitempty"`
 }
 
 // SetFault injects a fault and returns its ID.
