@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -47,13 +48,104 @@ func (s *Sim) tlsConfig(maxVer string, requireClientCert bool) *tls.Config {
 	return c
 }
 
-func (s *Sim) listen(addr string) (net.Listener, error) {
+// listen opens a TCP listener whose connections Close ends; with
+// connectDeadline set, each must complete TLS and CONNECT within
+// connectTimeout.
+func (s *Sim) listen(addr string, connectDeadline bool) (net.Listener, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	s.listeners = append(s.listeners, l)
-	return l, nil
+	tl := &trackedListener{Listener: l, open: s.open}
+	if connectDeadline {
+		tl.deadline = connectTimeout
+	}
+	s.listeners = append(s.listeners, tl)
+	return tl, nil
+}
+
+// connectTimeout bounds the TLS handshake and CONNECT of a new MQTT
+// connection; mochi replaces the deadline with the keep-alive once the
+// CONNECT is read. Without it a connection that never sends CONNECT
+// would hold a goroutine (and Close) forever.
+const connectTimeout = 30 * time.Second
+
+// openConns is the set of accepted connections not yet closed. Close
+// ends them all: mochi's own shutdown waits for every connection it
+// accepted, including those still in the TLS handshake or before CONNECT,
+// which it cannot close.
+type openConns struct {
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+func newOpenConns() *openConns { return &openConns{conns: map[net.Conn]struct{}{}} }
+
+// add records c, or closes it when the set was closed already.
+func (o *openConns) add(c net.Conn) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		_ = c.Close()
+		return false
+	}
+	o.conns[c] = struct{}{}
+	return true
+}
+
+func (o *openConns) remove(c net.Conn) {
+	o.mu.Lock()
+	delete(o.conns, c)
+	o.mu.Unlock()
+}
+
+// closeAll closes every open connection and every one added later.
+func (o *openConns) closeAll() {
+	o.mu.Lock()
+	o.closed = true
+	conns := o.conns
+	o.conns = map[net.Conn]struct{}{}
+	o.mu.Unlock()
+	for c := range conns {
+		_ = c.Close()
+	}
+}
+
+// trackedListener records its connections in open and gives each the
+// CONNECT deadline (when deadline > 0).
+type trackedListener struct {
+	net.Listener
+	open     *openConns
+	deadline time.Duration
+}
+
+func (l *trackedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: c, open: l.open}
+		if !l.open.add(c) {
+			continue
+		}
+		if l.deadline > 0 {
+			_ = c.SetDeadline(time.Now().Add(l.deadline))
+		}
+		return tc, nil
+	}
+}
+
+// trackedConn leaves the open set when it is closed.
+type trackedConn struct {
+	net.Conn
+	open *openConns
+}
+
+func (c *trackedConn) Close() error {
+	c.open.remove(c.Conn)
+	return c.Conn.Close()
 }
 
 const (
@@ -97,14 +189,14 @@ func (s *Sim) startBroker() error {
 // addListeners opens an MQTT/TLS and an MQTT/WSS listener for one
 // endpoint (listener IDs id and id+"-ws") and returns their addresses.
 func (s *Sim) addListeners(id, what, addr, wsAddr, maxTLS string) (string, string, error) {
-	l, err := s.listen(addr)
+	l, err := s.listen(addr, true)
 	if err != nil {
 		return "", "", fmt.Errorf("%s listener %s: %w", what, addr, err)
 	}
 	if err := s.broker.AddListener(listeners.NewNet(id, tls.NewListener(l, s.tlsConfig(maxTLS, true)))); err != nil {
 		return "", "", err
 	}
-	wl, err := s.listen(wsAddr)
+	wl, err := s.listen(wsAddr, false) // the WebSocket handler sets the CONNECT deadline after the upgrade
 	if err != nil {
 		return "", "", fmt.Errorf("%s websocket listener %s: %w", what, wsAddr, err)
 	}

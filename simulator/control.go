@@ -29,7 +29,7 @@ func (s *Sim) startHTTP() error {
 	} else if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return fmt.Errorf("control address %q: must be a loopback address (the control plane has no authentication)", s.cfg.ControlAddr)
 	}
-	l, err := s.listen(s.cfg.ControlAddr)
+	l, err := s.listen(s.cfg.ControlAddr, false)
 	if err != nil {
 		return fmt.Errorf("control listener %s: %w", s.cfg.ControlAddr, err)
 	}
@@ -39,7 +39,7 @@ func (s *Sim) startHTTP() error {
 	s.httpSrvs = append(s.httpSrvs, srv)
 	go srv.Serve(l)
 
-	el, err := s.listen(s.cfg.ESTAddr)
+	el, err := s.listen(s.cfg.ESTAddr, false)
 	if err != nil {
 		return fmt.Errorf("EST listener %s: %w", s.cfg.ESTAddr, err)
 	}

@@ -33,7 +33,7 @@ func signCRL(t *testing.T, ca *x509.Certificate, key crypto.Signer, serials ...*
 
 func TestRevokeByCRL(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca, other := simtest.NewDeviceCA(t), simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "crl-a", ca.Root)
 	sim.EnrollGroup(t, "crl-b", other.Root)

@@ -38,6 +38,7 @@ type Sim struct {
 	broker    *mqtt.Server
 	ready     simapi.Ready
 	listeners []net.Listener
+	open      *openConns // every accepted connection, ended by Close
 	httpSrvs  []*http.Server
 	closed    atomic.Bool
 }
@@ -52,7 +53,7 @@ func Start(cfg Config) (*Sim, error) {
 	if err := prepareStateDir(cfg.StateDir); err != nil {
 		return nil, err
 	}
-	s := &Sim{cfg: cfg, log: cfg.Logger, conns: newConnTable(), faults: newFaultSet()}
+	s := &Sim{cfg: cfg, log: cfg.Logger, conns: newConnTable(), faults: newFaultSet(), open: newOpenConns()}
 	if s.PKI, err = LoadOrCreatePKI(cfg.StateDir, cfg.serverNames(), cfg.ServerKey); err != nil {
 		return nil, fmt.Errorf("PKI: %w", err)
 	}
@@ -141,11 +142,12 @@ func (s *Sim) Close() error {
 	for _, h := range s.httpSrvs {
 		_ = h.Shutdown(ctx)
 	}
-	if s.broker != nil {
-		_ = s.broker.Close()
-	}
 	for _, l := range s.listeners {
 		_ = l.Close()
+	}
+	s.open.closeAll()
+	if s.broker != nil {
+		_ = s.broker.Close()
 	}
 	if s.tel != nil {
 		s.tel.wake()

@@ -62,6 +62,7 @@ func newWSListener(id string, ln net.Listener, cfg *tls.Config) *wsListener {
 		estab := l.estab
 		l.mu.Unlock()
 		if estab != nil {
+			_ = c.UnderlyingConn().SetDeadline(time.Now().Add(connectTimeout))
 			_ = estab(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c, state: st})
 		}
 	})
