@@ -273,7 +273,7 @@ func TestWebSocket(t *testing.T) {
 	}
 }
 
-// TestHubCertificateRenewal exercises $iothub/credentials (§3.8).
+// TestHubCertificateRenewal exercises the $iothub/credentials renewal preview.
 func TestHubCertificateRenewal(t *testing.T) {
 	t.Parallel()
 	sim := startSim(t)

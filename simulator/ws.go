@@ -14,7 +14,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
-// WebSocketPath is the MQTT-over-WebSocket path of DPS and IoT Hub (§1.1).
+// WebSocketPath is the MQTT-over-WebSocket path of DPS and IoT Hub.
 const WebSocketPath = "/$iothub/websocket"
 
 // wsListener serves MQTT over secure WebSockets on path /$iothub/websocket

@@ -107,40 +107,41 @@ func registerBody(regID string) []byte {
 
 const registerTopic = "$dps/registrations/PUT/iotdps-register/?$rid=bad-1"
 
-// checkErrorBody checks a ProvisioningServiceErrorDetails body (§2.6):
+// checkErrorBody checks a ProvisioningServiceErrorDetails body (docs/simulator.md, DPS "Errors"):
 // errorCode = status*1000 + detail, trackingId, message, timestampUtc,
 // and no operationId.
 func checkErrorBody(t testing.TB, r dpsReply) {
 	t.Helper()
 	code, _ := jget(r.body, "errorCode").(float64)
 	if int(code)/1000 != r.status {
-		t.Errorf("error body errorCode %v does not match topic status %d (§2.6, §2.8): %s", jget(r.body, "errorCode"), r.status, r.raw)
+		t.Errorf("error body errorCode %v does not match topic status %d: %s", jget(r.body, "errorCode"), r.status, r.raw)
 	}
 	for _, f := range []string{"trackingId", "message", "timestampUtc"} {
 		if jstr(r.body, f) == "" {
-			t.Errorf("error body lacks %s (§2.6): %s", f, r.raw)
+			t.Errorf("error body lacks %s: %s", f, r.raw)
 		}
 	}
 	if jget(r.body, "operationId") != nil {
-		t.Errorf("error body carries operationId (§2.6 says it has none): %s", r.raw)
+		t.Errorf("error body carries operationId (an error body has none): %s", r.raw)
 	}
 }
 
-// wantAuthRefusal accepts what the reference allows for a device DPS does
-// not authenticate: CONNACK 5 [UNCONFIRMED, §2.1] or 401 with errorCode
-// 401002 on the register response (§2.8). A refused TLS handshake is not
-// what the service does (§1.3: authorization happens at CONNECT).
+// wantAuthRefusal accepts both forms DPS may use for a device it does not
+// authenticate: CONNACK 5 (not confirmed for the real service) or 401 with
+// errorCode 401002 on the register response; docs/simulator.md lists the
+// --dps-id-mismatch switch. A refused TLS handshake is not what the
+// service does: authorization happens at CONNECT.
 func wantAuthRefusal(t testing.TB, what string, o dpsOutcome) {
 	t.Helper()
 	t.Logf("%s: %s", what, o)
 	switch {
 	case o.tlsErr != nil:
-		t.Errorf("%s: refused in the TLS handshake (%v); DPS completes mutual TLS and refuses at the MQTT level (§1.3, §2.8)", what, o.tlsErr)
+		t.Errorf("%s: refused in the TLS handshake (%v); DPS completes mutual TLS and refuses at the MQTT level", what, o.tlsErr)
 	case o.connErr != nil:
 		t.Errorf("%s: connection dropped before CONNACK (%v); want CONNACK 5 or 401 on register", what, o.connErr)
 	case o.connack != 0:
 		if o.connack != 5 {
-			t.Errorf("%s: CONNACK %d; the service refuses with 5 (§2.1, §3.1)", what, o.connack)
+			t.Errorf("%s: CONNACK %d; the service refuses with 5", what, o.connack)
 		}
 	default:
 		r := o.last()
@@ -149,18 +150,19 @@ func wantAuthRefusal(t testing.TB, what string, o dpsOutcome) {
 			return
 		}
 		if r.status != 401 {
-			t.Errorf("%s: register answered %d; want 401 (§2.8): %s", what, r.status, r.raw)
+			t.Errorf("%s: register answered %d; want 401: %s", what, r.status, r.raw)
 			return
 		}
 		checkErrorBody(t, *r)
 		if jget(r.body, "errorCode") != float64(401002) {
-			t.Errorf("%s: errorCode %v, want 401002 (§2.8)", what, jget(r.body, "errorCode"))
+			t.Errorf("%s: errorCode %v, want 401002", what, jget(r.body, "errorCode"))
 		}
 	}
 }
 
 // TestDPSErrorPaths sends bad input to DPS as a raw MQTT client over real
-// TLS and checks each answer against the reference.
+// TLS and checks each answer against the documented service behaviour
+// (docs/simulator.md, "DPS device endpoint").
 func TestDPSErrorPaths(t *testing.T) {
 	t.Parallel()
 	tg := startSim(t)
@@ -188,7 +190,7 @@ func TestDPSErrorPaths(t *testing.T) {
 			o := tg.dpsAttempt(t, &dev.TLS, dev.CN, tc.user, registerTopic, 1, registerBody(dev.CN))
 			t.Logf("%s", o)
 			if r := o.last(); o.connack == 0 && o.tlsErr == nil && o.connErr == nil && (r == nil || r.status < 400) {
-				t.Errorf("username %q accepted: %s; DPS refuses it (§2.1)", tc.user, o)
+				t.Errorf("username %q accepted: %s; DPS refuses it", tc.user, o)
 			}
 			if o.tlsErr != nil {
 				t.Errorf("refused in TLS (%v); the username is only seen at CONNECT", o.tlsErr)
@@ -223,11 +225,11 @@ func dpsGoodShape(t *testing.T, tg *target, ca *testCA, scope string) {
 	}
 	first, last := o.replies[0], *o.last()
 	if first.status != 202 || first.retryAfter == "" || jstr(first.body, "operationId") == "" || jstr(first.body, "status") != "assigning" {
-		t.Errorf("first reply %s %s; want 202 with retry-after, operationId, status assigning (§2.4-2.6)", first.topic, first.raw)
+		t.Errorf("first reply %s %s; want 202 with retry-after, operationId, status assigning", first.topic, first.raw)
 	}
 	for _, r := range o.replies {
 		if r.rid != "bad-1" && r.rid != "p" {
-			t.Errorf("reply %s does not echo $rid (§2.3)", r.topic)
+			t.Errorf("reply %s does not echo $rid", r.topic)
 		}
 	}
 	if last.status != 200 || jstr(last.body, "status") != "assigned" {
@@ -236,7 +238,7 @@ func dpsGoodShape(t *testing.T, tg *target, ca *testCA, scope string) {
 	rs := jget(last.body, "registrationState")
 	for _, f := range []string{"registrationId", "assignedHub", "deviceId", "status", "substatus", "createdDateTimeUtc", "lastUpdatedDateTimeUtc", "etag"} {
 		if jstr(rs, f) == "" {
-			t.Errorf("registrationState lacks %s (§2.6): %s", f, last.raw)
+			t.Errorf("registrationState lacks %s: %s", f, last.raw)
 		}
 	}
 	if jstr(rs, "x509", "enrollmentGroupId") != "dps-errors" {
@@ -255,11 +257,11 @@ func dpsQoS0EmptyPoll(t *testing.T, tg *target, ca *testCA, scope string) {
 	c := tg.dpsConnect(t, &dev.TLS, dev.CN)
 	r, err := c.dpsRequest("$dps/registrations/PUT/iotdps-register/?$rid=1", 0, registerBody(dev.CN))
 	for i := 0; err == nil && r.status == 202 && i < 5; i++ {
-		// $rid reused on purpose: sdk-for-c sends rid 1 for every request (§2.3).
+		// $rid reused on purpose: sdk-for-c sends rid 1 for every request.
 		r, err = c.dpsRequest("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1&operationId="+jstr(r.body, "operationId"), 0, nil)
 	}
 	if err != nil || r.status != 200 || jstr(r.body, "status") != "assigned" {
-		t.Errorf("QoS 0 register / empty polls: %v %s %s (§2.3, §2.5)", err, r.topic, r.raw)
+		t.Errorf("QoS 0 register / empty polls: %v %s %s", err, r.topic, r.raw)
 	}
 }
 
@@ -270,7 +272,7 @@ func dpsMalformedJSON(t *testing.T, tg *target, ca *testCA, scope string) {
 	t.Logf("%s", o)
 	r := o.last()
 	if r == nil || r.status != 400 {
-		t.Fatalf("malformed register body: %s; want 400 on the response topic (§2.8)", o)
+		t.Fatalf("malformed register body: %s; want 400 on the response topic", o)
 	}
 	checkErrorBody(t, *r)
 }
@@ -282,7 +284,7 @@ func dpsBodyIDMismatch(t *testing.T, tg *target, ca *testCA, scope string) {
 	t.Logf("%s", o)
 	r := o.last()
 	if r == nil || (r.status != 400 && r.status != 401) {
-		t.Fatalf("mismatched registrationId: %s; want 400 or 401 (§2.3: it must equal the username's)", o)
+		t.Fatalf("mismatched registrationId: %s; want 400 or 401 (it must equal the username's)", o)
 	}
 	checkErrorBody(t, *r)
 }
@@ -293,7 +295,7 @@ func dpsClientVersion(t *testing.T, tg *target, ca *testCA, scope string) {
 	user := dpsUser(scope, dev.CN) + "&ClientVersion=azure-iot-provisioning-device%2F1.9.1"
 	o := tg.dpsAttempt(t, &dev.TLS, dev.CN, user, registerTopic, 1, registerBody(dev.CN))
 	if r := o.last(); r == nil || r.status != 200 || jstr(r.body, "status") != "assigned" {
-		t.Errorf("&ClientVersion username: %s; want assigned (§2.1)", o)
+		t.Errorf("&ClientVersion username: %s; want assigned", o)
 	}
 }
 
@@ -339,10 +341,10 @@ func dpsSelfSignedCertificate(t *testing.T, tg *target, ca *testCA, scope string
 func dpsNoClientCertificate(t *testing.T, tg *target, ca *testCA, scope string) {
 	o := tg.dpsAttempt(t, nil, "dps-nocert-1", dpsUser(scope, "dps-nocert-1"), registerTopic, 1, registerBody("dps-nocert-1"))
 	t.Logf("%s", o)
-	// §1.3: with X.509 required and no certificate presented, the connection is rejected.
+	// With X.509 required and no certificate presented, the connection is rejected.
 	if o.tlsErr == nil && o.connErr == nil && o.connack == 0 {
 		if r := o.last(); r == nil || r.status != 401 {
-			t.Errorf("no client certificate: %s; want rejection (§1.3)", o)
+			t.Errorf("no client certificate: %s; want rejection", o)
 		}
 	}
 }
@@ -361,14 +363,15 @@ func dpsDisabledEnrollmentGroup(t *testing.T, tg *target, ca *testCA, scope stri
 	dev := dca.issue(t, "dps-disabled-1", leafOpts{})
 	o := tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, registerBody(dev.CN))
 	t.Logf("%s", o)
-	// §2.7 [UNCONFIRMED]: status "disabled", or 401 on register.
+	// Not confirmed for the real service: status "disabled", or 401 on register
+	// (switch --disabled-enrollment).
 	r := o.last()
 	switch {
 	case r != nil && r.status == 200 && jstr(r.body, "status") == "disabled":
 	case r != nil && r.status == 401:
 		checkErrorBody(t, *r)
 	default:
-		t.Errorf("disabled enrollment: %s; want status disabled or 401 (§2.7)", o)
+		t.Errorf("disabled enrollment: %s; want status disabled or 401", o)
 	}
 }
 
@@ -380,7 +383,7 @@ func dpsUnknownOperation(t *testing.T, tg *target, ca *testCA, scope string) {
 	t.Logf("%s", o)
 	r := o.last()
 	if r == nil || r.status != 404 {
-		t.Fatalf("poll for an operation that does not exist: %s; want 404 (§2.8)", o)
+		t.Fatalf("poll for an operation that does not exist: %s; want 404", o)
 	}
 	checkErrorBody(t, *r)
 }
@@ -402,7 +405,7 @@ func dpsPollThrottled(t *testing.T, tg *target, ca *testCA, scope string) {
 		}
 		statuses = append(statuses, r.status)
 	}
-	// §5.6: 5 polls / 10 s / device; over the limit ⇒ 429 with retry-after (§2.9).
+	// 5 polls / 10 s / device; over the limit ⇒ 429 with retry-after.
 	if r.status != 429 || r.retryAfter == "" {
 		t.Fatalf("6 polls at once: statuses %v, last %s %s; want the 6th to be 429 with retry-after", statuses, r.topic, r.raw)
 	}
@@ -414,7 +417,7 @@ func dpsUnknownTopic(t *testing.T, tg *target, ca *testCA, scope string) {
 	dev := ca.issue(t, "dps-topic-1", leafOpts{})
 	o := tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), "$dps/registrations/PUT/iotdps-bogus/?$rid=1", 1, registerBody(dev.CN))
 	t.Logf("%s", o)
-	// §1.2: only documented topics work. Closing, or a 4xx error reply, both refuse it.
+	// Only documented topics work. Closing, or a 4xx error reply, both refuse it.
 	if r := o.last(); !o.closed && (r == nil || r.status < 400) {
 		t.Errorf("publish to an undocumented DPS topic: %s; want the connection closed or a 4xx", o)
 	}
@@ -426,9 +429,9 @@ func dpsOversizedRegister(t *testing.T, tg *target, ca *testCA, scope string) {
 	body := []byte(`{"registrationId":"dps-big-1","payload":{"pad":"` + strings.Repeat("x", 100*1024) + `"}}`)
 	o := tg.dpsAttempt(t, &dev.TLS, dev.CN, dpsUser(scope, dev.CN), registerTopic, 1, body)
 	t.Logf("%s", o)
-	// §2.3: max DPS message 96 KB.
+	// The largest DPS message is 96 KB.
 	if r := o.last(); !o.closed && (r == nil || r.status < 400) {
-		t.Errorf("100 KB register: %s; want refusal (closed or 4xx), max is 96 KB (§2.3)", o)
+		t.Errorf("100 KB register: %s; want refusal (closed or 4xx), max is 96 KB", o)
 	}
 }
 
@@ -442,7 +445,7 @@ func dpsSubscribeQoS2(t *testing.T, tg *target, ca *testCA, scope string) {
 	c.mustConnect(dev.CN, dpsUser(scope, dev.CN))
 	code, err := c.subscribe("$dps/registrations/res/#", 2)
 	if err != nil || code != 1 {
-		t.Errorf("SUBSCRIBE QoS 2: code %d, %v; want granted 1 (§2.2)", code, err)
+		t.Errorf("SUBSCRIBE QoS 2: code %d, %v; want granted 1", code, err)
 	}
 }
 
@@ -458,7 +461,7 @@ func dpsWhitespacePoll(t *testing.T, tg *target, ca *testCA, scope string) {
 		t.Fatal(err)
 	}
 	if p.Qos > 1 {
-		t.Errorf("DPS replied at QoS %d; at most min(granted, 1) (§2.2)", p.Qos)
+		t.Errorf("DPS replied at QoS %d; at most min(granted, 1)", p.Qos)
 	}
 	r, _ := parseDPSReply(p.Payload, p.TopicName)
 	for i := 0; r.status == 202 && i < 5; i++ {
@@ -468,6 +471,6 @@ func dpsWhitespacePoll(t *testing.T, tg *target, ca *testCA, scope string) {
 		}
 	}
 	if r.status != 200 {
-		t.Errorf("poll with whitespace body: %s %s (§2.5)", r.topic, r.raw)
+		t.Errorf("poll with whitespace body: %s %s", r.topic, r.raw)
 	}
 }

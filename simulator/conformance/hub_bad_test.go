@@ -64,16 +64,16 @@ func (tg *target) hubAttempt(t testing.TB, host string, cert *tls.Certificate, c
 	return c.connect(clientID, username, false)
 }
 
-// wantConnack5 checks the only refusal IoT Hub uses (§3.1).
+// wantConnack5 checks the only refusal IoT Hub uses: CONNACK 5.
 func wantConnack5(t testing.TB, what string, code byte, err error) {
 	t.Helper()
 	switch {
 	case err != nil && strings.HasPrefix(err.Error(), "TLS"):
-		t.Errorf("%s: refused in the TLS handshake (%v); the hub completes mutual TLS and answers CONNACK 5 (§1.3, §3.1)", what, err)
+		t.Errorf("%s: refused in the TLS handshake (%v); the hub completes mutual TLS and answers CONNACK 5", what, err)
 	case err != nil:
-		t.Errorf("%s: connection ended without CONNACK (%v); the hub answers CONNACK 5 (§3.1)", what, err)
+		t.Errorf("%s: connection ended without CONNACK (%v); the hub answers CONNACK 5", what, err)
 	case code != 5:
-		t.Errorf("%s: CONNACK %d; the hub refuses with 5 only (§3.1)", what, code)
+		t.Errorf("%s: CONNACK %d; the hub refuses with 5 only", what, code)
 	}
 }
 
@@ -129,7 +129,7 @@ func TestHubErrorPaths(t *testing.T) {
 			}
 			c.publish(topic, 1, false, []byte("x"))
 			if err := c.expectClosed(); err != nil {
-				t.Errorf("publish to %q: %v (§3.3: only documented topics)", topic, err)
+				t.Errorf("publish to %q: %v (only documented topics)", topic, err)
 			}
 		})
 	}
@@ -149,7 +149,7 @@ func hubErrUsernameFormats(t *testing.T, tg *target, ca *testCA) {
 	}
 	for _, u := range good {
 		if code, err := tg.hubAttempt(t, d.host, &d.TLS, d.id, u); err != nil || code != 0 {
-			t.Errorf("username %q: CONNACK %d, %v; want 0 (§3.1)", u, code, err)
+			t.Errorf("username %q: CONNACK %d, %v; want 0", u, code, err)
 		}
 	}
 	bad := []string{
@@ -207,7 +207,7 @@ func hubErrNoClientCertificate(t *testing.T, tg *target, ca *testCA) {
 	d := tg.provision(t, ca, "hub-nocert-1")
 	code, err := tg.hubAttempt(t, d.host, nil, d.id, hubUser(d.host, d.id))
 	if err == nil && code == 0 {
-		t.Errorf("hub accepted a session without a client certificate (§1.3)")
+		t.Errorf("hub accepted a session without a client certificate")
 	}
 }
 
@@ -216,7 +216,7 @@ func hubErrRevokedCertificate(t *testing.T, tg *target, ca *testCA) {
 	d := tg.provision(t, ca, "hub-revoked-1")
 	c := tg.hubConnect(t, d)
 	tg.revokeCert(d.CertPEM)
-	// §3.1: a device disabled while connected is simply disconnected.
+	// A device disabled while connected is simply disconnected.
 	if err := c.expectClosed(); err != nil {
 		t.Errorf("connected device after revocation: %v", err)
 	}
@@ -230,7 +230,7 @@ func hubErrSecondConnection(t *testing.T, tg *target, ca *testCA) {
 	first := tg.hubConnect(t, d)
 	second := tg.hubConnect(t, d)
 	if err := first.expectClosed(); err != nil {
-		t.Errorf("first session after a second CONNECT: %v (§3.1)", err)
+		t.Errorf("first session after a second CONNECT: %v", err)
 	}
 	second.mustSubscribe("$iothub/twin/res/#")
 }
@@ -280,14 +280,14 @@ func hubErrOversizedTelemetry(t *testing.T, tg *target, ca *testCA) {
 		err = c.expectPuback(id)
 	}
 	if err != nil {
-		t.Fatalf("250 KB telemetry: %v; the limit is 256 KB (§3.3)", err)
+		t.Fatalf("250 KB telemetry: %v; the limit is 256 KB", err)
 	}
 	// ...and over it drops the session.
 	if _, err := c.publish("devices/"+d.id+"/messages/events/", 1, false, make([]byte, 256*1024+1)); err != nil && !isClosed(err) {
 		t.Fatal(err)
 	}
 	if err := c.expectClosed(); err != nil {
-		t.Errorf("telemetry over 256 KB: %v (§3.3, §3.9)", err)
+		t.Errorf("telemetry over 256 KB: %v", err)
 	}
 }
 
@@ -297,7 +297,7 @@ func hubErrQoS2Publish(t *testing.T, tg *target, ca *testCA) {
 	c := tg.hubConnect(t, d)
 	c.publish("devices/"+d.id+"/messages/events/", 2, false, []byte("x"))
 	if err := c.expectClosed(); err != nil {
-		t.Errorf("QoS 2 telemetry: %v (§3.3, §3.7)", err)
+		t.Errorf("QoS 2 telemetry: %v", err)
 	}
 }
 
@@ -318,7 +318,7 @@ func hubErrRetained(t *testing.T, tg *target, ca *testCA) {
 		err = c.expectPuback(id)
 	}
 	if err != nil {
-		t.Fatalf("retained telemetry: %v; DOCS-hub-mqtt forwards it with app property mqtt-retain (§3.3)", err)
+		t.Fatalf("retained telemetry: %v; the IoT Hub MQTT docs forward it with app property mqtt-retain", err)
 	}
 	waitFor(t, "retained message recorded", 30*time.Second, func() error {
 		for _, r := range tg.telemetry(d.name, d.id) {
@@ -339,11 +339,11 @@ func hubErrRetained(t *testing.T, tg *target, ca *testCA) {
 func hubErrSubscriptions(t *testing.T, tg *target, ca *testCA) {
 	d := tg.provision(t, ca, "hub-sub-1")
 	c := tg.hubConnect(t, d)
-	// sdk-for-c subscribes with devices/+/… (§3.2).
+	// sdk-for-c subscribes with devices/+/….
 	for _, f := range []string{"devices/+/messages/devicebound/#", "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"} {
 		code, err := c.subscribe(f, 2)
 		if err != nil || code != 1 {
-			t.Errorf("SUBSCRIBE %s QoS 2: code %d, %v; want granted 1 (§3.2)", f, code, err)
+			t.Errorf("SUBSCRIBE %s QoS 2: code %d, %v; want granted 1", f, code, err)
 		}
 	}
 	bad := tg.hubConnect(t, tg.provision(t, ca, "hub-sub-2"))
@@ -351,7 +351,7 @@ func hubErrSubscriptions(t *testing.T, tg *target, ca *testCA) {
 	if err == nil {
 		err = bad.expectClosed()
 		if err != nil {
-			t.Errorf("SUBSCRIBE #: SUBACK %d, then %v; the hub drops the connection (§3.2)", code, err)
+			t.Errorf("SUBSCRIBE #: SUBACK %d, then %v; the hub drops the connection", code, err)
 		}
 	}
 }
@@ -364,22 +364,22 @@ func hubErrTwin(t *testing.T, tg *target, ca *testCA) {
 	c.publish("$iothub/twin/GET/?$rid=g1", 0, false, nil)
 	st, qs, body, err := twinReply(c)
 	if err != nil || st != 200 || !strings.Contains(qs, "$rid=g1") || !strings.Contains(body, `"desired"`) || !strings.Contains(body, `"reported"`) {
-		t.Errorf("twin GET: %d %q %q %v; want 200 with desired and reported (§3.5)", st, qs, body, err)
+		t.Errorf("twin GET: %d %q %q %v; want 200 with desired and reported", st, qs, body, err)
 	}
 	c.publish("$iothub/twin/PATCH/properties/reported/?$rid=p1", 0, false, []byte(`{"fw":"2.0"}`))
 	st, qs, _, err = twinReply(c)
 	if err != nil || st != 204 || !strings.Contains(qs, "$rid=p1") || !strings.Contains(qs, "$version=") {
-		t.Errorf("reported patch: %d %q %v; want 204 with $rid and $version (§3.5)", st, qs, err)
+		t.Errorf("reported patch: %d %q %v; want 204 with $rid and $version", st, qs, err)
 	}
 	c.publish("$iothub/twin/PATCH/properties/reported/?$rid=p2", 0, false, []byte(`{"fw":`))
 	st, qs, _, err = twinReply(c)
 	if err != nil || st != 400 || !strings.Contains(qs, "$rid=p2") {
-		t.Errorf("malformed reported patch: %d %q %v; want 400 (§3.5)", st, qs, err)
+		t.Errorf("malformed reported patch: %d %q %v; want 400", st, qs, err)
 	}
 	big := []byte(`{"blob":"` + strings.Repeat("x", 40*1024) + `"}`)
 	c.publish("$iothub/twin/PATCH/properties/reported/?$rid=p3", 0, false, big)
 	st, qs, _, err = twinReply(c)
 	if err != nil || st < 400 || st >= 500 || !strings.Contains(qs, "$rid=p3") {
-		t.Errorf("40 KB reported patch: %d %q %v; want a 4xx, reported properties are capped at 32 KB (§3.5)", st, qs, err)
+		t.Errorf("40 KB reported patch: %d %q %v; want a 4xx, reported properties are capped at 32 KB", st, qs, err)
 	}
 }

@@ -41,11 +41,11 @@ func wireC2D(t *testing.T, tg *target, ca *testCA) {
 	}
 	prefix := "devices/" + d.id + "/messages/devicebound/"
 	if !strings.HasPrefix(p.TopicName, prefix) || p.Qos != 1 || string(p.Payload) != "ping" {
-		t.Fatalf("C2D publish %q QoS %d %q; want QoS 1 under %s (§3.4)", p.TopicName, p.Qos, p.Payload, prefix)
+		t.Fatalf("C2D publish %q QoS %d %q; want QoS 1 under %s", p.TopicName, p.Qos, p.Payload, prefix)
 	}
 	bag := strings.TrimPrefix(p.TopicName, prefix)
 	if !strings.Contains(bag, "%24.mid=") || !strings.Contains(bag, "%24.to=") {
-		t.Errorf("C2D property bag %q lacks percent-encoded %%24.mid / %%24.to (§3.4 observed topic)", bag)
+		t.Errorf("C2D property bag %q lacks percent-encoded %%24.mid / %%24.to (observed topic)", bag)
 	}
 	v, err := url.ParseQuery(bag)
 	if err != nil {
@@ -72,14 +72,14 @@ func wireC2DOffline(t *testing.T, tg *target, ca *testCA) {
 	c2.mustSubscribe("devices/" + d.id + "/messages/devicebound/#")
 	p, err := c2.nextPublish()
 	if err != nil || string(p.Payload) != "while you were out" {
-		t.Fatalf("queued C2D after reconnect: %v %v; want it delivered (§3.4)", p, err)
+		t.Fatalf("queued C2D after reconnect: %v %v; want it delivered", p, err)
 	}
 	tg.waitC2DDone(t, "C2D queue empty after PUBACK", d)
 }
 
 // wirePacketIDs is the "packet identifiers are independent per direction" subtest of TestHubWire.
 func wirePacketIDs(t *testing.T, tg *target, ca *testCA) {
-	// MQTT 3.1.1 §2.3.1: client and server assign packet identifiers
+	// MQTT 3.1.1 (OASIS standard, section 2.3.1): client and server assign packet identifiers
 	// independently. A queued C2D (server ID n) and the device's own
 	// QoS 1 telemetry with the same ID n must both complete.
 	d := tg.provision(t, ca, "wire-pid-1")
@@ -137,12 +137,12 @@ func wireDirectMethod(t *testing.T, tg *target, ca *testCA) {
 	rest, ok := strings.CutPrefix(p.TopicName, "$iothub/methods/POST/getInfo/?")
 	v, _ := url.ParseQuery(rest)
 	if !ok || v.Get("$rid") == "" || p.Qos != 0 || string(p.Payload) != `{"verbose":true}` {
-		t.Fatalf("method request %q QoS %d %q; want $iothub/methods/POST/getInfo/?$rid=… at QoS 0 with the payload (§3.6)", p.TopicName, p.Qos, p.Payload)
+		t.Fatalf("method request %q QoS %d %q; want $iothub/methods/POST/getInfo/?$rid=… at QoS 0 with the payload", p.TopicName, p.Qos, p.Payload)
 	}
 	c.publish("$iothub/methods/res/299/?$rid="+v.Get("$rid"), 0, false, []byte(`{"fw":"1.0"}`))
 	a := <-done
 	if a.st != 200 || jget(a.res, "status") != float64(299) || jstr(a.res, "payload", "fw") != "1.0" {
-		t.Errorf("service saw HTTP %d %v; want 200 {status 299, payload {fw 1.0}} (§3.6)", a.st, a.res)
+		t.Errorf("service saw HTTP %d %v; want 200 {status 299, payload {fw 1.0}}", a.st, a.res)
 	}
 	// Device never answers: 504 after responseTimeoutInSeconds (minimum 5 s).
 	st, res := tg.invokeMethod(d.name, d.id, "ignored", nil, 5)
@@ -152,7 +152,7 @@ func wireDirectMethod(t *testing.T, tg *target, ca *testCA) {
 	c.close()
 	tg.waitOffline(t, d)
 	if st, res := tg.invokeMethod(d.name, d.id, "getInfo", nil, 5); st != 404 {
-		t.Errorf("method on a disconnected device: HTTP %d %v; want 404 (§3.6)", st, res)
+		t.Errorf("method on a disconnected device: HTTP %d %v; want 404", st, res)
 	}
 }
 
@@ -169,11 +169,11 @@ func wireDesiredPush(t *testing.T, tg *target, ca *testCA) {
 	rest, ok := strings.CutPrefix(p.TopicName, "$iothub/twin/PATCH/properties/desired/?")
 	v, _ := url.ParseQuery(rest)
 	if !ok || v.Get("$version") == "" || p.Qos != 0 {
-		t.Fatalf("desired push %q QoS %d; want $iothub/twin/PATCH/properties/desired/?$version=n at QoS 0 (§3.5)", p.TopicName, p.Qos)
+		t.Fatalf("desired push %q QoS %d; want $iothub/twin/PATCH/properties/desired/?$version=n at QoS 0", p.TopicName, p.Qos)
 	}
 	body := string(p.Payload)
 	if !strings.Contains(body, `"mode":"eco"`) || !strings.Contains(body, `"$version":`+v.Get("$version")) {
-		t.Errorf("desired push body %s; want the changed members and $version %s (§3.5)", body, v.Get("$version"))
+		t.Errorf("desired push body %s; want the changed members and $version %s", body, v.Get("$version"))
 	}
 }
 
@@ -203,7 +203,7 @@ func wireDisabledDevice(t *testing.T, tg *target, ca *testCA) {
 	c := tg.hubConnect(t, d)
 	tg.mustDo("POST", "/sim/devices/"+url.PathEscape(d.name)+"/"+url.PathEscape(d.id)+"/disable", nil, nil)
 	if err := c.expectClosed(); err != nil {
-		t.Errorf("device disabled while connected: %v (§3.1: simply disconnected)", err)
+		t.Errorf("device disabled while connected: %v (simply disconnected)", err)
 	}
 	code, err := tg.hubAttempt(t, d.host, &d.TLS, d.id, hubUser(d.host, d.id))
 	wantConnack5(t, "disabled device", code, err)
@@ -213,7 +213,7 @@ func wireDisabledDevice(t *testing.T, tg *target, ca *testCA) {
 func wireKeepAlive(t *testing.T, tg *target, ca *testCA) {
 	d := tg.provision(t, ca, "wire-keepalive-1")
 	c := tg.hubConnectRaw(t, d, func(p *packets.ConnectPacket) { p.Keepalive = 1 })
-	// Silent client: the hub closes after 1.5 × keep-alive (§3.7); expectClosed bounds the wait.
+	// Silent client: the hub closes after 1.5 × keep-alive; expectClosed bounds the wait.
 	if err := c.expectClosed(); err != nil {
 		t.Errorf("silent client with keep-alive 1 s: %v", err)
 	}

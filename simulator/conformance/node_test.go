@@ -170,7 +170,7 @@ func TestNodeSDK(t *testing.T) {
 	tg := startSim(t)
 
 	// Root → intermediate → leaf; the group is anchored on the root, so the SDK
-	// must present the intermediate too (§1.3, §5.1).
+	// must present the intermediate too.
 	ca := simtest.NewDeviceCA(t)
 	const group = "node-sdk-group"
 	tg.enrollGroup(group, simtest.PEM(ca.Root), map[string]any{
@@ -277,7 +277,7 @@ func checkNodeRegistration(t *testing.T, tg *target, reg nodeEvent, cn, group st
 	}
 	for _, f := range []string{"registrationId", "createdDateTimeUtc", "lastUpdatedDateTimeUtc", "etag"} {
 		if jstr(reg, f) == "" {
-			t.Errorf("SDK registration result lacks %s (§2.6): %v", f, reg)
+			t.Errorf("SDK registration result lacks %s: %v", f, reg)
 		}
 	}
 	if g := jstr(reg, "x509", "enrollmentGroupId"); g != group {
@@ -403,7 +403,7 @@ func TestNodeSDKRefused(t *testing.T) {
 		}
 		e := startNode(t, node, tg, cfg).final(t)
 		if jstr(e, "step") != "register" || jstr(e, "name") != "UnauthorizedError" {
-			t.Errorf("unenrolled certificate: SDK ended with %v; want UnauthorizedError at register (§2.8 401)", e)
+			t.Errorf("unenrolled certificate: SDK ended with %v; want UnauthorizedError at register (401)", e)
 		}
 	})
 	t.Run("hub", func(t *testing.T) {
@@ -414,7 +414,7 @@ func TestNodeSDKRefused(t *testing.T) {
 		}
 		e := startNode(t, node, tg, cfg).final(t)
 		if jstr(e, "step") != "hub" || jstr(e, "name") != "UnauthorizedError" {
-			t.Errorf("unknown device: SDK ended with %v; want UnauthorizedError from CONNACK 5 (§3.1)", e)
+			t.Errorf("unknown device: SDK ended with %v; want UnauthorizedError from CONNACK 5", e)
 		}
 	})
 }
@@ -433,9 +433,9 @@ func (r *nodeRun) final(t *testing.T) nodeEvent {
 	return last
 }
 
-// TestNodeSDKRetries injects the transient answers the reference lists
+// TestNodeSDKRetries injects the transient answers the services send
 // (DPS 429 with retry-after and 503 on a poll; hub throttling of telemetry,
-// which over MQTT is a closed connection, §3.9) and checks that the official
+// which over MQTT is a closed connection) and checks that the official
 // SDK recognises them as transient: it retries and finishes, and every
 // injected fault was consumed. (The Node SDK ignores the status of twin
 // responses and fails on any body with errorCode, so twin 429 is not retried
