@@ -11,7 +11,7 @@ import (
 
 func TestAllocationAndReprovision(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t, simtest.WithHubs("hub-a", "hub-b"), simtest.WithArgs("--hub-latency", "hub-b=5", "--hub-latency", "hub-a=50"))
+	sim := startSim(t, simtest.WithHubs("hub-a", "hub-b"), simtest.WithArgs("--hub-latency", "hub-b=5", "--hub-latency", "hub-a=50"))
 	a, b := sim.Hub("hub-a"), sim.Hub("hub-b")
 
 	t.Run("hashed spreads over both hubs", func(t *testing.T) {

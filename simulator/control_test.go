@@ -10,7 +10,7 @@ import (
 
 func TestControlPlaneErrors(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t, simtest.WithHubs("h1", "h2"))
+	sim := startSim(t, simtest.WithHubs("h1", "h2"))
 	ca := simtest.NewDeviceCA(t)
 	leaf := ca.Issue(t, "leaf")
 	cases := []struct {
@@ -85,7 +85,7 @@ func TestControlPlaneErrors(t *testing.T) {
 
 func TestDeleteEnrollmentSurvivesRestart(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollIndividual(t, "Dev-A", ca.Issue(t, "Dev-A").Leaf)
 	sim.EnrollGroup(t, "g1", ca.Root)
@@ -108,7 +108,7 @@ func TestDeleteEnrollmentSurvivesRestart(t *testing.T) {
 // stored record that comes back after a restart.
 func TestEnrollmentCaseOneRecord(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	leaf := ca.Issue(t, "dev-b").Leaf
 	sim.EnrollIndividual(t, "Dev-B", leaf)

@@ -34,7 +34,7 @@ func ParseCRL(b []byte) (*x509.RevocationList, error) {
 // signed it. The signer must be an enrollment group's signing certificate
 // or a CA certificate that chains to one (from extraPEM or from the chains
 // of live connections).
-func (s *Sim) crlEntries(crlText, extraPEM string) ([]revokedCert, error) {
+func (v *revoker) crlEntries(crlText, extraPEM string) ([]revokedCert, error) {
 	crl, err := ParseCRL([]byte(crlText))
 	if err != nil {
 		return nil, fmt.Errorf("crl: %w", err)
@@ -45,35 +45,14 @@ func (s *Sim) crlEntries(crlText, extraPEM string) ([]revokedCert, error) {
 			return nil, fmt.Errorf("chain: %w", err)
 		}
 	}
-	anchors := x509.NewCertPool()
-	var known []*x509.Certificate
-	s.mu.Lock()
-	for _, g := range s.groups {
-		for _, c := range g.certs {
-			anchors.AddCert(c)
-			known = append(known, c)
-		}
-	}
-	s.mu.Unlock()
+	known := v.reg.groupCAs()
 	if len(known) == 0 {
 		return nil, errors.New("crl: no enrollment group signing certificate is known to check the CRL signature against")
 	}
-	s.cmu.RLock()
-	for _, c := range s.conns {
-		if len(c.chain) > 1 {
-			extra = append(extra, c.chain[1:]...)
-		}
-	}
-	s.cmu.RUnlock()
-	inter := x509.NewCertPool()
+	anchors := certPool(known)
+	extra = append(extra, v.conns.intermediates()...)
 	for _, c := range extra {
-		inter.AddCert(c)
-	}
-	for _, c := range extra {
-		if !c.IsCA {
-			continue
-		}
-		if _, err := c.Verify(x509.VerifyOptions{Roots: anchors, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+		if c.IsCA && verifies(c, anchors, extra) {
 			known = append(known, c)
 		}
 	}
@@ -99,7 +78,7 @@ func (s *Sim) crlEntries(crlText, extraPEM string) ([]revokedCert, error) {
 			Issuer:    issuer.Subject.String(),
 			IssuerCA:  caB64,
 			RevokedAt: e.RevocationTime.UTC().Format("2006-01-02T15:04:05.0000000Z"),
-			IssuedBy:  s.PKI != nil && s.PKI.IssuingCA != nil && bytes.Equal(issuer.Raw, s.PKI.IssuingCA.Raw),
+			IssuedBy:  v.pki != nil && v.pki.IssuingCA != nil && bytes.Equal(issuer.Raw, v.pki.IssuingCA.Raw),
 		})
 	}
 	return out, nil

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"devid/simulator"
+	"devid/simulator/simapi"
 	"devid/simulator/simtest"
 )
 
@@ -32,7 +33,7 @@ func signCRL(t *testing.T, ca *x509.Certificate, key crypto.Signer, serials ...*
 
 func TestRevokeByCRL(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca, other := simtest.NewDeviceCA(t), simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "crl-a", ca.Root)
 	sim.EnrollGroup(t, "crl-b", other.Root)
@@ -55,7 +56,7 @@ func TestRevokeByCRL(t *testing.T) {
 	}
 	crl := signCRL(t, ca.Intermediate, ca.IntermediateKey, victim.Leaf.SerialNumber)
 	// The CRL signer (the intermediate) chains to the group's root.
-	req := simulator.RevokeRequest{CRL: crl, Chain: string(simtest.PEM(ca.Intermediate))}
+	req := simapi.RevokeRequest{CRL: crl, Chain: string(simtest.PEM(ca.Intermediate))}
 	sim.MustDo("POST", "/sim/revoke", req, nil)
 	c.waitLost()
 	if _, err := connect(t, victim, "crl-victim"); !isNotAuthorized(err) {
@@ -78,10 +79,10 @@ func TestRevokeByCRL(t *testing.T) {
 
 	stranger := simtest.NewDeviceCA(t)
 	for name, body := range map[string]any{
-		"unknown CA":   simulator.RevokeRequest{CRL: signCRL(t, stranger.Intermediate, stranger.IntermediateKey, big.NewInt(7))},
-		"garbage CRL":  simulator.RevokeRequest{CRL: "not a CRL"},
-		"wrong PEM":    simulator.RevokeRequest{CRL: string(simtest.PEM(ca.Root))},
-		"bad chain":    simulator.RevokeRequest{CRL: crl, Chain: "nope"},
+		"unknown CA":   simapi.RevokeRequest{CRL: signCRL(t, stranger.Intermediate, stranger.IntermediateKey, big.NewInt(7))},
+		"garbage CRL":  simapi.RevokeRequest{CRL: "not a CRL"},
+		"wrong PEM":    simapi.RevokeRequest{CRL: string(simtest.PEM(ca.Root))},
+		"bad chain":    simapi.RevokeRequest{CRL: crl, Chain: "nope"},
 		"not JSON":     "x",
 		"empty object": map[string]any{},
 	} {

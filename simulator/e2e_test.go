@@ -40,7 +40,9 @@ func dialMQTT(t testing.TB, addr, clientID, username string, tlsCfg *tls.Config,
 	o := paho.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(clientID).SetUsername(username).
 		SetTLSConfig(tlsCfg).SetProtocolVersion(4).SetCleanSession(clean).SetAutoReconnect(false).
 		SetConnectRetry(false).SetConnectTimeout(10 * time.Second).SetKeepAlive(60 * time.Second).
-		SetOrderMatters(false).
+		// In order: tests check the order the service sends in (202 before
+		// 200); the handler never blocks while msgs has room.
+		SetOrderMatters(true).
 		SetDefaultPublishHandler(func(_ paho.Client, p paho.Message) {
 			m.msgs <- msg{p.Topic(), p.Payload()}
 		}).
@@ -153,7 +155,7 @@ func register(t *testing.T, sim *simtest.Sim, dev *simtest.DeviceCert, body stri
 
 func TestEndToEndGroupRegistrationAndHub(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "group1", ca.Root, simtest.InitialDesired(map[string]any{"interval": 5}))
 	dev := ca.Issue(t, "device-e2e-1")
@@ -231,7 +233,7 @@ func TestEndToEndGroupRegistrationAndHub(t *testing.T) {
 // TestWebSocket registers over DPS WSS and connects to the hub over WSS.
 func TestWebSocket(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
 	dev := ca.Issue(t, "ws-dev")
@@ -271,10 +273,10 @@ func TestWebSocket(t *testing.T) {
 	}
 }
 
-// TestHubCertificateRenewal exercises $iothub/credentials (§3.8).
+// TestHubCertificateRenewal exercises the $iothub/credentials renewal preview.
 func TestHubCertificateRenewal(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
 	dev := ca.Issue(t, "renew-dev")

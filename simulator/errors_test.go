@@ -61,7 +61,7 @@ func isNotAuthorized(err error) bool {
 
 func TestDPSErrorPaths(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
 	reg := func(id string) string { return `{"registrationId":"` + id + `"}` }
@@ -189,7 +189,7 @@ func TestDPSErrorPaths(t *testing.T) {
 
 func TestDPSMismatchRegisterSwitch(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t, simtest.WithArgs("--dps-id-mismatch", "register", "--disabled-enrollment", "401",
+	sim := startSim(t, simtest.WithArgs("--dps-id-mismatch", "register", "--disabled-enrollment", "401",
 		"--registrations-per-minute", "2", "--dps-error-message-field", "both"))
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
@@ -214,7 +214,7 @@ func hubUser(h simtest.Hub, id string) string { return h.Host + "/" + id + "/?ap
 
 func TestHubErrorPaths(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
 	h := sim.Hub("")
@@ -319,7 +319,7 @@ func TestHubErrorPaths(t *testing.T) {
 
 func TestCSRIssuanceAndRestart(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
 	d := ca.Issue(t, "csr-dev")
@@ -425,7 +425,7 @@ func TestCSRIssuanceAndRestart(t *testing.T) {
 
 func TestFaults(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
 	d := ca.Issue(t, "faulty")

@@ -3,95 +3,76 @@ package simulator
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"devid/simulator/simapi"
 )
 
-// Fault is one injected fault. It matches connections of Scope ("dps",
-// "hub" or "" for both), optionally one Hub and one DeviceID (registration
-// ID on DPS). Empty DeviceID means every device (a global fault).
-type Fault struct {
-	ID       string `json:"id"`
-	Scope    string `json:"scope,omitempty"`
-	Hub      string `json:"hub,omitempty"`
-	DeviceID string `json:"deviceId,omitempty"`
-	// Ops limits the fault to some operations: register, poll (DPS);
-	// telemetry, twin, connect (hub). Empty = all.
-	Ops []string `json:"ops,omitempty"`
-	// Status answers requests with this status (429 or 5xx). On DPS the
-	// response topic carries it (with retry-after for 429); on the hub,
-	// twin requests get it and telemetry gets the connection closed (the
-	// real hub's MQTT throttling behaviour, reference §3.9).
-	Status     int `json:"status,omitempty"`
-	RetryAfter int `json:"retryAfter,omitempty"`
-	// DelayMs delays every response by this much.
-	DelayMs int `json:"delayMs,omitempty"`
-	// DropAfter closes a connection after it has published K messages.
-	DropAfter int `json:"dropAfter,omitempty"`
-	// RefuseSeconds refuses new connections (closed right after the TLS
-	// handshake, no CONNACK) for this long from when the fault is set.
-	RefuseSeconds int `json:"refuseSeconds,omitempty"`
-	// Count: how many times Status is applied before the fault clears
-	// itself; 0 = until deleted.
-	Count int `json:"count,omitempty"`
-
-	RefuseUntil string `json:"refuseUntil,omitempty"`
-	Applied     int    `json:"applied"`
-
+// fault is one injected fault (its wire form is simapi.Fault).
+type fault struct {
+	simapi.Fault
 	refuseUntil time.Time
 }
 
+// faultSet holds the injected faults. They live in memory only: a restart
+// clears them.
 type faultSet struct {
 	mu     sync.Mutex
-	faults []*Fault
+	faults []*fault
 	next   int
 }
 
 func newFaultSet() *faultSet { return &faultSet{} }
 
-func (fs *faultSet) add(f Fault) (Fault, error) {
+// add validates f and stores it, replacing a fault with the same ID.
+func (fs *faultSet) add(f simapi.Fault) (*fault, error) {
 	switch f.Scope {
 	case "", "dps", "hub":
 	default:
-		return f, fmt.Errorf("scope %q is not dps, hub or empty", f.Scope)
+		return nil, fmt.Errorf("scope %q is not dps, hub or empty", f.Scope)
 	}
 	if f.Status != 0 && f.Status != 429 && (f.Status < 500 || f.Status > 599) {
-		return f, fmt.Errorf("status %d: only 429 and 5xx can be injected", f.Status)
+		return nil, fmt.Errorf("status %d: only 429 and 5xx can be injected", f.Status)
 	}
 	if f.Status == 0 && f.DelayMs == 0 && f.DropAfter == 0 && f.RefuseSeconds == 0 {
-		return f, errors.New("fault does nothing: set status, delayMs, dropAfter or refuseSeconds")
+		return nil, errors.New("fault does nothing: set status, delayMs, dropAfter or refuseSeconds")
 	}
 	for _, op := range f.Ops {
 		if !slices.Contains([]string{"register", "poll", "telemetry", "twin", "connect", "method"}, op) {
-			return f, fmt.Errorf("op %q is not register, poll, telemetry, twin, method or connect", op)
+			return nil, fmt.Errorf("op %q is not register, poll, telemetry, twin, method or connect", op)
 		}
 	}
 	if f.Status == 429 && f.RetryAfter == 0 {
 		f.RetryAfter = 1
 	}
+	f.Applied, f.RefuseUntil = 0, "" // reported by the simulator, not taken from the request
+	out := &fault{Fault: f}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	fs.next++
 	if f.ID == "" {
-		f.ID = fmt.Sprintf("f%d", fs.next)
+		out.ID = fmt.Sprintf("f%d", fs.next)
 	}
 	if f.RefuseSeconds > 0 {
-		f.refuseUntil = time.Now().Add(time.Duration(f.RefuseSeconds) * time.Second)
-		f.RefuseUntil = f.refuseUntil.UTC().Format(time.RFC3339Nano)
+		out.refuseUntil = time.Now().Add(time.Duration(f.RefuseSeconds) * time.Second)
+		out.RefuseUntil = out.refuseUntil.UTC().Format(time.RFC3339Nano)
 	}
-	fs.faults = slices.DeleteFunc(fs.faults, func(o *Fault) bool { return o.ID == f.ID })
-	fs.faults = append(fs.faults, &f)
-	return f, nil
+	fs.faults = slices.DeleteFunc(fs.faults, func(o *fault) bool { return o.ID == out.ID })
+	fs.faults = append(fs.faults, out)
+	cp := *out
+	return &cp, nil
 }
 
-func (fs *faultSet) list() []Fault {
+func (fs *faultSet) list() []simapi.Fault {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	out := []Fault{}
+	out := []simapi.Fault{}
 	for _, f := range fs.faults {
-		out = append(out, *f)
+		out = append(out, f.Fault)
 	}
 	return out
 }
@@ -100,11 +81,11 @@ func (fs *faultSet) remove(id string) bool {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	n := len(fs.faults)
-	fs.faults = slices.DeleteFunc(fs.faults, func(o *Fault) bool { return id == "" || o.ID == id })
+	fs.faults = slices.DeleteFunc(fs.faults, func(o *fault) bool { return id == "" || o.ID == id })
 	return len(fs.faults) != n
 }
 
-func (f *Fault) matches(role, id, op string) bool {
+func (f *fault) matches(role, id, op string) bool {
 	scope := "dps"
 	if role != roleDPS {
 		scope = "hub"
@@ -177,4 +158,22 @@ func (fs *faultSet) refused(role, id string) bool {
 		}
 	}
 	return false
+}
+
+// after runs fn after the delay injected for op (at once if none). A
+// panic in a delayed fn is logged, never fatal.
+func (fs *faultSet) after(log *slog.Logger, role, id, op string, fn func()) {
+	d := fs.delay(role, id, op)
+	if d <= 0 {
+		fn()
+		return
+	}
+	time.AfterFunc(d, func() {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("recovered panic", "where", "delayed reply", "panic", fmt.Sprint(r))
+			}
+		}()
+		fn()
+	})
 }

@@ -7,7 +7,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
-	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -17,7 +16,7 @@ import (
 // panics: a bug must cost one connection, never the simulator.
 type hook struct {
 	mqtt.HookBase
-	sim *Sim
+	s *Sim
 }
 
 func (h *hook) ID() string { return "devid-sim" }
@@ -35,7 +34,7 @@ var errClosed = errors.New("simulator: connection closed by service")
 
 func (h *hook) recover(cl *mqtt.Client, where string) {
 	if r := recover(); r != nil {
-		h.sim.log.Error("recovered panic", "where", where, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		h.s.log.Error("recovered panic", "where", where, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		if cl != nil {
 			cl.Stop(errClosed)
 		}
@@ -44,7 +43,7 @@ func (h *hook) recover(cl *mqtt.Client, where string) {
 
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) (err error) {
 	defer h.recover(cl, "OnConnect")
-	s := h.sim
+	s := h.s
 	role := roleOf(cl.Net.Listener)
 	orig := pk.Connect.ClientIdentifier
 	if s.faults.refused(role, orig) {
@@ -62,19 +61,14 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) (err error) {
 		cl.ID = role + "|" + orig
 	}
 	// Published in conns only once authenticated (its fields are then final).
-	s.cmu.Lock()
-	s.pending[cl] = c
-	s.cmu.Unlock()
+	s.conns.connect(cl, c)
 	return nil
 }
 
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) (ok bool) {
 	defer h.recover(cl, "OnConnectAuthenticate")
-	s := h.sim
-	s.cmu.Lock()
-	c := s.pending[cl]
-	delete(s.pending, cl)
-	s.cmu.Unlock()
+	s := h.s
+	c := s.conns.claim(cl)
 	if c == nil {
 		return false
 	}
@@ -87,17 +81,15 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) (ok boo
 	c.leaf = st.PeerCertificates[0]
 	var err error
 	if c.role == roleDPS {
-		err = s.authDPS(c, pk)
+		err = s.dps.auth(c, pk)
 	} else {
-		err = s.authHub(cl, c, pk)
+		err = s.hub.auth(c, pk)
 	}
 	if err != nil {
 		s.log.Info("connect refused", "endpoint", c.role, "client", c.id, "reason", err)
 		return false
 	}
-	s.cmu.Lock()
-	s.conns[cl] = c
-	s.cmu.Unlock()
+	s.conns.admit(cl, c)
 	return true
 }
 
@@ -107,44 +99,26 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) (ok boo
 // DISCONNECT, which 3.1.1 servers never send).
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	defer h.recover(cl, "OnSessionEstablish")
-	if old, ok := h.sim.broker.Clients.Get(cl.ID); ok && old != cl {
+	if old, ok := h.s.broker.Clients.Get(cl.ID); ok && old != cl {
 		old.Stop(errClosed)
 	}
-	if c := h.sim.connOf(cl); c != nil && c.role != roleDPS {
-		h.sim.hubOnline(cl, c)
+	if c := h.s.conns.get(cl); c != nil && c.role != roleDPS {
+		h.s.hub.online(cl, c)
 	}
 }
 
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	defer h.recover(cl, "OnSessionEstablished")
-	s := h.sim
-	c := s.connOf(cl)
-	if c == nil || c.role == roleDPS {
-		return
+	if c := h.s.conns.get(cl); c != nil && c.role != roleDPS {
+		h.s.hub.connected(cl, c)
 	}
-	s.hubConnected(cl, c)
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	defer h.recover(nil, "OnDisconnect")
-	s := h.sim
-	s.cmu.Lock()
-	c := s.conns[cl]
-	delete(s.conns, cl)
-	delete(s.pending, cl)
-	s.cmu.Unlock()
-	s.mu.Lock()
-	if c != nil && c.role != roleDPS {
-		key := c.role + "/" + c.id
-		if s.online[key] == cl {
-			delete(s.online, key)
-			if d := s.devices[key]; d != nil {
-				d.Device.ConnectionState = "Disconnected"
-				d.Device.ConnectionStateUpdatedTime = nowUTC()
-			}
-		}
+	if c := h.s.conns.remove(cl); c != nil && c.role != roleDPS {
+		h.s.hub.disconnected(cl, c)
 	}
-	s.mu.Unlock()
 }
 
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) (ok bool) {
@@ -152,8 +126,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) (ok bool) {
 	if write {
 		return true // publishes are checked in OnPublish, which can close the connection
 	}
-	s := h.sim
-	c := s.connOf(cl)
+	s := h.s
+	c := s.conns.get(cl)
 	if c == nil {
 		return false
 	}
@@ -190,14 +164,13 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	defer h.recover(cl, "OnSubscribed")
-	s := h.sim
-	c := s.connOf(cl)
+	c := h.s.conns.get(cl)
 	if c == nil || c.role == roleDPS {
 		return
 	}
 	for _, f := range pk.Filters {
 		if strings.HasSuffix(f.Filter, "/messages/devicebound/#") {
-			s.deliverC2D(c.role, c.id)
+			h.s.hub.deliverC2D(c.role, c.id)
 		}
 	}
 }
@@ -209,21 +182,8 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	// The will is never routed by the broker (no device subscribes to
 	// telemetry topics); it is only recorded.
 	will.Retain = false
-	c := h.sim.connOf(cl)
-	if c == nil || c.role == roleDPS {
-		return will, nil
-	}
-	t, err := ParseHubTopic(will.TopicName, c.id)
-	if err != nil || t.Kind != TopicTelemetry {
-		return will, nil
-	}
-	props, err := ParsePropertyBag(t.PropBag)
-	if err != nil {
-		return will, nil
-	}
-	props = append(props, Property{Name: "iothub-MessageType", Value: "Will"})
-	if err := h.sim.recordTelemetry(c, will.TopicName, props, will.Payload, will.Qos); err != nil {
-		h.sim.log.Error("hub: recording will", "err", err)
+	if c := h.s.conns.get(cl); c != nil && c.role != roleDPS {
+		h.s.hub.will(c, will)
 	}
 	return will, nil
 }
@@ -231,13 +191,13 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (out packets.Packet, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			h.sim.log.Error("recovered panic", "where", "OnPublish", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			h.s.log.Error("recovered panic", "where", "OnPublish", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			cl.Stop(errClosed)
 			out, err = pk, packets.ErrRejectPacket
 		}
 	}()
-	s := h.sim
-	c := s.connOf(cl)
+	s := h.s
+	c := s.conns.get(cl)
 	if c == nil {
 		cl.Stop(errClosed)
 		return pk, packets.ErrRejectPacket
@@ -261,13 +221,12 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (out packets.Packet
 		}
 		return pk, packets.CodeSuccessIgnore // answered in OnPublished, after the PUBACK
 	}
-	return s.hubPublish(cl, c, pk)
+	return s.hub.publish(cl, c, pk)
 }
 
 func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	defer h.recover(cl, "OnPublished")
-	s := h.sim
-	c := s.connOf(cl)
+	c := h.s.conns.get(cl)
 	if c == nil {
 		return
 	}
@@ -276,10 +235,10 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 		if err != nil {
 			return
 		}
-		s.handleDPS(cl, c, t, bytes.Clone(pk.Payload))
+		h.s.dps.handle(cl, c, t, bytes.Clone(pk.Payload))
 		return
 	}
-	s.hubPublished(cl, c, pk)
+	h.s.hub.published(cl, c, pk)
 }
 
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
@@ -287,27 +246,8 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	if pk.FixedHeader.Type != packets.Puback {
 		return pk, nil
 	}
-	s := h.sim
-	c := s.connOf(cl)
-	if c == nil || c.role == roleDPS {
-		return pk, nil
+	if c := h.s.conns.get(cl); c != nil && c.role != roleDPS {
+		h.s.hub.c2dAcked(c.role, c.id, pk.PacketID)
 	}
-	s.c2dAcked(c.role, c.id, pk.PacketID)
 	return pk, nil
-}
-
-// after runs fn after the fault-injected delay for op (immediately if none).
-func (s *Sim) after(role, id, op string, fn func()) {
-	if d := s.faults.delay(role, id, op); d > 0 {
-		time.AfterFunc(d, func() {
-			defer func() {
-				if r := recover(); r != nil {
-					s.log.Error("recovered panic", "where", "delayed reply", "panic", fmt.Sprint(r))
-				}
-			}()
-			fn()
-		})
-		return
-	}
-	fn()
 }

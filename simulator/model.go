@@ -318,21 +318,6 @@ type DeviceRecord struct {
 	CAIssued bool `json:"caIssued,omitempty"`
 }
 
-// TelemetryRecord is one recorded device-to-cloud message.
-type TelemetryRecord struct {
-	Seq                   uint64            `json:"seq"`
-	Hub                   string            `json:"hub"`
-	DeviceID              string            `json:"deviceId"`
-	ModuleID              string            `json:"moduleId,omitempty"`
-	ReceivedUtc           string            `json:"receivedUtc"`
-	Topic                 string            `json:"topic"`
-	QoS                   byte              `json:"qos"`
-	Body                  string            `json:"body"`
-	BodyBase64            string            `json:"bodyBase64"`
-	SystemProperties      map[string]string `json:"systemProperties"`
-	ApplicationProperties map[string]string `json:"applicationProperties"`
-}
-
 // ErrorBody is the DPS/Hub error body shape.
 type ErrorBody struct {
 	ErrorCode    int               `json:"errorCode"`
@@ -367,4 +352,34 @@ func newOperationID() string {
 
 func errorBody(code int, msg string) ErrorBody {
 	return ErrorBody{ErrorCode: code, TrackingID: newUUID(), Message: msg, TimestampUtc: nowUTC()}
+}
+
+func newDevice(id string) Device {
+	now := nowUTC()
+	return Device{
+		DeviceID:                   id,
+		GenerationID:               fmt.Sprintf("63%016d", time.Now().UnixNano()%1e16),
+		Etag:                       newEtag(),
+		ConnectionState:            "Disconnected",
+		Status:                     "enabled",
+		ConnectionStateUpdatedTime: now,
+		StatusUpdatedTime:          now,
+		LastActivityTime:           "0001-01-01T00:00:00Z",
+		Capabilities:               map[string]any{"iotEdge": false},
+	}
+}
+
+func newTwin() TwinState {
+	return TwinState{Tags: map[string]any{}, Desired: map[string]any{}, Reported: map[string]any{}, DesiredVersion: 1, ReportedVersion: 1, Version: 1}
+}
+
+// cloneMap deep-copies a JSON object (nil becomes empty).
+func cloneMap(m map[string]any) map[string]any {
+	if m == nil {
+		return map[string]any{}
+	}
+	b, _ := json.Marshal(m)
+	var out map[string]any
+	_ = json.Unmarshal(b, &out)
+	return out
 }

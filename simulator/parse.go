@@ -9,14 +9,14 @@ import (
 )
 
 // DPSAPIVersions are the DPS device api-versions the simulator accepts
-// (reference §2.1). The 2026-11-xx versions are drafts; they are accepted
+// (docs/simulator.md). The 2026-11-xx versions are drafts; they are accepted
 // only with --accept-draft-api-versions.
 var DPSAPIVersions = []string{"2019-03-31", "2021-06-01", "2021-10-01", "2025-07-01-preview"}
 
-// DPSDraftAPIVersions are seen only in spec drafts [UNCONFIRMED as live].
+// DPSDraftAPIVersions are seen only in spec drafts, not confirmed as live.
 var DPSDraftAPIVersions = []string{"2026-11-01", "2026-11-02-preview", "2026-11-15-preview"}
 
-// HubAPIVersions are the hub api-versions the simulator accepts (§3.1).
+// HubAPIVersions are the hub api-versions the simulator accepts.
 var HubAPIVersions = []string{"2019-10-01", "2020-09-30", "2021-04-12", "2025-08-01-preview"}
 
 // DPSUsername is the parsed DPS CONNECT username
@@ -314,7 +314,7 @@ func ParseHubTopic(topic, deviceID string) (Topic, error) {
 		t.Kind = TopicCredentials
 		return withRID(t, topic, topic[len("$iothub/credentials/POST/issueCertificate/?"):])
 	case strings.HasPrefix(topic, "$iothub/credential/POST/issueCertificate/?"):
-		// Singular spelling of the docs [CONFLICT §3.8]; ModuleID marks it.
+		// Singular spelling of the docs (the SDKs use the plural); ModuleID marks it.
 		t.Kind, t.ModuleID = TopicCredentials, "credential"
 		return withRID(t, topic, topic[len("$iothub/credential/POST/issueCertificate/?"):])
 	}
@@ -345,7 +345,7 @@ func rawParam(q, key string) string {
 }
 
 // HubSubscriptionAllowed reports whether IoT Hub accepts filter from
-// deviceID (reference §3.2).
+// deviceID (docs/simulator.md, "IoT Hub device endpoint").
 func HubSubscriptionAllowed(filter, deviceID string) bool {
 	switch filter {
 	case "devices/" + deviceID + "/messages/devicebound/#",
@@ -360,7 +360,7 @@ func HubSubscriptionAllowed(filter, deviceID string) bool {
 	return false
 }
 
-// ValidRegistrationID checks DPS's registration ID rules (§5.1): 1..128
+// ValidRegistrationID checks DPS's registration ID rules: 1..128
 // ASCII letters, digits, - . _ : with the last character a letter, digit
 // or '-'.
 func ValidRegistrationID(id string) error {
@@ -378,7 +378,7 @@ func ValidRegistrationID(id string) error {
 	return nil
 }
 
-// ValidDeviceID checks IoT Hub's device ID rules (§5.1): 1..128 ASCII
+// ValidDeviceID checks IoT Hub's device ID rules: 1..128 ASCII
 // letters, digits and - . % _ * ? ! ( ) , : = @ $ '.
 func ValidDeviceID(id string) error {
 	if id == "" || len(id) > 128 {

@@ -373,3 +373,19 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// certPool is a pool holding certs.
+func certPool(certs []*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p
+}
+
+// verifies reports whether leaf chains to roots through intermediates,
+// for any key usage.
+func verifies(leaf *x509.Certificate, roots *x509.CertPool, intermediates []*x509.Certificate) bool {
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: certPool(intermediates), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err == nil
+}

@@ -14,7 +14,7 @@ import (
 // the test on a panic in the simulator's log).
 func TestRandomInputNeverKillsTheSimulator(t *testing.T) {
 	t.Parallel()
-	sim := simtest.Start(t)
+	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
 	sim.EnrollGroup(t, "g", ca.Root)
 	dev := ca.Issue(t, "chaos")

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"devid/simulator/simapi"
 )
 
 // Bucket names. Every value is JSON; keys are IDs (telemetry: big-endian seq).
@@ -178,7 +180,7 @@ func (s *store) each(bucket []byte, fn func(k, v []byte) error) error {
 
 // appendTelemetry stores rec with the next sequence number and trims the
 // bucket to max records (oldest first).
-func (s *store) appendTelemetry(rec *TelemetryRecord, max int) error {
+func (s *store) appendTelemetry(rec *simapi.TelemetryRecord, max int) error {
 	return s.commit(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktTelemetry)
 		seq, err := b.NextSequence()
@@ -224,12 +226,12 @@ func seqKey(n uint64) []byte {
 }
 
 // telemetry returns records with seq > after matching filter, at most limit.
-func (s *store) telemetry(after uint64, limit int, match func(*TelemetryRecord) bool) ([]TelemetryRecord, error) {
-	var out []TelemetryRecord
+func (s *store) telemetry(after uint64, limit int, match func(*simapi.TelemetryRecord) bool) ([]simapi.TelemetryRecord, error) {
+	var out []simapi.TelemetryRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bktTelemetry).Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
-			var r TelemetryRecord
+			var r simapi.TelemetryRecord
 			if err := json.Unmarshal(v, &r); err != nil {
 				return err
 			}

@@ -1,6 +1,10 @@
 package simulator
 
-import "testing"
+import (
+	"testing"
+
+	"devid/simulator/simapi"
+)
 
 func TestAppendTelemetryTrims(t *testing.T) {
 	st, err := openStore(t.TempDir())
@@ -10,10 +14,10 @@ func TestAppendTelemetryTrims(t *testing.T) {
 	defer st.close()
 	const max = 20
 	for i := 0; i < 100; i++ {
-		if err := st.appendTelemetry(&TelemetryRecord{DeviceID: "d"}, max); err != nil {
+		if err := st.appendTelemetry(&simapi.TelemetryRecord{DeviceID: "d"}, max); err != nil {
 			t.Fatal(err)
 		}
-		recs, err := st.telemetry(0, 0, func(*TelemetryRecord) bool { return true })
+		recs, err := st.telemetry(0, 0, func(*simapi.TelemetryRecord) bool { return true })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -33,11 +37,11 @@ func TestAppendTelemetryTrims(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < max; i++ {
-		if err := st.appendTelemetry(&TelemetryRecord{DeviceID: "d"}, max); err != nil {
+		if err := st.appendTelemetry(&simapi.TelemetryRecord{DeviceID: "d"}, max); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if recs, _ := st.telemetry(0, 0, func(*TelemetryRecord) bool { return true }); len(recs) != max || recs[0].Seq != 101 {
+	if recs, _ := st.telemetry(0, 0, func(*simapi.TelemetryRecord) bool { return true }); len(recs) != max || recs[0].Seq != 101 {
 		t.Fatalf("after clear and %d appends: %d records, first %v", max, len(recs), recs[0].Seq)
 	}
 }

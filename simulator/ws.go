@@ -14,7 +14,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
-// WebSocketPath is the MQTT-over-WebSocket path of DPS and IoT Hub (§1.1).
+// WebSocketPath is the MQTT-over-WebSocket path of DPS and IoT Hub.
 const WebSocketPath = "/$iothub/websocket"
 
 // wsListener serves MQTT over secure WebSockets on path /$iothub/websocket
@@ -62,6 +62,7 @@ func newWSListener(id string, ln net.Listener, cfg *tls.Config) *wsListener {
 		estab := l.estab
 		l.mu.Unlock()
 		if estab != nil {
+			_ = c.UnderlyingConn().SetDeadline(time.Now().Add(connectTimeout))
 			_ = estab(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c, state: st})
 		}
 	})

@@ -271,3 +271,13 @@ func jstr(m any, path ...string) string {
 	}
 	return fmt.Sprint(v)
 }
+
+// parallel runs body as a parallel subtest of t named name, with a view
+// of tg that reports on the subtest.
+func (tg *target) parallel(t *testing.T, name string, body func(t *testing.T, tg *target)) {
+	t.Run(name, func(t *testing.T) {
+		tg := tg.on(t)
+		t.Parallel()
+		body(t, tg)
+	})
+}

@@ -18,8 +18,8 @@ import (
 )
 
 const (
-	dpsCSRAPI = "2025-07-01-preview" // §2.10
-	hubCSRAPI = "2025-08-01-preview" // §3.8
+	dpsCSRAPI = "2025-07-01-preview" // the first DPS api-version with "csr"
+	hubCSRAPI = "2025-08-01-preview" // the hub certificate-renewal preview
 )
 
 // makeCSR returns base64 DER of a PKCS#10 request for cn signed by key.
@@ -41,13 +41,13 @@ func ecKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
 	return k
 }
 
-// checkIssuedChain decodes issuedCertificateChain (§2.10: leaf first, each
+// checkIssuedChain decodes issuedCertificateChain (leaf first, each
 // certificate issued by the next, the last one the root) and returns it.
 func checkIssuedChain(t testing.TB, raw any, cn string, key crypto.Signer) []*x509.Certificate {
 	t.Helper()
 	list, ok := raw.([]any)
 	if !ok || len(list) < 2 {
-		t.Fatalf("issuedCertificateChain = %v; want an array of base64 DER certificates, leaf first (§2.10)", raw)
+		t.Fatalf("issuedCertificateChain = %v; want an array of base64 DER certificates, leaf first", raw)
 	}
 	var chain []*x509.Certificate
 	for i, e := range list {
@@ -83,13 +83,13 @@ func checkIssuedChain(t testing.TB, raw any, cn string, key crypto.Signer) []*x5
 	}
 	root := chain[len(chain)-1]
 	if err := root.CheckSignatureFrom(root); err != nil {
-		t.Errorf("last element of issuedCertificateChain (%s) is not a self-signed root (§2.10)", root.Subject)
+		t.Errorf("last element of issuedCertificateChain (%s) is not a self-signed root", root.Subject)
 	}
 	return chain
 }
 
-// TestDPSCSR checks certificate issuance through DPS (§2.10) and the hub's
-// certificate-renewal preview (§3.8) as a raw client: the issued chain's
+// TestDPSCSR checks certificate issuance through DPS and the hub's
+// certificate-renewal preview as a raw client: the issued chain's
 // shape, that the hub accepts it, and the refusals for bad CSRs.
 func TestDPSCSR(t *testing.T) {
 	t.Parallel()
@@ -118,11 +118,11 @@ func TestDPSCSR(t *testing.T) {
 			}
 			chain := checkIssuedChain(t, jget(r.body, "registrationState", "issuedCertificateChain"), dev.CN, key)
 			if rs := tg.registrationState(dev.CN); jget(rs, "issuedCertificateChain") != nil {
-				t.Errorf("registration-state read returns issuedCertificateChain; §2.6 says status lookups never do")
+				t.Errorf("registration-state read returns issuedCertificateChain; status lookups never do")
 			}
 			host, id := jstr(r.body, "registrationState", "assignedHub"), jstr(r.body, "registrationState", "deviceId")
 			issued := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
-			for _, c := range chain[:len(chain)-1] { // leaf + intermediates, not the root (§1.3)
+			for _, c := range chain[:len(chain)-1] { // leaf + intermediates, not the root
 				issued.Certificate = append(issued.Certificate, c.Raw)
 			}
 			if code, err := tg.hubAttempt(t, host, &issued, id, hubUser(host, id)); err != nil || code != 0 {
@@ -168,7 +168,7 @@ func TestDPSCSR(t *testing.T) {
 			o := register(t, dev, dpsCSRAPI, mk(t, cn))
 			r := o.last()
 			if r == nil || r.status != 400 {
-				t.Fatalf("%s: %s; want 400 (§2.8 malformed request)", name, o)
+				t.Fatalf("%s: %s; want 400 (malformed request)", name, o)
 			}
 			checkErrorBody(t, *r)
 		})
@@ -185,7 +185,7 @@ func tamper(t testing.TB, b64 string) string {
 	return base64.StdEncoding.EncodeToString(der)
 }
 
-// TestHubCertificateRenewal drives the hub's issueCertificate preview (§3.8).
+// TestHubCertificateRenewal drives the hub's issueCertificate preview.
 func TestHubCertificateRenewal(t *testing.T) {
 	t.Parallel()
 	tg := startSim(t)
@@ -223,7 +223,7 @@ func TestHubCertificateRenewal(t *testing.T) {
 	var eb map[string]any
 	json.Unmarshal(b, &eb)
 	if st != 400 || rid != "bad-0001" || jstr(eb, "info", "credentialError") != "FailedToDecodeCsr" || jget(eb, "errorCode") != float64(400040) {
-		t.Errorf("bad CSR: %d rid %q %s; want 400, errorCode 400040, info.credentialError FailedToDecodeCsr (§3.8)", st, rid, b)
+		t.Errorf("bad CSR: %d rid %q %s; want 400, errorCode 400040, info.credentialError FailedToDecodeCsr", st, rid, b)
 	}
 
 	key := ecKey(t, elliptic.P384())
@@ -231,7 +231,7 @@ func TestHubCertificateRenewal(t *testing.T) {
 	c.publish("$iothub/credentials/POST/issueCertificate/?$rid=renew-0001", 0, false, body)
 	st, rid, b = credReply()
 	if st != 202 || rid != "renew-0001" || !strings.Contains(string(b), `"correlationId"`) || !strings.Contains(string(b), `"operationExpires"`) {
-		t.Fatalf("issueCertificate: %d rid %q %s; want 202 with correlationId and operationExpires (§3.8)", st, rid, b)
+		t.Fatalf("issueCertificate: %d rid %q %s; want 202 with correlationId and operationExpires", st, rid, b)
 	}
 	st, rid, b = credReply()
 	if st != 200 || rid != "renew-0001" {
@@ -239,7 +239,7 @@ func TestHubCertificateRenewal(t *testing.T) {
 	}
 	var arr []any
 	if err := json.Unmarshal(b, &arr); err != nil {
-		var obj map[string]any // [CONFLICT] §3.8: {"certificates":[PEM…]} is the documented variant
+		var obj map[string]any // docs and SDKs disagree: {"certificates":[PEM…]} is the documented variant (--hub-credentials-response)
 		if json.Unmarshal(b, &obj) != nil || obj["certificates"] == nil {
 			t.Fatalf("issueCertificate result body %s is neither a base64 array nor {certificates}", b)
 		}

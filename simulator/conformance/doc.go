@@ -1,7 +1,7 @@
 // Package conformance tests devid-sim from the outside, as an independent
 // client would: the official Azure IoT Node.js SDK (node/) drives the full
 // DPS → IoT Hub flow, and raw MQTT 3.1.1 packets over real TLS probe every
-// error path the reference (azure-mqtt-protocol.md) describes.
+// error path docs/simulator.md describes.
 //
 // The tests start the real devid-sim binary through simulator/simtest and
 // check the simulator's own records through its control plane, so a bug on

@@ -88,7 +88,7 @@ func (tg *target) dpsConnect(t testing.TB, cert *tls.Certificate, cn string) *ra
 
 // register runs the documented register/poll exchange to its end and
 // returns every reply in order. It polls at once after a 202 instead of
-// waiting retry-after; the simulator allows 5 polls per 10 s (§2.9).
+// waiting retry-after; the simulator allows 5 polls per 10 s.
 func (c *rawConn) register(regID string) ([]dpsReply, error) {
 	body, _ := json.Marshal(map[string]string{"registrationId": regID})
 	r, err := c.dpsRequest("$dps/registrations/PUT/iotdps-register/?$rid=reg-1", 1, body)

@@ -9,7 +9,7 @@ import (
 )
 
 // TestEnrollmentMatching checks which enrollment DPS picks for a presented
-// chain (§5.1): an individual enrollment for the leaf first; else the group
+// chain (docs/simulator.md, "Enrollments and allocation"): an individual enrollment for the leaf first; else the group
 // of the first intermediate, walking up to the root; the first match wins
 // even when it is disabled; and the device must present its intermediates.
 func TestEnrollmentMatching(t *testing.T) {
@@ -34,7 +34,7 @@ func TestEnrollmentMatching(t *testing.T) {
 			t.Fatalf("want assigned, got %s", o)
 		}
 		if g := jstr(r.body, "registrationState", "x509", "enrollmentGroupId"); g != wantGroup {
-			t.Errorf("registrationState.x509.enrollmentGroupId = %q, want %q (§5.1)", g, wantGroup)
+			t.Errorf("registrationState.x509.enrollmentGroupId = %q, want %q", g, wantGroup)
 		}
 	}
 
@@ -62,7 +62,7 @@ func TestEnrollmentMatching(t *testing.T) {
 		o := outcome(t, tg, ca.Issue(t, "m-fall-1"), true)
 		r := o.last()
 		if r == nil || (jstr(r.body, "status") != "disabled" && r.status != 401) {
-			t.Errorf("disabled intermediate group with an enabled root group: %s; want disabled / 401, no fall-through (§5.1, §2.7)", o)
+			t.Errorf("disabled intermediate group with an enabled root group: %s; want disabled / 401, no fall-through", o)
 		}
 	})
 	t.Run("individual enrollment wins over group", func(t *testing.T) {
@@ -79,7 +79,7 @@ func TestEnrollmentMatching(t *testing.T) {
 		o := outcome(t, tg, dev, true)
 		assignedVia(t, o, "")
 		if id := jstr(o.last().body, "registrationState", "deviceId"); id != "m-ind-device" {
-			t.Errorf("deviceId %q, want the individual enrollment's m-ind-device (§5.1)", id)
+			t.Errorf("deviceId %q, want the individual enrollment's m-ind-device", id)
 		}
 	})
 	t.Run("leaf without its intermediate", func(t *testing.T) {

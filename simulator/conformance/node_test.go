@@ -170,7 +170,7 @@ func TestNodeSDK(t *testing.T) {
 	tg := startSim(t)
 
 	// Root → intermediate → leaf; the group is anchored on the root, so the SDK
-	// must present the intermediate too (§1.3, §5.1).
+	// must present the intermediate too.
 	ca := simtest.NewDeviceCA(t)
 	const group = "node-sdk-group"
 	tg.enrollGroup(group, simtest.PEM(ca.Root), map[string]any{
@@ -219,28 +219,7 @@ func nodeFlow(t *testing.T, node string, tg *target, ca *simtest.DeviceCA, group
 	})
 
 	// 1. Registration as the SDK saw it.
-	reg := run.expect(t, "registered")
-	hubHost, deviceID := jstr(reg, "assignedHub"), jstr(reg, "deviceId")
-	if deviceID != dev.CN || jstr(reg, "status") != "assigned" || jstr(reg, "substatus") != "initialAssignment" {
-		t.Errorf("SDK registration result = %v; want deviceId %q, status assigned, substatus initialAssignment", reg, dev.CN)
-	}
-	hubName := ""
-	for _, h := range tg.ready.Hubs {
-		if strings.EqualFold(h.Host, hubHost) {
-			hubName = h.Name
-		}
-	}
-	if hubName == "" {
-		t.Fatalf("assignedHub %q is not one of the simulator's hubs %v", hubHost, tg.ready.Hubs)
-	}
-	for _, f := range []string{"registrationId", "createdDateTimeUtc", "lastUpdatedDateTimeUtc", "etag"} {
-		if jstr(reg, f) == "" {
-			t.Errorf("SDK registration result lacks %s (§2.6): %v", f, reg)
-		}
-	}
-	if g := jstr(reg, "x509", "enrollmentGroupId"); g != group {
-		t.Errorf("registrationState.x509.enrollmentGroupId = %q, want %q", g, group)
-	}
+	hubName, hubHost, deviceID := checkNodeRegistration(t, tg, run.expect(t, "registered"), dev.CN, group)
 
 	// 2. Hub session; the SDK reads the twin that DPS seeded from the enrollment.
 	run.expect(t, "connected")
@@ -266,7 +245,50 @@ func nodeFlow(t *testing.T, node string, tg *target, ca *simtest.DeviceCA, group
 	tg.sendC2D(hubName, deviceID, c2d)
 	tg.patchDesired(hubName, deviceID, map[string]any{"telemetryInterval2": 5})
 
-	var gotMethod, gotC2D, gotDesired nodeEvent
+	gotMethod, gotC2D, gotDesired := awaitNodeEvents(t, run)
+	if jstr(gotMethod, "name") != "reboot" || jget(gotMethod, "payload", "delay") != float64(3) {
+		t.Errorf("device saw method %v, want reboot with {\"delay\":3}", gotMethod)
+	}
+	if jstr(gotC2D, "data") != "hello device" || jstr(gotC2D, "messageId") != "c2d-0001" || jstr(gotC2D, "properties", "color") != "red" {
+		t.Errorf("device saw C2D %v, want payload, messageId c2d-0001 and color=red", gotC2D)
+	}
+	if jget(gotDesired, "patch", "telemetryInterval2") != float64(5) || jget(gotDesired, "patch", "$version") == nil {
+		t.Errorf("desired patch %v, want telemetryInterval2=5 with $version", gotDesired)
+	}
+
+	// 4. The simulator's own records.
+	checkSimRecords(t, tg, dev.CN, hubName, hubHost, deviceID, telemetry)
+}
+
+// checkNodeRegistration checks the registration result the SDK saw and
+// returns the assigned hub's name and host and the device ID.
+func checkNodeRegistration(t *testing.T, tg *target, reg nodeEvent, cn, group string) (hubName, hubHost, deviceID string) {
+	hubHost, deviceID = jstr(reg, "assignedHub"), jstr(reg, "deviceId")
+	if deviceID != cn || jstr(reg, "status") != "assigned" || jstr(reg, "substatus") != "initialAssignment" {
+		t.Errorf("SDK registration result = %v; want deviceId %q, status assigned, substatus initialAssignment", reg, cn)
+	}
+	for _, h := range tg.ready.Hubs {
+		if strings.EqualFold(h.Host, hubHost) {
+			hubName = h.Name
+		}
+	}
+	if hubName == "" {
+		t.Fatalf("assignedHub %q is not one of the simulator's hubs %v", hubHost, tg.ready.Hubs)
+	}
+	for _, f := range []string{"registrationId", "createdDateTimeUtc", "lastUpdatedDateTimeUtc", "etag"} {
+		if jstr(reg, f) == "" {
+			t.Errorf("SDK registration result lacks %s: %v", f, reg)
+		}
+	}
+	if g := jstr(reg, "x509", "enrollmentGroupId"); g != group {
+		t.Errorf("registrationState.x509.enrollmentGroupId = %q, want %q", g, group)
+	}
+	return hubName, hubHost, deviceID
+}
+
+// awaitNodeEvents waits for the device's method, C2D and desired events,
+// then for the end of the flow.
+func awaitNodeEvents(t *testing.T, run *nodeRun) (gotMethod, gotC2D, gotDesired nodeEvent) {
 	for gotMethod == nil || gotC2D == nil || gotDesired == nil {
 		e := run.next(t)
 		switch evName(e) {
@@ -284,19 +306,12 @@ func nodeFlow(t *testing.T, node string, tg *target, ca *simtest.DeviceCA, group
 	if s := run.stderr.String(); s != "" {
 		t.Logf("node stderr:\n%s", s)
 	}
+	return gotMethod, gotC2D, gotDesired
+}
 
-	if jstr(gotMethod, "name") != "reboot" || jget(gotMethod, "payload", "delay") != float64(3) {
-		t.Errorf("device saw method %v, want reboot with {\"delay\":3}", gotMethod)
-	}
-	if jstr(gotC2D, "data") != "hello device" || jstr(gotC2D, "messageId") != "c2d-0001" || jstr(gotC2D, "properties", "color") != "red" {
-		t.Errorf("device saw C2D %v, want payload, messageId c2d-0001 and color=red", gotC2D)
-	}
-	if jget(gotDesired, "patch", "telemetryInterval2") != float64(5) || jget(gotDesired, "patch", "$version") == nil {
-		t.Errorf("desired patch %v, want telemetryInterval2=5 with $version", gotDesired)
-	}
-
-	// 4. The simulator's own records.
-	rs := tg.registrationState(dev.CN)
+// checkSimRecords checks what the simulator recorded of the SDK's flow.
+func checkSimRecords(t *testing.T, tg *target, cn, hubName, hubHost, deviceID string, telemetry map[string]any) {
+	rs := tg.registrationState(cn)
 	if jstr(rs, "status") != "assigned" || !strings.EqualFold(jstr(rs, "assignedHub"), hubHost) || jstr(rs, "deviceId") != deviceID {
 		t.Errorf("DPS registration record = %v; want assigned to %s as %s", rs, hubHost, deviceID)
 	}
@@ -388,7 +403,7 @@ func TestNodeSDKRefused(t *testing.T) {
 		}
 		e := startNode(t, node, tg, cfg).final(t)
 		if jstr(e, "step") != "register" || jstr(e, "name") != "UnauthorizedError" {
-			t.Errorf("unenrolled certificate: SDK ended with %v; want UnauthorizedError at register (§2.8 401)", e)
+			t.Errorf("unenrolled certificate: SDK ended with %v; want UnauthorizedError at register (401)", e)
 		}
 	})
 	t.Run("hub", func(t *testing.T) {
@@ -399,7 +414,7 @@ func TestNodeSDKRefused(t *testing.T) {
 		}
 		e := startNode(t, node, tg, cfg).final(t)
 		if jstr(e, "step") != "hub" || jstr(e, "name") != "UnauthorizedError" {
-			t.Errorf("unknown device: SDK ended with %v; want UnauthorizedError from CONNACK 5 (§3.1)", e)
+			t.Errorf("unknown device: SDK ended with %v; want UnauthorizedError from CONNACK 5", e)
 		}
 	})
 }
@@ -418,9 +433,9 @@ func (r *nodeRun) final(t *testing.T) nodeEvent {
 	return last
 }
 
-// TestNodeSDKRetries injects the transient answers the reference lists
+// TestNodeSDKRetries injects the transient answers the services send
 // (DPS 429 with retry-after and 503 on a poll; hub throttling of telemetry,
-// which over MQTT is a closed connection, §3.9) and checks that the official
+// which over MQTT is a closed connection) and checks that the official
 // SDK recognises them as transient: it retries and finishes, and every
 // injected fault was consumed. (The Node SDK ignores the status of twin
 // responses and fails on any body with errorCode, so twin 429 is not retried

@@ -13,7 +13,8 @@ import (
 //
 //	CONFORMANCE_SIM_ARGS="--dps-id-mismatch register --disabled-enrollment 401" go test ./simulator/conformance
 //
-// The tests accept every variant the reference allows, so they must stay green.
+// The tests accept every variant docs/simulator.md lists under Switches, so
+// they must stay green.
 func extraArgs() []simtest.Option {
 	if a := strings.Fields(os.Getenv("CONFORMANCE_SIM_ARGS")); len(a) > 0 {
 		return []simtest.Option{simtest.WithArgs(a...)}

@@ -15,37 +15,17 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"devid/simulator/simapi"
 )
 
-// Endpoint is the DPS endpoint of the ready line.
-type Endpoint struct {
-	Host   string `json:"host"`
-	Addr   string `json:"addr"`
-	WSAddr string `json:"ws_addr"`
-}
-
-// Hub is one hub of the ready line.
-type Hub struct {
-	Name   string `json:"name"`
-	Host   string `json:"host"`
-	Addr   string `json:"addr"`
-	WSAddr string `json:"ws_addr"`
-}
-
-// Ready is devid-sim's ready line.
-type Ready struct {
-	IDScope      string   `json:"id_scope"`
-	DPS          Endpoint `json:"dps"`
-	Hubs         []Hub    `json:"hubs"`
-	ControlURL   string   `json:"control_url"`
-	ESTURL       string   `json:"est_url"`
-	CRLURL       string   `json:"crl_url"`
-	ServerCA     string   `json:"server_ca"`
-	IssuingCA    string   `json:"issuing_ca"`
-	IssuingChain string   `json:"issuing_chain"`
-	StateDir     string   `json:"state_dir"`
-	PID          int      `json:"pid"`
-}
+// Ready is devid-sim's ready line; Endpoint and Hub are its parts. They
+// are the one definition in simapi, named here for simproc's users.
+type (
+	Ready    = simapi.Ready
+	Endpoint = simapi.Endpoint
+	Hub      = simapi.Hub
+)
 
 // Options tune Start. The zero value is usable.
 type Options struct {

@@ -1,7 +1,10 @@
-// Package simtest runs the real devid-sim binary for tests: it builds the
-// binary once per test process, starts it on a temporary state directory,
-// parses its ready line and offers helpers for device certificates,
-// enrollment, telemetry, faults, revocation and restarts.
+// Package simtest runs devid-sim for tests: it builds the binary once per
+// test process, starts it on a temporary state directory, parses its ready
+// line and offers helpers for device certificates, enrollment, telemetry,
+// faults, revocation and restarts. With InProcess the same harness runs
+// the simulator inside the test process instead (the simulator's own unit
+// tests do). It shares the wire types with the server through simapi and
+// imports no server code.
 //
 // Typical use:
 //
@@ -32,26 +35,33 @@ import (
 	"testing"
 	"time"
 
+	"devid/simulator/simapi"
 	"devid/simulator/simproc"
 )
 
-// Endpoint is the DPS endpoint of the ready line.
-type Endpoint = simproc.Endpoint
-
-// Hub is one hub of the ready line.
-type Hub = simproc.Hub
-
-// Ready is devid-sim's ready line.
-type Ready = simproc.Ready
+// The wire types of devid-sim, shared with the server through simapi.
+type (
+	// Ready is devid-sim's ready line.
+	Ready = simapi.Ready
+	// Endpoint is the DPS endpoint of the ready line.
+	Endpoint = simapi.Endpoint
+	// Hub is one hub of the ready line.
+	Hub = simapi.Hub
+	// Telemetry is one recorded device-to-cloud message.
+	Telemetry = simapi.TelemetryRecord
+	// Fault is the control plane's fault body (see docs/simulator.md).
+	Fault = simapi.Fault
+)
 
 // Option configures Start.
 type Option func(*options)
 
 type options struct {
-	args  []string
-	state string
-	hubs  []string
-	fast  bool
+	args   []string
+	state  string
+	hubs   []string
+	fast   bool
+	inProc StartFunc
 }
 
 // WithArgs adds raw `devid-sim serve` flags (e.g. "--hub-retain", "close").
@@ -68,18 +78,53 @@ func WithHubs(names ...string) Option { return func(o *options) { o.hubs = names
 // extra poll so tests are quick.
 func WithRealTiming() Option { return func(o *options) { o.fast = false } }
 
-// Sim is a running devid-sim subprocess.
+// Sim is a running simulator: the devid-sim binary, or an in-process
+// one (InProcess).
 type Sim struct {
 	Ready Ready
 	// StateDir is the simulator's state directory.
 	StateDir string
 
-	t      testing.TB
-	args   []string
-	proc   *simproc.Proc
-	stderr *syncBuffer
-	mu     sync.Mutex
+	t       testing.TB
+	args    []string // `devid-sim serve` flags
+	inProc  StartFunc
+	running instance
+	stderr  *syncBuffer
+	mu      sync.Mutex
 }
+
+// Server is a simulator running in the test process; *simulator.Sim is one.
+type Server interface {
+	Ready() simapi.Ready
+	Close() error
+}
+
+// StartFunc starts a simulator in the test process from `devid-sim
+// serve` flags, logging to log. simulator.StartArgs is one, through a
+// one-line adapter (simtest does not import the server).
+type StartFunc func(args []string, log io.Writer) (Server, error)
+
+// InProcess runs the simulator inside the test process through start
+// instead of building and running the devid-sim binary. Unit tests of the
+// simulator use it: no subprocess, and the race detector and coverage see
+// the server. End-to-end tests keep the binary.
+func InProcess(start StartFunc) Option { return func(o *options) { o.inProc = start } }
+
+// instance is one run of the simulator.
+type instance interface {
+	ready() simapi.Ready
+	stop()
+}
+
+type procInstance struct{ p *simproc.Proc }
+
+func (i procInstance) ready() simapi.Ready { return i.p.Ready }
+func (i procInstance) stop()               { i.p.Stop() }
+
+type serverInstance struct{ s Server }
+
+func (i serverInstance) ready() simapi.Ready { return i.s.Ready() }
+func (i serverInstance) stop()               { _ = i.s.Close() }
 
 var (
 	buildOnce sync.Once
@@ -130,8 +175,8 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
-// Start builds (once) and starts devid-sim, waits for its ready line and
-// registers cleanup that stops it.
+// Start starts devid-sim (built once per test process; in process with
+// InProcess), waits until it is ready and registers cleanup that stops it.
 func Start(t testing.TB, opts ...Option) *Sim {
 	t.Helper()
 	o := &options{fast: true}
@@ -141,7 +186,7 @@ func Start(t testing.TB, opts ...Option) *Sim {
 	if o.state == "" {
 		o.state = t.TempDir()
 	}
-	args := []string{"serve", "--state", o.state}
+	args := []string{"--state", o.state}
 	if len(o.hubs) > 0 {
 		args = append(args, "--hubs", strings.Join(o.hubs, ","))
 	}
@@ -149,8 +194,10 @@ func Start(t testing.TB, opts ...Option) *Sim {
 		args = append(args, "--retry-after", "1", "--assigning-polls", "0")
 	}
 	args = append(args, o.args...)
-	s := &Sim{t: t, StateDir: o.state, args: args}
-	s.start(args)
+	s := &Sim{t: t, StateDir: o.state, args: args, inProc: o.inProc}
+	if err := s.run(args); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(s.Stop)
 	return s
 }
@@ -175,25 +222,35 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
-func (s *Sim) start(args []string) {
-	t := s.t
-	t.Helper()
-	s.stderr = &syncBuffer{}
-	p, err := simproc.Start(context.Background(), Binary(t), args, simproc.Options{Stderr: s.stderr})
-	if err != nil {
-		t.Fatalf("%v: %s", err, s.stderr.String())
+// run starts one instance with serve flags args; its log goes to a fresh
+// buffer.
+func (s *Sim) run(args []string) error {
+	buf := &syncBuffer{}
+	var inst instance
+	if s.inProc != nil {
+		srv, err := s.inProc(args, buf)
+		if err != nil {
+			return fmt.Errorf("in-process simulator: %v: %s", err, buf.String())
+		}
+		inst = serverInstance{srv}
+	} else {
+		p, err := simproc.Start(context.Background(), Binary(s.t), append([]string{"serve"}, args...), simproc.Options{Stderr: buf})
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, buf.String())
+		}
+		inst = procInstance{p}
 	}
-	s.proc = p
-	s.Ready = p.Ready
+	s.running, s.stderr, s.Ready = inst, buf, inst.ready()
+	return nil
 }
 
 // Stop stops the simulator (idempotent).
 func (s *Sim) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.proc != nil {
-		s.proc.Stop()
-		s.proc = nil
+	if s.running != nil {
+		s.running.stop()
+		s.running = nil
 		if bad := problems(s.stderr.String()); bad != "" {
 			s.t.Errorf("devid-sim reported a data race or panic:\n%s", bad)
 		}
@@ -218,26 +275,14 @@ func (s *Sim) Restart() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// A just-closed port can linger briefly; retry a few times.
-	var lastErr string
+	var err error
 	for i := 0; i < 20; i++ {
-		ok := s.tryStart(args, &lastErr)
-		if ok {
+		if err = s.run(args); err == nil {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	s.t.Fatalf("devid-sim restart failed: %s", lastErr)
-}
-
-func (s *Sim) tryStart(args []string, lastErr *string) (ok bool) {
-	buf := &syncBuffer{}
-	p, err := simproc.Start(context.Background(), Binary(s.t), args, simproc.Options{Stderr: buf})
-	if err != nil {
-		*lastErr = err.Error() + ": " + buf.String()
-		return false
-	}
-	s.proc, s.stderr, s.Ready = p, buf, p.Ready
-	return true
+	s.t.Fatalf("devid-sim restart failed: %v", err)
 }
 
 // Hub returns the ready-line hub by name (first hub for "").
@@ -387,20 +432,6 @@ func (s *Sim) EnrollIndividual(t testing.TB, registrationID string, leaf *x509.C
 	}
 }
 
-// Telemetry is one recorded device-to-cloud message.
-type Telemetry struct {
-	Seq                   uint64            `json:"seq"`
-	Hub                   string            `json:"hub"`
-	DeviceID              string            `json:"deviceId"`
-	ReceivedUtc           string            `json:"receivedUtc"`
-	Topic                 string            `json:"topic"`
-	QoS                   byte              `json:"qos"`
-	Body                  string            `json:"body"`
-	BodyBase64            string            `json:"bodyBase64"`
-	SystemProperties      map[string]string `json:"systemProperties"`
-	ApplicationProperties map[string]string `json:"applicationProperties"`
-}
-
 // Telemetry returns every recorded message of deviceID ("" = all).
 func (s *Sim) Telemetry(t testing.TB, deviceID string) []Telemetry {
 	t.Helper()
@@ -434,21 +465,6 @@ func (s *Sim) WaitTelemetry(t testing.TB, deviceID string, n int, timeout time.D
 			t.Fatalf("device %q: %d telemetry messages after %v, want %d", deviceID, len(out), timeout, n)
 		}
 	}
-}
-
-// Fault mirrors the control plane's fault body (see docs/simulator.md).
-type Fault struct {
-	ID            string   `json:"id,omitempty"`
-	Scope         string   `json:"scope,omitempty"`
-	Hub           string   `json:"hub,omitempty"`
-	DeviceID      string   `json:"deviceId,omitempty"`
-	Ops           []string `json:"ops,omitempty"`
-	Status        int      `json:"status,omitempty"`
-	RetryAfter    int      `json:"retryAfter,omitempty"`
-	DelayMs       int      `json:"delayMs,omitempty"`
-	DropAfter     int      `json:"dropAfter,omitempty"`
-	RefuseSeconds int      `json:"refuseSeconds,omitempty"`
-	Count         int      `json:"count,omitempty"`
 }
 
 // SetFault injects a fault and returns its ID.

@@ -1,0 +1,136 @@
+package simulator
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
+
+// Certificate renewal over the hub is a preview of this api-version only.
+const hubCertAPIVersion = "2025-08-01-preview"
+
+// credRequest is the body of $iothub/credentials/POST/issueCertificate.
+type credRequest struct {
+	ID      string `json:"id"`
+	CSR     string `json:"csr"`
+	Replace string `json:"replace"`
+}
+
+// issueCertificate serves the hub certificate-renewal preview: 202
+// {correlationId, operationExpires}, then 200 with the chain, as a bare
+// array of base64 DER (SDK) or {"certificates":[PEM...]} (docs), per
+// --hub-credentials-response. Answers use the topic spelling the device
+// used ("credentials" as the SDKs, "credential" as the docs).
+func (h *hubService) issueCertificate(cl *mqtt.Client, c *conn, t Topic, payload []byte) {
+	family := "credentials"
+	if t.ModuleID == "credential" {
+		family = "credential"
+	}
+	if sw := h.sw.HubCredentialsTopic; sw != "both" && sw != family {
+		h.log.Info("hub: closing connection: credentials topic spelling not enabled", "device", c.id, "topic", family)
+		cl.Stop(errClosed)
+		return
+	}
+	resFmt := "$iothub/" + family + "/res/%d/?$rid=%s"
+	fail := func(status, code int, msg, credErr string) {
+		eb := errorBody(code, msg)
+		if credErr != "" {
+			eb.Info = map[string]string{"credentialError": credErr}
+		}
+		h.reply(cl, c, resFmt, status, t.RID, eb, "")
+	}
+	if c.apiVer != hubCertAPIVersion {
+		fail(400, 400004, "Certificate issuance needs api-version "+hubCertAPIVersion+".", "")
+		return
+	}
+	if !validCredRID(t.RID) {
+		fail(400, 400004, "$rid must be 4-36 characters of letters, digits and '-', not starting or ending with '-'.", "")
+		return
+	}
+	if st, ra := h.faults.status(c.role, c.id, "twin"); st != 0 {
+		eb := errorBody(st*1000+2, "Injected fault.")
+		eb.RetryAfter = ra
+		h.reply(cl, c, resFmt, st, t.RID, eb, "")
+		return
+	}
+	var req credRequest
+	if err := json.Unmarshal(payload, &req); err != nil {
+		fail(400, 400040, "Request body is not valid JSON.", "")
+		return
+	}
+	if req.ID != c.id {
+		fail(400, 400040, fmt.Sprintf("id %q is not the connected device %q.", req.ID, c.id), "")
+		return
+	}
+	chainB64, err := h.issuer.fromCSR(req.CSR, c.id, 0)
+	if err != nil {
+		fail(400, 400040, "Invalid csr: "+err.Error(), "FailedToDecodeCsr")
+		return
+	}
+	exp := time.Now().Add(3 * time.Minute).UTC().Format("2006-01-02T15:04:05.000Z")
+	h.reply(cl, c, resFmt, 202, t.RID, map[string]string{"correlationId": newUUID(), "operationExpires": exp}, "")
+	if err := h.bindIssued(deviceKey(c.role, c.id), chainB64[0]); err != nil {
+		fail(500, 500001, "Storage failure.", "")
+		return
+	}
+	h.reply(cl, c, resFmt, 200, t.RID, h.credentialsBody(chainB64), "")
+}
+
+// bindIssued binds the device to its new certificate (the old one stays
+// as secondary) and trusts the issuing CA for it from now on, like Azure
+// Device Registry's credential sync.
+func (h *hubService) bindIssued(key, leafB64 string) error {
+	der, _ := base64.StdEncoding.DecodeString(leafB64)
+	leaf, _ := x509.ParseCertificate(der)
+	h.reg.mu.Lock()
+	d := h.reg.devices[key]
+	if d == nil || leaf == nil {
+		h.reg.mu.Unlock()
+		return nil
+	}
+	_, t256 := Thumbprints(leaf)
+	d.CAIssued = true
+	old := ""
+	if d.Device.Authentication.X509Thumbprint != nil {
+		old = d.Device.Authentication.X509Thumbprint.PrimaryThumbprint
+	}
+	d.Device.Authentication = Authentication{Type: "selfSigned", X509Thumbprint: &X509Thumbprint{PrimaryThumbprint: t256, SecondaryThumbprint: old}}
+	d.Device.Etag = newEtag()
+	b := mustJSON(d)
+	h.reg.mu.Unlock()
+	return h.reg.db.putRaw(bktDevices, key, b)
+}
+
+// credentialsBody is the 200 body for an issued chain (base64 DER, leaf
+// first) in the form --hub-credentials-response selects.
+func (h *hubService) credentialsBody(chainB64 []string) any {
+	if h.sw.HubCredentialsResponse != "object" {
+		return chainB64
+	}
+	var pems []string
+	for _, c64 := range chainB64 {
+		der, _ := base64.StdEncoding.DecodeString(c64)
+		if c, err := x509.ParseCertificate(der); err == nil {
+			pems = append(pems, string(pemCert(c)))
+		}
+	}
+	return map[string]any{"certificates": pems}
+}
+
+// validCredRID checks the $rid rule of the renewal preview: 4-36
+// characters of letters, digits and '-', not starting or ending with '-'.
+func validCredRID(r string) bool {
+	if len(r) < 4 || len(r) > 36 || r[0] == '-' || r[len(r)-1] == '-' {
+		return false
+	}
+	for _, ch := range r {
+		if !(ch == '-' || ch >= '0' && ch <= '9' || ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
