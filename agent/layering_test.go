@@ -35,8 +35,8 @@ func goList(t *testing.T, pattern string) map[string][]string {
 
 func ours(path string) bool { return path == "devid" || strings.HasPrefix(path, "devid/") }
 
-// TestLayering enforces the dependency direction from DEVELOPERS.md and
-// docs/architecture.md. Each rule names why it exists.
+// TestLayering enforces the dependency direction in docs/architecture.md.
+// Each rule names why it exists.
 func TestLayering(t *testing.T) {
 	all := goList(t, "devid/...")
 	for pkg, imports := range all {
