@@ -19,6 +19,7 @@ import (
 	"devid/agent/statedir"
 	"devid/enroll/certstore"
 	"devid/hal/clock/clocktest"
+	"devid/hal/hosttest"
 	"devid/simulator/simtest"
 )
 
@@ -502,9 +503,7 @@ func TestSystemdNotify(t *testing.T) {
 func TestFactoryModeThenField(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	if _, err := exec.LookPath("socat"); err != nil {
-		t.Skip("socat not installed (scripts/deps.sh)")
-	}
+	hosttest.LookPath(t, hosttest.Socat, "socat")
 	sim := simtest.Start(t)
 	b := newBoard(t, sim, "factory-dev", "")
 	os.Remove(filepath.Join(b.state, "device.key"))

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"devid/hal/hosttest"
 	"devid/simulator/simtest"
 )
 
@@ -116,11 +117,9 @@ func BenchmarkRegister(b *testing.B) {
 	})
 	b.Run("node-sdk", func(b *testing.B) {
 		modules, _ := filepath.Abs("../simulator/conformance/node/node_modules")
-		if _, err := exec.LookPath("node"); err != nil {
-			b.Skip("node not installed (make deps)")
-		}
+		hosttest.LookPath(b, hosttest.Node, "node")
 		if _, err := os.Stat(filepath.Join(modules, "azure-iot-provisioning-device")); err != nil {
-			b.Skip("Node SDK not installed in simulator/conformance/node (make deps)")
+			hosttest.Unavailable(b, hosttest.Node, "official Azure IoT Node SDK not installed in simulator/conformance/node (scripts/deps.sh installs it): %v", err)
 		}
 		dir := b.TempDir()
 		type dev struct {

@@ -285,9 +285,7 @@ func ParseHubTopic(topic, deviceID string) (Topic, error) {
 	switch {
 	case strings.HasPrefix(topic, events):
 		t.Kind, t.DeviceID, t.PropBag = TopicTelemetry, deviceID, topic[len(events):]
-		if strings.HasPrefix(t.PropBag, "?") {
-			t.PropBag = t.PropBag[1:]
-		}
+		t.PropBag = strings.TrimPrefix(t.PropBag, "?")
 		return t, nil
 	case topic == "devices/"+deviceID+"/messages/events":
 		t.Kind, t.DeviceID = TopicTelemetry, deviceID

@@ -22,6 +22,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"devid/hal/hosttest"
 	"devid/hal/tpm/tpmtest"
 )
 
@@ -119,9 +120,7 @@ func TestCreateLoadSign(t *testing.T) {
 // that the key cannot leave the TPM.
 func TestAttributesFromOutside(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("tpm2_readpublic"); err != nil {
-		t.Fatalf("tpm2-tools not installed (run scripts/deps.sh): %v", err)
-	}
+	hosttest.LookPath(t, hosttest.TPM2Tools, "tpm2_readpublic")
 	sw := tpmtest.Start(t)
 	tp := openT(t, sw.Addr())
 	k := newKey(t, tp)
@@ -210,6 +209,7 @@ func TestSurvivesRestart(t *testing.T) {
 // process would) and checks Open frees them.
 func TestFlushLeftovers(t *testing.T) {
 	t.Parallel()
+	hosttest.LookPath(t, hosttest.TPM2Tools, "tpm2_createprimary")
 	sw := tpmtest.Start(t)
 	for i := 0; i < 3; i++ {
 		ctx := filepath.Join(sw.Dir, "p.ctx")

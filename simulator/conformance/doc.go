@@ -9,5 +9,6 @@
 // imports the simulator's implementation, dps or agent.
 //
 // The Node SDK test needs node_modules (scripts/deps.sh runs npm ci). Without
-// it the test skips, unless CI is set, in which case it fails.
+// it the test skips, unless DEVID_REQUIRE asks for node (make sets it; see
+// hal/hosttest), in which case it fails.
 package conformance

@@ -16,27 +16,22 @@ import (
 	"testing"
 	"time"
 
+	"devid/hal/hosttest"
 	"devid/simulator/simtest"
 )
 
 // nodeDir holds the pinned SDK (package-lock.json) and the scripts.
 const nodeDir = "node"
 
-// requireNode returns the node binary, or skips (fails under CI) when the
-// SDK is not installed.
+// requireNode returns the node binary, or skips (fails when DEVID_REQUIRE
+// asks for node, see hal/hosttest) when node or the SDK is not installed.
 func requireNode(t *testing.T) string {
 	t.Helper()
-	node, err := exec.LookPath("node")
-	_, modErr := os.Stat(filepath.Join(nodeDir, "node_modules", "azure-iot-device-mqtt"))
-	if err == nil && modErr == nil {
-		return node
+	node := hosttest.LookPath(t, hosttest.Node, "node")
+	if _, err := os.Stat(filepath.Join(nodeDir, "node_modules", "azure-iot-device-mqtt")); err != nil {
+		hosttest.Unavailable(t, hosttest.Node, "official Azure IoT Node SDK not installed in simulator/conformance/node (scripts/deps.sh installs it): %v", err)
 	}
-	msg := fmt.Sprintf("official Azure IoT Node SDK not available (node: %v; node_modules: %v); run scripts/deps.sh", err, modErr)
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg + " — CI is set, so this is a failure")
-	}
-	t.Skip(msg)
-	return ""
+	return node
 }
 
 // nodeEvent is one JSON line printed by flow.js.

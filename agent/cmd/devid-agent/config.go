@@ -46,11 +46,6 @@ func runConfig(ctx context.Context, args []string) error {
 	return nil
 }
 
-// loadConfig loads --config for the daemon and the other subcommands.
-func loadConfig(path string) (*config.Config, error) {
-	return config.Load(path)
-}
-
 // lkgConfigFile is the last-known-good copy of the config that `run`
 // keeps in the state dir after each successful start.
 const lkgConfigFile = "config.last-good.toml"

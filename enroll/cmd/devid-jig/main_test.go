@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"devid/hal/hosttest"
 	"devid/hal/serial/serialtest"
 )
 
@@ -139,9 +140,7 @@ func opensslVerify(t *testing.T, caDir, chainPEM string) {
 }
 
 func TestEndToEndProgramOverPty(t *testing.T) {
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed (scripts/deps.sh installs it)")
-	}
+	hosttest.LookPath(t, hosttest.OpenSSL, "openssl")
 	agent, jig := bins(t)
 	caDir := filepath.Join(t.TempDir(), "ca")
 	if out, _, err := runJig(t, jig, "ca", "init", "--dir", caDir); err != nil || !strings.Contains(out, "CA created") {

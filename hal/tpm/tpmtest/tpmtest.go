@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"devid/hal/hosttest"
 )
 
 // SWTPM is a running swtpm.
@@ -59,22 +61,22 @@ func TCP() Option { return func(c *config) { c.tcp = true } }
 // used, to model a reboot of the same TPM.
 func StateDir(dir string) Option { return func(c *config) { c.dir = dir } }
 
-// Start starts swtpm and waits until it accepts connections. The test
-// fails if swtpm is not installed (scripts/deps.sh installs it).
+// Start starts swtpm and waits until it accepts connections. If swtpm is
+// not installed the test is skipped, or fails when DEVID_REQUIRE asks for
+// swtpm (see hal/hosttest).
 func Start(t testing.TB, opts ...Option) *SWTPM {
 	t.Helper()
 	var c config
 	for _, o := range opts {
 		o(&c)
 	}
-	if _, err := exec.LookPath("swtpm"); err != nil {
-		t.Fatalf("swtpm is not installed (run scripts/deps.sh): %v", err)
-	}
+	hosttest.LookPath(t, hosttest.SWTPM, "swtpm")
 	dir := c.dir
 	if dir == "" {
 		dir = shortTempDir(t)
 	}
 	if c.manufacture {
+		hosttest.LookPath(t, hosttest.SWTPM, "swtpm_setup")
 		out, err := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", dir, "--create-ek-cert", "--overwrite").CombinedOutput()
 		if err != nil {
 			t.Fatalf("swtpm_setup: %v\n%s", err, out)

@@ -12,7 +12,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,36 +76,8 @@ func flow(ctx context.Context, o options, env map[string]string) error {
 		return err
 	}
 
-	// The flash disk as the image builder ships it: config and trust anchors, no state.
-	flashSrc := filepath.Join(dir, "flash-src")
-	etc := filepath.Join(flashSrc, "etc/devid")
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		return err
-	}
-	serverCA, err := os.ReadFile(s.ready.ServerCA)
+	forwards, err := prepareFlash(dir, s, rootPEM)
 	if err != nil {
-		return fmt.Errorf("sim server CA: %w", err)
-	}
-	forwards := map[string]string{guestDPS: s.ready.DPS.Addr}
-	resolve := map[string]string{s.ready.DPS.Host: guestDPS}
-	for i, h := range s.ready.Hubs {
-		g := fmt.Sprintf("10.0.2.%d:8883", guestHubBase+i)
-		forwards[g] = h.Addr
-		resolve[h.Host] = g
-	}
-	cfgText := boardConfig(s.ready.DPS.Host+":8883", s.ready.IDScope, resolve)
-	if _, err := config.Parse([]byte(cfgText)); err != nil {
-		return fmt.Errorf("the board config the harness writes is invalid: %w\n%s", err, cfgText)
-	}
-	for name, data := range map[string][]byte{"config.toml": []byte(cfgText), "factory-root.pem": rootPEM, "service-root.pem": serverCA} {
-		if err := os.WriteFile(filepath.Join(etc, name), data, 0o644); err != nil {
-			return err
-		}
-	}
-	if err := makeFlash(dir, flashSrc, 64); err != nil {
-		return err
-	}
-	if err := manufactureTPM(dir); err != nil {
 		return err
 	}
 	mac, err := boardMAC()
@@ -241,6 +212,44 @@ func flow(ctx context.Context, o options, env map[string]string) error {
 	}
 	logf("flow: flash filesystem clean after the power cut and a clean power-off")
 	return nil
+}
+
+// prepareFlash writes the flash disk as the image builder ships it (config
+// and trust anchors, no state) and manufactures the board's TPM. It returns
+// the host forwards that stand in for the guest's routes to DPS and hubs.
+func prepareFlash(dir string, s *sim, rootPEM []byte) (map[string]string, error) {
+	flashSrc := filepath.Join(dir, "flash-src")
+	etc := filepath.Join(flashSrc, "etc/devid")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		return nil, err
+	}
+	serverCA, err := os.ReadFile(s.ready.ServerCA)
+	if err != nil {
+		return nil, fmt.Errorf("sim server CA: %w", err)
+	}
+	forwards := map[string]string{guestDPS: s.ready.DPS.Addr}
+	resolve := map[string]string{s.ready.DPS.Host: guestDPS}
+	for i, h := range s.ready.Hubs {
+		g := fmt.Sprintf("10.0.2.%d:8883", guestHubBase+i)
+		forwards[g] = h.Addr
+		resolve[h.Host] = g
+	}
+	cfgText := boardConfig(s.ready.DPS.Host+":8883", s.ready.IDScope, resolve)
+	if _, err := config.Parse([]byte(cfgText)); err != nil {
+		return nil, fmt.Errorf("the board config the harness writes is invalid: %w\n%s", err, cfgText)
+	}
+	for name, data := range map[string][]byte{"config.toml": []byte(cfgText), "factory-root.pem": rootPEM, "service-root.pem": serverCA} {
+		if err := os.WriteFile(filepath.Join(etc, name), data, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if err := makeFlash(dir, flashSrc, 64); err != nil {
+		return nil, err
+	}
+	if err := manufactureTPM(dir); err != nil {
+		return nil, err
+	}
+	return forwards, nil
 }
 
 // boardConfig is /etc/devid/config.toml as an image builder would ship it
@@ -495,7 +504,15 @@ func checkTPMKey(dir string, res *jigResult) error {
 	if !ok {
 		return fmt.Errorf("leaf key is %T, want ECDSA", leaf.PublicKey)
 	}
-	if new(big.Int).SetBytes(pt.X.Buffer).Cmp(certKey.X) != 0 || new(big.Int).SetBytes(pt.Y.Buffer).Cmp(certKey.Y) != 0 {
+	parms, err := pub.Parameters.ECCDetail()
+	if err != nil {
+		return fmt.Errorf("TPM key parameters: %w", err)
+	}
+	tpmKey, err := tpm2.ECDSAPub(parms, pt)
+	if err != nil {
+		return fmt.Errorf("TPM key: %w", err)
+	}
+	if !tpmKey.Equal(certKey) {
 		return errors.New("the certificate's public key is not the TPM key stored on flash")
 	}
 	logf("flow: the certified key is the TPM object on flash (fixedTPM, fixedParent, sensitiveDataOrigin)")
