@@ -150,8 +150,10 @@ type Retry struct {
 	MaxDelay Duration `toml:"max_delay"`
 	// Jitter is the most random delay added to each retry.
 	Jitter Duration `toml:"jitter"`
-	// RevokedMin and RevokedMax bound the slow retry while revoked.
+	// RevokedMin is the least wait between retries while the
+	// certificate is revoked (at least 1m).
 	RevokedMin Duration `toml:"revoked_min"`
+	// RevokedMax caps the wait between retries while revoked.
 	RevokedMax Duration `toml:"revoked_max"`
 }
 
