@@ -20,6 +20,7 @@ declare -A APT=(
   [/usr/bin/npm]=npm
   [/usr/bin/lintian]=lintian
   [/usr/bin/mmdebstrap]=mmdebstrap
+  [/usr/bin/arch-test]=arch-test
   [/usr/sbin/debugfs]=e2fsprogs
 )
 
