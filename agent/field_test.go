@@ -100,11 +100,21 @@ func TestFirstBootNoNetwork(t *testing.T) {
 	var delays []time.Duration
 	for len(delays) < 4 {
 		n := len(delays)
-		h.waitFor("registration attempt", func() bool { r, _, _ := h.cloud.get(); return r > n })
+		// The attempt after a backoff: advance the clock to the retry time
+		// the agent reports, again while no attempt came (the status can be
+		// published before the agent arms its timer on the fake clock).
+		h.waitFor("registration attempt", func() bool {
+			if r, _, _ := h.cloud.get(); r > n {
+				return true
+			}
+			if s := h.a.Status(); n > 0 && s.State == Backoff.String() && s.NextRetry.After(h.clock.Now()) {
+				h.clock.Advance(s.NextRetry.Sub(h.clock.Now()))
+			}
+			return false
+		})
 		h.waitState(Backoff, 0)
 		s := h.a.Status()
 		delays = append(delays, s.NextRetry.Sub(h.clock.Now()))
-		h.clock.Advance(s.NextRetry.Sub(h.clock.Now()))
 	}
 	jitter := h.cfg.Retry.Jitter.D()
 	for i := 1; i < len(delays); i++ {
