@@ -112,8 +112,13 @@ func TestFirstBootNoNetwork(t *testing.T) {
 			}
 			return false
 		})
-		h.waitState(Backoff, 0)
-		s := h.a.Status()
+		// The new backoff, not the one just ended (the status may not yet
+		// show the attempt).
+		var s Status
+		h.waitFor("the next backoff", func() bool {
+			s = h.a.Status()
+			return s.State == Backoff.String() && s.NextRetry.After(h.clock.Now())
+		})
 		delays = append(delays, s.NextRetry.Sub(h.clock.Now()))
 	}
 	jitter := h.cfg.Retry.Jitter.D()

@@ -42,22 +42,11 @@ func debian(ctx context.Context, o options, env map[string]string) error {
 	if err := freshDir(dir); err != nil {
 		return err
 	}
-	s, err := startSim(ctx, o.simBin, filepath.Join(dir, "sim"))
+	s, caDir, rootPEM, err := startLine(ctx, o, dir, "debian-board-line")
 	if err != nil {
 		return err
 	}
 	defer s.stop()
-	caDir := filepath.Join(dir, "ca")
-	if out, err := exec.CommandContext(ctx, o.jigBin, "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
-		return fmt.Errorf("devid-jig ca init: %v\n%s", err, out)
-	}
-	rootPEM, err := os.ReadFile(filepath.Join(caDir, "root.pem"))
-	if err != nil {
-		return err
-	}
-	if err := s.enrollGroup(ctx, "debian-board-line", rootPEM); err != nil {
-		return err
-	}
 	// The image's config names the simulator by devid-sim's default names.
 	rootfs := env["ROOTFS"]
 	cfg, err := os.ReadFile(filepath.Join(rootfs, "etc/devid/config.toml"))
