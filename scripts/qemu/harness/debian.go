@@ -28,7 +28,8 @@ import (
 //	          watchdog periods; it reconnects and delivers the messages
 //	          queued before the stop
 //	journal   the agent's warnings are under journalctl -p warning, with
-//	          their fields and no second timestamp
+//	          their fields and no second timestamp; systemctl reload
+//	          applies a new log_level without a restart
 //	upgrade   dpkg -i of a higher version restarts the service; config and
 //	          state stay; the device does not register again
 //	data      the state directory moves to the data partition (/data/devid)
@@ -423,6 +424,33 @@ func debianJournal(ctx context.Context, g *guest) error {
 		return fmt.Errorf("no agent warning (PRIORITY=4, with fields) under journalctl -p warning -u devid-agent:\n%s", out)
 	}
 	logf("debian: journal: %d agent warnings at priority 4 with their fields", warnings)
+
+	// systemctl reload: log_level applies without a restart.
+	u, err := g.unit(ctx, "MainPID")
+	if err != nil {
+		return err
+	}
+	if _, err := g.must(ctx, `sed -i '1i log_level = "debug"' /etc/devid/config.toml && systemctl reload devid-agent`); err != nil {
+		return err
+	}
+	err = poll(ctx, 30*time.Second, "reload applies log_level debug", func() (bool, error) {
+		code, _, err := g.sh(ctx, "journalctl -u devid-agent -o cat | grep 'log level applied' | grep -q 'log_level=DEBUG'", 20*time.Second)
+		return err == nil && code == 0, err
+	})
+	if err != nil {
+		return err
+	}
+	after, err := g.unit(ctx, "MainPID")
+	if err != nil {
+		return err
+	}
+	if after["MainPID"] != u["MainPID"] {
+		return fmt.Errorf("systemctl reload restarted the agent (pid %s -> %s)", u["MainPID"], after["MainPID"])
+	}
+	if _, err := g.must(ctx, `sed -i '1d' /etc/devid/config.toml && systemctl reload devid-agent`); err != nil {
+		return err
+	}
+	logf("debian: journal: systemctl reload applied log_level debug in pid %s without a restart", u["MainPID"])
 	return nil
 }
 
