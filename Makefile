@@ -2,8 +2,15 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := .build/bin
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+# The release version is agent/dist/VERSION (semver); the build adds the
+# commit. Packages take their version from the same file.
+VERSION ?= $(shell cat agent/dist/VERSION)
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# Package date: the commit's, so that a rebuild of a commit is identical.
+DATE ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+NFPM := .build/tools/nfpm
+TOOLSMOD := -modfile=agent/dist/tools.mod
 BINARIES := agent/cmd/devid-agent enroll/cmd/devid-jig simulator/cmd/devid-sim
 # TEST_TIMEOUT bounds the whole go test run; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m
@@ -15,7 +22,7 @@ export CGO_ENABLED ?= 0
 # (hal/hosttest). `make unit-test DEVID_REQUIRE=` lets them skip.
 export DEVID_REQUIRE ?= all
 
-.PHONY: help deps build test unit-test race demo bench lint cross image qemu-test fuzz clean
+.PHONY: help deps build test unit-test race demo bench lint cross image qemu-test fuzz clean dist-gen notices package lintian image-debian
 
 help: ## List the targets.
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,9 +34,10 @@ build: ## Build the three binaries into .build/bin.
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./,$(BINARIES))
 
-test: deps ## Install deps, then run lint, every test and the QEMU board test.
+test: deps ## Install deps, then run lint, every test, the packages (lintian) and the QEMU boards.
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory unit-test
+	@$(MAKE) --no-print-directory package
 	@$(MAKE) --no-print-directory qemu-test
 
 unit-test: ## Run go test ./... (no dependency install).
@@ -47,13 +55,36 @@ demo: deps build ## Factory -> CA -> DPS -> hub on the simulator (KEY=file|tpm).
 bench: deps build ## Run the benchmarks and write .build/bench-report.md.
 	@scripts/bench.sh
 
-lint: ## gofmt, go vet, go mod tidy -diff, staticcheck, govulncheck, size limits.
+lint: ## gofmt, go vet, go mod tidy -diff (also of the packaging tools), staticcheck, govulncheck, size limits, generated files and notices.
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
+	$(GO) mod tidy $(TOOLSMOD) -diff
 	$(GO) tool staticcheck ./...
 	@scripts/vulncheck.sh
 	@scripts/structure.sh
+	$(GO) test -count=1 -run 'UpToDate' ./agent/dist
+
+dist-gen: ## Rewrite the files generated from agent/dist/manifest.toml and agent/config.
+	$(GO) run ./agent/dist/cmd/distgen generate
+
+notices: ## Rewrite agent/dist/third-party-notices.txt from the module graph.
+	$(GO) run ./agent/dist/cmd/distgen notices
+
+$(NFPM): agent/dist/tools.mod agent/dist/tools.sum
+	$(GO) build $(TOOLSMOD) -o $@ github.com/goreleaser/nfpm/v2/cmd/nfpm
+
+package: cross $(NFPM) ## .deb packages (amd64, arm64, armhf), Yocto layer, Buildroot tree, SHA256SUMS in .build/dist; lintian.
+	@rm -rf .build/dist
+	$(GO) run ./agent/dist/cmd/distgen package -nfpm $(NFPM) -version $(VERSION) -date $(DATE)
+	@ls -l .build/dist/*.deb .build/dist/*.tar.gz | awk '{printf "package: %8d bytes  %s\n", $$5, $$9}'
+	@$(MAKE) --no-print-directory lintian
+
+lintian: ## Run lintian on every package in .build/dist (overrides carry their reasons).
+	@scripts/lintian.sh .build/dist/*.deb
+
+image-debian: ## Build the arm64 Debian 12 systemd board image (mmdebstrap; cached in /var/cache/devid-qemu).
+	@scripts/qemu/image-debian.sh
 
 cross: ## Static binaries for linux/amd64, linux/arm64, linux/arm (GOARM=7).
 	@for t in amd64: arm64: arm:7; do \

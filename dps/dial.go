@@ -335,7 +335,7 @@ func (n *Network) dialProxy(ctx context.Context, target string) (net.Conn, error
 	}
 	pu, err := url.Parse(raw)
 	if err != nil || pu.Host == "" || pu.Scheme != "http" {
-		return nil, &ConfigError{Field: "proxy", Err: fmt.Errorf("%q is not http://host:port", n.Proxy)}
+		return nil, &ConfigError{Field: "proxy", Err: fmt.Errorf("%q is not http://host:port", redactURL(n.Proxy))}
 	}
 	phost, pport, err := net.SplitHostPort(pu.Host)
 	if err != nil {
@@ -579,3 +579,23 @@ func (c *wsConn) SetDeadline(t time.Time) error {
 }
 
 var _ net.Conn = (*wsConn)(nil)
+
+// redactURL masks the password in a proxy setting ("user:xxxxx@host"):
+// errors reach logs and terminals.
+func redactURL(s string) string {
+	at := strings.LastIndex(s, "@")
+	if at < 0 {
+		return s
+	}
+	start := strings.Index(s, "://")
+	if start < 0 || start > at {
+		start = 0
+	} else {
+		start += 3
+	}
+	user, _, hasPass := strings.Cut(s[start:at], ":")
+	if !hasPass {
+		return s
+	}
+	return s[:start] + user + ":xxxxx" + s[at:]
+}

@@ -18,6 +18,10 @@ declare -A APT=(
   [/usr/bin/cpio]=cpio
   [/usr/bin/node]=nodejs
   [/usr/bin/npm]=npm
+  [/usr/bin/lintian]=lintian
+  [/usr/bin/mmdebstrap]=mmdebstrap
+  [/usr/bin/arch-test]=arch-test
+  [/usr/sbin/debugfs]=e2fsprogs
 )
 
 need=()
@@ -34,8 +38,23 @@ if ((${#need[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# Go modules.
+# qemu-user for foreign-architecture chroots (mmdebstrap of the arm64 Debian
+# board): binfmt_misc is not mounted on a fresh machine. The F flag (in
+# qemu-user-static's conf) opens the interpreter once, so it works inside
+# the chroot too.
+if [ -d /proc/sys/fs/binfmt_misc ] && [ "$(id -u)" -eq 0 ]; then
+  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  for a in aarch64 arm; do
+    conf=/usr/lib/binfmt.d/qemu-$a.conf
+    if [ -f "$conf" ] && [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$a" ]; then
+      cat "$conf" > /proc/sys/fs/binfmt_misc/register
+    fi
+  done
+fi
+
+# Go modules (and the packaging tools' own module graph).
 go mod download
+go mod download -modfile=agent/dist/tools.mod
 
 # npm packages for the official-SDK conformance tests, pinned by package-lock.json.
 for dir in simulator/conformance/node; do

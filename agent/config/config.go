@@ -150,8 +150,10 @@ type Retry struct {
 	MaxDelay Duration `toml:"max_delay"`
 	// Jitter is the most random delay added to each retry.
 	Jitter Duration `toml:"jitter"`
-	// RevokedMin and RevokedMax bound the slow retry while revoked.
+	// RevokedMin is the least wait between retries while the
+	// certificate is revoked (at least 1m).
 	RevokedMin Duration `toml:"revoked_min"`
+	// RevokedMax caps the wait between retries while revoked.
 	RevokedMax Duration `toml:"revoked_max"`
 }
 
@@ -456,14 +458,16 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Network.Proxy != "" {
+		// Errors name the value with its password masked: they reach
+		// logs and terminals.
 		u, err := url.Parse(c.Network.Proxy)
 		switch {
 		case err != nil:
-			bad("network.proxy", "%v", err)
+			bad("network.proxy", "%q is not a URL", RedactURL(c.Network.Proxy))
 		case u.Scheme != "http":
-			bad("network.proxy", "%q must be http://host:port (an HTTP CONNECT proxy)", c.Network.Proxy)
+			bad("network.proxy", "%q must be http://host:port (an HTTP CONNECT proxy)", RedactURL(c.Network.Proxy))
 		case u.Host == "":
-			bad("network.proxy", "%q has no host", c.Network.Proxy)
+			bad("network.proxy", "%q has no host", RedactURL(c.Network.Proxy))
 		}
 	}
 
@@ -529,7 +533,7 @@ func (c *Config) Validate() error {
 	case "dps", "hub", "none":
 	case "est":
 		if u, err := url.Parse(c.Renewal.ESTURL); err != nil || u.Scheme != "https" || u.Host == "" {
-			bad("renewal.est_url", "%q must be an https:// URL when renewal.path is \"est\"", c.Renewal.ESTURL)
+			bad("renewal.est_url", "%q must be an https:// URL when renewal.path is \"est\"", RedactURL(c.Renewal.ESTURL))
 		}
 	default:
 		bad("renewal.path", "%q is not dps, hub, est or none", c.Renewal.Path)
@@ -552,6 +556,28 @@ func (c *Config) Validate() error {
 		return &ValidationError{Problems: p}
 	}
 	return nil
+}
+
+// RedactURL masks the password of a URL's user information
+// ("http://user:xxxxx@host"), also in strings url.Parse rejects. Every
+// place that prints a URL from the config uses it.
+func RedactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return userinfoRE.ReplaceAllString(s, "//${1}xxxxx@")
+}
+
+// userinfoRE finds "//user:password@" in text that is not a valid URL.
+var userinfoRE = regexp.MustCompile(`//([^/@:\s]*:)[^/@\s]*@`)
+
+// Redacted returns a copy of c with URL passwords masked, for printing
+// (config check, check). The agent itself uses c.
+func (c *Config) Redacted() *Config {
+	r := *c
+	r.Network.Proxy = RedactURL(c.Network.Proxy)
+	r.Renewal.ESTURL = RedactURL(c.Renewal.ESTURL)
+	return &r
 }
 
 var (

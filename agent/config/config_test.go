@@ -170,3 +170,38 @@ func TestRenewalKeyCurve(t *testing.T) {
 		}
 	}
 }
+
+// TestProxyPasswordNeverPrinted: validation errors and the printable copy
+// of the config mask the password of network.proxy (and renewal.est_url).
+func TestProxyPasswordNeverPrinted(t *testing.T) {
+	for _, proxy := range []string{
+		"https://alice:s3cret@proxy.example:3128",  // wrong scheme
+		"http://alice:s3cret@",                     // no host
+		"http://alice:s3cret@proxy example:3128/%", // not a URL at all
+	} {
+		_, err := Parse([]byte("[network]\nproxy = \"" + proxy + "\"\n"))
+		if err == nil {
+			t.Fatalf("%s: accepted", proxy)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("validation error shows the password: %v", err)
+		}
+		if !strings.Contains(err.Error(), "network.proxy") {
+			t.Errorf("validation error does not name the field: %v", err)
+		}
+	}
+	c, err := Parse([]byte("[network]\nproxy = \"http://alice:s3cret@proxy.example:3128\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Redacted().TOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "s3cret") || !strings.Contains(string(b), "alice:xxxxx@proxy.example:3128") {
+		t.Errorf("redacted config:\n%s", b)
+	}
+	if c.Network.Proxy != "http://alice:s3cret@proxy.example:3128" {
+		t.Errorf("Redacted changed the config itself: %q", c.Network.Proxy)
+	}
+}

@@ -2,7 +2,8 @@
 # `make qemu-test`: the emulated boards, then the device-side unit tests
 # under qemu-user for arm64 and armv7.
 #
-#   BOARD_ARCHES="arm64 armv7"  boards to build and boot (in parallel)
+#   BOARD_ARCHES="arm64 armv7 debian"  boards to build and boot (in parallel;
+#                               debian is the systemd board, scripts/qemu/image-debian.sh)
 #   QEMU_SCENARIOS=smoke,flow   harness scenarios (see scripts/qemu/harness)
 #   QEMU_CROSS=0                skip the qemu-user unit tests
 #
@@ -13,7 +14,7 @@
 # Logs: .build/qemu/run-ARCH/ (console per boot, swtpm, sim), .build/qemu/unit-ARCH.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ARCHES=${BOARD_ARCHES:-arm64 armv7}
+ARCHES=${BOARD_ARCHES:-arm64 armv7 debian}
 SCENARIOS=${QEMU_SCENARIOS:-smoke,flow}
 start=$EPOCHREALTIME
 elapsed() { awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME - $start}"; }
@@ -22,7 +23,12 @@ for tool in qemu-system-aarch64 qemu-system-arm qemu-aarch64-static qemu-arm-sta
   command -v "$tool" >/dev/null || { echo "qemu-test: $tool missing; run scripts/deps.sh" >&2; exit 1; }
 done
 
-for a in $ARCHES; do scripts/qemu/image.sh "$a"; done
+for a in $ARCHES; do
+  case "$a" in
+    debian) scripts/qemu/image-debian.sh ;;
+    *) scripts/qemu/image.sh "$a" ;;
+  esac
+done
 echo "qemu-test: build host devid-sim, devid-jig and the harness"
 mkdir -p .build/qemu/bin
 CGO_ENABLED=0 go build -o .build/qemu/bin/ ./simulator/cmd/devid-sim ./enroll/cmd/devid-jig ./scripts/qemu/harness
@@ -34,7 +40,10 @@ rc=0
 pids=()
 for a in $ARCHES; do
   mkdir -p ".build/qemu/run-$a"
-  ( .build/qemu/bin/harness -arch "$a" -scenarios "$SCENARIOS" \
+  extra=(-scenarios "$SCENARIOS")
+  # The systemd board runs all its steps in one boot (harness/debian.go).
+  [ "$a" = debian ] && extra=(-scenarios debian -image .build/qemu/debian/image.env -timeout 14m)
+  ( .build/qemu/bin/harness -arch "$a" "${extra[@]}" \
       -sim .build/qemu/bin/devid-sim -jig .build/qemu/bin/devid-jig 2>&1 | sed -u "s/^/[$a] /" ) &
   pids+=("$!")
 done

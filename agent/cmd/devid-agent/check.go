@@ -271,7 +271,7 @@ func (c *checker) reach(ctx context.Context) {
 	}
 	via := "direct"
 	if n.Proxy != "" {
-		via = "via proxy " + n.Proxy
+		via = "via proxy " + config.RedactURL(n.Proxy)
 	}
 	try := func(name, endpoint string) {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)

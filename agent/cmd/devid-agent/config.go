@@ -37,11 +37,11 @@ func runConfig(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := c.TOML()
+	b, err := c.Redacted().TOML()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stdout, "# effective config (%s is valid)\n", *path)
+	fmt.Fprintf(os.Stdout, "# effective config (%s is valid; passwords masked)\n", *path)
 	os.Stdout.Write(b)
 	return nil
 }

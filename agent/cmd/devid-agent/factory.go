@@ -5,11 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"slices"
 
 	"devid/agent/config"
+	"devid/agent/logging"
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
 	"devid/enroll/keys"
@@ -66,7 +66,7 @@ func runFactory(ctx context.Context, args []string) error {
 		cfg.Key.Backend = "file:" + keys.DefaultFilePath(cfg.StateDir)
 	}
 
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "factory")
+	log := logging.New(logging.Options{Format: cfg.LogFormat, Journal: logging.JournalStream(os.Stderr)}).With("component", "factory")
 	id, src, err := board.Reader{Configured: cfg.DeviceID}.DeviceID()
 	if err != nil {
 		return fmt.Errorf("device ID: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"devid/agent"
 	"devid/agent/config"
 	"devid/agent/localapi"
+	"devid/agent/logging"
 	"devid/agent/sdnotify"
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
@@ -36,6 +38,11 @@ func runDaemon(ctx context.Context, args []string) error {
 	if err := parseArgsNone(fs, args); err != nil {
 		return err
 	}
+	// systemctl reload sends SIGHUP; caught from the start so that an early
+	// reload never kills the agent (SIGHUP's default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
 	if err != nil {
 		return err
@@ -46,7 +53,8 @@ func runDaemon(ctx context.Context, args []string) error {
 	}
 	tuneMemory()
 	resolveKeySpec(cfg)
-	log := newLogger(cfg)
+	level := new(slog.LevelVar)
+	log := newLogger(cfg, level)
 	notify := sdnotify.FromEnv()
 	if degraded != "" {
 		log.Error("config file invalid; running with the last-known-good config (fix it: devid-agent config check)", "config", degraded)
@@ -125,6 +133,7 @@ func runDaemon(ctx context.Context, args []string) error {
 	}
 	runDone := make(chan error, 1)
 	go func() { runDone <- a.Run(ctx) }()
+	go reloadOnHUP(ctx, hup, *cfgPath, level, log)
 	notify.Ready()
 	if iv, err := sdnotify.WatchdogInterval(); err != nil {
 		log.Warn("watchdog", "err", err)
@@ -199,14 +208,35 @@ func statusLine(s agent.Status) string {
 	return line
 }
 
-func newLogger(cfg *config.Config) *slog.Logger {
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.LogLevel))
-	ho := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, ho))
+// newLogger logs to stderr in the configured format, with journald's
+// priority prefixes when stderr is the journal (agent/logging).
+func newLogger(cfg *config.Config, level *slog.LevelVar) *slog.Logger {
+	if l, err := logging.ParseLevel(cfg.LogLevel); err == nil {
+		level.Set(l)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, ho))
+	return logging.New(logging.Options{Format: cfg.LogFormat, Level: level, W: os.Stderr, Journal: logging.JournalStream(os.Stderr)})
+}
+
+// reloadOnHUP applies the config file's log_level on SIGHUP (systemctl
+// reload devid-agent) without a restart. Other settings need a restart;
+// an invalid file changes nothing and says why.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, path string, level *slog.LevelVar, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		c, err := config.Load(path)
+		if err != nil {
+			log.Error("reload: config invalid; log level unchanged", "err", err, "log_level", level.Level().String())
+			continue
+		}
+		l, _ := logging.ParseLevel(c.LogLevel)
+		old := level.Level()
+		level.Set(l)
+		log.Info("reload: log level applied (other settings take effect on restart)", "log_level", l.String(), "was", old.String())
+	}
 }
 
 // resolveKeySpec applies the "auto" fallback of a build without the TPM

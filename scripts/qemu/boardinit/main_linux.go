@@ -50,8 +50,9 @@ func parseCmdline(line string) cmdline {
 
 func main() {
 	if os.Getpid() != 1 {
-		fmt.Fprintln(os.Stderr, "boardinit: must run as PID 1 (/init of the board's initramfs)")
-		os.Exit(1)
+		// On the Debian board the same binary runs as services under
+		// systemd (service_linux.go).
+		os.Exit(serviceMain(os.Args[1:]))
 	}
 	// PID 1 must never return or panic: the kernel would panic in turn.
 	// Every fatal path powers off instead, with a marker the harness sees.
@@ -93,6 +94,14 @@ func (b *board) run() {
 			b.fatal("network: %v", err)
 		}
 		logf("net: eth0 %s gw %s", ip, b.cfg.get("gw", "10.0.2.2"))
+	}
+	if root := b.cfg.get("root", ""); root != "" {
+		// The Debian board: hand over to systemd on the root disk. The
+		// modules stay loaded and eth0 stays configured; the TPM bridge
+		// and the control channel run there as services.
+		if err := switchRoot(root); err != nil {
+			b.fatal("switch root to %s: %v", root, err)
+		}
 	}
 	if name := b.cfg.get("vtpm", "swtpm"); name != "" {
 		if err := startVTPM(name); err != nil {

@@ -28,6 +28,11 @@ type boardSpec struct {
 	MAC      string            // eth0's MAC; the board's device ID falls back to it
 	Cmdline  []string          // extra devid.* keys
 	Timeout  time.Duration     // the harness kills QEMU after this
+	// RootDisk and DataDisk make a disk board (the Debian board): the
+	// root filesystem on /dev/vda, the data partition on /dev/vdb, and no
+	// flash disk.
+	RootDisk, DataDisk string
+	MemMB              int
 }
 
 // board is one boot: a swtpm process and a QEMU process. A power cycle is a
@@ -68,8 +73,20 @@ func qemuArgs(s boardSpec) (bin string, args []string) {
 	for guest, host := range s.Forwards {
 		net += ",guestfwd=tcp:" + guest + "-cmd:socat - TCP:" + host
 	}
+	mem := "256"
+	if s.MemMB > 0 {
+		mem = fmt.Sprint(s.MemMB)
+	}
+	disks := []string{"-drive", "file=" + filepath.Join(s.Dir, "flash.img") + ",format=raw,if=none,id=flash,cache=writeback",
+		"-device", "virtio-blk-pci,drive=flash"}
+	if s.RootDisk != "" {
+		disks = []string{"-drive", "file=" + s.RootDisk + ",format=raw,if=none,id=root,cache=unsafe",
+			"-device", "virtio-blk-pci,drive=root",
+			"-drive", "file=" + s.DataDisk + ",format=raw,if=none,id=data,cache=writeback",
+			"-device", "virtio-blk-pci,drive=data"}
+	}
 	args = append(args,
-		"-m", "256", "-smp", "1", "-display", "none", "-monitor", "none", "-serial", "stdio",
+		"-m", mem, "-smp", "1", "-display", "none", "-monitor", "none", "-serial", "stdio",
 		"-no-reboot", "-kernel", s.Kernel, "-initrd", s.Initrd, "-append", append_,
 		"-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile="+macOpt(s.MAC),
 		"-device", "virtio-serial-pci",
@@ -79,10 +96,8 @@ func qemuArgs(s boardSpec) (bin string, args []string) {
 		"-device", "virtserialport,chardev=ctl,name=devid.ctl",
 		"-chardev", "socket,id=fac,path="+filepath.Join(s.Dir, "uart.sock")+",server=on,wait=off",
 		"-device", "pci-serial,chardev=fac",
-		"-drive", "file="+filepath.Join(s.Dir, "flash.img")+",format=raw,if=none,id=flash,cache=writeback",
-		"-device", "virtio-blk-pci,drive=flash",
 	)
-	return bin, args
+	return bin, append(args, disks...)
 }
 
 func macOpt(mac string) string {

@@ -58,23 +58,12 @@ func flow(ctx context.Context, o options, env map[string]string) error {
 	}
 
 	// The cloud and the factory CA.
-	s, err := startSim(ctx, o.simBin, filepath.Join(dir, "sim"))
+	s, caDir, rootPEM, err := startLine(ctx, o, dir, "qemu-board-line")
 	if err != nil {
 		return err
 	}
 	defer s.stop()
 	logf("flow: devid-sim up: scope %s, dps %s (%s), %d hub(s)", s.ready.IDScope, s.ready.DPS.Host, s.ready.DPS.Addr, len(s.ready.Hubs))
-	caDir := filepath.Join(dir, "ca")
-	if out, err := exec.CommandContext(ctx, o.jigBin, "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
-		return fmt.Errorf("devid-jig ca init: %v\n%s", err, out)
-	}
-	rootPEM, err := os.ReadFile(filepath.Join(caDir, "root.pem"))
-	if err != nil {
-		return err
-	}
-	if err := s.enrollGroup(ctx, "qemu-board-line", rootPEM); err != nil {
-		return err
-	}
 
 	forwards, err := prepareFlash(dir, s, rootPEM)
 	if err != nil {
@@ -250,6 +239,29 @@ func prepareFlash(dir string, s *sim, rootPEM []byte) (map[string]string, error)
 		return nil, err
 	}
 	return forwards, nil
+}
+
+// startLine starts the cloud (devid-sim) and the factory CA (devid-jig ca
+// init in dir/ca), and enrolls the CA as the DPS enrollment group.
+func startLine(ctx context.Context, o options, dir, group string) (*sim, string, []byte, error) {
+	s, err := startSim(ctx, o.simBin, filepath.Join(dir, "sim"))
+	if err != nil {
+		return nil, "", nil, err
+	}
+	caDir := filepath.Join(dir, "ca")
+	if out, err := exec.CommandContext(ctx, o.jigBin, "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
+		s.stop()
+		return nil, "", nil, fmt.Errorf("devid-jig ca init: %v\n%s", err, out)
+	}
+	rootPEM, err := os.ReadFile(filepath.Join(caDir, "root.pem"))
+	if err == nil {
+		err = s.enrollGroup(ctx, group, rootPEM)
+	}
+	if err != nil {
+		s.stop()
+		return nil, "", nil, err
+	}
+	return s, caDir, rootPEM, nil
 }
 
 // boardConfig is /etc/devid/config.toml as an image builder would ship it

@@ -9,6 +9,9 @@
 //	flow   factory programming over the UART (with the link cut mid-transfer),
 //	       power cycle, DPS registration (with a power cut while registering),
 //	       hub connection and telemetry, judged from the simulator's records
+//	debian the systemd board (Debian 12, the devid-agent .deb): boot, factory
+//	       through the service, watchdog, journal, upgrade, data partition,
+//	       in one boot, one verdict line each (debian.go)
 //
 // It prints one line per step, a summary "qemu-test: N passed, N failed",
 // and exits non-zero on any failure. Console logs stay in the work directory.
@@ -68,12 +71,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	passed, failed := 0, 0
 	for _, name := range strings.Split(*scenarios, ",") {
 		name = strings.TrimSpace(name)
 		run, ok := map[string]func(context.Context, options, map[string]string) error{
-			"smoke": smoke,
-			"flow":  flow,
+			"smoke":  smoke,
+			"flow":   flow,
+			"debian": debian,
 		}[name]
 		if !ok {
 			fmt.Fprintf(os.Stderr, "harness: unknown scenario %q\n", name)
@@ -81,17 +84,24 @@ func main() {
 		}
 		start := time.Now()
 		logf("=== %s (%s board, kernel %s)", name, o.arch, env["KERNEL_VERSION"])
-		if err := run(ctx, o, env); err != nil {
-			failed++
-			logf("--- FAIL %s (%.1fs): %v", name, time.Since(start).Seconds(), err)
-		} else {
-			passed++
-			logf("--- PASS %s (%.1fs)", name, time.Since(start).Seconds())
-		}
+		report(name, start, run(ctx, o, env))
 	}
 	fmt.Printf("qemu-test: %d passed, %d failed\n", passed, failed)
 	if failed > 0 {
 		os.Exit(1)
+	}
+}
+
+var passed, failed int
+
+// report prints one scenario's (or one step's) verdict and its time.
+func report(name string, start time.Time, err error) {
+	if err != nil {
+		failed++
+		logf("--- FAIL %s (%.1fs): %v", name, time.Since(start).Seconds(), err)
+	} else {
+		passed++
+		logf("--- PASS %s (%.1fs)", name, time.Since(start).Seconds())
 	}
 }
 

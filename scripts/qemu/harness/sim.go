@@ -103,6 +103,8 @@ type registration struct {
 	AssignedHub    string `json:"assignedHub"`
 	DeviceID       string `json:"deviceId"`
 	Status         string `json:"status"`
+	LastUpdated    string `json:"lastUpdatedDateTimeUtc"`
+	Etag           string `json:"etag"`
 	X509           struct {
 		EnrollmentGroupID string `json:"enrollmentGroupId"`
 		CertificateInfo   struct {
