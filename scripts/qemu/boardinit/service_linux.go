@@ -92,9 +92,11 @@ func serviceMain(args []string) int {
 	return 2
 }
 
-// serveControl answers "exec BASE64-COMMAND" lines with
-// "ok EXIT-CODE BASE64-OUTPUT" (stdout and stderr together; at most two
-// minutes per command) and "ping" with "ok pong".
+// serveControl answers "exec ID BASE64-COMMAND" lines with
+// "ok ID EXIT-CODE BASE64-OUTPUT" (stdout and stderr together; at most two
+// minutes per command) and "ping" with "ok pong". The ID is the host's: a
+// host that gave up waiting for one answer drops it by its ID when it comes
+// late, instead of taking it as the answer to its next command.
 func serveControl(dev string) {
 	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -123,9 +125,10 @@ func runControl(line string) string {
 	case "ping":
 		return "ok pong"
 	case "exec":
+		id, arg, _ := strings.Cut(arg, " ")
 		cmdline, err := base64.StdEncoding.DecodeString(arg)
 		if err != nil {
-			return "error bad base64"
+			return fmt.Sprintf("error %s bad base64", id)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
@@ -139,7 +142,7 @@ func runControl(line string) string {
 				code = ee.ExitCode()
 			}
 		}
-		return fmt.Sprintf("ok %d %s", code, base64.StdEncoding.EncodeToString(out))
+		return fmt.Sprintf("ok %s %d %s", id, code, base64.StdEncoding.EncodeToString(out))
 	}
 	return fmt.Sprintf("error unknown command %q", verb)
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -170,29 +172,45 @@ func (g *guest) sh(ctx context.Context, cmd string, d time.Duration) (int, strin
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(d))
-	if _, err := fmt.Fprintf(conn, "exec %s\n", base64.StdEncoding.EncodeToString([]byte(cmd))); err != nil {
+	// Every connection shares the one virtio port: an answer to a command
+	// whose wait ran out arrives later, here. The ID tells them apart.
+	id := strconv.FormatUint(controlSeq.Add(1), 10)
+	if _, err := fmt.Fprintf(conn, "exec %s %s\n", id, base64.StdEncoding.EncodeToString([]byte(cmd))); err != nil {
 		return 0, "", err
 	}
-	var line []byte
-	buf := make([]byte, 64<<10)
-	for !strings.HasSuffix(string(line), "\n") {
-		n, err := conn.Read(buf)
-		line = append(line, buf[:n]...)
+	r := bufio.NewReaderSize(conn, 64<<10)
+	for {
+		line, err := r.ReadString('\n')
 		if err != nil {
 			return 0, "", fmt.Errorf("board: %q: %w", cmd, err)
 		}
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[1] != id && isDigits(f[1]) {
+			continue // a late answer to an abandoned command
+		}
+		if len(f) < 3 || f[0] != "ok" {
+			return 0, "", fmt.Errorf("board: %q: answer %q", cmd, strings.TrimSpace(line))
+		}
+		code, _ := strconv.Atoi(f[2])
+		var out []byte
+		if len(f) > 3 {
+			out, _ = base64.StdEncoding.DecodeString(f[3])
+		}
+		return code, string(out), nil
 	}
-	f := strings.Fields(string(line))
-	if len(f) < 2 || f[0] != "ok" {
-		return 0, "", fmt.Errorf("board: %q: answer %q", cmd, strings.TrimSpace(string(line)))
-	}
-	code, _ := strconv.Atoi(f[1])
-	var out []byte
-	if len(f) > 2 {
-		out, _ = base64.StdEncoding.DecodeString(f[2])
-	}
-	return code, string(out), nil
 }
+
+func isDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// controlSeq numbers the commands sent to the board's control service.
+var controlSeq atomic.Uint64
 
 // must runs cmd and fails unless it exits 0.
 func (g *guest) must(ctx context.Context, cmd string) (string, error) {
