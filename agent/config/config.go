@@ -380,17 +380,7 @@ func (c *Config) Redacted() *Config {
 var (
 	idScopeRE = regexp.MustCompile(`^[A-Za-z0-9]{1,32}$`)
 	groupRE   = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}\$?$`)
-	deviceRE  = regexp.MustCompile(`^[a-z0-9\-._:]{1,128}$`)
 )
-
-// CheckDeviceID applies DPS's registration ID rules: lowercase
-// alphanumerics and -._: only, at most 128 characters.
-func CheckDeviceID(id string) error {
-	if !deviceRE.MatchString(id) {
-		return fmt.Errorf("%q is not a valid device ID (lowercase letters, digits and -._: only, 1..128 characters)", id)
-	}
-	return nil
-}
 
 func checkHostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)

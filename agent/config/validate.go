@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"devid/enroll/rotate"
+	"devid/hal/board"
 )
 
 // Validate checks every field and returns a *ValidationError naming each
@@ -61,8 +63,9 @@ func (p *problems) positive(field string, d Duration) {
 func (c *Config) validateGeneral(p *problems) {
 	p.absPath("state_dir", c.StateDir, true)
 	if c.DeviceID != "" {
-		if err := CheckDeviceID(c.DeviceID); err != nil {
-			p.bad("device_id", "%v", err)
+		var bad *board.IDError
+		if errors.As(board.Validate(c.DeviceID), &bad) {
+			p.bad("device_id", "%q is not a valid device ID: %s", c.DeviceID, bad.Reason)
 		}
 	}
 	switch c.LogLevel {
