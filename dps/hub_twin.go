@@ -14,7 +14,7 @@ import (
 // request/response matching by $rid (docs/dps.md).
 
 // DesiredUpdate is a desired-properties patch, or (Full) the whole
-// desired document fetched after a reconnect.
+// desired document fetched once connected.
 type DesiredUpdate struct {
 	Version int64
 	Patch   json.RawMessage
