@@ -433,6 +433,7 @@ func TestHubCrashMidTelemetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	sim.Restart()
+	sim.ClearFaults(t) // whether or not the fault survived the crash
 	b.waitFor("a reconnect after the crash", 60*time.Second, func() bool { return connects() > before })
 	b.waitDelivered("m", n)
 	b.waitFor("queue depth 0 after delivery", 10*time.Second, func() bool { return b.liveDepth() == 0 })

@@ -679,6 +679,7 @@ func TestHubCrashMidTelemetry(t *testing.T) {
 	}
 	acked := h.Stats().Sent
 	r.sim.Restart()
+	r.sim.ClearFaults(t) // whether or not the fault survived the crash
 	recs := r.sim.Telemetry(t, "dev-restart")
 	if int64(len(recs)) < acked {
 		t.Errorf("%d messages acknowledged, only %d recorded", acked, len(recs))
