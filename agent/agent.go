@@ -643,7 +643,7 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 	}
 	a.id = id
 	a.mu.Lock()
-	a.status.DeviceID, a.status.KeyBackend = id.DeviceID, id.Backend
+	a.status.KeyBackend = id.Backend
 	if len(id.Chain) > 0 {
 		a.status.CertExpiry = id.Chain[0].NotAfter
 		a.status.CertSerial = fmt.Sprintf("%x", id.Chain[0].SerialNumber)
@@ -1005,14 +1005,25 @@ func (a *Agent) Status() Status {
 	return s
 }
 
+// deviceID is the one source of Status.DeviceID: the ID the hub knows
+// once DPS assigned one, else the identity's (its certificate CN). Like
+// publishStatus, it runs on the state machine's goroutine.
+func (a *Agent) deviceID() string {
+	if a.assignment != nil && a.assignment.DeviceID != "" {
+		return a.assignment.DeviceID
+	}
+	if a.id != nil {
+		return a.id.DeviceID
+	}
+	return ""
+}
+
 func (a *Agent) publishStatus(nextRetry time.Time) {
 	a.mu.Lock()
 	a.status.State = a.state.String()
 	a.status.Since = a.persisted.Since
 	a.status.Hub = a.hubName()
-	if a.assignment != nil {
-		a.status.DeviceID = a.assignment.DeviceID
-	}
+	a.status.DeviceID = a.deviceID()
 	a.status.HubFailures = a.cnt.hubFailures
 	a.status.LastError = a.persisted.LastError
 	a.status.LastProvision = a.persisted.LastProvision

@@ -299,6 +299,9 @@ func TestProvisionConnectSend(t *testing.T) {
 		h := newHarness(t, dir, nil)
 		h.start(testIdentity(t, t0.Add(-time.Hour)))
 		h.waitState(Connected, 0)
+		if s := h.a.Status(); s.DeviceID != "dev-1" {
+			t.Errorf("status device ID %q, want dev-1", s.DeviceID)
+		}
 		for i := 0; i < 5; i++ {
 			if _, err := h.a.Enqueue(Message{Body: []byte(fmt.Sprint(i))}); err != nil {
 				t.Fatal(err)

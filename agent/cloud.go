@@ -131,7 +131,7 @@ func (c *hubConn) AddMethod(name string, fn func(name string, payload []byte) (i
 	})
 }
 
-// Connect opens the hub connection with reconnects left to the agent.
+// Connect opens one hub connection; reconnecting is the agent's job.
 func (c *DPSCloud) Connect(ctx context.Context, id *Identity, a *statedir.Assignment, h Handlers) (HubConn, error) {
 	methods := map[string]dps.MethodHandler{}
 	for _, name := range h.MethodNames {
@@ -140,17 +140,15 @@ func (c *DPSCloud) Connect(ctx context.Context, id *Identity, a *statedir.Assign
 		}
 	}
 	hc := dps.HubConfig{
-		Host:             a.Hub,
-		DeviceID:         a.DeviceID,
-		Credential:       credential(id),
-		Network:          c.net,
-		KeepAlive:        c.cfg.Hub.KeepAlive.D(),
-		ConnectTimeout:   c.cfg.Hub.ConnectTimeout.D(),
-		DisableReconnect: true,
-		Methods:          methods,
-		Now:              c.clock.Now,
-		Sleep:            sleepOn(c.clock),
-		Logger:           c.log,
+		Host:           a.Hub,
+		DeviceID:       a.DeviceID,
+		Credential:     credential(id),
+		Network:        c.net,
+		KeepAlive:      c.cfg.Hub.KeepAlive.D(),
+		ConnectTimeout: c.cfg.Hub.ConnectTimeout.D(),
+		Methods:        methods,
+		Sleep:          sleepOn(c.clock),
+		Logger:         c.log,
 	}
 	if h.C2D != nil {
 		hc.OnC2D = func(m *dps.C2DMessage) {

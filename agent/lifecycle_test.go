@@ -401,6 +401,44 @@ func TestLifecycleKill9(t *testing.T) {
 	b.waitDelivered("c", 3)
 }
 
+// TestHubCrashMidTelemetry: the agent owns reconnect and resend (the dps
+// client does neither). A kick by the hub, and a SIGKILL of the
+// simulator while messages wait for slow PUBACKs, are both followed by a
+// reconnect of the agent's own, and every message arrives at least once.
+func TestHubCrashMidTelemetry(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	sim, b := startConnectedBoard(t, "crash-dev", "")
+	connects := func() int { return strings.Count(b.stderr.String(), "state=connected") }
+
+	// 1. The hub kicks the device.
+	before := connects()
+	sim.MustDo("POST", "/sim/disconnect", map[string]string{"id": b.deviceID}, nil)
+	b.waitFor("a reconnect after the kick", 30*time.Second, func() bool { return connects() > before })
+	b.send(3, "k")
+	b.waitDelivered("k", 3)
+
+	// 2. The simulator dies with messages in flight: PUBACKs are slowed
+	//    (the simulator records a message only after the delay), so some
+	//    are surely unrecorded when it dies.
+	const n = 40
+	sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: b.deviceID, Ops: []string{"telemetry"}, DelayMs: 500})
+	b.send(n, "m")
+	b.waitFor("messages in flight", 30*time.Second, func() bool {
+		got := len(b.appTelemetry())
+		return got > 3 && got < 3+n
+	})
+	before = connects()
+	if err := syscall.Kill(sim.Ready.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	sim.Restart()
+	sim.ClearFaults(t) // whether or not the fault survived the crash
+	b.waitFor("a reconnect after the crash", 60*time.Second, func() bool { return connects() > before })
+	b.waitDelivered("m", n)
+	b.waitFor("queue depth 0 after delivery", 10*time.Second, func() bool { return b.liveDepth() == 0 })
+}
+
 // TestHubAuthRefusalReprovisionsEndToEnd deletes the device from its hub: the
 // hub refuses (CONNACK 5) and the agent goes back to DPS, which creates
 // it again.

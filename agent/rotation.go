@@ -256,7 +256,7 @@ func (r *renewal) issueHub(ctx context.Context, req rotate.IssueRequest) ([]*x50
 	}
 	r.a.log.Info("renewal: hub certificate issuance", "hub", as.Hub, "device_id", as.DeviceID)
 	h := &rotate.HubIssuer{Config: dps.HubConfig{Host: as.Hub, DeviceID: as.DeviceID, Network: r.network(),
-		KeepAlive: r.a.cfg.Hub.KeepAlive.D(), ConnectTimeout: r.a.cfg.Hub.ConnectTimeout.D(), Now: r.a.clock.Now, Sleep: sleepOn(r.a.clock),
+		KeepAlive: r.a.cfg.Hub.KeepAlive.D(), ConnectTimeout: r.a.cfg.Hub.ConnectTimeout.D(), Sleep: sleepOn(r.a.clock),
 		Logger: r.a.log.With("component", "hub-renewal")}}
 	chain, err := h.Issue(ctx, req)
 	if err == nil || ctx.Err() != nil {

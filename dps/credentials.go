@@ -22,17 +22,15 @@ const (
 )
 
 type credentialRequest struct {
-	ID      string `json:"id"`
-	CSR     string `json:"csr"`
-	Replace string `json:"replace,omitempty"`
+	ID  string `json:"id"`
+	CSR string `json:"csr"`
 }
 
 // RequestCertificate asks the hub to issue an operational certificate
 // for csrDER (DER PKCS#10, CN = device ID) and returns the chain, leaf
 // first. The hub answers 202 at once and the chain later on the same
-// subscription; this waits for it (across reconnects) until ctx ends.
-// If the connection drops before the 202, the request is sent again
-// with "replace":"*". Errors: *StatusError (400 bad CSR, 409 another
+// subscription; this waits for it until ctx ends or the connection
+// drops (then the caller asks again on its next connection). Errors: *StatusError (400 bad CSR, 409 another
 // request active, 429 with RetryAfter, 5xx), *ProtocolError for a chain
 // that does not parse or does not match the CSR's key.
 // HubConfig.CertificateRenewal must be set.
@@ -61,39 +59,28 @@ func (h *Hub) RequestCertificate(ctx context.Context, csrDER []byte) ([]*x509.Ce
 		delete(h.waiters, rid)
 		h.mu.Unlock()
 	}()
-	req := credentialRequest{ID: h.cfg.DeviceID, CSR: base64.StdEncoding.EncodeToString(csrDER)}
-	accepted := false
+	s, err := h.session()
+	if err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(credentialRequest{ID: h.cfg.DeviceID, CSR: base64.StdEncoding.EncodeToString(csrDER)})
+	s.publishAsync(fmt.Sprintf(credentialsPostFmt, rid), 1, body)
 	for {
-		s, err := h.session(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctxError(ctx, "hub certificate request", 0, nil)
+		select {
+		case r := <-ch:
+			switch r.resp.Status {
+			case 202: // accepted; the chain follows on the same subscription
+			case 200:
+				return parseIssuedCredential(r.body, csr.PublicKey)
+			default:
+				return nil, parseStatusError("hub certificate request", r.resp, r.body)
 			}
-			return nil, err
-		}
-		if !accepted {
-			body, _ := json.Marshal(req)
-			s.publishAsync(fmt.Sprintf(credentialsPostFmt, rid), 1, body)
-			req.Replace = "*" // a resend replaces our own earlier request
-		}
-		for waiting := true; waiting; {
-			select {
-			case r := <-ch:
-				switch {
-				case r.resp.Status == 202:
-					accepted = true
-				case r.resp.Status == 200:
-					return parseIssuedCredential(r.body, csr.PublicKey)
-				default:
-					return nil, parseStatusError("hub certificate request", r.resp, r.body)
-				}
-			case <-s.lost:
-				waiting = false // wait for the next session; resend unless accepted
-			case <-h.done:
-				return nil, h.stopped()
-			case <-ctx.Done():
-				return nil, ctxError(ctx, "hub certificate request", 0, nil)
-			}
+		case <-s.lost:
+			return nil, s.lostErr
+		case <-h.done:
+			return nil, h.stopped()
+		case <-ctx.Done():
+			return nil, ctxError(ctx, "hub certificate request", 0, nil)
 		}
 	}
 }

@@ -30,12 +30,7 @@ func Example() {
 	case err != nil:
 		log.Fatal(err)
 	}
-	hub, err := dps.ConnectHub(ctx, dps.HubConfig{Host: res.AssignedHub, DeviceID: res.DeviceID, Credential: cred,
-		OnState: func(e dps.StateEvent) {
-			if e.Reprovision {
-				log.Printf("hub says re-provision: %v", e.Err)
-			}
-		}})
+	hub, err := dps.ConnectHub(ctx, dps.HubConfig{Host: res.AssignedHub, DeviceID: res.DeviceID, Credential: cred})
 	if errors.Is(err, dps.ErrNotAuthorized) {
 		log.Print("the hub does not know this identity: register again")
 		return
@@ -48,5 +43,12 @@ func Example() {
 		ContentEncoding: "utf-8", Properties: map[string]string{"alarm": "false"}})
 	if err != nil {
 		log.Print(err)
+	}
+	// The connection does not come back by itself: when it drops, Done
+	// closes and the caller connects again (or registers again).
+	select {
+	case <-hub.Done():
+		log.Printf("hub connection lost: %v", hub.Err())
+	case <-ctx.Done():
 	}
 }

@@ -2,13 +2,10 @@ package dps
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,42 +36,26 @@ type HubConfig struct {
 	// ModelID is an optional Plug and Play model ID (&model-id=).
 	ModelID string
 	// CleanSession false (the default) keeps the hub session so C2D
-	// messages queued while offline are delivered on reconnect.
+	// messages queued while offline are delivered on the next connection.
 	CleanSession bool
 	// KeepAlive defaults to 240 s and is capped at 1177 s.
 	KeepAlive time.Duration
-	// MaxInFlight bounds unacknowledged telemetry; SendTelemetry blocks
-	// while the window is full. Default 32.
-	MaxInFlight int
-	// ConnectTimeout bounds one connection attempt (dial, TLS, CONNECT,
+	// ConnectTimeout bounds the connection attempt (dial, TLS, CONNECT,
 	// SUBSCRIBE). Default 30 s.
 	ConnectTimeout time.Duration
-	// RequestTimeout bounds one twin request/response exchange on a
-	// connection before it is retried. Default 30 s.
+	// RequestTimeout bounds one twin request/response exchange before it
+	// is retried. Default 30 s.
 	RequestTimeout time.Duration
-
-	// DisableReconnect: when the connection drops, Done() closes with
-	// the cause instead of reconnecting (the caller runs its own loop).
-	DisableReconnect bool
-	// Backoff between reconnect attempts. Default base 1 s, max 120 s,
-	// full jitter.
+	// Backoff between twin request retries (429, 5xx, no response).
+	// Default base 1 s, max 120 s, full jitter.
 	Backoff Backoff
-	// AuthRefusalLimit is how many consecutive CONNACK refusals
-	// (not authorized) a reconnect loop takes before giving up with
-	// Err() matching ErrNotAuthorized. Default 1: the hub no longer
-	// knows this identity, so re-provision.
-	AuthRefusalLimit int
-	// ReprovisionAfter consecutive failed reconnects sets
-	// StateEvent.Reprovision (the SDK guidance is 10). The loop keeps
-	// trying; the caller decides.
-	ReprovisionAfter int
 
 	// OnC2D receives cloud-to-device messages; the message is
 	// acknowledged (PUBACK) when OnC2D returns. Without it, no C2D
 	// subscription is made and messages stay queued in the hub.
 	OnC2D func(*C2DMessage)
-	// OnDesired receives desired-property patches, and after every
-	// (re)connect the full desired document if its $version changed.
+	// OnDesired receives desired-property patches, and once connected
+	// the full desired document.
 	OnDesired func(DesiredUpdate)
 	// Methods are direct-method handlers by name; more can be added with
 	// HandleMethod.
@@ -84,116 +65,43 @@ type HubConfig struct {
 	// defaults APIVersion to 2025-08-01-preview, which that preview API
 	// requires.
 	CertificateRenewal bool
-	// OnState reports connection state changes. It runs on the
-	// connection goroutine; do not block in it.
-	OnState func(StateEvent)
 
-	// Now and Sleep are the time source of the waits (nil: real time);
-	// Sleep waits d or until ctx is done, returning ctx.Err(). Tests pass
-	// virtual time, the agent its clock. Plain functions, because dps
+	// Sleep is the time source of the retry waits (nil: real time); it
+	// waits d or until ctx is done, returning ctx.Err(). Tests pass
+	// virtual time, the agent its clock. A plain function, because dps
 	// imports no devid package (the agent's clock is hal/clock).
-	Now    func() time.Time
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Rand   func() float64
 	Logger *slog.Logger
 }
 
-// ConnState is the hub connection state.
-type ConnState int
-
-const (
-	StateConnecting ConnState = iota
-	StateConnected
-	StateDisconnected
-	// StateUnauthorized: the hub refused the identity (CONNACK 5). The
-	// caller should re-provision through DPS.
-	StateUnauthorized
-	// StateClosed: the client stopped (Close, a terminal error, or
-	// DisableReconnect). Err() says why.
-	StateClosed
-)
-
-func (s ConnState) String() string {
-	switch s {
-	case StateConnecting:
-		return "connecting"
-	case StateConnected:
-		return "connected"
-	case StateDisconnected:
-		return "disconnected"
-	case StateUnauthorized:
-		return "unauthorized"
-	case StateClosed:
-		return "closed"
-	}
-	return fmt.Sprintf("ConnState(%d)", int(s))
-}
-
-// StateEvent is one connection state change.
-type StateEvent struct {
-	State ConnState
-	Err   error
-	// Failures is the number of consecutive failed connection attempts.
-	Failures int
-	// Reprovision is set when the guidance says to go back to DPS: the
-	// hub refused the identity, or ReprovisionAfter attempts failed.
-	Reprovision bool
-}
-
-// DesiredUpdate is a desired-properties patch, or (Full) the whole
-// desired document fetched after a reconnect.
-type DesiredUpdate struct {
-	Version int64
-	Patch   json.RawMessage
-	Full    bool
-}
-
-// MethodRequest is a direct-method invocation.
-type MethodRequest struct {
-	Name    string
-	RID     string
-	Payload []byte
-}
-
-// MethodHandler answers a direct method with a status (any integer) and
-// an optional JSON payload. ctx ends when the hub client closes.
-type MethodHandler func(ctx context.Context, req MethodRequest) (status int, payload []byte)
-
-// Twin is a full twin document from GET.
-type Twin struct {
-	Desired         json.RawMessage `json:"desired"`
-	Reported        json.RawMessage `json:"reported"`
-	DesiredVersion  int64           `json:"-"`
-	ReportedVersion int64           `json:"-"`
-}
-
 // HubStats are counters for status output and benchmarks.
 type HubStats struct {
-	Connects   int64 // successful connections
-	Sent       int64 // telemetry acknowledged by PUBACK
-	Resent     int64 // telemetry publishes repeated after a connection loss
-	C2D        int64
-	Methods    int64
-	Desired    int64
-	InFlight   int64
-	AuthRefuse int64
+	Sent     int64 // telemetry acknowledged by PUBACK
+	C2D      int64
+	Methods  int64
+	Desired  int64
+	InFlight int64 // SendTelemetry calls waiting for their PUBACK
 }
 
-// Hub is a connection to an IoT Hub with reconnect, at-least-once
-// telemetry, C2D, twin and direct methods. Its methods are safe for
-// concurrent use.
+// Hub is one connection to an IoT Hub: at-least-once telemetry, C2D,
+// twin and direct methods. It does not reconnect: when the connection
+// drops, Done closes and Err says why, and the caller decides when to
+// connect again (the agent's state machine owns reconnect, backoff,
+// re-provisioning and resending, docs/agent.md). Its methods are safe
+// for concurrent use.
 type Hub struct {
 	cfg  HubConfig
 	host string // cfg.Host without a port
 	log  *slog.Logger
+	s    *session // set once, under mu, when ConnectHub has connected
 
+	// ctx ends at Close or when the connection drops; handlers and the
+	// twin fetch after connecting run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	window chan struct{}
 
 	mu      sync.Mutex
-	cur     *session
-	up      chan struct{} // closed while cur != nil
 	methods map[string]MethodHandler
 	waiters map[string]chan twinReply
 	err     error
@@ -203,23 +111,16 @@ type Hub struct {
 	rid            atomic.Uint64
 	desiredVersion atomic.Int64
 	stats          struct {
-		connects, sent, resent, c2d, methods, desired, inflight, authRefuse atomic.Int64
+		sent, c2d, methods, desired, inflight atomic.Int64
 	}
 }
-
-type twinReply struct {
-	resp Response
-	body []byte
-}
-
-var deviceIDRe = regexp.MustCompile(`^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$`)
 
 func (cfg *HubConfig) defaults() error {
 	if cfg.Host == "" || strings.ContainsAny(cfg.Host, "/#+? \t") {
 		return &ConfigError{Field: "hub host", Err: fmt.Errorf("%q is not a host name", cfg.Host)}
 	}
-	if !deviceIDRe.MatchString(cfg.DeviceID) {
-		return &ConfigError{Field: "device_id", Err: fmt.Errorf("%q: want 1-128 of A-Z a-z 0-9 - . %% _ * ? ! ( ) , : = @ $ '", cfg.DeviceID)}
+	if err := checkWireID("device_id", cfg.DeviceID); err != nil {
+		return err
 	}
 	if err := cfg.Credential.validate(); err != nil {
 		return err
@@ -230,21 +131,12 @@ func (cfg *HubConfig) defaults() error {
 			cfg.APIVersion = hubCSRAPIVersion
 		}
 	}
-	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 120*time.Second, &cfg.Now, &cfg.Sleep, &cfg.Rand, &cfg.Logger)
-	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 32
-	}
+	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 120*time.Second, &cfg.Sleep, &cfg.Rand, &cfg.Logger)
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 30 * time.Second
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 30 * time.Second
-	}
-	if cfg.AuthRefusalLimit <= 0 {
-		cfg.AuthRefusalLimit = 1
-	}
-	if cfg.ReprovisionAfter <= 0 {
-		cfg.ReprovisionAfter = 10
 	}
 	return nil
 }
@@ -252,8 +144,6 @@ func (cfg *HubConfig) defaults() error {
 // ConnectHub connects to the hub and returns once the device is
 // connected and subscribed, or with a typed error: errors.Is(err,
 // ErrNotAuthorized) means the hub refused the identity (re-provision).
-// After that, the connection is kept up in the background (unless
-// DisableReconnect).
 func ConnectHub(ctx context.Context, cfg HubConfig) (*Hub, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
@@ -266,8 +156,6 @@ func ConnectHub(ctx context.Context, cfg HubConfig) (*Hub, error) {
 		cfg:     cfg,
 		host:    host,
 		log:     cfg.Logger.With("component", "hub", "hub", host, "device_id", cfg.DeviceID),
-		window:  make(chan struct{}, cfg.MaxInFlight),
-		up:      make(chan struct{}),
 		methods: map[string]MethodHandler{},
 		waiters: map[string]chan twinReply{},
 		done:    make(chan struct{}),
@@ -278,21 +166,22 @@ func ConnectHub(ctx context.Context, cfg HubConfig) (*Hub, error) {
 	}
 	h.desiredVersion.Store(-1)
 	h.ctx, h.cancel = context.WithCancel(context.Background())
-	h.emit(StateEvent{State: StateConnecting})
+	h.logState("connecting", nil)
 	s, err := h.connect(ctx)
 	if err != nil {
 		h.cancel()
-		close(h.exited)
 		return nil, err
 	}
-	h.setSession(s)
-	h.emit(StateEvent{State: StateConnected})
-	go h.afterConnect(s)
-	go h.supervise(s)
+	h.mu.Lock()
+	h.s = s // messages may be dispatched already (see session)
+	h.mu.Unlock()
+	h.logState("connected", nil)
+	go h.afterConnect()
+	go h.watch()
 	return h, nil
 }
 
-// connect makes one session: dial, CONNECT, SUBSCRIBE.
+// connect makes the session: dial, CONNECT, SUBSCRIBE.
 func (h *Hub) connect(ctx context.Context) (*session, error) {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.ConnectTimeout)
 	defer cancel()
@@ -323,101 +212,32 @@ func (h *Hub) connect(ctx context.Context) (*session, error) {
 		}
 		return nil, err
 	}
-	h.stats.connects.Add(1)
 	return s, nil
 }
 
-func (h *Hub) setSession(s *session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.cur = s
-	if s != nil {
-		close(h.up)
-	} else {
-		h.up = make(chan struct{})
-	}
+func (h *Hub) logState(state string, err error) {
+	h.log.Info("hub state", "state", state, "err", err)
 }
 
-func (h *Hub) emit(ev StateEvent) {
-	h.log.Info("hub state", "state", ev.State.String(), "err", ev.Err, "failures", ev.Failures, "reprovision", ev.Reprovision)
-	if h.cfg.OnState != nil {
-		h.cfg.OnState(ev)
-	}
-}
-
-// supervise watches the session and reconnects with jittered backoff.
-func (h *Hub) supervise(s *session) {
+// watch stops the client when the connection drops: Done closes with the
+// cause, for the caller to reconnect.
+func (h *Hub) watch() {
 	defer close(h.exited)
-	for {
-		started := h.cfg.Now()
-		select {
-		case <-h.ctx.Done():
-			return
-		case <-s.lost:
-		}
-		lostErr := s.lostErr
-		h.setSession(nil)
-		if h.ctx.Err() != nil {
-			return
-		}
-		h.emit(StateEvent{State: StateDisconnected, Err: lostErr})
-		if h.cfg.DisableReconnect {
-			h.finish(lostErr)
-			return
-		}
-		failures := 0
-		if h.cfg.Now().Sub(started) < time.Minute {
-			// It dropped soon after connecting: do not reconnect at once
-			// (repeated immediate disconnects must back off).
-			failures = 1
-		}
-		refusals := 0
-		for {
-			d := h.cfg.Backoff.Delay(failures, h.cfg.Rand)
-			if err := h.cfg.Sleep(h.ctx, d); err != nil {
-				return
-			}
-			h.emit(StateEvent{State: StateConnecting, Failures: failures})
-			ns, err := h.connect(h.ctx)
-			if err == nil {
-				s = ns
-				h.setSession(s)
-				h.emit(StateEvent{State: StateConnected})
-				go h.afterConnect(s)
-				break
-			}
-			if h.ctx.Err() != nil {
-				return
-			}
-			failures++
-			if errors.Is(err, ErrNotAuthorized) {
-				refusals++
-				h.stats.authRefuse.Add(1)
-				h.emit(StateEvent{State: StateUnauthorized, Err: err, Failures: failures, Reprovision: true})
-				if refusals >= h.cfg.AuthRefusalLimit {
-					h.finish(err)
-					return
-				}
-				continue
-			}
-			refusals = 0
-			if !Retryable(err) {
-				h.finish(err)
-				return
-			}
-			h.emit(StateEvent{State: StateDisconnected, Err: err, Failures: failures, Reprovision: failures >= h.cfg.ReprovisionAfter})
-		}
+	select {
+	case <-h.ctx.Done():
+		return
+	case <-h.s.lost:
 	}
-}
-
-// finish stops the client with err (terminal).
-func (h *Hub) finish(err error) {
+	if h.ctx.Err() != nil {
+		return
+	}
+	h.logState("disconnected", h.s.lostErr)
 	h.mu.Lock()
 	if h.err == nil {
-		h.err = err
+		h.err = h.s.lostErr
 	}
 	h.mu.Unlock()
-	h.emit(StateEvent{State: StateClosed, Err: err, Reprovision: errors.Is(err, ErrNotAuthorized)})
+	h.logState("closed", h.s.lostErr)
 	h.cancel()
 	h.closeDone()
 }
@@ -432,9 +252,10 @@ func (h *Hub) closeDone() {
 	}
 }
 
-// afterConnect re-reads the twin so desired changes made while offline
-// are not missed (the hub only pushes patches to connected devices).
-func (h *Hub) afterConnect(s *session) {
+// afterConnect reads the twin so desired changes made while the device
+// was offline are not missed (the hub only pushes patches to connected
+// devices).
+func (h *Hub) afterConnect() {
 	if h.cfg.OnDesired == nil {
 		return
 	}
@@ -452,73 +273,71 @@ func (h *Hub) afterConnect(s *session) {
 	}
 }
 
-// Done is closed when the client stops for good: Close, a terminal
-// error, or a drop with DisableReconnect. Err says why.
+// Done is closed when the client stops: Close, or the connection
+// dropped. Err says why.
 func (h *Hub) Done() <-chan struct{} { return h.done }
 
-// Err is the reason the client stopped, or nil while it runs.
+// Err is the reason the client stopped, or nil while it runs. A dropped
+// connection is usually Retryable; ErrHubClosed follows Close.
 func (h *Hub) Err() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.err
 }
 
-// Connected reports whether a session is up right now.
+// Connected reports whether the connection is up.
 func (h *Hub) Connected() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.cur != nil
+	_, err := h.session()
+	return err == nil
 }
 
 // Stats returns counters.
 func (h *Hub) Stats() HubStats {
 	return HubStats{
-		Connects: h.stats.connects.Load(), Sent: h.stats.sent.Load(), Resent: h.stats.resent.Load(),
-		C2D: h.stats.c2d.Load(), Methods: h.stats.methods.Load(), Desired: h.stats.desired.Load(),
-		InFlight: h.stats.inflight.Load(), AuthRefuse: h.stats.authRefuse.Load(),
+		Sent: h.stats.sent.Load(), C2D: h.stats.c2d.Load(), Methods: h.stats.methods.Load(),
+		Desired: h.stats.desired.Load(), InFlight: h.stats.inflight.Load(),
 	}
 }
 
-// Close disconnects (sending DISCONNECT) and stops reconnecting.
-// Pending SendTelemetry calls return ErrHubClosed.
+// Close disconnects (sending DISCONNECT). Pending calls return
+// ErrHubClosed.
 func (h *Hub) Close() error {
 	h.mu.Lock()
 	running := h.err == nil
 	if running {
 		h.err = ErrHubClosed
 	}
-	s := h.cur
 	h.mu.Unlock()
 	h.cancel()
-	if s != nil {
-		s.close()
-	}
+	h.s.close()
 	<-h.exited
 	h.closeDone()
 	if running {
-		h.emit(StateEvent{State: StateClosed, Err: ErrHubClosed})
+		h.logState("closed", ErrHubClosed)
 	}
 	return nil
 }
 
-// session waits for a connected session.
-func (h *Hub) session(ctx context.Context) (*session, error) {
-	for {
-		h.mu.Lock()
-		s, up, err := h.cur, h.up, h.err
-		h.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		if s != nil {
-			return s, nil
-		}
-		select {
-		case <-up:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-h.done:
-		}
+// errConnecting: a message arrived between SUBACK and ConnectHub's
+// return; its answer cannot be sent yet.
+var errConnecting = errors.New("dps: hub connection not set up yet")
+
+// session returns the connected session, or why there is none.
+func (h *Hub) session() (*session, error) {
+	h.mu.Lock()
+	s, err := h.s, h.err
+	h.mu.Unlock()
+	switch {
+	case err != nil:
+		return nil, err
+	case s == nil:
+		return nil, errConnecting
+	}
+	select {
+	case <-s.lost:
+		return nil, s.lostErr
+	default:
+		return s, nil
 	}
 }
 
@@ -532,313 +351,44 @@ func (h *Hub) stopped() error {
 }
 
 // SendTelemetry publishes m at QoS 1 and returns when the hub has
-// acknowledged it (PUBACK). If the connection drops first, the message
-// is published again on the next connection (at-least-once: the hub may
-// see a duplicate, never a loss). It blocks while MaxInFlight messages
-// are unacknowledged. A ctx that ends first returns ctx.Err(); the
-// message may or may not have arrived.
+// acknowledged it (PUBACK). If the connection drops first it returns the
+// cause and the message may or may not have arrived: the caller sends it
+// again on its next connection (at-least-once, as the agent's queue
+// does). A ctx that ends first returns ctx.Err(), with the same
+// uncertainty. The caller bounds how many calls run at once.
 func (h *Hub) SendTelemetry(ctx context.Context, m *Message) error {
 	topic := TelemetryTopic(h.cfg.DeviceID, m)
 	if n := len(topic) + len(m.Payload); n > MaxTelemetrySize {
 		return &ConfigError{Field: "telemetry message", Err: fmt.Errorf("%w: %d bytes with topic, limit %d", ErrTooLarge, n, MaxTelemetrySize)}
 	}
-	select {
-	case h.window <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-h.done:
-		return h.stopped()
+	s, err := h.session()
+	if err != nil {
+		return err
 	}
 	h.stats.inflight.Add(1)
-	defer func() {
-		<-h.window
-		h.stats.inflight.Add(-1)
-	}()
-	for attempt := 0; ; attempt++ {
-		s, err := h.session(ctx)
-		if err != nil {
-			return err
+	defer h.stats.inflight.Add(-1)
+	tok := s.publishAsync(topic, 1, m.Payload)
+	select {
+	case <-tok.Done():
+		if tok.Error() == nil {
+			h.stats.sent.Add(1)
+			return nil
 		}
-		if attempt > 0 {
-			h.stats.resent.Add(1)
-		}
-		tok := s.publishAsync(topic, 1, m.Payload)
+		// Not connected / connection lost while publishing: report the
+		// loss, not paho's wording of it.
 		select {
-		case <-tok.Done():
-			if tok.Error() == nil {
-				h.stats.sent.Add(1)
-				return nil
-			}
-			// Not connected / connection lost while publishing: wait for
-			// the supervisor to notice, then resend.
-			select {
-			case <-s.lost:
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-h.done:
-				return h.stopped()
-			}
 		case <-s.lost:
+			return s.lostErr
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-h.done:
 			return h.stopped()
 		}
-	}
-}
-
-// GetTwin fetches the full twin.
-func (h *Hub) GetTwin(ctx context.Context) (*Twin, error) {
-	_, body, err := h.twinRequest(ctx, "twin get", twinGetFmt, nil)
-	if err != nil {
-		return nil, err
-	}
-	return ParseTwin(body)
-}
-
-// ParseTwin decodes a twin GET body and the two $version numbers.
-func ParseTwin(body []byte) (*Twin, error) {
-	var t Twin
-	if err := json.Unmarshal(body, &t); err != nil {
-		return nil, &ProtocolError{What: "twin body", Raw: string(body), Err: err}
-	}
-	var v struct {
-		Version *int64 `json:"$version"`
-	}
-	if len(t.Desired) > 0 {
-		if err := json.Unmarshal(t.Desired, &v); err != nil {
-			return nil, &ProtocolError{What: "twin desired", Raw: string(t.Desired), Err: err}
-		}
-		if v.Version != nil {
-			t.DesiredVersion = *v.Version
-		}
-	}
-	v.Version = nil
-	if len(t.Reported) > 0 {
-		if err := json.Unmarshal(t.Reported, &v); err != nil {
-			return nil, &ProtocolError{What: "twin reported", Raw: string(t.Reported), Err: err}
-		}
-		if v.Version != nil {
-			t.ReportedVersion = *v.Version
-		}
-	}
-	return &t, nil
-}
-
-// UpdateReported sends a reported-properties patch (members set to null
-// are deleted) and returns the new reported $version.
-func (h *Hub) UpdateReported(ctx context.Context, patch any) (int64, error) {
-	var body []byte
-	switch p := patch.(type) {
-	case json.RawMessage:
-		body = p
-	case []byte:
-		body = p
-	default:
-		var err error
-		if body, err = json.Marshal(patch); err != nil {
-			return 0, fmt.Errorf("reported patch: %w", err)
-		}
-	}
-	if !json.Valid(body) || !strings.HasPrefix(strings.TrimSpace(string(body)), "{") {
-		return 0, &ConfigError{Field: "reported patch", Err: errors.New("must be a JSON object")}
-	}
-	resp, _, err := h.twinRequest(ctx, "twin patch", twinPatchFmt, body)
-	if err != nil {
-		return 0, err
-	}
-	return resp.Version, nil
-}
-
-// twinRequest runs one twin exchange, retrying on connection loss,
-// response timeout, 429 and 5xx until ctx ends.
-func (h *Hub) twinRequest(ctx context.Context, op, format string, body []byte) (Response, []byte, error) {
-	failures := 0
-	var last error
-	for {
-		s, err := h.session(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return Response{}, nil, ctxError(ctx, op, failures, last)
-			}
-			return Response{}, nil, err
-		}
-		rid := strconv.FormatUint(h.rid.Add(1), 10)
-		ch := make(chan twinReply, 1)
-		h.mu.Lock()
-		h.waiters[rid] = ch
-		h.mu.Unlock()
-		resp, rbody, err := h.twinExchange(ctx, s, fmt.Sprintf(format, rid), body, ch)
-		h.mu.Lock()
-		delete(h.waiters, rid)
-		h.mu.Unlock()
-		if err == nil {
-			if resp.Status < 300 {
-				return resp, rbody, nil
-			}
-			err = parseStatusError(op, resp, rbody)
-		}
-		if ctx.Err() != nil {
-			return Response{}, nil, ctxError(ctx, op, failures, err)
-		}
-		if !Retryable(err) {
-			return Response{}, nil, err
-		}
-		last = err
-		d := h.cfg.Backoff.Delay(failures, h.cfg.Rand)
-		var se *StatusError
-		if errors.As(err, &se) && se.RetryAfter > 0 {
-			d = max(d, clampRetryAfter(se.RetryAfter, 0, 300*time.Second))
-		}
-		failures++
-		if err := h.cfg.Sleep(ctx, d); err != nil {
-			return Response{}, nil, ctxError(ctx, op, failures, last)
-		}
-	}
-}
-
-func (h *Hub) twinExchange(ctx context.Context, s *session, topic string, body []byte, ch <-chan twinReply) (Response, []byte, error) {
-	tctx, cancel := context.WithTimeout(ctx, h.cfg.RequestTimeout)
-	defer cancel()
-	if body == nil {
-		body = []byte{}
-	}
-	s.publishAsync(topic, 0, body)
-	select {
-	case r := <-ch:
-		return r.resp, r.body, nil
 	case <-s.lost:
-		return Response{}, nil, s.lostErr
+		return s.lostErr
+	case <-ctx.Done():
+		return ctx.Err()
 	case <-h.done:
-		return Response{}, nil, h.stopped()
-	case <-tctx.Done():
-		if ctx.Err() != nil {
-			return Response{}, nil, ctx.Err()
-		}
-		return Response{}, nil, &TimeoutError{Op: "hub response to " + topic, Err: ErrNoResponse}
+		return h.stopped()
 	}
-}
-
-// HandleMethod registers (or with nil, removes) a direct-method handler.
-func (h *Hub) HandleMethod(name string, fn MethodHandler) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if fn == nil {
-		delete(h.methods, name)
-		return
-	}
-	h.methods[name] = fn
-}
-
-// deliver hands a response to the request waiting on its $rid without
-// blocking the dispatcher. It reports false when no request waits.
-func (h *Hub) deliver(resp Response, payload []byte) bool {
-	h.mu.Lock()
-	ch := h.waiters[resp.RID]
-	h.mu.Unlock()
-	if ch == nil {
-		return false
-	}
-	select {
-	case ch <- twinReply{resp, append([]byte(nil), payload...)}:
-	default:
-	}
-	return true
-}
-
-// dispatch routes one inbound PUBLISH. It runs on its own goroutine.
-func (h *Hub) dispatch(topic string, payload []byte) {
-	switch {
-	case strings.HasPrefix(topic, twinResPrefix):
-		resp, err := ParseTwinResponseTopic(topic)
-		if err != nil {
-			h.log.Warn("bad twin response", "err", err)
-			return
-		}
-		if !h.deliver(resp, payload) {
-			h.log.Debug("twin response for no request", "topic", topic)
-		}
-	case strings.HasPrefix(topic, credentialsResPrefix):
-		resp, err := parseResponseTopic(topic, credentialsResPrefix)
-		if err != nil {
-			h.log.Warn("bad credentials response", "err", err)
-			return
-		}
-		if !h.deliver(resp, payload) {
-			h.log.Info("credentials response for no request", "topic", topic)
-		}
-	case strings.HasPrefix(topic, twinDesiredPrefix):
-		v, ok, err := parseDesiredTopic(topic)
-		if err != nil {
-			h.log.Warn("bad desired patch topic", "err", err)
-		}
-		if !ok {
-			// The version is also in the body.
-			var b struct {
-				Version *int64 `json:"$version"`
-			}
-			if json.Unmarshal(payload, &b) == nil && b.Version != nil {
-				v = *b.Version
-			}
-		}
-		h.desiredVersion.Store(v)
-		h.stats.desired.Add(1)
-		if h.cfg.OnDesired != nil {
-			h.cfg.OnDesired(DesiredUpdate{Version: v, Patch: append(json.RawMessage(nil), payload...)})
-		}
-	case strings.HasPrefix(topic, methodsPrefix):
-		h.handleMethod(topic, payload)
-	case strings.HasPrefix(topic, "devices/"):
-		m, err := ParseC2DTopic(h.cfg.DeviceID, topic)
-		if err != nil {
-			h.log.Warn("bad c2d topic", "err", err)
-			return
-		}
-		m.Payload = append([]byte(nil), payload...)
-		h.stats.c2d.Add(1)
-		if h.cfg.OnC2D != nil {
-			h.cfg.OnC2D(m)
-		}
-	default:
-		h.log.Warn("message on unexpected topic", "topic", topic)
-	}
-}
-
-func (h *Hub) handleMethod(topic string, payload []byte) {
-	mt, err := parseMethodTopic(topic)
-	if err != nil {
-		h.log.Warn("bad method topic", "err", err)
-		return
-	}
-	h.stats.methods.Add(1)
-	h.mu.Lock()
-	fn := h.methods[mt.Name]
-	h.mu.Unlock()
-	status, body := 501, []byte(`{"message":"method not implemented on this device"}`)
-	if fn != nil {
-		status, body = h.callMethod(fn, MethodRequest{Name: mt.Name, RID: mt.RID, Payload: append([]byte(nil), payload...)})
-	}
-	if body == nil {
-		body = []byte{}
-	}
-	h.mu.Lock()
-	s := h.cur
-	h.mu.Unlock()
-	if s == nil {
-		h.log.Warn("method response dropped: not connected", "method", mt.Name, "rid", mt.RID)
-		return
-	}
-	s.publishAsync(fmt.Sprintf(methodResFmt, status, mt.RID), 0, body)
-}
-
-// callMethod runs a handler; a panic answers 500 instead of taking the
-// whole agent down with it.
-func (h *Hub) callMethod(fn MethodHandler, req MethodRequest) (status int, body []byte) {
-	defer func() {
-		if p := recover(); p != nil {
-			h.log.Error("direct method handler panicked", "method", req.Name, "panic", fmt.Sprint(p))
-			status, body = 500, []byte(`{"message":"method handler failed on the device"}`)
-		}
-	}()
-	return fn(h.ctx, req)
 }

@@ -52,7 +52,7 @@ func TestFailedConnectsNoGoroutineLeak(t *testing.T) {
 		// Hub connects that fail before CONNACK.
 		for _, n := range nets[1:] {
 			h, err := ConnectHub(context.Background(), HubConfig{Host: host, DeviceID: "leak-reg", Credential: cred,
-				Network: n, DisableReconnect: true})
+				Network: n})
 			if err == nil {
 				h.Close()
 				t.Fatalf("hub connect via %v succeeded", n.Resolve)

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -95,8 +94,6 @@ const (
 	pollWindow = 10 * time.Second
 )
 
-var registrationIDRe = regexp.MustCompile(`^[A-Za-z0-9._:-]{0,127}[A-Za-z0-9-]$`)
-
 func (cfg *Config) defaults() error {
 	if cfg.Endpoint == "" {
 		cfg.Endpoint = DefaultEndpoint
@@ -117,8 +114,8 @@ func (cfg *Config) defaults() error {
 	if cfg.RegistrationID == "" {
 		cfg.RegistrationID = cn
 	}
-	if !registrationIDRe.MatchString(cfg.RegistrationID) {
-		return &ConfigError{Field: "registration_id", Err: fmt.Errorf("%q: want ≤128 of A-Z a-z 0-9 - . _ :, ending alphanumeric or -", cfg.RegistrationID)}
+	if err := checkWireID("registration_id", cfg.RegistrationID); err != nil {
+		return err
 	}
 	if !strings.EqualFold(cfg.RegistrationID, cn) {
 		return &ConfigError{Field: "registration_id", Err: fmt.Errorf("%q differs from the certificate CN %q; DPS requires them equal", cfg.RegistrationID, cn)}
@@ -159,7 +156,10 @@ func (cfg *Config) defaults() error {
 	if cfg.MaxRetryAfter <= 0 {
 		cfg.MaxRetryAfter = 300 * time.Second
 	}
-	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 60*time.Second, &cfg.Now, &cfg.Sleep, &cfg.Rand, &cfg.Logger)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	sharedDefaults(&cfg.KeepAlive, &cfg.Backoff, 60*time.Second, &cfg.Sleep, &cfg.Rand, &cfg.Logger)
 	return nil
 }
 

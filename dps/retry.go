@@ -25,7 +25,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // Backoff is exponential backoff with full jitter for the retries inside
-// dps (429, 5xx, transport failures, reconnects). It is dps's own because
+// dps (429, 5xx, transport failures, twin requests). It is dps's own because
 // dps imports no devid package; the agent's backoff between attempts is
 // hal/clock's Backoff.
 //
@@ -112,8 +112,8 @@ func (p *pollLimiter) record(now time.Time) {
 
 // sharedDefaults fills the fields Config and HubConfig have in common:
 // keep-alive (defaulted and clamped to [1 s, MaxKeepAlive]), backoff
-// (base 1 s, max maxBackoff), time source, jitter source and logger.
-func sharedDefaults(keepAlive *time.Duration, b *Backoff, maxBackoff time.Duration, now *func() time.Time, sleepFn *func(context.Context, time.Duration) error, rnd *func() float64, logger **slog.Logger) {
+// (base 1 s, max maxBackoff), sleep, jitter source and logger.
+func sharedDefaults(keepAlive *time.Duration, b *Backoff, maxBackoff time.Duration, sleepFn *func(context.Context, time.Duration) error, rnd *func() float64, logger **slog.Logger) {
 	if *keepAlive <= 0 {
 		*keepAlive = DefaultKeepAlive
 	}
@@ -123,9 +123,6 @@ func sharedDefaults(keepAlive *time.Duration, b *Backoff, maxBackoff time.Durati
 	}
 	if b.Max <= 0 {
 		b.Max = maxBackoff
-	}
-	if *now == nil {
-		*now = time.Now
 	}
 	if *sleepFn == nil {
 		*sleepFn = sleep

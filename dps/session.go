@@ -14,7 +14,7 @@ import (
 
 // session is one MQTT connection: one paho client over one connection
 // we dialled ourselves (so every dial failure is typed). A new session
-// is made for every reconnect; paho's own reconnect is off because its
+// is made for every connection; paho's own reconnect is off because its
 // backoff has no jitter and its client may not be reused after
 // Disconnect.
 type session struct {

@@ -409,3 +409,23 @@ func ParseC2DTopic(deviceID, topic string) (*C2DMessage, error) {
 	}
 	return m, nil
 }
+
+// MaxWireID is the longest registration or device ID Azure accepts.
+const MaxWireID = 128
+
+// checkWireID keeps an ID that would corrupt the MQTT exchange off the
+// wire: it goes into the client ID, the user name and topic names, so
+// it must be 1..128 printable ASCII characters without / # + & or space.
+// Which IDs a device may have is not dps's rule (the agent's is
+// hal/board's); anything else Azure refuses comes back as a typed error.
+func checkWireID(field, id string) error {
+	if id == "" || len(id) > MaxWireID {
+		return &ConfigError{Field: field, Err: fmt.Errorf("%q: want 1..%d characters, got %d", id, MaxWireID, len(id))}
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c > '~' || strings.IndexByte("/#+&", c) >= 0 {
+			return &ConfigError{Field: field, Err: fmt.Errorf("%q: character %q at offset %d cannot go into an MQTT topic or user name", id, c, i)}
+		}
+	}
+	return nil
+}

@@ -13,15 +13,12 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
-
-	"devid/enroll/rotate"
 )
 
 // DefaultPath is where the agent looks for its config when --config is not given.
@@ -358,206 +355,6 @@ func (e *ValidationError) Error() string {
 	return fmt.Sprintf("%d problems:\n  %s", len(e.Problems), strings.Join(e.Problems, "\n  "))
 }
 
-// Validate checks every field and returns a *ValidationError naming each
-// wrong one, or nil.
-func (c *Config) Validate() error {
-	var p []string
-	bad := func(field, format string, args ...any) {
-		p = append(p, field+": "+fmt.Sprintf(format, args...))
-	}
-	absPath := func(field, v string, required bool) {
-		switch {
-		case v == "" && required:
-			bad(field, "must be set")
-		case v == "":
-		case !filepath.IsAbs(v):
-			bad(field, "%q is not an absolute path", v)
-		case strings.ContainsRune(v, 0):
-			bad(field, "contains a NUL byte")
-		}
-	}
-	positive := func(field string, d Duration) {
-		if d <= 0 {
-			bad(field, "must be a positive duration like \"30s\", got %s", d)
-		}
-	}
-
-	absPath("state_dir", c.StateDir, true)
-	if c.DeviceID != "" {
-		if err := CheckDeviceID(c.DeviceID); err != nil {
-			bad("device_id", "%v", err)
-		}
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
-	}
-	switch c.LogFormat {
-	case "text", "json":
-	default:
-		bad("log_format", "%q is not one of text, json", c.LogFormat)
-	}
-
-	switch scheme, arg, _ := strings.Cut(c.Key.Backend, ":"); scheme {
-	case "auto":
-		if arg != "" {
-			bad("key.backend", "\"auto\" takes no argument, got %q", c.Key.Backend)
-		}
-	case "file":
-		if arg != "" && !filepath.IsAbs(arg) {
-			bad("key.backend", "file path %q is not absolute", arg)
-		}
-	case "tpm":
-	default:
-		bad("key.backend", "%q is not auto, file:PATH or tpm:PATH", c.Key.Backend)
-	}
-
-	absPath("factory.port", c.Factory.Port, false)
-	switch c.Factory.Baud {
-	case 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600, 1000000, 1500000, 2000000, 3000000:
-	default:
-		bad("factory.baud", "%d is not a standard serial rate (e.g. 115200)", c.Factory.Baud)
-	}
-	absPath("factory.root", c.Factory.Root, true)
-
-	if err := checkHostPort(c.DPS.Endpoint); err != nil {
-		bad("dps.endpoint", "%v", err)
-	}
-	if c.DPS.IDScope != "" && !idScopeRE.MatchString(c.DPS.IDScope) {
-		bad("dps.id_scope", "%q is not an ID scope (letters and digits, like 0ne00000000)", c.DPS.IDScope)
-	}
-	absPath("dps.trust_bundle", c.DPS.TrustBundle, false)
-	switch c.DPS.Transport {
-	case "mqtt", "websocket":
-	default:
-		bad("dps.transport", "%q is not mqtt or websocket", c.DPS.Transport)
-	}
-	if c.DPS.Payload != "" && !jsonValid(c.DPS.Payload) {
-		bad("dps.payload", "is not a JSON document")
-	}
-	positive("dps.timeout", c.DPS.Timeout)
-
-	if c.Hub.KeepAlive < Duration(10*time.Second) || c.Hub.KeepAlive > Duration(1177*time.Second) {
-		bad("hub.keepalive", "%s is outside 10s..1177s (IoT Hub drops idle links at 1.5x keepalive, capped at 1767s)", c.Hub.KeepAlive)
-	}
-	if c.Hub.MaxFailures < 1 || c.Hub.MaxFailures > 1000 {
-		bad("hub.max_failures", "%d is outside 1..1000", c.Hub.MaxFailures)
-	}
-	positive("hub.connect_timeout", c.Hub.ConnectTimeout)
-	if c.Hub.ReprovisionAfter < 0 {
-		bad("hub.reprovision_after", "must not be negative")
-	}
-
-	for host, addr := range c.Network.Resolve {
-		if host == "" || strings.ContainsAny(host, " /") {
-			bad("network.resolve", "key %q is not a host name", host)
-		}
-		if err := checkHostPort(addr); err != nil {
-			bad("network.resolve."+host, "%v", err)
-		}
-	}
-	if c.Network.Proxy != "" {
-		// Errors name the value with its password masked: they reach
-		// logs and terminals.
-		u, err := url.Parse(c.Network.Proxy)
-		switch {
-		case err != nil:
-			bad("network.proxy", "%q is not a URL", RedactURL(c.Network.Proxy))
-		case u.Scheme != "http":
-			bad("network.proxy", "%q must be http://host:port (an HTTP CONNECT proxy)", RedactURL(c.Network.Proxy))
-		case u.Host == "":
-			bad("network.proxy", "%q has no host", RedactURL(c.Network.Proxy))
-		}
-	}
-
-	positive("retry.min_delay", c.Retry.MinDelay)
-	positive("retry.max_delay", c.Retry.MaxDelay)
-	if c.Retry.MaxDelay < c.Retry.MinDelay {
-		bad("retry.max_delay", "%s is below retry.min_delay %s", c.Retry.MaxDelay, c.Retry.MinDelay)
-	}
-	if c.Retry.Jitter < 0 {
-		bad("retry.jitter", "must not be negative")
-	}
-	positive("retry.revoked_min", c.Retry.RevokedMin)
-	positive("retry.revoked_max", c.Retry.RevokedMax)
-	if c.Retry.RevokedMax < c.Retry.RevokedMin {
-		bad("retry.revoked_max", "%s is below retry.revoked_min %s", c.Retry.RevokedMax, c.Retry.RevokedMin)
-	}
-	if c.Retry.RevokedMin > 0 && c.Retry.RevokedMin < Duration(time.Minute) && !c.Debug.AllowClockOverride {
-		bad("retry.revoked_min", "%s would hammer the service; use at least 1m", c.Retry.RevokedMin)
-	}
-
-	positive("clock.max_wait", c.Clock.MaxWait)
-
-	if c.LocalAPI.Socket != "" {
-		absPath("local_api.socket", c.LocalAPI.Socket, false)
-		if len(c.LocalAPI.Socket) > 107 {
-			bad("local_api.socket", "path is %d bytes; Unix sockets allow 107", len(c.LocalAPI.Socket))
-		}
-	}
-	if c.LocalAPI.Group != "" && !groupRE.MatchString(c.LocalAPI.Group) {
-		bad("local_api.group", "%q is not a group name", c.LocalAPI.Group)
-	}
-	if c.LocalAPI.MaxMessage < 1 || c.LocalAPI.MaxMessage > 256*1024 {
-		bad("local_api.max_message", "%d is outside 1..262144 (IoT Hub's 256 KB limit)", c.LocalAPI.MaxMessage)
-	}
-	if c.LocalAPI.MaxClients < 1 || c.LocalAPI.MaxClients > 1024 {
-		bad("local_api.max_clients", "%d is outside 1..1024", c.LocalAPI.MaxClients)
-	}
-
-	if c.Queue.SegmentBytes < 64*1024 {
-		bad("queue.segment_bytes", "%d is below 65536", c.Queue.SegmentBytes)
-	}
-	if c.Queue.MaxBytes < 2*c.Queue.SegmentBytes {
-		bad("queue.max_bytes", "%d must be at least twice queue.segment_bytes (%d)", c.Queue.MaxBytes, c.Queue.SegmentBytes)
-	}
-	if c.Queue.SegmentBytes < int64(c.LocalAPI.MaxMessage)+64 {
-		bad("queue.segment_bytes", "%d cannot hold one local_api.max_message (%d)", c.Queue.SegmentBytes, c.LocalAPI.MaxMessage)
-	}
-	switch c.Queue.Fsync {
-	case "always", "batch", "never":
-	default:
-		bad("queue.fsync", "%q is not always, batch or never", c.Queue.Fsync)
-	}
-	positive("queue.fsync_interval", c.Queue.FsyncInterval)
-
-	if c.Health.Interval < 0 {
-		bad("health.interval", "must not be negative")
-	} else if c.Health.Interval > 0 && c.Health.Interval < Duration(10*time.Second) {
-		bad("health.interval", "%s is too frequent; use 0 (on connect only) or at least 10s", c.Health.Interval)
-	}
-	positive("hardware.button_hold", c.Hardware.ButtonHold)
-
-	switch c.Renewal.Path {
-	case "dps", "hub", "none":
-	case "est":
-		if u, err := url.Parse(c.Renewal.ESTURL); err != nil || u.Scheme != "https" || u.Host == "" {
-			bad("renewal.est_url", "%q must be an https:// URL when renewal.path is \"est\"", RedactURL(c.Renewal.ESTURL))
-		}
-	default:
-		bad("renewal.path", "%q is not dps, hub, est or none", c.Renewal.Path)
-	}
-	switch c.Renewal.KeyCurve {
-	case "", "P-256", "P-384":
-	default:
-		bad("renewal.key_curve", "%q is not \"P-256\" or \"P-384\"", c.Renewal.KeyCurve)
-	}
-	for _, f := range []struct{ key, v string }{
-		{"renew_at", c.Renewal.RenewAt}, {"jitter", c.Renewal.Jitter}, {"retry", c.Renewal.Retry}, {"margin", c.Renewal.Margin},
-	} {
-		pol := rotate.DefaultPolicy()
-		if err := pol.Set(f.key, f.v); f.v != "" && err != nil {
-			bad("renewal."+f.key, "%v", err)
-		}
-	}
-
-	if len(p) > 0 {
-		return &ValidationError{Problems: p}
-	}
-	return nil
-}
-
 // RedactURL masks the password of a URL's user information
 // ("http://user:xxxxx@host"), also in strings url.Parse rejects. Every
 // place that prints a URL from the config uses it.
@@ -583,17 +380,7 @@ func (c *Config) Redacted() *Config {
 var (
 	idScopeRE = regexp.MustCompile(`^[A-Za-z0-9]{1,32}$`)
 	groupRE   = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}\$?$`)
-	deviceRE  = regexp.MustCompile(`^[a-z0-9\-._:]{1,128}$`)
 )
-
-// CheckDeviceID applies DPS's registration ID rules: lowercase
-// alphanumerics and -._: only, at most 128 characters.
-func CheckDeviceID(id string) error {
-	if !deviceRE.MatchString(id) {
-		return fmt.Errorf("%q is not a valid device ID (lowercase letters, digits and -._: only, 1..128 characters)", id)
-	}
-	return nil
-}
 
 func checkHostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)

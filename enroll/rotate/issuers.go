@@ -99,8 +99,8 @@ func (e *ESTIssuer) Issue(ctx context.Context, req IssueRequest) ([]*x509.Certif
 // It needs a current credential that the hub still accepts; when that is
 // gone (revoked, expired) DPSIssuer is the way back.
 type HubIssuer struct {
-	// Config names the hub (Host, DeviceID) and the network; Credential,
-	// CertificateRenewal and DisableReconnect are set per request.
+	// Config names the hub (Host, DeviceID) and the network; Credential
+	// and CertificateRenewal are set per request.
 	Config dps.HubConfig
 }
 
@@ -116,7 +116,7 @@ func (h *HubIssuer) Issue(ctx context.Context, req IssueRequest) ([]*x509.Certif
 	}
 	cfg := h.Config
 	cfg.Credential = dps.Credential{Signer: req.Current.Signer, Chain: req.Current.Chain}
-	cfg.CertificateRenewal, cfg.DisableReconnect = true, true
+	cfg.CertificateRenewal = true
 	hub, err := dps.ConnectHub(ctx, cfg)
 	if err != nil {
 		return nil, err

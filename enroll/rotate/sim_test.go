@@ -74,7 +74,7 @@ func (d *simDevice) connect(ctx context.Context, c Credential) error {
 		return errors.New("no hub assigned yet")
 	}
 	h, err := dps.ConnectHub(ctx, dps.HubConfig{Host: hub, DeviceID: dev, Credential: dps.Credential{Signer: c.Signer, Chain: c.Chain},
-		Network: d.net, DisableReconnect: true, ConnectTimeout: 15 * time.Second})
+		Network: d.net, ConnectTimeout: 15 * time.Second})
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"devid/hal/clock/clocktest"
 )
 
 // readyLine is the simulator's ready line as the team contract defines it,
@@ -234,19 +236,13 @@ func (tg *target) revokeCert(certPEM []byte) {
 func hubPath(name string) string { return "/hubs/" + url.PathEscape(name) }
 
 // waitFor polls cond until it returns nil or the bound passes; it is how
-// tests wait on the simulator's records (never a fixed sleep).
+// tests wait on the simulator's records (a real process: clocktest.Poll,
+// never a fixed sleep).
 func waitFor(t testing.TB, what string, bound time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(bound)
 	var err error
-	for d := 5 * time.Millisecond; ; d = min(d*2, 200*time.Millisecond) {
-		if err = cond(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %s: %v", what, bound, err)
-		}
-		time.Sleep(d)
+	if !clocktest.Poll(bound, func() bool { err = cond(); return err == nil }) {
+		t.Fatalf("%s: still not true after %s: %v", what, bound, err)
 	}
 }
 

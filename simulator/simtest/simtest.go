@@ -35,6 +35,7 @@ import (
 	"testing"
 	"time"
 
+	"devid/hal/clock/clocktest"
 	"devid/simulator/simapi"
 	"devid/simulator/simproc"
 )
@@ -274,15 +275,12 @@ func (s *Sim) Restart() {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// A just-closed port can linger briefly; retry a few times.
+	// A just-closed port can linger briefly: retry (clocktest.Poll, the
+	// one wall-clock wait, as the simulator is a real process).
 	var err error
-	for i := 0; i < 20; i++ {
-		if err = s.run(args); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !clocktest.Poll(5*time.Second, func() bool { err = s.run(args); return err == nil }) {
+		s.t.Fatalf("devid-sim restart failed: %v", err)
 	}
-	s.t.Fatalf("devid-sim restart failed: %v", err)
 }
 
 // Hub returns the ready-line hub by name (first hub for "").

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"devid/hal/clock/clocktest"
 	"devid/hal/hosttest"
 )
 
@@ -168,23 +169,28 @@ func (s *SWTPM) address() string {
 // waitReady waits, bounded, until the data channel accepts a connection.
 // swtpm serves one connection at a time, so the probe closes at once.
 func waitReady(network, addr string, exited <-chan error) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var err, exit error
+	ready := clocktest.Poll(10*time.Second, func() bool {
 		select {
-		case err := <-exited:
-			return fmt.Errorf("swtpm exited: %v", err)
+		case e := <-exited:
+			exit = fmt.Errorf("swtpm exited: %v", e)
+			return true
 		default:
 		}
-		c, err := net.DialTimeout(network, addr, time.Second)
-		if err == nil {
+		var c net.Conn
+		if c, err = net.DialTimeout(network, addr, time.Second); err == nil {
 			c.Close()
-			return nil
+			return true
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no connection to %s after 10s: %w", addr, err)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return false
+	})
+	switch {
+	case exit != nil:
+		return exit
+	case !ready:
+		return fmt.Errorf("no connection to %s after 10s: %w", addr, err)
 	}
+	return nil
 }
 
 // freePortPair finds P such that P and P+1 are free on 127.0.0.1 right

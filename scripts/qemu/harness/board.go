@@ -327,36 +327,29 @@ func (b *board) powerOff(ctx context.Context) error {
 	return b.waitExit(60 * time.Second)
 }
 
+// dialUnix connects to a socket QEMU or swtpm creates once it runs.
 func dialUnix(ctx context.Context, path string) (net.Conn, error) {
 	var d net.Dialer
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := d.DialContext(ctx, "unix", path)
-		if err == nil {
-			return c, nil
+	var c net.Conn
+	err := pollCtx(ctx, 20*time.Second, func() (bool, error) {
+		var err error
+		c, err = d.DialContext(ctx, "unix", path)
+		return err == nil, err
+	}, func(last error) error { return last })
+	if err != nil {
+		if c != nil {
+			c.Close() // connected just as ctx ended
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, fmt.Errorf("connect %s: %w", path, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil, fmt.Errorf("connect %s: %w", path, err)
 	}
+	return c, nil
 }
 
 func waitSocket(ctx context.Context, path string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	return pollCtx(ctx, 10*time.Second, func() (bool, error) {
+		st, err := os.Stat(path)
+		return err == nil && st.Mode()&os.ModeSocket != 0, nil
+	}, func(error) error { return errors.New("timed out") })
 }
 
 // echoServer is a loopback TCP echo server that counts what it echoed.

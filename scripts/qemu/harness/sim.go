@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"devid/hal/clock/clocktest"
 	"devid/simulator/simproc"
 )
 
@@ -194,28 +195,40 @@ func (s *sim) clearFaults(ctx context.Context) error {
 	return err
 }
 
-// poll calls cond until it reports done, an error, or d passes.
+// poll calls cond until it reports done, or d passes, or ctx ends
+// (clocktest.Poll: the simulator and QEMU are real processes). An error
+// from cond is remembered for the timeout message and polling goes on.
 func poll(ctx context.Context, d time.Duration, what string, cond func() (bool, error)) error {
-	deadline := time.Now().Add(d)
-	var last error
-	for {
+	return pollCtx(ctx, d, func() (bool, error) {
 		ok, err := cond()
-		if ok && err == nil {
-			return nil
+		return ok && err == nil, err
+	}, func(last error) error {
+		if last != nil {
+			return fmt.Errorf("%s: not within %v (last error: %v)", what, d, last)
 		}
+		return fmt.Errorf("%s: not within %v", what, d)
+	})
+}
+
+// pollCtx is clocktest.Poll that also stops when ctx ends (returning
+// ctx.Err()); timeout builds the error from cond's last error.
+func pollCtx(ctx context.Context, d time.Duration, cond func() (bool, error), timeout func(last error) error) error {
+	var last error
+	ok := clocktest.Poll(d, func() bool {
+		if ctx.Err() != nil {
+			return true
+		}
+		done, err := cond()
 		if err != nil {
 			last = err
 		}
-		if time.Now().After(deadline) {
-			if last != nil {
-				return fmt.Errorf("%s: not within %v (last error: %v)", what, d, last)
-			}
-			return fmt.Errorf("%s: not within %v", what, d)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
+		return done
+	})
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case !ok:
+		return timeout(last)
 	}
+	return nil
 }
