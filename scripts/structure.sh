@@ -21,7 +21,6 @@ ALLOWED=(
 # "file PATH" for a file over MAX_LINES, "func DIR FUNC" for a function
 # over MAX_CYCLO. Delete an entry once it is under its limit.
 EXEMPT=(
-  "file agent/agent.go"
 )
 
 mapfile -t files < <(git ls-files -co --exclude-standard '*.go' | grep -v '_test\.go$' | while read -r f; do [ -f "$f" ] && echo "$f"; done)

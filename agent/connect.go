@@ -1,0 +1,237 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"devid/hal/clock"
+)
+
+// cacheUsable says whether the cached assignment belongs to this config
+// and this certificate.
+func (a *Agent) cacheUsable() bool {
+	as := a.assignment
+	if as == nil || as.Hub == "" || as.DeviceID == "" {
+		return false
+	}
+	if as.IDScope != a.cfg.DPS.IDScope || as.Endpoint != a.cfg.DPS.Endpoint {
+		return false
+	}
+	if a.id != nil && as.CertFingerprint != "" && as.CertFingerprint != a.id.Fingerprint {
+		return false
+	}
+	return true
+}
+
+// clockFloor is the earliest plausible time: the certificate's
+// notBefore, the last time a verified TLS session was seen, and the
+// build-time floor.
+func (a *Agent) clockFloor() (time.Time, string) {
+	floor, why := clockFloorBuild, "build date"
+	if a.id != nil && len(a.id.Chain) > 0 && a.id.Chain[0].NotBefore.After(floor) {
+		floor, why = a.id.Chain[0].NotBefore, "certificate notBefore"
+	}
+	if a.persisted.LastKnownGood.After(floor) {
+		floor, why = a.persisted.LastKnownGood, "last known good time"
+	}
+	return floor, why
+}
+
+// clockFloorBuild is a date before which this build cannot be running.
+var clockFloorBuild = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// startEnrolled loads the identity and waits for a sane clock; pause
+// (after a TLS time error, cause) delays the first check.
+func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Duration, cause error) {
+	id, err := a.opt.Identity.Load()
+	if err == nil && a.id != nil && a.id != id {
+		// The previous identity's connection is closed by now.
+		a.id.Close()
+	}
+	if err != nil {
+		if errors.Is(err, ErrNoIdentity) {
+			a.postState(epoch, Event{Kind: EvFatal, Err: fmt.Errorf("identity disappeared: %w", err)})
+		} else {
+			a.postState(epoch, Event{Kind: EvFatal, Err: err})
+		}
+		return
+	}
+	a.id = id
+	a.mu.Lock()
+	a.status.KeyBackend = id.Backend
+	if len(id.Chain) > 0 {
+		a.status.CertExpiry = id.Chain[0].NotAfter
+		a.status.CertSerial = fmt.Sprintf("%x", id.Chain[0].SerialNumber)
+	}
+	a.mu.Unlock()
+	if a.cfg.DPS.IDScope == "" && !a.cacheUsable() {
+		a.postState(epoch, Event{Kind: EvFatal, Err: errors.New("dps.id_scope is not set in the config and no DPS assignment is cached")})
+		return
+	}
+	floor, why := a.clockFloor()
+	cached := a.cacheUsable()
+	go func() {
+		start := a.clock.Now()
+		if pause > 0 {
+			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: floor,
+				Reason: "a server rejected our clock (" + errString(cause) + "); waiting for it to be corrected"})
+			if !a.sleep(ctx, pause) {
+				return
+			}
+		}
+		// Re-check every 1 s, doubling to 32 s.
+		checks := clock.Backoff{Min: time.Second, Max: 32 * time.Second}
+		for n := 1; ; n++ {
+			now := a.clock.Now()
+			synced := !a.cfg.Clock.RequireSync || a.opt.ClockSynced == nil || a.opt.ClockSynced()
+			if !now.Before(floor) && synced {
+				a.postState(epoch, Event{Kind: EvClockOK, Cached: cached})
+				return
+			}
+			reason := fmt.Sprintf("clock %s is before the %s %s", now.UTC().Format(time.RFC3339), why, floor.Format(time.RFC3339))
+			if !synced && !now.Before(floor) {
+				reason = "waiting for the kernel to report NTP synchronisation"
+			}
+			exceeded := now.Sub(start) >= a.cfg.Clock.MaxWait.D() || now.Before(start)
+			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: floor, Reason: reason, Exceeded: exceeded})
+			if exceeded && !now.Before(floor.Add(-24*time.Hour)) {
+				// Bounded wait: within a day of the floor, try anyway;
+				// TLS time errors are then treated as clock problems.
+				a.log.Warn("clock wait exceeded; proceeding", "reason", reason)
+				a.postState(epoch, Event{Kind: EvClockOK, Cached: cached})
+				return
+			}
+			if n == 1 {
+				a.log.Warn("waiting for a sane clock before any TLS", "reason", reason, "max_wait", a.cfg.Clock.MaxWait.String())
+			}
+			if !a.sleep(ctx, checks.Delay(n, 0)) {
+				return
+			}
+		}
+	}()
+}
+
+func (a *Agent) setClockWait(cw *ClockWait) {
+	a.mu.Lock()
+	a.status.ClockWait = cw
+	a.mu.Unlock()
+}
+
+func (a *Agent) startProvisioning(ctx context.Context, epoch uint64) {
+	if a.id == nil {
+		// Booted straight into a resumed revoked wait: load it now.
+		id, err := a.opt.Identity.Load()
+		if err != nil {
+			a.postState(epoch, Event{Kind: EvFatal, Err: err})
+			return
+		}
+		a.id = id
+	}
+	id := a.id
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, a.cfg.DPS.Timeout.D())
+		defer cancel()
+		as, err := a.opt.Cloud.Register(rctx, id)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			switch a.opt.Cloud.Classify(err) {
+			case ClassRefused, ClassAuth:
+				// Disabled, failed, or the credential refused (401, e.g. a
+				// revoked certificate): retrying at network pace would
+				// hammer DPS with a credential it has already refused.
+				a.postState(epoch, Event{Kind: EvDPSRefused, Err: err})
+			case ClassClock:
+				a.postState(epoch, Event{Kind: EvClockBad, Err: err})
+			case ClassFatal:
+				a.postState(epoch, Event{Kind: EvFatal, Err: err})
+			default:
+				a.postState(epoch, Event{Kind: EvDPSError, Err: err})
+			}
+			return
+		}
+		as.IDScope, as.Endpoint = a.cfg.DPS.IDScope, a.cfg.DPS.Endpoint
+		if as.CertFingerprint == "" {
+			as.CertFingerprint = id.Fingerprint
+		}
+		if as.AssignedAt.IsZero() {
+			as.AssignedAt = a.clock.Now().UTC()
+		}
+		a.log.Info("DPS assigned a hub", "hub", as.Hub, "device_id", as.DeviceID, "substatus", as.Substatus)
+		a.postState(epoch, Event{Kind: EvAssigned, payload: as})
+	}()
+}
+
+func (a *Agent) startConnecting(ctx context.Context, epoch uint64) {
+	// Reload the credential on every connect: a renewal may have
+	// committed a new one meanwhile (also while provisioning). Nothing
+	// uses the previous one any more: its connection is closed.
+	if id, err := a.opt.Identity.Load(); err == nil {
+		if a.id != id {
+			a.id.Close()
+		}
+		a.id = id
+	} else {
+		a.log.Warn("reloading the identity before connecting; using the loaded one", "err", err)
+	}
+	id, as := a.id, a.assignment
+	if id != nil && id.Operational != nil {
+		// The hub gets the operational credential (DPS-issued or
+		// renewed); DPS keeps the factory onboarding credential.
+		id = id.Operational
+	}
+	h := Handlers{C2D: a.onC2D, Method: a.onMethod, Desired: a.onDesired, MethodNames: a.methodNames()}
+	go func() {
+		cctx, cancel := context.WithTimeout(ctx, a.cfg.Hub.ConnectTimeout.D())
+		defer cancel()
+		conn, err := a.opt.Cloud.Connect(cctx, id, as, h)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			switch a.opt.Cloud.Classify(err) {
+			case ClassAuth:
+				a.postState(epoch, Event{Kind: EvHubFailed, AuthRefused: true, Err: err})
+			case ClassClock:
+				a.postState(epoch, Event{Kind: EvClockBad, Err: err})
+			default:
+				a.postState(epoch, Event{Kind: EvHubFailed, Err: err})
+			}
+			return
+		}
+		a.postState(epoch, Event{Kind: EvHubConnected, payload: conn})
+	}()
+}
+
+func (a *Agent) startConnected(ctx context.Context, epoch uint64, conn HubConn) {
+	a.mu.Lock()
+	a.hub = conn
+	a.mu.Unlock()
+	a.log.Info("connected", "hub", a.hubName(), "device_id", a.assignment.DeviceID)
+	go func() {
+		select {
+		case <-conn.Done():
+			err := conn.Err()
+			if err == nil {
+				err = errors.New("connection closed")
+			}
+			a.postState(epoch, Event{Kind: EvHubFailed, Err: fmt.Errorf("hub connection lost: %w", err)})
+		case <-ctx.Done():
+		}
+	}()
+	go a.sendLoop(ctx, conn)
+	go a.healthLoop(ctx, conn)
+	// Keep the clock floor fresh on a device that stays connected for
+	// months: the next boot then refuses a clock that went far back.
+	go func() {
+		for a.sleep(ctx, lkgInterval) {
+			a.postState(epoch, Event{Kind: evLKG})
+		}
+	}()
+}
+
+// lkgInterval is how often a connected agent refreshes last_known_good.
+const lkgInterval = time.Hour

@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"time"
+
+	"devid/agent/statedir"
+)
+
+// Status is what `devid-agent status` and the local API show.
+type Status struct {
+	State       string    `json:"state"`
+	Since       time.Time `json:"since"`
+	DeviceID    string    `json:"device_id,omitempty"`
+	Hub         string    `json:"hub,omitempty"`
+	KeyBackend  string    `json:"key_backend,omitempty"`
+	CertExpiry  time.Time `json:"cert_expiry,omitzero"`
+	CertSerial  string    `json:"cert_serial,omitempty"`
+	Queue       QueueInfo `json:"queue"`
+	HubFailures int       `json:"hub_failures"`
+	LastError   string    `json:"last_error,omitempty"`
+	// ClockWait is set while the agent waits for a sane clock.
+	ClockWait     *ClockWait                `json:"clock_wait,omitempty"`
+	NextRetry     time.Time                 `json:"next_retry,omitzero"`
+	LastProvision *statedir.ProvisionResult `json:"last_provision,omitempty"`
+	Version       string                    `json:"version"`
+	Uptime        string                    `json:"uptime"`
+	StartedAt     time.Time                 `json:"started_at"`
+	Sent          uint64                    `json:"sent"`
+	// Config is set when the config file was invalid and the agent runs
+	// with its last-known-good copy: what was wrong, and from when.
+	Config string `json:"config,omitempty"`
+	// Extra holds extension status by name (e.g. "renewal").
+	Extra map[string]any `json:"extra,omitempty"`
+}
+
+// QueueInfo is the telemetry queue part of Status.
+type QueueInfo struct {
+	Depth   uint64 `json:"depth"`
+	Bytes   int64  `json:"bytes"`
+	Dropped uint64 `json:"dropped"`
+}
+
+// ClockWait describes a wait for a sane clock.
+type ClockWait struct {
+	Since  time.Time `json:"since"`
+	Floor  time.Time `json:"floor"`
+	Reason string    `json:"reason"`
+	// Exceeded: clock.max_wait passed; the agent proceeds but treats
+	// TLS time errors as clock problems, never as identity problems.
+	Exceeded bool `json:"exceeded,omitempty"`
+}
+
+// Status returns a snapshot of the agent's status.
+func (a *Agent) Status() Status {
+	qs := a.queue.Stats()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.status
+	s.Queue = QueueInfo{Depth: qs.Depth, Bytes: qs.Bytes, Dropped: qs.Dropped}
+	s.Sent = a.sent
+	now := a.clock.Now()
+	s.Uptime = now.Sub(s.StartedAt).Truncate(time.Second).String()
+	if len(a.statusExtra) > 0 {
+		s.Extra = map[string]any{}
+		for k, f := range a.statusExtra {
+			s.Extra[k] = f()
+		}
+	}
+	return s
+}
+
+// deviceID is the one source of Status.DeviceID: the ID the hub knows
+// once DPS assigned one, else the identity's (its certificate CN). Like
+// publishStatus, it runs on the state machine's goroutine.
+func (a *Agent) deviceID() string {
+	if a.assignment != nil && a.assignment.DeviceID != "" {
+		return a.assignment.DeviceID
+	}
+	if a.id != nil {
+		return a.id.DeviceID
+	}
+	return ""
+}
+
+func (a *Agent) publishStatus(nextRetry time.Time) {
+	a.mu.Lock()
+	a.status.State = a.state.String()
+	a.status.Since = a.persisted.Since
+	a.status.Hub = a.hubName()
+	a.status.DeviceID = a.deviceID()
+	a.status.HubFailures = a.cnt.hubFailures
+	a.status.LastError = a.persisted.LastError
+	a.status.LastProvision = a.persisted.LastProvision
+	a.status.NextRetry = nextRetry
+	a.status.Version = a.opt.Version
+	a.status.StartedAt = a.started
+	if a.state != Enrolled {
+		a.status.ClockWait = nil
+	}
+	a.mu.Unlock()
+	if a.opt.OnState != nil {
+		a.opt.OnState(a.Status())
+	}
+}
