@@ -12,7 +12,10 @@ import (
 
 	"devid/agent/config"
 	"devid/agent/queue"
+	"devid/agent/renewal"
 	"devid/agent/statedir"
+	"devid/dps"
+	"devid/enroll/credential"
 	"devid/hal/clock"
 )
 
@@ -68,9 +71,13 @@ type Agent struct {
 	revokedN    int
 	persisted   statedir.State
 	assignment  *statedir.Assignment
-	id          *Identity
-	clockWait   *ClockWait
-	started     time.Time
+	// id is the factory (onboarding) credential, which DPS sees; op,
+	// when set, is the operational credential the hub gets instead
+	// (renewal paths dps and hub).
+	id        *credential.Credential
+	op        *credential.Credential
+	clockWait *ClockWait
+	started   time.Time
 	// firstHubFailure is when the current run of hub failures began.
 	firstHubFailure time.Time
 
@@ -80,15 +87,10 @@ type Agent struct {
 	sent   uint64
 	local  LocalSink
 
-	// Hooks for extensions (credential renewal, agent/rotation.go). Set
-	// them before Run; they are read-only afterwards.
-	extraMethods map[string]func(ctx context.Context, payload []byte) (int, []byte)
-	desiredHooks []func(patch []byte)
-	statusExtra  map[string]func() any
-	background   []func(ctx context.Context)
-	// transitionHooks run at the end of every enter, on the state
-	// goroutine: they must not block (post work to their own goroutine).
-	transitionHooks []func(from, to State, ev Event)
+	// renewal renews the credential (agent/renewal); the agent runs it,
+	// routes its direct method and desired property to it and shows its
+	// status.
+	renewal *renewal.Renewal
 }
 
 // New checks the options and opens the state directory and queue.
@@ -133,15 +135,37 @@ func New(opt Options) (*Agent, error) {
 			minFailing:      cfg.Hub.ReprovisionAfter.D(),
 			maxReprovisions: 3,
 		},
-		extraMethods: map[string]func(context.Context, []byte) (int, []byte){},
-		statusExtra:  map[string]func() any{},
 	}
 	a.status.Config = opt.ConfigDegraded
-	if err := a.initExtensions(); err != nil {
+	a.renewal, err = renewal.New(renewal.Deps{
+		Config: cfg, Dir: dir, Identity: opt.Identity,
+		// The cloud's own Register and Connect: the probe's refusals
+		// are not the live session's.
+		Register: opt.Cloud.Register,
+		Connect: func(ctx context.Context, c *credential.Credential, as *statedir.Assignment) error {
+			conn, err := opt.Cloud.Connect(ctx, c, as, Handlers{})
+			if err != nil {
+				return err
+			}
+			conn.Close()
+			return nil
+		},
+		Network: cloudNetwork(opt.Cloud), Clock: opt.Clock, Logger: a.log,
+	})
+	if err != nil {
 		q.Close()
 		return nil, err
 	}
 	return a, nil
+}
+
+// cloudNetwork is how the cloud reaches DPS and the hub, for the renewal
+// issuers (the zero value for a cloud that does not say).
+func cloudNetwork(c Cloud) dps.Network {
+	if n, ok := c.(interface{ Network() dps.Network }); ok {
+		return n.Network()
+	}
+	return dps.Network{}
 }
 
 // post hands an event to the state goroutine. It never blocks the
@@ -186,9 +210,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("starting", "version", a.opt.Version, "state_dir", a.cfg.StateDir,
 		"previous_state", a.persisted.Name, "cached_hub", a.hubName())
 
-	for _, bg := range a.background {
-		go bg(ctx)
-	}
+	go a.renewal.Run(ctx)
 	_, idErr := a.probeIdentity()
 	revoked := a.persisted.Name == Revoked.String() && a.persisted.RetryAt.After(a.clock.Now())
 	a.state = Unenrolled
@@ -203,6 +225,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-a.opt.Button:
 			a.handle(Event{Kind: EvFactoryButton})
+		case <-a.renewal.Rotated():
+			// Reload the identity and reconnect with the new credential.
+			a.handle(Event{Kind: EvCredential})
 		case ev := <-a.events:
 			a.handle(ev)
 		}
@@ -228,6 +253,7 @@ func (a *Agent) shutdown() {
 	a.queue.Sync()
 	a.persist()
 	a.id.Close()
+	a.op.Close()
 	a.log.Info("stopped", "state", a.state.String())
 }
 
@@ -413,8 +439,11 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	if a.opt.Indicator != nil {
 		a.opt.Indicator(ns)
 	}
-	for _, h := range a.transitionHooks {
-		h(from, ns, ev)
+	if ns == Connected && a.id != nil && a.renewal.Stale(a.op) {
+		// Connected with anything but the installed operational
+		// credential (a rotation committed while the agent could not take
+		// it, say mid-provisioning at boot): reload, once per certificate.
+		go a.CredentialChanged()
 	}
 }
 

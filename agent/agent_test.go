@@ -20,6 +20,7 @@ import (
 
 	"devid/agent/config"
 	"devid/agent/statedir"
+	"devid/enroll/credential"
 	"devid/hal/clock/clocktest"
 )
 
@@ -61,7 +62,7 @@ func (f *fakeCloud) stuck() {
 	}
 }
 
-func (f *fakeCloud) Register(ctx context.Context, id *Identity) (*statedir.Assignment, error) {
+func (f *fakeCloud) Register(ctx context.Context, id *credential.Credential) (*statedir.Assignment, error) {
 	f.mu.Lock()
 	f.stuck()
 	defer f.mu.Unlock()
@@ -69,10 +70,10 @@ func (f *fakeCloud) Register(ctx context.Context, id *Identity) (*statedir.Assig
 	if f.registerErr != nil {
 		return nil, f.registerErr
 	}
-	return &statedir.Assignment{Hub: "hub-1.azure-devices.net", DeviceID: id.DeviceID, RegistrationID: id.DeviceID}, nil
+	return &statedir.Assignment{Hub: "hub-1.azure-devices.net", DeviceID: id.DeviceID(), RegistrationID: id.DeviceID()}, nil
 }
 
-func (f *fakeCloud) Connect(ctx context.Context, id *Identity, a *statedir.Assignment, h Handlers) (HubConn, error) {
+func (f *fakeCloud) Connect(ctx context.Context, id *credential.Credential, a *statedir.Assignment, h Handlers) (HubConn, error) {
 	f.mu.Lock()
 	f.stuck()
 	defer f.mu.Unlock()
@@ -151,16 +152,16 @@ func (c *fakeConn) Done() <-chan struct{}                          { return c.do
 func (c *fakeConn) Err() error                                     { return c.err }
 func (c *fakeConn) Close()                                         { c.once.Do(func() { c.err = errors.New("closed"); close(c.done) }) }
 
-type staticIdentity struct{ id *Identity }
+type staticIdentity struct{ id *credential.Credential }
 
-func (s staticIdentity) Load() (*Identity, error) {
+func (s staticIdentity) Load() (*credential.Credential, error) {
 	if s.id == nil {
 		return nil, ErrNoIdentity
 	}
 	return s.id, nil
 }
 
-func testIdentity(t *testing.T, notBefore time.Time) *Identity {
+func testIdentity(t *testing.T, notBefore time.Time) *credential.Credential {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -173,7 +174,7 @@ func testIdentity(t *testing.T, notBefore time.Time) *Identity {
 		t.Fatal(err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	return &Identity{DeviceID: "dev-1", Key: key, Backend: "file", Chain: []*x509.Certificate{cert}, Fingerprint: "fp"}
+	return &credential.Credential{Signer: key, Chain: []*x509.Certificate{cert}}
 }
 
 type harness struct {
@@ -186,7 +187,9 @@ type harness struct {
 	cloud       *fakeCloud
 	clock       *clocktest.Wall
 	cfg         *config.Config
-	stop        func()
+	// id is the identity start was given (a restart reuses it).
+	id   *credential.Credential
+	stop func()
 }
 
 var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
@@ -209,9 +212,10 @@ func newHarness(t *testing.T, stateDir string, mutate func(*config.Config)) *har
 	return h
 }
 
-func (h *harness) start(id *Identity) {
+func (h *harness) start(id *credential.Credential) {
 	h.t.Helper()
 	h.button = make(chan struct{}, 1)
+	h.id = id
 	a, err := New(Options{Config: h.cfg, Clock: h.clock, Cloud: h.cloud, Identity: staticIdentity{id}, Button: h.button, OnState: h.onState, ClockSynced: h.clockSynced,
 		Logger: slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
@@ -322,7 +326,7 @@ func TestProvisionConnectSend(t *testing.T) {
 		h.stop()
 		h2 := newHarness(t, dir, nil)
 		h2.cloud = h.cloud
-		h2.start(testIdentity(t, t0.Add(-time.Hour)))
+		h2.start(h.id) // the same device, restarted
 		h2.waitState(Connected, 0)
 		if r, c, _ := h.cloud.get(); r != 1 || c != 2 {
 			t.Fatalf("registers %d connects %d; want 1 and 2", r, c)
@@ -378,7 +382,7 @@ func TestClockAt1970Waits(t *testing.T) {
 		h2 := newHarness(t, dir, nil)
 		h2.cloud = h.cloud
 		h2.clock = clocktest.NewWall(time.Unix(0, 0).UTC())
-		h2.start(testIdentity(t, t0.Add(-time.Hour)))
+		h2.start(h.id) // the same device, restarted
 		h2.await("clock wait reported", 0, func() bool {
 			s := h2.a.Status()
 			return s.State == "enrolled" && s.ClockWait != nil
@@ -469,7 +473,7 @@ func TestNewIDScopeReprovisions(t *testing.T) {
 		dir, h := provisionedThenStopped(t)
 		h2 := newHarness(t, dir, func(c *config.Config) { c.DPS.IDScope = "0ne0000OTHER" })
 		h2.cloud = h.cloud
-		h2.start(testIdentity(t, t0.Add(-time.Hour)))
+		h2.start(h.id) // the same device, restarted
 		h2.waitState(Connected, 0)
 		if r, _, _ := h.cloud.get(); r != 2 {
 			t.Fatalf("registrations %d, want 2 after the ID scope changed", r)
@@ -524,7 +528,7 @@ func TestRevokedSurvivesReboot(t *testing.T) {
 			h2 := newHarness(t, dir, nil)
 			h2.cloud = h.cloud
 			h2.clock = clocktest.NewWall(t0.Add(time.Duration(i+1) * time.Minute))
-			h2.start(testIdentity(t, t0.Add(-time.Hour)))
+			h2.start(h.id) // the same device, restarted
 			h2.waitState(Revoked, 0)
 			if got := h2.a.Status().NextRetry; !got.Equal(retry) {
 				t.Fatalf("reboot %d: next retry %v, want %v", i, got, retry)

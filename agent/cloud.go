@@ -13,6 +13,7 @@ import (
 	"devid/agent/config"
 	"devid/agent/statedir"
 	"devid/dps"
+	"devid/enroll/credential"
 	"devid/hal/clock"
 )
 
@@ -63,16 +64,12 @@ func sleepOn(c clock.Clock) func(context.Context, time.Duration) error {
 	return func(ctx context.Context, d time.Duration) error { return clock.Sleep(ctx, c, d) }
 }
 
-func credential(id *Identity) dps.Credential {
-	return dps.Credential{Signer: id.Key, Chain: id.Chain}
-}
-
 // Register runs one DPS registration.
-func (c *DPSCloud) Register(ctx context.Context, id *Identity) (*statedir.Assignment, error) {
+func (c *DPSCloud) Register(ctx context.Context, id *credential.Credential) (*statedir.Assignment, error) {
 	dc := dps.Config{
 		Endpoint:      c.cfg.DPS.Endpoint,
 		IDScope:       c.cfg.DPS.IDScope,
-		Credential:    credential(id),
+		Certificate:   id.TLSCertificate(),
 		Network:       c.net,
 		Timeout:       c.cfg.DPS.Timeout.D(),
 		ClientVersion: "devid-agent/" + c.version,
@@ -132,7 +129,7 @@ func (c *hubConn) AddMethod(name string, fn func(name string, payload []byte) (i
 }
 
 // Connect opens one hub connection; reconnecting is the agent's job.
-func (c *DPSCloud) Connect(ctx context.Context, id *Identity, a *statedir.Assignment, h Handlers) (HubConn, error) {
+func (c *DPSCloud) Connect(ctx context.Context, id *credential.Credential, a *statedir.Assignment, h Handlers) (HubConn, error) {
 	methods := map[string]dps.MethodHandler{}
 	for _, name := range h.MethodNames {
 		methods[name] = func(_ context.Context, req dps.MethodRequest) (int, []byte) {
@@ -142,7 +139,7 @@ func (c *DPSCloud) Connect(ctx context.Context, id *Identity, a *statedir.Assign
 	hc := dps.HubConfig{
 		Host:           a.Hub,
 		DeviceID:       a.DeviceID,
-		Credential:     credential(id),
+		Certificate:    id.TLSCertificate(),
 		Network:        c.net,
 		KeepAlive:      c.cfg.Hub.KeepAlive.D(),
 		ConnectTimeout: c.cfg.Hub.ConnectTimeout.D(),

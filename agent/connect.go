@@ -19,7 +19,7 @@ func (a *Agent) cacheUsable() bool {
 	if as.IDScope != a.cfg.DPS.IDScope || as.Endpoint != a.cfg.DPS.Endpoint {
 		return false
 	}
-	if a.id != nil && as.CertFingerprint != "" && as.CertFingerprint != a.id.Fingerprint {
+	if a.id != nil && as.CertFingerprint != "" && as.CertFingerprint != a.id.Fingerprint() {
 		return false
 	}
 	return true
@@ -30,8 +30,8 @@ func (a *Agent) cacheUsable() bool {
 // build-time floor.
 func (a *Agent) clockFloor() (time.Time, string) {
 	floor, why := clockFloorBuild, "build date"
-	if a.id != nil && len(a.id.Chain) > 0 && a.id.Chain[0].NotBefore.After(floor) {
-		floor, why = a.id.Chain[0].NotBefore, "certificate notBefore"
+	if leaf := a.id.Leaf(); leaf != nil && leaf.NotBefore.After(floor) {
+		floor, why = leaf.NotBefore, "certificate notBefore"
 	}
 	if a.persisted.LastKnownGood.After(floor) {
 		floor, why = a.persisted.LastKnownGood, "last known good time"
@@ -42,15 +42,27 @@ func (a *Agent) clockFloor() (time.Time, string) {
 // clockFloorBuild is a date before which this build cannot be running.
 var clockFloorBuild = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
+// loadIdentity loads the factory credential and, with renewal through
+// DPS or the hub, the installed operational credential the hub gets. The
+// previous ones are closed: nothing uses them any more (their
+// connections are closed by now).
+func (a *Agent) loadIdentity() error {
+	id, err := a.opt.Identity.Load()
+	if err != nil {
+		return err
+	}
+	if a.id != id {
+		a.id.Close()
+	}
+	a.op.Close()
+	a.id, a.op = id, a.renewal.Operational()
+	return nil
+}
+
 // startEnrolled loads the identity and waits for a sane clock; pause
 // (after a TLS time error, cause) delays the first check.
 func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Duration, cause error) {
-	id, err := a.opt.Identity.Load()
-	if err == nil && a.id != nil && a.id != id {
-		// The previous identity's connection is closed by now.
-		a.id.Close()
-	}
-	if err != nil {
+	if err := a.loadIdentity(); err != nil {
 		if errors.Is(err, ErrNoIdentity) {
 			a.postState(epoch, Event{Kind: EvFatal, Err: fmt.Errorf("identity disappeared: %w", err)})
 		} else {
@@ -58,12 +70,12 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 		}
 		return
 	}
-	a.id = id
+	id := a.id
 	a.mu.Lock()
-	a.status.KeyBackend = id.Backend
-	if len(id.Chain) > 0 {
-		a.status.CertExpiry = id.Chain[0].NotAfter
-		a.status.CertSerial = fmt.Sprintf("%x", id.Chain[0].SerialNumber)
+	a.status.KeyBackend = id.Backend()
+	if leaf := id.Leaf(); leaf != nil {
+		a.status.CertExpiry = leaf.NotAfter
+		a.status.CertSerial = fmt.Sprintf("%x", leaf.SerialNumber)
 	}
 	a.mu.Unlock()
 	if a.cfg.DPS.IDScope == "" && !a.cacheUsable() {
@@ -122,18 +134,23 @@ func (a *Agent) setClockWait(cw *ClockWait) {
 func (a *Agent) startProvisioning(ctx context.Context, epoch uint64) {
 	if a.id == nil {
 		// Booted straight into a resumed revoked wait: load it now.
-		id, err := a.opt.Identity.Load()
-		if err != nil {
+		if err := a.loadIdentity(); err != nil {
 			a.postState(epoch, Event{Kind: EvFatal, Err: err})
 			return
 		}
-		a.id = id
 	}
 	id := a.id
+	register := a.opt.Cloud.Register
+	if a.renewal.IssuesAtRegistration() {
+		// Every registration carries a CSR, so re-provisioning (a hub
+		// refusing a revoked or expired operational certificate, a moved
+		// device) also renews the operational credential.
+		register = a.renewal.Register
+	}
 	go func() {
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.DPS.Timeout.D())
 		defer cancel()
-		as, err := a.opt.Cloud.Register(rctx, id)
+		as, err := register(rctx, id)
 		if ctx.Err() != nil {
 			return
 		}
@@ -155,7 +172,7 @@ func (a *Agent) startProvisioning(ctx context.Context, epoch uint64) {
 		}
 		as.IDScope, as.Endpoint = a.cfg.DPS.IDScope, a.cfg.DPS.Endpoint
 		if as.CertFingerprint == "" {
-			as.CertFingerprint = id.Fingerprint
+			as.CertFingerprint = id.Fingerprint()
 		}
 		if as.AssignedAt.IsZero() {
 			as.AssignedAt = a.clock.Now().UTC()
@@ -169,19 +186,20 @@ func (a *Agent) startConnecting(ctx context.Context, epoch uint64) {
 	// Reload the credential on every connect: a renewal may have
 	// committed a new one meanwhile (also while provisioning). Nothing
 	// uses the previous one any more: its connection is closed.
-	if id, err := a.opt.Identity.Load(); err == nil {
-		if a.id != id {
-			a.id.Close()
-		}
-		a.id = id
-	} else {
+	if err := a.loadIdentity(); err != nil {
 		a.log.Warn("reloading the identity before connecting; using the loaded one", "err", err)
+		if op := a.renewal.Operational(); op != nil {
+			// Still take an operational credential a registration just
+			// installed.
+			a.op.Close()
+			a.op = op
+		}
 	}
 	id, as := a.id, a.assignment
-	if id != nil && id.Operational != nil {
+	if a.op != nil {
 		// The hub gets the operational credential (DPS-issued or
 		// renewed); DPS keeps the factory onboarding credential.
-		id = id.Operational
+		id = a.op
 	}
 	h := Handlers{C2D: a.onC2D, Method: a.onMethod, Desired: a.onDesired, MethodNames: a.methodNames()}
 	go func() {

@@ -2,52 +2,21 @@ package agent
 
 import (
 	"context"
-	"crypto"
-	"crypto/x509"
 	"errors"
 
 	"devid/agent/statedir"
+	"devid/enroll/credential"
 )
-
-// Identity is the device credential: the key (software or TPM) and the
-// certificate chain, leaf first.
-type Identity struct {
-	DeviceID string
-	Key      crypto.Signer
-	Backend  string
-	Chain    []*x509.Certificate
-	// Fingerprint is the hex SHA-256 of the leaf, to tie the cached
-	// assignment to the certificate that obtained it.
-	Fingerprint string
-	// Operational, when set, is the credential for the hub (a DPS-issued
-	// or renewed operational certificate); the fields above stay the
-	// DPS onboarding credential.
-	Operational *Identity
-}
-
-// Close releases the key handles (a TPM key is loaded into the TPM until
-// closed; the TPM holds only a few objects). Nil-safe.
-func (id *Identity) Close() {
-	if id == nil {
-		return
-	}
-	for _, x := range []*Identity{id, id.Operational} {
-		if x == nil {
-			continue
-		}
-		if c, ok := x.Key.(interface{ Close() error }); ok {
-			c.Close()
-		}
-	}
-}
 
 // ErrNoIdentity means there is no key or no certificate yet.
 var ErrNoIdentity = errors.New("no device identity (key and certificate) yet")
 
-// IdentitySource loads the identity from the key backend and certificate
-// store. Load returns an error wrapping ErrNoIdentity when there is none.
+// IdentitySource loads the device's factory credential (key and
+// certificate chain) from the key backend and certificate store. Load
+// returns an error wrapping ErrNoIdentity when there is none. The caller
+// closes what it returns.
 type IdentitySource interface {
-	Load() (*Identity, error)
+	Load() (*credential.Credential, error)
 }
 
 // Message is one telemetry or C2D message.
@@ -110,9 +79,9 @@ const (
 // implementation wraps devid/dps; tests may use anything.
 type Cloud interface {
 	// Register runs one DPS registration (polls included) under ctx.
-	Register(ctx context.Context, id *Identity) (*statedir.Assignment, error)
+	Register(ctx context.Context, id *credential.Credential) (*statedir.Assignment, error)
 	// Connect opens a hub connection; it returns after CONNACK.
-	Connect(ctx context.Context, id *Identity, a *statedir.Assignment, h Handlers) (HubConn, error)
+	Connect(ctx context.Context, id *credential.Credential, a *statedir.Assignment, h Handlers) (HubConn, error)
 	// Classify says what an error from Register or Connect means.
 	Classify(err error) ErrorClass
 }

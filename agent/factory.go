@@ -15,7 +15,7 @@ func (a *Agent) probeIdentity() (string, error) {
 		return "", err
 	}
 	defer id.Close()
-	return id.Fingerprint, nil
+	return id.Fingerprint(), nil
 }
 
 // watchIdentity polls for an identity (installed by the jig or by hand)

@@ -34,9 +34,7 @@ var builtinMethods = []string{"reprovision", "devid.status"}
 
 func (a *Agent) methodNames() []string {
 	names := append([]string(nil), builtinMethods...)
-	for n := range a.extraMethods {
-		names = append(names, n)
-	}
+	names = append(names, a.renewal.MethodNames()...)
 	if l := a.localSink(); l != nil {
 		names = append(names, l.MethodNames()...)
 	}
@@ -63,8 +61,15 @@ func (a *Agent) onC2D(m Message) {
 
 func (a *Agent) onDesired(patch []byte) {
 	a.log.Debug("desired properties", "bytes", len(patch))
-	for _, h := range a.desiredHooks {
-		h(patch)
+	if rep := a.renewal.Desired(patch); rep != nil {
+		// Not from the hub's callback: Report waits for the hub's answer.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := a.Report(ctx, rep); err != nil {
+				a.log.Debug("renewal: report policy", "err", err)
+			}
+		}()
 	}
 	if l := a.localSink(); l != nil {
 		l.Desired(patch)
@@ -86,10 +91,8 @@ func (a *Agent) onMethod(name string, payload []byte) (int, []byte) {
 		b, _ := json.Marshal(a.Status())
 		return 200, b
 	}
-	if fn, ok := a.extraMethods[name]; ok {
-		ctx, cancel := context.WithTimeout(context.Background(), methodTimeout)
-		defer cancel()
-		return fn(ctx, payload)
+	if st, resp, ok := a.renewal.Method(name, payload); ok {
+		return st, resp
 	}
 	if l := a.localSink(); l != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), methodTimeout)

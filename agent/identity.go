@@ -1,13 +1,12 @@
 package agent
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 
 	"devid/enroll/certstore"
+	"devid/enroll/credential"
 	"devid/enroll/keys"
 )
 
@@ -21,7 +20,7 @@ type StoreIdentity struct {
 // Load returns the key and chain, or an error wrapping ErrNoIdentity
 // when either is missing. A key and certificate that do not match is
 // an error, not "no identity": the agent must not silently re-key.
-func (s StoreIdentity) Load() (*Identity, error) {
+func (s StoreIdentity) Load() (*credential.Credential, error) {
 	ks, err := keys.Open(s.KeySpec, s.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("key backend: %w", err)
@@ -34,21 +33,16 @@ func (s StoreIdentity) Load() (*Identity, error) {
 		return nil, fmt.Errorf("load key (%s): %w", ks.Name(), err)
 	}
 	chain, err := certstore.Open(s.StateDir, nil).Load()
-	if errors.Is(err, certstore.ErrNoChain) {
-		return nil, fmt.Errorf("%w: key present, no certificate installed", ErrNoIdentity)
-	}
 	if err != nil {
+		keys.Close(key)
+		if errors.Is(err, certstore.ErrNoChain) {
+			return nil, fmt.Errorf("%w: key present, no certificate installed", ErrNoIdentity)
+		}
 		return nil, err
 	}
 	if !chain.Matches(key.Public()) {
+		keys.Close(key)
 		return nil, fmt.Errorf("installed certificate (serial %s) does not match the device key", chain.Serial())
 	}
-	sum := sha256.Sum256(chain.Leaf.Raw)
-	return &Identity{
-		DeviceID:    chain.Leaf.Subject.CommonName,
-		Key:         key,
-		Backend:     key.Backend(),
-		Chain:       append([]*x509.Certificate{chain.Leaf}, chain.Intermediates...),
-		Fingerprint: hex.EncodeToString(sum[:]),
-	}, nil
+	return &credential.Credential{Signer: key, Chain: append([]*x509.Certificate{chain.Leaf}, chain.Intermediates...)}, nil
 }

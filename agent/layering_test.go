@@ -71,6 +71,8 @@ func TestLayering(t *testing.T) {
 				t.Errorf("%s imports %s: the simulator is an independent implementation of the service", pkg, imp)
 			case strings.HasPrefix(pkg, "devid/enroll") && (strings.HasPrefix(imp, "devid/agent") || strings.HasPrefix(imp, "devid/simulator")):
 				t.Errorf("%s imports %s: enroll sits below agent and never links the simulator", pkg, imp)
+			case strings.HasPrefix(pkg, "devid/enroll") && strings.HasPrefix(imp, "devid/dps"):
+				t.Errorf("%s imports %s: enroll is the device identity (keys, CSRs, certificates) and knows no MQTT client; issuers that speak to DPS or the hub live in agent/renewal", pkg, imp)
 			case deviceSide(pkg) && station(imp):
 				t.Errorf("%s imports %s: the station (jig, CA) runs on the jig PC and builds on the device side, never the reverse", pkg, imp)
 			}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"devid/agent"
+	"devid/agent/renewal"
 	"devid/enroll/certstore"
 	"devid/enroll/keys"
 	_ "devid/enroll/keys/tpmkey" // the "tpm" backend, as the binary has it
@@ -361,7 +361,7 @@ func TestKill9AtEveryRotationStep(t *testing.T) {
 	for i, step := range steps {
 		before := b.leafSerial("operational-chain.pem")
 		b.kill()
-		b.startEnv(agent.RotateCrashEnv + "=" + step)
+		b.startEnv(renewal.RotateCrashEnv + "=" + step)
 		b.waitLive("connected", 60*time.Second)
 		sim.Do(http.MethodPost, "/twins/"+b.deviceID+"/methods",
 			map[string]any{"methodName": rotate.MethodName, "payload": map[string]any{"rotate_key": true}, "responseTimeoutInSeconds": 10}, nil)

@@ -60,12 +60,7 @@ func (a *Agent) Status() Status {
 	s.Sent = a.sent
 	now := a.clock.Now()
 	s.Uptime = now.Sub(s.StartedAt).Truncate(time.Second).String()
-	if len(a.statusExtra) > 0 {
-		s.Extra = map[string]any{}
-		for k, f := range a.statusExtra {
-			s.Extra[k] = f()
-		}
-	}
+	s.Extra = map[string]any{"renewal": a.renewal.Status()}
 	return s
 }
 
@@ -77,7 +72,7 @@ func (a *Agent) deviceID() string {
 		return a.assignment.DeviceID
 	}
 	if a.id != nil {
-		return a.id.DeviceID
+		return a.id.DeviceID()
 	}
 	return ""
 }

@@ -26,7 +26,7 @@ func BenchmarkTelemetryClientOnly(b *testing.B) {
 		b.Run(fmt.Sprintf("window=%d", window), func(b *testing.B) {
 			id := fmt.Sprintf("bench-client-%d", window)
 			h, err := ConnectHub(context.Background(), HubConfig{
-				Host: host, DeviceID: id, Credential: ca.credential(b, id),
+				Host: host, DeviceID: id, Certificate: ca.credential(b, id),
 				Network: Network{Resolve: map[string]string{host: addr}, TrustBundle: []*x509.Certificate{ca.cert}},
 			})
 			if err != nil {

@@ -132,8 +132,8 @@ func BenchmarkRegister(b *testing.B) {
 			id := fmt.Sprintf("bench-node-%d", seq)
 			cred := r.ca.credential(b, id)
 			d := dev{RegID: id, CertFile: filepath.Join(dir, id+".pem"), KeyFile: filepath.Join(dir, id+".key")}
-			certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cred.Chain[0].Raw})
-			keyDER, err := x509.MarshalPKCS8PrivateKey(cred.Signer.(slowSigner).k)
+			certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cred.Leaf.Raw})
+			keyDER, err := x509.MarshalPKCS8PrivateKey(cred.PrivateKey.(slowSigner).k)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -2,6 +2,7 @@ package dps
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -71,65 +72,44 @@ func ParseTrustBundle(pemData []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// Credential is the device's X.509 identity: any crypto.Signer (a TPM
-// key is fine; Sign may take hundreds of milliseconds) and its chain,
-// leaf first, then every intermediate up to but not including the CA
-// the service knows.
-type Credential struct {
-	Signer crypto.Signer
-	Chain  []*x509.Certificate
-}
-
-// NewCredential parses a DER chain (leaf first) and pairs it with
-// signer.
-func NewCredential(signer crypto.Signer, chainDER [][]byte) (Credential, error) {
-	var c Credential
-	c.Signer = signer
-	for i, der := range chainDER {
+// checkCertificate checks the client certificate a Config or HubConfig
+// carries (the device's key and chain; dps imports nothing of the
+// caller's, so it takes the standard library's pair): the key is a
+// crypto.Signer (a TPM key is fine; Sign may take hundreds of
+// milliseconds), the chain is leaf first with every intermediate up to
+// but not including the CA the service knows, the leaf certifies the
+// key and each certificate is signed by the next. It returns the leaf.
+func checkCertificate(tc *tls.Certificate) (*x509.Certificate, error) {
+	signer, ok := tc.PrivateKey.(crypto.Signer)
+	if !ok || signer == nil {
+		return nil, &ConfigError{Field: "credential", Err: errors.New("no signer")}
+	}
+	if len(tc.Certificate) == 0 {
+		return nil, &ConfigError{Field: "credential", Err: errors.New("no certificate chain")}
+	}
+	chain := make([]*x509.Certificate, len(tc.Certificate))
+	for i, der := range tc.Certificate {
+		if i == 0 && tc.Leaf != nil && bytes.Equal(tc.Leaf.Raw, der) {
+			chain[0] = tc.Leaf
+			continue
+		}
 		cert, err := x509.ParseCertificate(der)
 		if err != nil {
-			return c, &ConfigError{Field: "credential chain", Err: fmt.Errorf("certificate %d: %w", i, err)}
+			return nil, &ConfigError{Field: "credential chain", Err: fmt.Errorf("certificate %d: %w", i, err)}
 		}
-		c.Chain = append(c.Chain, cert)
-	}
-	return c, c.validate()
-}
-
-// CommonName is the leaf's subject CN, which DPS uses as the
-// registration ID.
-func (c Credential) CommonName() string {
-	if len(c.Chain) == 0 {
-		return ""
-	}
-	return c.Chain[0].Subject.CommonName
-}
-
-func (c Credential) validate() error {
-	if c.Signer == nil {
-		return &ConfigError{Field: "credential", Err: errors.New("no signer")}
-	}
-	if len(c.Chain) == 0 {
-		return &ConfigError{Field: "credential", Err: errors.New("no certificate chain")}
+		chain[i] = cert
 	}
 	type eq interface{ Equal(crypto.PublicKey) bool }
-	pub, ok := c.Signer.Public().(eq)
-	if !ok || !pub.Equal(c.Chain[0].PublicKey) {
-		return &ConfigError{Field: "credential", Err: errors.New("the leaf certificate's public key does not match the signer")}
+	pub, ok := signer.Public().(eq)
+	if !ok || !pub.Equal(chain[0].PublicKey) {
+		return nil, &ConfigError{Field: "credential", Err: errors.New("the leaf certificate's public key does not match the signer")}
 	}
-	for i := 0; i+1 < len(c.Chain); i++ {
-		if err := c.Chain[i].CheckSignatureFrom(c.Chain[i+1]); err != nil {
-			return &ConfigError{Field: "credential chain", Err: fmt.Errorf("certificate %d is not signed by certificate %d: %w", i, i+1, err)}
+	for i := 0; i+1 < len(chain); i++ {
+		if err := chain[i].CheckSignatureFrom(chain[i+1]); err != nil {
+			return nil, &ConfigError{Field: "credential chain", Err: fmt.Errorf("certificate %d is not signed by certificate %d: %w", i, i+1, err)}
 		}
 	}
-	return nil
-}
-
-func (c Credential) tlsCertificate() *tls.Certificate {
-	tc := &tls.Certificate{PrivateKey: c.Signer, Leaf: c.Chain[0]}
-	for _, cert := range c.Chain {
-		tc.Certificate = append(tc.Certificate, cert.Raw)
-	}
-	return tc
+	return chain[0], nil
 }
 
 // Network says how to reach the service. The zero value dials directly
@@ -242,7 +222,7 @@ func (n *Network) now() time.Time {
 // tlsConfig is the client TLS configuration: TLS 1.2 minimum (1.3
 // allowed), SNI = host, server verified against the bundle, and our
 // chain always offered.
-func (n *Network) tlsConfig(host string, cred *Credential) *tls.Config {
+func (n *Network) tlsConfig(host string, cred *tls.Certificate) *tls.Config {
 	cfg := &tls.Config{
 		ServerName: host,
 		RootCAs:    n.rootPool(),
@@ -250,7 +230,7 @@ func (n *Network) tlsConfig(host string, cred *Credential) *tls.Config {
 		Time:       n.Now,
 	}
 	if cred != nil {
-		tc := cred.tlsCertificate()
+		tc := cred
 		// GetClientCertificate rather than Certificates: Go sends no
 		// certificate when the server's acceptable-CA list does not name
 		// our issuer, and the service may not list it.
@@ -261,7 +241,7 @@ func (n *Network) tlsConfig(host string, cred *Credential) *tls.Config {
 
 // dial opens TCP (directly or through the proxy), runs TLS and, if
 // configured, the WebSocket upgrade. Every failure is a typed error.
-func (n *Network) dial(ctx context.Context, endpoint string, cred *Credential) (net.Conn, error) {
+func (n *Network) dial(ctx context.Context, endpoint string, cred *tls.Certificate) (net.Conn, error) {
 	host, port, err := n.splitEndpoint(endpoint)
 	if err != nil {
 		return nil, err

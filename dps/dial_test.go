@@ -3,6 +3,7 @@ package dps
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -283,20 +284,26 @@ func TestCredential(t *testing.T) {
 	t.Parallel()
 	ca := newTestCA(t, "CA")
 	good := ca.credential(t, "dev-4")
-	if err := good.validate(); err != nil {
+	if _, err := checkCertificate(&good); err != nil {
 		t.Fatal(err)
 	}
 	other := ca.credential(t, "dev-5")
-	bad := Credential{Signer: other.Signer, Chain: good.Chain}
-	if err := bad.validate(); err == nil || !errors.Is(err, ErrConfig) {
+	bad := tlsCert(other.PrivateKey.(crypto.Signer), good.Leaf)
+	if _, err := checkCertificate(&bad); err == nil || !errors.Is(err, ErrConfig) {
 		t.Errorf("mismatched key accepted: %v", err)
 	}
-	c, err := NewCredential(good.Signer, [][]byte{good.Chain[0].Raw, ca.cert.Raw})
-	if err != nil || c.CommonName() != "dev-4" {
-		t.Errorf("NewCredential: %v", err)
+	signer := good.PrivateKey.(crypto.Signer)
+	withCA := tls.Certificate{PrivateKey: signer, Certificate: [][]byte{good.Leaf.Raw, ca.cert.Raw}}
+	if leaf, err := checkCertificate(&withCA); err != nil || leaf.Subject.CommonName != "dev-4" {
+		t.Errorf("chain with its CA: %v", err)
 	}
-	if _, err := NewCredential(good.Signer, [][]byte{good.Chain[0].Raw, newTestCA(t, "x").cert.Raw}); err == nil {
+	broken := tls.Certificate{PrivateKey: signer, Certificate: [][]byte{good.Leaf.Raw, newTestCA(t, "x").cert.Raw}}
+	if _, err := checkCertificate(&broken); err == nil {
 		t.Error("broken chain accepted")
+	}
+	garbage := tls.Certificate{PrivateKey: signer, Certificate: [][]byte{[]byte("nope")}}
+	if _, err := checkCertificate(&garbage); err == nil {
+		t.Error("unparsable chain accepted")
 	}
 }
 

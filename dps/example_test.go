@@ -3,6 +3,7 @@ package dps_test
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"errors"
 	"log"
 	"time"
@@ -14,13 +15,10 @@ import (
 func Example() {
 	var signer crypto.Signer // from the key store (TPM or file)
 	var chainDER [][]byte    // leaf first, then intermediates
-	cred, err := dps.NewCredential(signer, chainDER)
-	if err != nil {
-		log.Fatal(err)
-	}
+	cred := tls.Certificate{PrivateKey: signer, Certificate: chainDER}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := dps.Register(ctx, dps.Config{IDScope: "0ne00000001", Credential: cred})
+	res, err := dps.Register(ctx, dps.Config{IDScope: "0ne00000001", Certificate: cred})
 	switch {
 	case errors.Is(err, dps.ErrDisabled), errors.Is(err, dps.ErrFailed):
 		log.Fatalf("DPS refused this device for good: %v", err)
@@ -30,7 +28,7 @@ func Example() {
 	case err != nil:
 		log.Fatal(err)
 	}
-	hub, err := dps.ConnectHub(ctx, dps.HubConfig{Host: res.AssignedHub, DeviceID: res.DeviceID, Credential: cred})
+	hub, err := dps.ConnectHub(ctx, dps.HubConfig{Host: res.AssignedHub, DeviceID: res.DeviceID, Certificate: cred})
 	if errors.Is(err, dps.ErrNotAuthorized) {
 		log.Print("the hub does not know this identity: register again")
 		return

@@ -2,6 +2,7 @@ package dps
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,10 +28,11 @@ const (
 type HubConfig struct {
 	// Host is the assigned hub, "name.azure-devices.net", optionally
 	// with ":port" (default 8883, 443 with Network.WebSocket).
-	Host       string
-	DeviceID   string
-	Credential Credential
-	Network    Network
+	Host     string
+	DeviceID string
+	// Certificate is the device's key and chain, as in Config.
+	Certificate tls.Certificate
+	Network     Network
 	// APIVersion defaults to 2021-04-12.
 	APIVersion string
 	// ModelID is an optional Plug and Play model ID (&model-id=).
@@ -122,7 +124,7 @@ func (cfg *HubConfig) defaults() error {
 	if err := checkWireID("device_id", cfg.DeviceID); err != nil {
 		return err
 	}
-	if err := cfg.Credential.validate(); err != nil {
+	if _, err := checkCertificate(&cfg.Certificate); err != nil {
 		return err
 	}
 	if cfg.APIVersion == "" {
@@ -185,7 +187,7 @@ func ConnectHub(ctx context.Context, cfg HubConfig) (*Hub, error) {
 func (h *Hub) connect(ctx context.Context) (*session, error) {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.ConnectTimeout)
 	defer cancel()
-	s, err := openSession(ctx, &h.cfg.Network, h.cfg.Host, &h.cfg.Credential, sessionOptions{
+	s, err := openSession(ctx, &h.cfg.Network, h.cfg.Host, &h.cfg.Certificate, sessionOptions{
 		clientID:     h.cfg.DeviceID,
 		username:     HubUsername(h.host, h.cfg.DeviceID, h.cfg.APIVersion, h.cfg.ModelID),
 		cleanSession: h.cfg.CleanSession,

@@ -19,7 +19,7 @@ func TestFailedConnectsNoGoroutineLeak(t *testing.T) {
 	cred := ca.credential(t, "leak-reg")
 	clk := newFakeClock()
 	base := Config{
-		Endpoint: host, IDScope: "0ne00000000", Credential: cred,
+		Endpoint: host, IDScope: "0ne00000000", Certificate: cred,
 		Now: clk.Now, Sleep: clk.Sleep, Rand: func() float64 { return 0.5 },
 		// The bare broker never answers a register request: each attempt
 		// ends on the response timeout, the whole call on Timeout.
@@ -51,7 +51,7 @@ func TestFailedConnectsNoGoroutineLeak(t *testing.T) {
 		}
 		// Hub connects that fail before CONNACK.
 		for _, n := range nets[1:] {
-			h, err := ConnectHub(context.Background(), HubConfig{Host: host, DeviceID: "leak-reg", Credential: cred,
+			h, err := ConnectHub(context.Background(), HubConfig{Host: host, DeviceID: "leak-reg", Certificate: cred,
 				Network: n})
 			if err == nil {
 				h.Close()

@@ -24,7 +24,7 @@ func TestHubNoGoroutineLeak(t *testing.T) {
 			before = settledGoroutines()
 		}
 		h, err := ConnectHub(context.Background(), HubConfig{
-			Host: host, DeviceID: "leak-check", Credential: ca.credential(t, "leak-check"),
+			Host: host, DeviceID: "leak-check", Certificate: ca.credential(t, "leak-check"),
 			Network:   Network{Resolve: map[string]string{host: addr}, TrustBundle: []*x509.Certificate{ca.cert}},
 			OnDesired: func(DesiredUpdate) {},
 			// The bare broker has no twin: the GET after connect times out

@@ -78,9 +78,20 @@ func (ca *testCA) serverCert(t testing.TB, hosts ...string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{c.Raw, ca.cert.Raw}, PrivateKey: k, Leaf: c}
 }
 
-func (ca *testCA) credential(t testing.TB, cn string) Credential {
+// credential is a device certificate for cn, with the key behind a
+// slowSigner.
+func (ca *testCA) credential(t testing.TB, cn string) tls.Certificate {
 	c, k := ca.issue(t, cn, nil, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), true)
-	return Credential{Signer: slowSigner{k}, Chain: []*x509.Certificate{c}}
+	return tlsCert(slowSigner{k}, c)
+}
+
+// tlsCert pairs a key with its chain, leaf first.
+func tlsCert(key crypto.Signer, chain ...*x509.Certificate) tls.Certificate {
+	tc := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	return tc
 }
 
 // slowSigner hides the concrete key type, as a TPM signer does.

@@ -3,6 +3,7 @@ package dps
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -18,7 +19,7 @@ import (
 // DefaultEndpoint is the global DPS device endpoint.
 const DefaultEndpoint = "global.azure-devices-provisioning.net:8883"
 
-// Config configures Register. Only IDScope and Credential are required.
+// Config configures Register. Only IDScope and Certificate are required.
 type Config struct {
 	// Endpoint is host[:port]; default DefaultEndpoint (port 443 with
 	// Network.WebSocket).
@@ -27,8 +28,11 @@ type Config struct {
 	// RegistrationID defaults to the leaf certificate's CN, which DPS
 	// requires it to equal.
 	RegistrationID string
-	Credential     Credential
-	Network        Network
+	// Certificate is the device's credential: its key (a crypto.Signer)
+	// and chain, leaf first, then every intermediate up to but not
+	// including the CA the service knows.
+	Certificate tls.Certificate
+	Network     Network
 
 	// Payload is optional custom JSON sent as "payload" (custom
 	// allocation webhooks, {"modelId":...}).
@@ -107,10 +111,11 @@ func (cfg *Config) defaults() error {
 	if strings.ContainsAny(cfg.IDScope, "/#+ ") {
 		return &ConfigError{Field: "id_scope", Err: fmt.Errorf("%q contains / # + or space", cfg.IDScope)}
 	}
-	if err := cfg.Credential.validate(); err != nil {
+	leaf, err := checkCertificate(&cfg.Certificate)
+	if err != nil {
 		return err
 	}
-	cn := cfg.Credential.CommonName()
+	cn := leaf.Subject.CommonName
 	if cfg.RegistrationID == "" {
 		cfg.RegistrationID = cn
 	}
@@ -238,7 +243,7 @@ func (r *registration) session(ctx context.Context) (*Result, error) {
 	cfg := &r.cfg
 	in := make(chan inbound, 16)
 	r.res.Connects++
-	s, err := openSession(ctx, &cfg.Network, cfg.Endpoint, &cfg.Credential, sessionOptions{
+	s, err := openSession(ctx, &cfg.Network, cfg.Endpoint, &cfg.Certificate, sessionOptions{
 		clientID:     cfg.RegistrationID,
 		username:     DPSUsername(cfg.IDScope, cfg.RegistrationID, cfg.APIVersion, cfg.ClientVersion),
 		cleanSession: true,

@@ -32,10 +32,10 @@ func TestConfigValidation(t *testing.T) {
 		{"payload not JSON", func(c *Config) { c.Payload = json.RawMessage("{") }, "payload"},
 		{"csr CN mismatch", func(c *Config) { c.CSR = otherCSR }, "csr"},
 		{"csr garbage", func(c *Config) { c.CSR = []byte("nope") }, "csr"},
-		{"no signer", func(c *Config) { c.Credential.Signer = nil }, "credential"},
+		{"no signer", func(c *Config) { c.Certificate.PrivateKey = nil }, "credential"},
 	}
 	for _, tc := range cases {
-		cfg := Config{IDScope: "0ne00000001", Credential: cred}
+		cfg := Config{IDScope: "0ne00000001", Certificate: cred}
 		tc.mod(&cfg)
 		_, err := Register(context.Background(), cfg)
 		var ce *ConfigError
@@ -44,14 +44,14 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 	// Defaults.
-	cfg := Config{IDScope: "0ne00000001", Credential: cred, CSR: mustCSR(t, "dev-7")}
+	cfg := Config{IDScope: "0ne00000001", Certificate: cred, CSR: mustCSR(t, "dev-7")}
 	if err := cfg.defaults(); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Endpoint != DefaultEndpoint || cfg.RegistrationID != "dev-7" || cfg.APIVersion != "2025-07-01-preview" || cfg.KeepAlive != 240*time.Second {
 		t.Errorf("defaults %+v", cfg)
 	}
-	ws := Config{IDScope: "s", Credential: cred, Network: Network{WebSocket: true}}
+	ws := Config{IDScope: "s", Certificate: cred, Network: Network{WebSocket: true}}
 	ws.defaults()
 	if !strings.HasSuffix(ws.Endpoint, ":443") || ws.APIVersion != "2019-03-31" {
 		t.Errorf("websocket defaults %q %q", ws.Endpoint, ws.APIVersion)
@@ -73,7 +73,7 @@ func TestRegisterStopsAtDeadline(t *testing.T) {
 	clk := newFakeClock()
 	// Nothing listens: every attempt is a TCP error; the deadline ends it
 	// with a TimeoutError that carries the last cause.
-	cfg := Config{IDScope: "s", Credential: cred, Endpoint: "dps.example.test:1",
+	cfg := Config{IDScope: "s", Certificate: cred, Endpoint: "dps.example.test:1",
 		Network: Network{Resolve: map[string]string{"dps.example.test": "127.0.0.1:1"}},
 		Now:     clk.Now, Sleep: clk.Sleep, Timeout: 200 * time.Millisecond}
 	_, err := Register(context.Background(), cfg)
@@ -92,12 +92,12 @@ func TestHubConfigValidation(t *testing.T) {
 	t.Parallel()
 	cred := newTestCA(t, "CA").credential(t, "dev-10")
 	for _, id := range []string{"", "a/b", "a#b", "a+b", strings.Repeat("x", 129)} {
-		_, err := ConnectHub(context.Background(), HubConfig{Host: "h.azure-devices.net", DeviceID: id, Credential: cred})
+		_, err := ConnectHub(context.Background(), HubConfig{Host: "h.azure-devices.net", DeviceID: id, Certificate: cred})
 		if !errors.Is(err, ErrConfig) {
 			t.Errorf("device id %q: %v", id, err)
 		}
 	}
-	cfg := HubConfig{Host: "h", DeviceID: "d", Credential: cred, KeepAlive: 2 * time.Hour}
+	cfg := HubConfig{Host: "h", DeviceID: "d", Certificate: cred, KeepAlive: 2 * time.Hour}
 	cfg.defaults()
 	if cfg.KeepAlive != MaxKeepAlive || cfg.CleanSession {
 		t.Errorf("keepalive %v clean %v", cfg.KeepAlive, cfg.CleanSession)

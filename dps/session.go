@@ -2,6 +2,7 @@ package dps
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/url"
@@ -39,7 +40,7 @@ type sessionOptions struct {
 
 // openSession dials, sends CONNECT and waits for CONNACK, all bounded by
 // ctx.
-func openSession(ctx context.Context, nw *Network, endpoint string, cred *Credential, o sessionOptions) (*session, error) {
+func openSession(ctx context.Context, nw *Network, endpoint string, cred *tls.Certificate, o sessionOptions) (*session, error) {
 	host, _, err := nw.splitEndpoint(endpoint)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
@@ -93,14 +94,14 @@ func (r *rig) wsNetwork() Network {
 }
 
 // config is a registration on clk's virtual time (nil: real time).
-func (r *rig) config(cred Credential, clk *fakeClock) Config {
+func (r *rig) config(cred tls.Certificate, clk *fakeClock) Config {
 	cfg := Config{
-		Endpoint:   r.sim.Ready.DPS.Host,
-		IDScope:    r.sim.Ready.IDScope,
-		Credential: cred,
-		Network:    r.network(),
-		Rand:       func() float64 { return 0.5 },
-		Timeout:    30 * time.Second,
+		Endpoint:    r.sim.Ready.DPS.Host,
+		IDScope:     r.sim.Ready.IDScope,
+		Certificate: cred,
+		Network:     r.network(),
+		Rand:        func() float64 { return 0.5 },
+		Timeout:     30 * time.Second,
 	}
 	if clk != nil {
 		cfg.Now, cfg.Sleep = clk.Now, clk.Sleep
@@ -108,17 +109,17 @@ func (r *rig) config(cred Credential, clk *fakeClock) Config {
 	return cfg
 }
 
-func (r *rig) hubConfig(res *Result, cred Credential) HubConfig {
+func (r *rig) hubConfig(res *Result, cred tls.Certificate) HubConfig {
 	return HubConfig{
-		Host:       res.AssignedHub,
-		DeviceID:   res.DeviceID,
-		Credential: cred,
-		Network:    r.network(),
-		Backoff:    Backoff{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond},
+		Host:        res.AssignedHub,
+		DeviceID:    res.DeviceID,
+		Certificate: cred,
+		Network:     r.network(),
+		Backoff:     Backoff{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond},
 	}
 }
 
-func (r *rig) register(t testing.TB, id string) (*Result, Credential) {
+func (r *rig) register(t testing.TB, id string) (*Result, tls.Certificate) {
 	t.Helper()
 	cred := r.ca.credential(t, id)
 	res, err := Register(context.Background(), r.config(cred, newFakeClock()))
@@ -168,9 +169,9 @@ func renewThroughHub(t *testing.T, r *rig, id string) {
 	if _, err := h.RequestCertificate(ctx, mustCSR(t, "someone-else")); !errors.Is(err, ErrConfig) {
 		t.Errorf("CSR for another device: %v", err)
 	}
-	issued := Credential{Signer: key, Chain: chain}
+	issued := tlsCert(key, chain...)
 	if len(chain) > 1 {
-		issued.Chain = chain[:len(chain)-1] // the root is the service's business
+		issued = tlsCert(key, chain[:len(chain)-1]...) // the root is the service's business
 	}
 	h.Close()
 	nh, err := ConnectHub(context.Background(), r.hubConfig(res, issued))
@@ -324,7 +325,7 @@ func TestSim(t *testing.T) {
 		ca := simtest.NewDeviceCA(t)
 		r.sim.EnrollGroup(t, "root-anchored", ca.Root)
 		dev := ca.Issue(t, "dev-ica")
-		cred := Credential{Signer: dev.Key, Chain: dev.Chain}
+		cred := tlsCert(dev.Key, dev.Chain...)
 		res, err := Register(context.Background(), r.config(cred, newFakeClock()))
 		if err != nil {
 			t.Fatal(err)
@@ -335,7 +336,7 @@ func TestSim(t *testing.T) {
 		}
 		h.Close()
 		// Without the intermediate DPS cannot chain the leaf.
-		_, err = Register(context.Background(), r.config(Credential{Signer: dev.Key, Chain: dev.Chain[:1]}, newFakeClock()))
+		_, err = Register(context.Background(), r.config(tlsCert(dev.Key, dev.Chain[0]), newFakeClock()))
 		if !errors.Is(err, ErrNotAuthorized) {
 			t.Errorf("leaf-only chain: got %v, want not authorized", err)
 		}
@@ -521,9 +522,9 @@ func TestSim(t *testing.T) {
 			t.Fatalf("issued chain %v", res.IssuedChain)
 		}
 		// The issued credential is accepted by the hub.
-		issued := Credential{Signer: key, Chain: res.IssuedChain[:len(res.IssuedChain)-1]}
-		if len(res.IssuedChain) == 1 {
-			issued.Chain = res.IssuedChain
+		issued := tlsCert(key, res.IssuedChain...)
+		if len(res.IssuedChain) > 1 {
+			issued = tlsCert(key, res.IssuedChain[:len(res.IssuedChain)-1]...)
 		}
 		h, err := ConnectHub(context.Background(), r.hubConfig(res, issued))
 		if err != nil {

@@ -16,7 +16,6 @@ package certstore
 import (
 	"bytes"
 	"crypto"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -89,7 +88,8 @@ func reject(r Reason, format string, args ...any) error {
 	return &RejectError{Reason: r, Detail: fmt.Sprintf(format, args...)}
 }
 
-// Chain is an installed or candidate certificate chain.
+// Chain is an installed or candidate certificate chain. With the device
+// key it makes a credential.Credential (devid/enroll/credential).
 type Chain struct {
 	Leaf          *x509.Certificate
 	Intermediates []*x509.Certificate
@@ -102,18 +102,6 @@ func (c *Chain) Serial() string { return hex.EncodeToString(c.Leaf.SerialNumber.
 
 // NotAfter is when the leaf expires.
 func (c *Chain) NotAfter() time.Time { return c.Leaf.NotAfter }
-
-// TLSCertificate pairs the chain with the device key for TLS client auth.
-// The intermediates are included: a Go TLS client sends no certificate at
-// all when the server does not list the leaf's issuer as acceptable.
-func (c *Chain) TLSCertificate(key crypto.Signer) tls.Certificate {
-	tc := tls.Certificate{PrivateKey: key, Leaf: c.Leaf}
-	tc.Certificate = append(tc.Certificate, c.Leaf.Raw)
-	for _, ic := range c.Intermediates {
-		tc.Certificate = append(tc.Certificate, ic.Raw)
-	}
-	return tc
-}
 
 // Store is the chain file in one state directory.
 type Store struct {

@@ -11,7 +11,9 @@
 //     proved by a caller-supplied probe (connect to the hub), swapped in
 //     by rename, and only then is the old key destroyed. Recover resolves
 //     a rotation that a power cut interrupted.
-//   - Issuer: the path that turns a CSR into a certificate chain (DPS
-//     certificate issuance, EST re-enrollment), recorded with the identity
-//     so that renewal always knows which path applies.
+//   - Issuer: the path that turns a CSR into a certificate chain,
+//     recorded with the identity so that renewal always knows which path
+//     applies. EST re-enrollment (ESTIssuer) is here; the issuers that
+//     speak MQTT to DPS or the hub are in devid/agent/renewal, so that the
+//     device identity knows no MQTT client.
 package rotate

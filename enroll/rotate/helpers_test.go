@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"devid/enroll/certstore"
+	"devid/enroll/credential"
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
 	"devid/hal/atomicfile"
@@ -153,7 +154,7 @@ func loadTestCA(dir string, now func() time.Time, life time.Duration) (*testCA, 
 // if its chain verifies to the CA at the CA's clock. It runs over
 // net.Pipe so that it also works inside a synctest bubble.
 func hubProbe(ca *testCA) Probe {
-	return func(ctx context.Context, cand Credential) error {
+	return func(ctx context.Context, cand credential.Credential) error {
 		return handshake(ca, cand)
 	}
 }
@@ -164,7 +165,7 @@ var serverCert struct {
 	roots *x509.CertPool // the client's trust: the self-signed cert itself
 }
 
-func handshake(ca *testCA, cand Credential) error {
+func handshake(ca *testCA, cand credential.Credential) error {
 	serverCert.once.Do(func() {
 		k := pkitest.Key()
 		tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "hub"}, DNSNames: []string{"hub.test"},

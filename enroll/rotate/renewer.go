@@ -229,32 +229,36 @@ func (w *Renewer) Run(ctx context.Context) error {
 	}
 }
 
-// RotateSync rotates now in the caller's goroutine and records the
-// outcome like a scheduled attempt, without calling OnRotated: the caller
-// takes the new credential itself (the agent's DPS registration).
-func (w *Renewer) RotateSync(ctx context.Context, newKey bool, why string) (Result, error) {
+// RotateSync rotates now in the caller's goroutine through iss (nil: the
+// Rotator's Issuer) and records the outcome like a scheduled attempt,
+// without calling OnRotated: the caller takes the new credential itself
+// (the agent's DPS registration, which always issues through DPS).
+func (w *Renewer) RotateSync(ctx context.Context, iss Issuer, newKey bool, why string) (Result, error) {
 	w.init()
-	return w.do(ctx, newKey, why)
+	if iss == nil {
+		iss = w.Rotator.Issuer
+	}
+	return w.do(ctx, iss, newKey, why)
 }
 
 func (w *Renewer) attempt(ctx context.Context, newKey bool, why string) {
 	if ctx.Err() != nil {
 		return
 	}
-	res, err := w.do(ctx, newKey, why)
+	res, err := w.do(ctx, w.Rotator.Issuer, newKey, why)
 	if err == nil && w.OnRotated != nil {
 		w.OnRotated(res)
 	}
 }
 
-func (w *Renewer) do(ctx context.Context, newKey bool, why string) (Result, error) {
+func (w *Renewer) do(ctx context.Context, iss Issuer, newKey bool, why string) (Result, error) {
 	newKey = newKey || w.Rotator.NewKey
 	w.mu.Lock()
 	w.running = true
 	w.rec.LastAttempt = w.Clock.Now()
 	w.mu.Unlock()
 	w.Log.Info("renewal attempt", "why", why, "new_key", newKey)
-	res, err := w.Rotator.rotate(ctx, newKey)
+	res, err := w.Rotator.rotate(ctx, iss, newKey)
 	now := w.Clock.Now()
 	w.mu.Lock()
 	w.running = false

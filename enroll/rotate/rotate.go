@@ -3,7 +3,6 @@ package rotate
 import (
 	"context"
 	"crypto"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"devid/enroll/certstore"
+	"devid/enroll/credential"
 	"devid/enroll/csr"
 	"devid/enroll/keys"
 	"devid/hal/atomicfile"
@@ -43,47 +43,26 @@ type Slot struct {
 	ChainPath string
 }
 
-// Credential is a key and the chain that certifies it, leaf first.
-type Credential struct {
-	Signer crypto.Signer
-	Chain  []*x509.Certificate
-}
-
-// Leaf is the credential's certificate, or nil.
-func (c Credential) Leaf() *x509.Certificate {
-	if len(c.Chain) == 0 {
-		return nil
-	}
-	return c.Chain[0]
-}
-
-// TLSCertificate is the credential for a TLS client (leaf and intermediates).
-func (c Credential) TLSCertificate() tls.Certificate {
-	tc := tls.Certificate{PrivateKey: c.Signer, Leaf: c.Leaf()}
-	for _, x := range c.Chain {
-		tc.Certificate = append(tc.Certificate, x.Raw)
-	}
-	return tc
-}
-
 // LoadCredential opens the key and chain a slot names.
-func LoadCredential(slot Slot, stateDir string) (Credential, error) {
+func LoadCredential(slot Slot, stateDir string) (credential.Credential, error) {
 	st, err := keys.Open(slot.KeySpec, stateDir)
 	if err != nil {
-		return Credential{}, err
+		return credential.Credential{}, err
 	}
 	k, err := st.Load()
 	if err != nil {
-		return Credential{}, err
+		return credential.Credential{}, err
 	}
 	chain, err := readChain(slot.ChainPath)
 	if err != nil {
-		return Credential{}, err
+		keys.Close(k)
+		return credential.Credential{}, err
 	}
 	if !sameKey(k.Public(), chain[0].PublicKey) {
-		return Credential{}, fmt.Errorf("load credential: chain %s does not certify key %s", slot.ChainPath, slot.KeySpec)
+		keys.Close(k)
+		return credential.Credential{}, fmt.Errorf("load credential: chain %s does not certify key %s", slot.ChainPath, slot.KeySpec)
 	}
-	return Credential{Signer: k, Chain: chain}, nil
+	return credential.Credential{Signer: k, Chain: chain}, nil
 }
 
 // readChain reads and parses the PEM chain file at path (leaf first).
@@ -112,7 +91,7 @@ type IssueRequest struct {
 	Signer crypto.Signer
 	// Current is the credential in use now; EST authenticates with it.
 	// Its Signer is nil when the slot is still empty.
-	Current Credential
+	Current credential.Credential
 	// RegistrationID is the device ID.
 	RegistrationID string
 }
@@ -126,7 +105,7 @@ type Issuer interface {
 
 // Probe proves a candidate credential, typically by connecting to the hub
 // with it and disconnecting. An error keeps the old credential.
-type Probe func(ctx context.Context, candidate Credential) error
+type Probe func(ctx context.Context, candidate credential.Credential) error
 
 // Result describes a committed rotation.
 type Result struct {
@@ -164,24 +143,21 @@ type Rotator struct {
 	Now func() time.Time
 	// Log receives one record per step (default: discard).
 	Log *slog.Logger
+	// Step, if set, is called after each durable step (fault injection).
+	Step StepHook
 
 	mu sync.Mutex
 }
 
-// crashHook, when set by a test, is called after each durable step; the
-// crash tests make it kill the process there.
-var crashHook func(step string)
+// StepHook is called after each durable step of a rotation or recovery
+// (names: begin, key, issued, staged, probed, proved, backup-N, rename-N,
+// committed, destroyed, rollback-remove). It exists for fault injection:
+// power-cut tests make it kill the process at a chosen step.
+type StepHook func(step string)
 
-// SetStepHook installs f to be called after each durable step of a
-// rotation or recovery (names: begin, key, issued, staged, probed,
-// proved, backup-N, rename-N, committed, destroyed, rollback-remove).
-// It exists for fault injection: end-to-end tests make f kill the
-// process at a chosen step. Call it before any rotation starts.
-func SetStepHook(f func(step string)) { crashHook = f }
-
-func step(name string) {
-	if crashHook != nil {
-		crashHook(name)
+func (h StepHook) at(name string) {
+	if h != nil {
+		h(name)
 	}
 }
 
@@ -204,11 +180,11 @@ func (r *Rotator) log() *slog.Logger {
 // credential is left in place and the error wraps one of ErrIssue,
 // ErrBadChain, ErrProbe or ErrNoIssuer (or is a local I/O error).
 func (r *Rotator) Rotate(ctx context.Context) (Result, error) {
-	return r.rotate(ctx, r.NewKey)
+	return r.rotate(ctx, r.Issuer, r.NewKey)
 }
 
-func (r *Rotator) rotate(ctx context.Context, newKey bool) (Result, error) {
-	if r.Issuer == nil {
+func (r *Rotator) rotate(ctx context.Context, iss Issuer, newKey bool) (Result, error) {
+	if iss == nil {
 		return Result{}, ErrNoIssuer
 	}
 	if r.Probe == nil {
@@ -222,17 +198,17 @@ func (r *Rotator) rotate(ctx context.Context, newKey bool) (Result, error) {
 	}
 	defer unlock()
 	// A journal here means an earlier rotation was cut short.
-	if _, err := recoverLocked(r.StateDir, r.log()); err != nil {
+	if _, err := recoverLocked(r.StateDir, r.log(), r.Step); err != nil {
 		return Result{}, err
 	}
-	res, err := r.rotateLocked(ctx, newKey)
+	res, err := r.rotateLocked(ctx, iss, newKey)
 	if err != nil {
-		r.log().Warn("rotation failed; keeping the current credential", "path", r.Issuer.Name(), "err", err)
+		r.log().Warn("rotation failed; keeping the current credential", "path", iss.Name(), "err", err)
 	}
 	return res, err
 }
 
-func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error) {
+func (r *Rotator) rotateLocked(ctx context.Context, iss Issuer, newKey bool) (Result, error) {
 	cur, curErr := LoadCredential(r.Slot, r.StateDir)
 	if curErr != nil {
 		// An empty or broken slot: its first credential (e.g. the first
@@ -240,11 +216,11 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 		// with a key of its own. (A path that needs the current
 		// credential, EST, then fails in Issue and nothing changes.)
 		r.log().Info("rotation: slot has no usable credential; installing a first one", "slot", r.Slot.ChainPath, "why", curErr)
-		cur, newKey = Credential{}, true
+		cur, newKey = credential.Credential{}, true
 	}
-	log := r.log().With("path", r.Issuer.Name(), "new_key", newKey)
+	log := r.log().With("path", iss.Name(), "new_key", newKey)
 	j := &journal{
-		Phase: PhaseBegin, Start: r.now().UTC(), Path: r.Issuer.Name(), NewKey: newKey,
+		Phase: PhaseBegin, Start: r.now().UTC(), Path: iss.Name(), NewKey: newKey,
 		KeySpec: r.Slot.KeySpec,
 	}
 	var stagedStore keys.Store
@@ -268,20 +244,18 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 	if err := writeJournal(r.StateDir, j); err != nil {
 		return Result{}, err
 	}
-	step("begin")
+	r.Step.at("begin")
 	ok := false
 	defer func() {
 		if !ok {
-			if err := rollBack(r.StateDir, j, log); err != nil {
+			if err := rollBack(r.StateDir, j, r.Step); err != nil {
 				log.Error("rotation: roll back", "err", err)
 			}
 		}
 	}()
 
 	signer := cur.Signer
-	if cur.Signer != nil {
-		defer keys.Close(cur.Signer)
-	}
+	defer cur.Close()
 	if newKey {
 		// Leftovers of an attempt that crashed before its journal existed.
 		_ = stagedStore.Destroy()
@@ -291,7 +265,7 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 		}
 		signer = k
 		defer keys.Close(k)
-		step("key")
+		r.Step.at("key")
 	}
 	deviceID := r.DeviceID
 	if deviceID == "" && cur.Leaf() != nil {
@@ -301,11 +275,11 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 	if err != nil {
 		return Result{}, fmt.Errorf("rotate: %w", err)
 	}
-	chain, err := r.Issuer.Issue(ctx, IssueRequest{CSR: csrDER, Signer: signer, Current: cur, RegistrationID: deviceID})
+	chain, err := iss.Issue(ctx, IssueRequest{CSR: csrDER, Signer: signer, Current: cur, RegistrationID: deviceID})
 	if err != nil {
-		return Result{}, fmt.Errorf("%w: %s: %w", ErrIssue, r.Issuer.Name(), err)
+		return Result{}, fmt.Errorf("%w: %s: %w", ErrIssue, iss.Name(), err)
 	}
-	step("issued")
+	r.Step.at("issued")
 	if err := r.checkChain(chain, signer, deviceID); err != nil {
 		return Result{}, err
 	}
@@ -317,26 +291,26 @@ func (r *Rotator) rotateLocked(ctx context.Context, newKey bool) (Result, error)
 	if err := writeJournal(r.StateDir, j); err != nil {
 		return Result{}, err
 	}
-	step("staged")
+	r.Step.at("staged")
 	log.Info("rotation: staged new credential", "serial", j.Serial, "not_after", chain[0].NotAfter)
 
-	if err := r.Probe(ctx, Credential{Signer: signer, Chain: chain}); err != nil {
+	if err := r.Probe(ctx, credential.Credential{Signer: signer, Chain: chain}); err != nil {
 		return Result{}, fmt.Errorf("%w: %w", ErrProbe, err)
 	}
-	step("probed")
+	r.Step.at("probed")
 	j.Phase = PhaseProved
 	if err := writeJournal(r.StateDir, j); err != nil {
 		return Result{}, err
 	}
 	ok = true // from here on the only way is forward
-	step("proved")
-	if err := rollForward(r.StateDir, j, log); err != nil {
+	r.Step.at("proved")
+	if err := rollForward(r.StateDir, j, log, r.Step); err != nil {
 		// The journal still says proved: Recover (at the next Rotate or
 		// boot) finishes the swap.
 		return Result{}, fmt.Errorf("rotate: swap: %w", err)
 	}
 	log.Info("rotation committed", "serial", j.Serial, "not_after", chain[0].NotAfter)
-	return Result{Path: r.Issuer.Name(), Serial: j.Serial, NotAfter: chain[0].NotAfter, NewKey: newKey}, nil
+	return Result{Path: iss.Name(), Serial: j.Serial, NotAfter: chain[0].NotAfter, NewKey: newKey}, nil
 }
 
 // stagedKey returns the staged key's spec and the current key's files.
@@ -451,6 +425,16 @@ type Recovery struct {
 // destroyed). Call it at boot before loading the credential. Without a
 // journal it does nothing.
 func Recover(stateDir string, log *slog.Logger) (Recovery, error) {
+	return recoverDir(stateDir, log, nil)
+}
+
+// Recover is the package's Recover for this rotator's state directory,
+// with its Log and Step hook.
+func (r *Rotator) Recover() (Recovery, error) {
+	return recoverDir(r.StateDir, r.log(), r.Step)
+}
+
+func recoverDir(stateDir string, log *slog.Logger, step StepHook) (Recovery, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -462,10 +446,10 @@ func Recover(stateDir string, log *slog.Logger) (Recovery, error) {
 		return Recovery{}, err
 	}
 	defer unlock()
-	return recoverLocked(stateDir, log)
+	return recoverLocked(stateDir, log, step)
 }
 
-func recoverLocked(stateDir string, log *slog.Logger) (Recovery, error) {
+func recoverLocked(stateDir string, log *slog.Logger, step StepHook) (Recovery, error) {
 	j, err := readJournal(stateDir)
 	if err != nil || j == nil {
 		return Recovery{Action: "none"}, err
@@ -473,10 +457,10 @@ func recoverLocked(stateDir string, log *slog.Logger) (Recovery, error) {
 	rec := Recovery{Phase: j.Phase}
 	if j.Phase == PhaseBegin || j.Phase == PhaseStaged {
 		rec.Action = "rolled-back"
-		err = rollBack(stateDir, j, log)
+		err = rollBack(stateDir, j, step)
 	} else {
 		rec.Action = "rolled-forward"
-		err = rollForward(stateDir, j, log)
+		err = rollForward(stateDir, j, log, step)
 	}
 	if err != nil {
 		return rec, fmt.Errorf("recover rotation (%s): %w", j.Phase, err)
@@ -486,7 +470,7 @@ func recoverLocked(stateDir string, log *slog.Logger) (Recovery, error) {
 }
 
 // rollBack destroys everything staged; the current files were never touched.
-func rollBack(stateDir string, j *journal, _ *slog.Logger) error {
+func rollBack(stateDir string, j *journal, step StepHook) error {
 	// The staged key is its files (a PEM key, or a TPM blob that holds
 	// no TPM resources at rest), which are among the renames' sources:
 	// removing them destroys it. Recovery never opens a key backend on
@@ -497,7 +481,7 @@ func rollBack(stateDir string, j *journal, _ *slog.Logger) error {
 			return err
 		}
 		removeTemps(rn.From)
-		step("rollback-remove")
+		step.at("rollback-remove")
 	}
 	if err := syncDirs(j); err != nil {
 		return err
@@ -507,7 +491,7 @@ func rollBack(stateDir string, j *journal, _ *slog.Logger) error {
 
 // rollForward finishes the swap (each step idempotent), records the
 // commit, then destroys the old key and chain.
-func rollForward(stateDir string, j *journal, log *slog.Logger) error {
+func rollForward(stateDir string, j *journal, log *slog.Logger, step StepHook) error {
 	if j.Phase == PhaseProved {
 		for i, rn := range j.Renames {
 			if _, err := os.Lstat(rn.From); errors.Is(err, fs.ErrNotExist) {
@@ -519,20 +503,20 @@ func rollForward(stateDir string, j *journal, log *slog.Logger) error {
 					return err
 				}
 			}
-			step(fmt.Sprintf("backup-%d", i))
+			step.at(fmt.Sprintf("backup-%d", i))
 			if err := os.Rename(rn.From, rn.To); err != nil {
 				return fmt.Errorf("swap %s: %w", rn.To, err)
 			}
 			if err := atomicfile.SyncDir(filepath.Dir(rn.To)); err != nil {
 				return err
 			}
-			step(fmt.Sprintf("rename-%d", i))
+			step.at(fmt.Sprintf("rename-%d", i))
 		}
 		j.Phase = PhaseCommitted
 		if err := writeJournal(stateDir, j); err != nil {
 			return err
 		}
-		step("committed")
+		step.at("committed")
 	}
 	for _, rn := range j.Renames {
 		if err := removeIfExists(rn.Backup); err != nil {
@@ -543,7 +527,7 @@ func rollForward(stateDir string, j *journal, log *slog.Logger) error {
 	if err := syncDirs(j); err != nil {
 		return err
 	}
-	step("destroyed")
+	step.at("destroyed")
 	if j.NewKey {
 		log.Info("rotation: old key destroyed")
 	}

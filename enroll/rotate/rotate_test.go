@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"devid/enroll/credential"
 	"devid/enroll/keys"
 )
 
@@ -94,7 +95,7 @@ func TestRotateFailuresKeepOld(t *testing.T) {
 	}{
 		{"ca refuses", func(r *Rotator, ca *testCA) { ca.refuse = errors.New("403 renewal not allowed") }, ErrIssue},
 		{"probe fails", func(r *Rotator, ca *testCA) {
-			r.Probe = func(context.Context, Credential) error { return errors.New("CONNACK 5 not authorized") }
+			r.Probe = func(context.Context, credential.Credential) error { return errors.New("CONNACK 5 not authorized") }
 		}, ErrProbe},
 		{"wrong CN", func(r *Rotator, ca *testCA) { ca.cn = "dev-2" }, ErrBadChain},
 		{"untrusted", func(r *Rotator, ca *testCA) { r.Roots = newTestCA(t, realNow, time.Hour).roots() }, ErrBadChain},
@@ -165,7 +166,7 @@ func TestCrashHelper(t *testing.T) {
 		t.Skip("helper process only")
 	}
 	dir, crash := os.Getenv(envDir), os.Getenv(envCrash)
-	crashHook = func(s string) {
+	hook := func(s string) {
 		if mode == "record" {
 			os.Stdout.WriteString("STEP " + s + "\n")
 		}
@@ -175,7 +176,7 @@ func TestCrashHelper(t *testing.T) {
 		}
 	}
 	if mode == "recover" {
-		if _, err := Recover(dir, nil); err != nil {
+		if _, err := (&Rotator{StateDir: dir, Step: hook}).Recover(); err != nil {
 			t.Fatal(err)
 		}
 		return
@@ -185,7 +186,7 @@ func TestCrashHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	slot := Slot{KeySpec: os.Getenv(envSpec), ChainPath: filepath.Join(dir, "device-chain.pem")}
-	r := &Rotator{StateDir: dir, Slot: slot, DeviceID: "dev-1", Issuer: ca, Probe: hubProbe(ca), NewKey: os.Getenv(envNewKey) == "1", Roots: ca.roots()}
+	r := &Rotator{StateDir: dir, Slot: slot, DeviceID: "dev-1", Issuer: ca, Probe: hubProbe(ca), NewKey: os.Getenv(envNewKey) == "1", Roots: ca.roots(), Step: hook}
 	if _, err := r.Rotate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +274,7 @@ func kill9AtEveryStep(t *testing.T, newKey bool, spec func(dir string) string) {
 }
 
 // mustLoad loads a credential and releases its key (a TPM object).
-func mustLoad(t *testing.T, slot Slot, dir string) Credential {
+func mustLoad(t *testing.T, slot Slot, dir string) credential.Credential {
 	t.Helper()
 	c, err := LoadCredential(slot, dir)
 	if err != nil {
@@ -283,7 +284,7 @@ func mustLoad(t *testing.T, slot Slot, dir string) Credential {
 	return c
 }
 
-func checkRecovered(t *testing.T, dir string, slot Slot, ca *testCA, old Credential, wantNew bool, what string) {
+func checkRecovered(t *testing.T, dir string, slot Slot, ca *testCA, old credential.Credential, wantNew bool, what string) {
 	t.Helper()
 	if _, err := Recover(dir, nil); err != nil {
 		t.Fatalf("%s: recover: %v", what, err)

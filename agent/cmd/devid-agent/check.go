@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -15,9 +16,11 @@ import (
 
 	"devid/agent"
 	"devid/agent/config"
+	"devid/agent/renewal"
 	"devid/agent/statedir"
 	"devid/dps"
 	"devid/enroll/certstore"
+	"devid/enroll/credential"
 	"devid/enroll/keys"
 	"devid/hal/clock"
 )
@@ -184,7 +187,7 @@ func (c *checker) keyAndCert() {
 	default:
 		c.add("cert expiry", "pass", fmt.Sprintf("expires %s (%s)", ch.NotAfter().Format(time.RFC3339), humanUntil(left)), "")
 	}
-	r := agent.RenewalCheck(c.cfg, c.now)
+	r := renewal.Check(c.cfg, c.now)
 	c.add("renewal", r.Level, r.Message, r.Hint)
 }
 
@@ -265,9 +268,10 @@ func (c *checker) reach(ctx context.Context) {
 		return
 	}
 	n := cloud.Network()
-	var cred *dps.Credential
+	var cred *tls.Certificate
 	if c.chain != nil && c.key != nil {
-		cred = &dps.Credential{Signer: c.key, Chain: append([]*x509.Certificate{c.chain.Leaf}, c.chain.Intermediates...)}
+		tc := (&credential.Credential{Signer: c.key, Chain: append([]*x509.Certificate{c.chain.Leaf}, c.chain.Intermediates...)}).TLSCertificate()
+		cred = &tc
 	}
 	via := "direct"
 	if n.Proxy != "" {

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"time"
 
-	"devid/agent"
 	"devid/agent/config"
+	"devid/agent/renewal"
 	"devid/enroll/rotate"
 )
 
@@ -19,7 +19,7 @@ func renewalOf(cfg *config.Config, extra map[string]any) rotate.Status {
 			return st
 		}
 	}
-	return agent.RenewalStatusFromFiles(cfg, time.Now())
+	return renewal.StatusFromFiles(cfg, time.Now())
 }
 
 // printRenewal adds the renewal rows to `devid-agent status`.

@@ -1,7 +1,10 @@
-package rotate
+package renewal
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -11,6 +14,8 @@ import (
 	"time"
 
 	"devid/dps"
+	"devid/enroll/credential"
+	"devid/enroll/rotate"
 	"devid/simulator/simtest"
 )
 
@@ -23,8 +28,8 @@ type simDevice struct {
 	factory *simtest.DeviceCert
 	dir     string
 	net     dps.Network
-	slot    Slot
-	rot     *Rotator
+	slot    rotate.Slot
+	rot     *rotate.Rotator
 
 	mu       sync.Mutex
 	hub, dev string
@@ -49,13 +54,13 @@ func newSimDevice(t *testing.T, id string) *simDevice {
 	}
 	d := &simDevice{sim: sim, ca: ca, factory: ca.Issue(t, id), dir: t.TempDir(),
 		net: dps.Network{Resolve: sim.Resolve(), TrustBundle: bundle}}
-	d.slot = Slot{KeySpec: "file:" + filepath.Join(d.dir, "operational.key"), ChainPath: filepath.Join(d.dir, "operational-chain.pem")}
-	d.rot = &Rotator{
+	d.slot = rotate.Slot{KeySpec: "file:" + filepath.Join(d.dir, "operational.key"), ChainPath: filepath.Join(d.dir, "operational-chain.pem")}
+	d.rot = &rotate.Rotator{
 		StateDir: d.dir, Slot: d.slot, DeviceID: id, NewKey: true,
 		Issuer: &DPSIssuer{
 			Config: dps.Config{
 				Endpoint: sim.Ready.DPS.Host + ":8883", IDScope: sim.Ready.IDScope, Network: d.net,
-				Credential: dps.Credential{Signer: d.factory.Key, Chain: d.factory.Chain}, Timeout: 30 * time.Second,
+				Certificate: (&credential.Credential{Signer: d.factory.Key, Chain: d.factory.Chain}).TLSCertificate(), Timeout: 30 * time.Second,
 				MinPollInterval: simPoll,
 			},
 			OnAssigned: func(r *dps.Result) { d.mu.Lock(); d.hub, d.dev = r.AssignedHub, r.DeviceID; d.mu.Unlock() },
@@ -66,14 +71,14 @@ func newSimDevice(t *testing.T, id string) *simDevice {
 }
 
 // connect is the probe: a real MQTT connection to the assigned hub.
-func (d *simDevice) connect(ctx context.Context, c Credential) error {
+func (d *simDevice) connect(ctx context.Context, c credential.Credential) error {
 	d.mu.Lock()
 	hub, dev := d.hub, d.dev
 	d.mu.Unlock()
 	if hub == "" {
 		return errors.New("no hub assigned yet")
 	}
-	h, err := dps.ConnectHub(ctx, dps.HubConfig{Host: hub, DeviceID: dev, Credential: dps.Credential{Signer: c.Signer, Chain: c.Chain},
+	h, err := dps.ConnectHub(ctx, dps.HubConfig{Host: hub, DeviceID: dev, Certificate: c.TLSCertificate(),
 		Network: d.net, ConnectTimeout: 15 * time.Second})
 	if err != nil {
 		return err
@@ -101,10 +106,10 @@ func TestDPSIssuanceOnSim(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first issuance: %v", err)
 	}
-	if first.Path != PathDPS {
+	if first.Path != rotate.PathDPS {
 		t.Errorf("path %q", first.Path)
 	}
-	c1, err := LoadCredential(d.slot, d.dir)
+	c1, err := rotate.LoadCredential(d.slot, d.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,11 +129,11 @@ func TestDPSIssuanceOnSim(t *testing.T) {
 	d.sim.SetFault(t, simtest.Fault{Scope: "dps", Ops: []string{"register"}, Status: 503, Count: 100})
 	fctx, fcancel := context.WithTimeout(ctx, 3*time.Second)
 	defer fcancel()
-	if _, err := d.rot.Rotate(fctx); !errors.Is(err, ErrIssue) {
-		t.Errorf("rotation with DPS failing: %v, want ErrIssue", err)
+	if _, err := d.rot.Rotate(fctx); !errors.Is(err, rotate.ErrIssue) {
+		t.Errorf("rotation with DPS failing: %v, want rotate.ErrIssue", err)
 	}
 	d.sim.ClearFaults(t)
-	c2, err := LoadCredential(d.slot, d.dir)
+	c2, err := rotate.LoadCredential(d.slot, d.dir)
 	if err != nil || hex.EncodeToString(c2.Leaf().SerialNumber.Bytes()) != second.Serial {
 		t.Fatalf("after refused renewal: %v (serial %x, want %s)", err, c2.Leaf().SerialNumber.Bytes(), second.Serial)
 	}
@@ -146,7 +151,7 @@ func TestDPSIssuanceOnSim(t *testing.T) {
 	if err != nil {
 		t.Fatalf("rotation after revocation: %v", err)
 	}
-	c3, _ := LoadCredential(d.slot, d.dir)
+	c3, _ := rotate.LoadCredential(d.slot, d.dir)
 	if err := d.connect(ctx, c3); err != nil || third.Serial == second.Serial {
 		t.Fatalf("after revocation: %v", err)
 	}
@@ -177,7 +182,7 @@ func TestESTReenrollOnSim(t *testing.T) {
 	d.sim.EnrollGroup(t, "g-est-issuing", icerts[len(icerts)-1])
 
 	// The device slot holds the factory credential, as written by the jig.
-	slot := Slot{KeySpec: "file:" + filepath.Join(d.dir, "device.key"), ChainPath: filepath.Join(d.dir, "device-chain.pem")}
+	slot := rotate.Slot{KeySpec: "file:" + filepath.Join(d.dir, "device.key"), ChainPath: filepath.Join(d.dir, "device-chain.pem")}
 	if err := os.WriteFile(filepath.Join(d.dir, "device.key"), d.factory.KeyPEM(t), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -186,9 +191,9 @@ func TestESTReenrollOnSim(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	register := func(c Credential) error {
+	register := func(c credential.Credential) error {
 		res, err := dps.Register(ctx, dps.Config{Endpoint: d.sim.Ready.DPS.Host + ":8883", IDScope: d.sim.Ready.IDScope,
-			Network: d.net, Credential: dps.Credential{Signer: c.Signer, Chain: c.Chain}, Timeout: 30 * time.Second, MinPollInterval: simPoll})
+			Network: d.net, Certificate: c.TLSCertificate(), Timeout: 30 * time.Second, MinPollInterval: simPoll})
 		if err == nil {
 			d.mu.Lock()
 			d.hub, d.dev = res.AssignedHub, res.DeviceID
@@ -196,7 +201,7 @@ func TestESTReenrollOnSim(t *testing.T) {
 		}
 		return err
 	}
-	cur, err := LoadCredential(slot, d.dir)
+	cur, err := rotate.LoadCredential(slot, d.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,26 +210,26 @@ func TestESTReenrollOnSim(t *testing.T) {
 	}
 	// The probe does what the agent does with a new certificate: register
 	// with DPS (the hub learns the new credential), then connect.
-	probe := func(ctx context.Context, c Credential) error {
+	probe := func(ctx context.Context, c credential.Credential) error {
 		if err := register(c); err != nil {
 			return err
 		}
 		return d.connect(ctx, c)
 	}
-	rot := &Rotator{StateDir: d.dir, Slot: slot, DeviceID: id, Probe: probe,
-		Issuer: &ESTIssuer{URL: d.sim.Ready.ESTURL, ServerRoots: d.sim.ServerRoots()}}
+	rot := &rotate.Rotator{StateDir: d.dir, Slot: slot, DeviceID: id, Probe: probe,
+		Issuer: &rotate.ESTIssuer{URL: d.sim.Ready.ESTURL, ServerRoots: d.sim.ServerRoots()}}
 	for _, newKey := range []bool{false, true} {
 		rot.NewKey = newKey
 		res, err := rot.Rotate(ctx)
 		if err != nil {
 			t.Fatalf("EST rotation newKey=%v: %v", newKey, err)
 		}
-		c, err := LoadCredential(slot, d.dir)
+		c, err := rotate.LoadCredential(slot, d.dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sameKey(c.Signer.Public(), cur.Signer.Public()) == newKey || res.Path != PathEST {
-			t.Errorf("newKey=%v: key changed=%v path=%s", newKey, !sameKey(c.Signer.Public(), cur.Signer.Public()), res.Path)
+		if samePublicKey(c.Signer.Public(), cur.Signer.Public()) == newKey || res.Path != rotate.PathEST {
+			t.Errorf("newKey=%v: key changed=%v path=%s", newKey, !samePublicKey(c.Signer.Public(), cur.Signer.Public()), res.Path)
 		}
 		if err := register(c); err != nil {
 			t.Errorf("newKey=%v: DPS refuses the renewed credential: %v", newKey, err)
@@ -261,27 +266,27 @@ func TestESTWithIndividualEnrollment(t *testing.T) {
 	bundle, _ := dps.ParseTrustBundle(b)
 	netw := dps.Network{Resolve: sim.Resolve(), TrustBundle: bundle}
 	dir := t.TempDir()
-	slot := Slot{KeySpec: "file:" + filepath.Join(dir, "device.key"), ChainPath: filepath.Join(dir, "device-chain.pem")}
+	slot := rotate.Slot{KeySpec: "file:" + filepath.Join(dir, "device.key"), ChainPath: filepath.Join(dir, "device-chain.pem")}
 	os.WriteFile(filepath.Join(dir, "device.key"), dev.KeyPEM(t), 0o600)
 	os.WriteFile(slot.ChainPath, dev.ChainPEM(), 0o600)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	register := func(ctx context.Context, c Credential) error {
+	register := func(ctx context.Context, c credential.Credential) error {
 		_, err := dps.Register(ctx, dps.Config{Endpoint: sim.Ready.DPS.Host + ":8883", IDScope: sim.Ready.IDScope,
-			Network: netw, Credential: dps.Credential{Signer: c.Signer, Chain: c.Chain}, Timeout: 20 * time.Second, MinPollInterval: simPoll})
+			Network: netw, Certificate: c.TLSCertificate(), Timeout: 20 * time.Second, MinPollInterval: simPoll})
 		return err
 	}
-	rot := &Rotator{StateDir: dir, Slot: slot, DeviceID: id, Probe: register,
-		Issuer: &ESTIssuer{URL: sim.Ready.ESTURL, ServerRoots: sim.ServerRoots()}}
+	rot := &rotate.Rotator{StateDir: dir, Slot: slot, DeviceID: id, Probe: register,
+		Issuer: &rotate.ESTIssuer{URL: sim.Ready.ESTURL, ServerRoots: sim.ServerRoots()}}
 	before, _ := os.ReadFile(slot.ChainPath)
-	if _, err := rot.Rotate(ctx); !errors.Is(err, ErrProbe) {
-		t.Fatalf("EST renewal under an individual enrollment: %v, want ErrProbe", err)
+	if _, err := rot.Rotate(ctx); !errors.Is(err, rotate.ErrProbe) {
+		t.Fatalf("EST renewal under an individual enrollment: %v, want rotate.ErrProbe", err)
 	}
 	after, _ := os.ReadFile(slot.ChainPath)
 	if string(after) != string(before) {
 		t.Fatal("the certificate was swapped although DPS refuses the new one")
 	}
-	cur, err := LoadCredential(slot, dir)
+	cur, err := rotate.LoadCredential(slot, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,20 +313,67 @@ func TestHubRenewalOnSim(t *testing.T) {
 	d.mu.Lock()
 	hub, dev := d.hub, d.dev
 	d.mu.Unlock()
-	hr := &Rotator{StateDir: d.dir, Slot: d.slot, DeviceID: "rot-hub-1", NewKey: true, Probe: d.connect,
+	hr := &rotate.Rotator{StateDir: d.dir, Slot: d.slot, DeviceID: "rot-hub-1", NewKey: true, Probe: d.connect,
 		Issuer: &HubIssuer{Config: dps.HubConfig{Host: hub, DeviceID: dev, Network: d.net, ConnectTimeout: 15 * time.Second}}}
 	res, err := hr.Rotate(ctx)
 	if err != nil {
 		t.Fatalf("hub renewal: %v", err)
 	}
-	if res.Path != PathHub || res.Serial == first.Serial {
+	if res.Path != rotate.PathHub || res.Serial == first.Serial {
 		t.Errorf("result %+v", res)
 	}
-	c, err := LoadCredential(d.slot, d.dir)
+	c, err := rotate.LoadCredential(d.slot, d.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := d.connect(ctx, c); err != nil {
 		t.Errorf("hub-renewed credential does not connect: %v", err)
 	}
+}
+
+// TestDPSIssuanceP384OnSim: the operational key spec asks for P-384
+// (",curve=p384"); the first issuance and a key rotation both make P-384
+// keys, DPS (the simulator accepts P-384 CSRs by default) issues for them,
+// and the credential connects to the hub.
+func TestDPSIssuanceP384OnSim(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs devid-sim")
+	}
+	t.Parallel()
+	d := newSimDevice(t, "rot-dps-384")
+	d.slot.KeySpec += ",curve=p384"
+	d.rot.Slot = d.slot
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	var serial string
+	for i := range 2 {
+		res, err := d.rot.Rotate(ctx)
+		if err != nil {
+			t.Fatalf("rotation %d: %v", i, err)
+		}
+		if res.Serial == serial {
+			t.Fatalf("rotation %d kept serial %s", i, serial)
+		}
+		serial = res.Serial
+		c, err := rotate.LoadCredential(d.slot, d.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, ok := c.Signer.Public().(*ecdsa.PublicKey)
+		if !ok || pub.Curve != elliptic.P384() {
+			t.Fatalf("rotation %d: key is %T, want ECDSA P-384", i, c.Signer.Public())
+		}
+		if !pub.Equal(c.Leaf().PublicKey) {
+			t.Fatalf("rotation %d: certificate does not certify the P-384 key", i)
+		}
+		if err := d.connect(ctx, c); err != nil {
+			t.Fatalf("rotation %d: P-384 credential does not connect: %v", i, err)
+		}
+	}
+}
+
+func samePublicKey(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
 }

@@ -1,8 +1,10 @@
-package agent
+package renewal
 
 import (
 	"path/filepath"
 	"testing"
+
+	_ "devid/enroll/keys/tpmkey" // the "tpm" backend, as the agent binary has it
 )
 
 // TestOperationalKeySpecCurve: renewal.key_curve reaches the operational
