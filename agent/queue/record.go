@@ -47,6 +47,12 @@ func encodeRecord(seq uint64, payload []byte) []byte {
 	return b
 }
 
+// recLen is the payload length in a record header (b holds at least 8 bytes).
+func recLen(b []byte) uint32 { return binary.LittleEndian.Uint32(b[4:]) }
+
+// hasMagic reports whether b starts with the record magic.
+func hasMagic(b []byte) bool { return binary.LittleEndian.Uint32(b) == recordMagic }
+
 func checksum(hdr, payload []byte) uint32 {
 	c := crc32.Update(0, crcTable, hdr)
 	return crc32.Update(c, crcTable, payload)
