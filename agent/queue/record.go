@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
+	"os"
 )
 
 // Record layout on disk (little endian):
@@ -79,4 +81,28 @@ func decodeRecord(b []byte) (Record, int, error) {
 		return Record{}, 0, errChecksum
 	}
 	return Record{Seq: binary.LittleEndian.Uint64(b[8:]), Payload: payload}, headerSize + int(n), nil
+}
+
+// readRecordAt reads the record at off. io.EOF means a clean end.
+func readRecordAt(f *os.File, off int64) (Record, int, error) {
+	var hdr [headerSize]byte
+	n, err := f.ReadAt(hdr[:], off)
+	if n == 0 && err == io.EOF {
+		return Record{}, 0, io.EOF
+	}
+	if n < headerSize {
+		return Record{}, 0, errShort
+	}
+	plen := recLen(hdr[:])
+	if plen > MaxPayload {
+		return Record{}, 0, errTooLarge
+	}
+	buf := make([]byte, headerSize+plen)
+	copy(buf, hdr[:])
+	if plen > 0 {
+		if m, _ := f.ReadAt(buf[headerSize:], off+headerSize); m < int(plen) {
+			return Record{}, 0, errShort
+		}
+	}
+	return decodeRecord(buf)
 }
