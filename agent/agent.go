@@ -77,6 +77,12 @@ type QueueInfo struct {
 	Depth   uint64 `json:"depth"`
 	Bytes   int64  `json:"bytes"`
 	Dropped uint64 `json:"dropped"`
+	// Corrupt: damaged records skipped (docs/state-dir.md).
+	Corrupt uint64 `json:"corrupt"`
+	// SetAside: messages the hub refused for good, in queue/setaside.log.
+	SetAside uint64 `json:"set_aside"`
+	// CursorSetAside: where a damaged ack cursor was moved.
+	CursorSetAside string `json:"cursor_set_aside,omitempty"`
 }
 
 // ClockWait describes a wait for a sane clock.
@@ -98,6 +104,8 @@ type Agent struct {
 	clock clock.Clock
 	dir   *statedir.Dir
 	queue *queue.Queue
+	// sendTries follows the oldest failing telemetry message (sender.go).
+	sendTries sendTries
 
 	events  chan Event
 	stopped chan struct{} // closed when Run returns
@@ -159,6 +167,7 @@ func New(opt Options) (*Agent, error) {
 		SegmentBytes:  cfg.Queue.SegmentBytes,
 		Fsync:         cfg.Queue.Fsync,
 		FsyncInterval: cfg.Queue.FsyncInterval.D(),
+		Log:           opt.Logger.With("component", "queue"),
 	})
 	if err != nil {
 		return nil, err
@@ -819,120 +828,6 @@ func (a *Agent) startConnected(ctx context.Context, epoch uint64, conn HubConn) 
 // lkgInterval is how often a connected agent refreshes last_known_good.
 const lkgInterval = time.Hour
 
-// sendLoop drains the durable queue to the hub with a bounded window of
-// unacknowledged messages; each is acked in the queue only after PUBACK.
-func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
-	const window = 8
-	sem := make(chan struct{}, window)
-	var after uint64
-	// A Send that fails while the connection stays up (a PUBACK that
-	// never came) is retried on this connection: the loop rewinds to the
-	// lowest such seq instead of leaving it until the next reconnect.
-	var (
-		mu        sync.Mutex
-		inflight  = map[uint64]bool{}
-		retryFrom uint64 // 0: nothing to retry
-	)
-	kick := make(chan struct{}, 1)
-	for ctx.Err() == nil {
-		mu.Lock()
-		rewind := retryFrom != 0
-		if rewind && retryFrom <= after {
-			after = retryFrom - 1
-		}
-		retryFrom = 0
-		mu.Unlock()
-		if rewind && !a.sleep(ctx, a.cfg.Retry.MinDelay.D()) {
-			// Paced: a hub that keeps failing sends is not hammered.
-			return
-		}
-		recs, err := a.queue.Next(after, window, 1<<20)
-		if err != nil {
-			a.log.Error("read telemetry queue", "err", err)
-			if !a.sleep(ctx, time.Second) {
-				return
-			}
-			continue
-		}
-		if len(recs) == 0 {
-			// Safety net: re-scan in case a notification was consumed
-			// while the window was full.
-			rescan, stop := clock.After(a.clock, 5*time.Second)
-			select {
-			case <-a.queue.Notify():
-			case <-kick:
-			case <-ctx.Done():
-				stop()
-				return
-			case <-rescan:
-			}
-			stop()
-			continue
-		}
-		for _, r := range recs {
-			after = r.Seq
-			mu.Lock()
-			busy := inflight[r.Seq]
-			mu.Unlock()
-			if busy {
-				continue // still waiting for its PUBACK
-			}
-			var m Message
-			if err := json.Unmarshal(r.Payload, &m); err != nil {
-				a.log.Error("undecodable queued message; dropping it", "seq", r.Seq, "err", err)
-				a.queue.Ack(r.Seq)
-				continue
-			}
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			mu.Lock()
-			inflight[r.Seq] = true
-			mu.Unlock()
-			go func(seq uint64, m Message) {
-				defer func() { <-sem }()
-				sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-				defer cancel()
-				err := conn.Send(sctx, m)
-				mu.Lock()
-				delete(inflight, seq)
-				if err != nil && ctx.Err() == nil && !closed(conn.Done()) && (retryFrom == 0 || seq < retryFrom) {
-					retryFrom = seq
-				}
-				mu.Unlock()
-				if err != nil {
-					// Not acked: sent again on this connection (above) or
-					// after the reconnect.
-					if ctx.Err() == nil {
-						a.log.Debug("telemetry not acknowledged", "seq", seq, "err", err)
-						select {
-						case kick <- struct{}{}:
-						default:
-						}
-					}
-					return
-				}
-				a.queue.Ack(seq)
-				a.mu.Lock()
-				a.sent++
-				a.mu.Unlock()
-			}(r.Seq, m)
-		}
-	}
-}
-
-// closed reports whether ch is closed (without blocking).
-func closed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
-}
-
 // Enqueue adds a telemetry message to the durable queue. It returns the
 // queue sequence number once the message is stored per the fsync policy.
 func (a *Agent) Enqueue(m Message) (uint64, error) {
@@ -992,7 +887,7 @@ func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := a.status
-	s.Queue = QueueInfo{Depth: qs.Depth, Bytes: qs.Bytes, Dropped: qs.Dropped}
+	s.Queue = QueueInfoFrom(qs)
 	s.Sent = a.sent
 	now := a.clock.Now()
 	s.Uptime = now.Sub(s.StartedAt).Truncate(time.Second).String()
