@@ -106,7 +106,7 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 			continue
 		}
 		// Only what is within the window of the cursor on disk.
-		limit := a.queue.Durable() + sendWindow
+		limit := a.queue.SendLimit(sendWindow)
 		for len(recs) > 0 && recs[len(recs)-1].Seq > limit {
 			recs = recs[:len(recs)-1]
 		}

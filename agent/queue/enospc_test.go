@@ -9,6 +9,7 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"devid/hal/hosttest"
 )
@@ -69,7 +70,7 @@ func fillLeaving(t *testing.T, dir string, free int64) string {
 func TestENOSPCAtEveryWrite(t *testing.T) {
 	mnt := smallTmpfs(t, 256<<10)
 	// Segments span pages, so a record can be torn at a page boundary.
-	opt := Options{MaxBytes: 48 << 10, SegmentBytes: 12 << 10, Fsync: FsyncAlways}
+	opt := Options{MaxBytes: 48 << 10, SegmentBytes: 12 << 10, Fsync: FsyncAlways, FsyncInterval: 10 * time.Millisecond}
 	const payload = 100 // a record of headerSize+payload bytes
 	offsets := 0
 	for free := int64(0); free <= 2*4096; free += 4096 {
@@ -101,6 +102,10 @@ func TestENOSPCAtEveryWrite(t *testing.T) {
 				t.Fatalf("%s: the disk never filled", name)
 			}
 			checkQueue(t, name+" full", q, accepted)
+			// A PUBACK while the disk is full: the cursor may not be
+			// written, the record is delivered all the same.
+			ackOldest(q, accepted, 1)
+			checkQueue(t, name+" acked while full", q, accepted)
 			os.Remove(filler)
 			for i := 0; i < 5; i++ {
 				p := fmt.Sprintf("%s-after-%d", name, i)
@@ -122,6 +127,10 @@ func TestENOSPCAtEveryWrite(t *testing.T) {
 				accepted[seq] = p
 			}
 			checkQueue(t, name+" acked", q, accepted)
+			// The cursor reaches the disk once there is room.
+			for q.Durable() < q.Stats().Acked {
+				<-q.Notify()
+			}
 			if err := q.Close(); err != nil {
 				t.Fatalf("%s: close: %v", name, err)
 			}

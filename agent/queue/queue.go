@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -92,11 +93,13 @@ type Queue struct {
 	cursorAside string // where a damaged cursor was set aside
 	dataDirty   bool
 	cursorDirty bool
-	flushTimer  *time.Timer
-	notify      chan struct{}
-	cursorKick  chan struct{}
-	flusherDone chan struct{}
-	closed      bool
+	// cursorFailing: the last cursor write failed (a full disk).
+	cursorFailing bool
+	flushTimer    *time.Timer
+	notify        chan struct{}
+	cursorKick    chan struct{}
+	flusherDone   chan struct{}
+	closed        bool
 	// read position cache: the offset in rseg of record rseq.
 	rseg *segment
 	rseq uint64
@@ -452,6 +455,20 @@ func (q *Queue) Durable() uint64 {
 	return q.durable
 }
 
+// SendLimit is the highest sequence number a sender that keeps window
+// records in flight may send: window beyond the cursor on disk, so a crash
+// resends at most window. While the cursor cannot be written (a full
+// disk) there is no limit: delivery goes on, and a crash then may resend
+// more (the log says so).
+func (q *Queue) SendLimit(window uint64) uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.cursorFailing {
+		return math.MaxUint64
+	}
+	return q.durable + window
+}
+
 // flusher writes the cursor after acks, coalescing those that arrive
 // while a write is under way.
 func (q *Queue) flusher() {
@@ -464,7 +481,11 @@ func (q *Queue) flusher() {
 		}
 		if q.cursorDirty {
 			if err := q.writeCursorLocked(); err != nil {
-				q.log.Warn("telemetry queue: cannot write the ack cursor", "err", err)
+				if !q.cursorFailing {
+					q.log.Warn("telemetry queue: cannot write the ack cursor; retrying every fsync_interval, and a power cut now may resend more than the in-flight window", "err", err)
+				}
+				q.cursorFailing = true
+				q.scheduleFlushLocked()
 			}
 		}
 		q.mu.Unlock()
@@ -562,9 +583,14 @@ func (q *Queue) scheduleFlushLocked() {
 		q.mu.Lock()
 		defer q.mu.Unlock()
 		q.flushTimer = nil
-		if !q.closed {
-			q.flushLocked()
+		if q.closed {
+			return
 		}
+		q.flushLocked()
+		if q.cursorDirty || q.dataDirty {
+			q.scheduleFlushLocked() // failed (a full disk): try again later
+		}
+		q.wake()
 	})
 }
 
@@ -601,6 +627,10 @@ func (q *Queue) writeCursorLocked() error {
 	}
 	q.cursorDirty = false
 	q.durable = c.Acked
+	if q.cursorFailing {
+		q.cursorFailing = false
+		q.log.Info("telemetry queue: the ack cursor is written again")
+	}
 	return nil
 }
 
