@@ -23,8 +23,17 @@ func TestKill9LoopDuplicates(t *testing.T) {
 		kills = 6
 		burst = 60
 	)
+	extraCopies := func() int {
+		extra := 0
+		for _, n := range b.appTelemetry() {
+			extra += n - 1
+		}
+		return extra
+	}
+	worst, total := 0, 0
 	for k := 0; k < kills; k++ {
 		tag := fmt.Sprintf("loop%d", k)
+		before := extraCopies()
 		b.send(burst, tag)
 		// Kill mid-drain or just after: either way the hub has
 		// acknowledged much of the burst.
@@ -41,17 +50,14 @@ func TestKill9LoopDuplicates(t *testing.T) {
 		b.kill()
 		b.start()
 		b.waitState("connected", 30*time.Second)
+		b.waitDelivered(tag, burst)
+		b.waitDrained()
+		extra := extraCopies() - before
+		t.Logf("kill %d: %d extra copies", k+1, extra)
+		if extra > sendWindow {
+			t.Errorf("kill %d: %d extra copies, more than the in-flight window (%d)", k+1, extra, sendWindow)
+		}
+		worst, total = max(worst, extra), total+extra
 	}
-	for k := 0; k < kills; k++ {
-		b.waitDelivered(fmt.Sprintf("loop%d", k), burst)
-	}
-	b.waitDrained()
-	extra := 0
-	for _, n := range b.appTelemetry() {
-		extra += n - 1
-	}
-	t.Logf("%d kills, %d messages, %d extra copies (%.1f per kill; window %d)", kills, kills*burst, extra, float64(extra)/kills, sendWindow)
-	if extra > kills*sendWindow {
-		t.Fatalf("%d extra copies over %d kills: more than the in-flight window (%d) per kill", extra, kills, sendWindow)
-	}
+	t.Logf("%d kills, %d messages, %d extra copies (%.1f per kill, worst %d; window %d)", kills, kills*burst, total, float64(total)/kills, worst, sendWindow)
 }
