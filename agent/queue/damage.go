@@ -31,16 +31,19 @@ func (q *Queue) recover(s *segment, floor uint64) error {
 	}
 	s.size = sc.end
 	if len(sc.damage) > 0 {
-		for _, d := range sc.damage {
-			q.log.Error("telemetry queue: damaged record skipped", "path", s.path, "offset", d.off, "bytes", d.end-d.off, "cause", d.cause, "records", d.records)
-			q.corrupt += d.records
-		}
 		clean := make([]byte, 0, len(b))
 		for _, r := range sc.recs {
 			clean = append(clean, encodeRecord(r.Seq, r.Payload)...)
 		}
 		if err := atomicfile.WriteFile(s.path, clean, 0o600); err != nil {
-			return fmt.Errorf("queue: rewrite %s without its damaged records: %w", s.path, err)
+			// No room to rewrite it (a full disk): readers skip the
+			// damage in place and count it then.
+			q.log.Warn("telemetry queue: cannot rewrite a damaged segment; skipping its damage in place", "path", s.path, "err", err)
+			return nil
+		}
+		for _, d := range sc.damage {
+			q.log.Error("telemetry queue: damaged record skipped", "path", s.path, "offset", d.off, "bytes", d.end-d.off, "cause", d.cause, "records", d.records)
+			q.corrupt += d.records
 		}
 		s.size = int64(len(clean))
 		return nil

@@ -107,25 +107,11 @@ func TestENOSPCAtEveryWrite(t *testing.T) {
 			ackOldest(q, accepted, 1)
 			checkQueue(t, name+" acked while full", q, accepted)
 			os.Remove(filler)
-			for i := 0; i < 5; i++ {
-				p := fmt.Sprintf("%s-after-%d", name, i)
-				seq, err := q.Append([]byte(p))
-				if err != nil {
-					t.Fatalf("%s: append after the disk has room again: %v", name, err)
-				}
-				accepted[seq] = p
-			}
+			mustAppend(t, q, name+" room again", accepted)
 			checkQueue(t, name+" room again", q, accepted)
 			// Deliver all but the newest: acks remove whole segments.
 			ackOldest(q, accepted, len(accepted)-3)
-			for i := 0; i < 5; i++ {
-				p := fmt.Sprintf("%s-acked-%d", name, i)
-				seq, err := q.Append([]byte(p))
-				if err != nil {
-					t.Fatalf("%s: append after acks: %v", name, err)
-				}
-				accepted[seq] = p
-			}
+			mustAppend(t, q, name+" acked", accepted)
 			checkQueue(t, name+" acked", q, accepted)
 			// The cursor reaches the disk once there is room.
 			for q.Durable() < q.Stats().Acked {
@@ -148,6 +134,19 @@ func TestENOSPCAtEveryWrite(t *testing.T) {
 		}
 	}
 	t.Logf("%d fill points (3 free-space levels x %d byte offsets in a record)", offsets, headerSize+payload)
+}
+
+// mustAppend appends 5 records, which must succeed, and notes them.
+func mustAppend(t *testing.T, q *Queue, what string, accepted map[uint64]string) {
+	t.Helper()
+	for i := 0; i < 5; i++ {
+		p := fmt.Sprintf("%s %d", what, i)
+		seq, err := q.Append([]byte(p))
+		if err != nil {
+			t.Fatalf("%s: append: %v", what, err)
+		}
+		accepted[seq] = p
+	}
 }
 
 // ackOldest acks the n oldest accepted records and forgets them.
@@ -193,5 +192,50 @@ func checkQueue(t *testing.T, what string, q *Queue, accepted map[uint64]string)
 	}
 	if d := q.Stats().Depth; d != uint64(len(accepted)) {
 		t.Fatalf("%s: depth %d, %d accepted; stats %+v, pending %v", what, d, len(accepted), q.Stats(), q.pending)
+	}
+}
+
+// TestDamageOnFullDisk: a damaged segment that cannot be rewritten (no
+// room) does not stop Open; the damage is skipped in place and counted
+// once, and rewritten away once there is room.
+func TestDamageOnFullDisk(t *testing.T) {
+	mnt := smallTmpfs(t, 64<<10)
+	dir := filepath.Join(mnt, "q")
+	q, err := Open(dir, opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		q.Append([]byte(fmt.Sprintf("message-%d", i)))
+	}
+	q.Close()
+	path := filepath.Join(dir, segName(1, 0))
+	b, _ := os.ReadFile(path)
+	b[3*(headerSize+len("message-0"))+headerSize] ^= 1 // the payload of message-3
+	os.WriteFile(path, b, 0o600)
+	filler := fillLeaving(t, mnt, 0)
+	q, err = Open(dir, opts())
+	if err != nil {
+		t.Fatalf("open with a damaged segment on a full disk: %v", err)
+	}
+	t.Cleanup(func() { q.Close() })
+	if recs := drain(t, q); len(recs) != 9 {
+		t.Fatalf("%d records, want 9", len(recs))
+	}
+	if s := q.Stats(); s.Corrupt != 1 || s.Depth != 9 {
+		t.Fatalf("full disk: %+v", s)
+	}
+	q.Close()
+	os.Remove(filler)
+	q, err = Open(dir, opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := q.Stats(); s.Corrupt != 1 || s.Depth != 9 {
+		t.Fatalf("room again: %+v", s)
+	}
+	q.Close()
+	if after, _ := os.ReadFile(path); len(after) != len(b)-headerSize-len("message-3") {
+		t.Fatalf("segment not rewritten: %d bytes", len(after))
 	}
 }

@@ -216,9 +216,10 @@ func Open(dir string, opt Options) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	if len(segs) > 0 && q.cursorAside != "" && segs[0].first > 0 {
-		// Without a cursor, what came before the oldest segment left
-		// was acknowledged (segments go only once wholly acked).
+	if len(segs) > 0 && segs[0].first > 0 {
+		// What came before the oldest segment left was acknowledged
+		// (segments go only once wholly acked): this matters when the
+		// cursor was lost or set aside.
 		q.acked = max(q.acked, segs[0].first-1)
 	}
 	maxSeq := q.acked
