@@ -97,18 +97,14 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 			// Paced: a hub that keeps failing sends is not hammered.
 			return
 		}
-		recs, err := a.queue.Next(after, sendWindow, 1<<20)
+		// Only what is within the window of the cursor on disk.
+		recs, err := a.queue.NextUpTo(after, a.queue.SendLimit(sendWindow), sendWindow, 1<<20)
 		if err != nil {
 			a.log.Error("read telemetry queue", "err", err)
 			if !a.sleep(ctx, time.Second) {
 				return
 			}
 			continue
-		}
-		// Only what is within the window of the cursor on disk.
-		limit := a.queue.SendLimit(sendWindow)
-		for len(recs) > 0 && recs[len(recs)-1].Seq > limit {
-			recs = recs[:len(recs)-1]
 		}
 		if len(recs) == 0 {
 			// Safety net: re-scan in case a notification was consumed

@@ -86,3 +86,23 @@ func (q *Queue) loadCursor() (cursor, error) {
 	}
 	return c, nil
 }
+
+// replaceUnsynced replaces path with data through a temp file and a
+// rename, without fsync (see writeCursorLocked).
+func replaceUnsynced(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}

@@ -93,6 +93,8 @@ type Queue struct {
 	cursorAside string // where a damaged cursor was set aside
 	dataDirty   bool
 	cursorDirty bool
+	// cursorUnsynced: cursor.json was last written without fsync.
+	cursorUnsynced bool
 	// cursorFailing: the last cursor write failed (a full disk).
 	cursorFailing bool
 	flushTimer    *time.Timer
@@ -255,7 +257,7 @@ func Open(dir string, opt Options) (*Queue, error) {
 		q.w = f
 	}
 	if q.corrupt != c.Corrupt || q.cursorAside != "" {
-		q.writeCursorLocked()
+		q.writeCursorLocked(true)
 	}
 	q.durable = q.acked
 	go q.flusher()
@@ -396,7 +398,7 @@ func (q *Queue) dropOldestLocked() error {
 // removeFirstLocked deletes the first segment after persisting the cursor,
 // so a deleted segment is never "unacked" after a crash.
 func (q *Queue) removeFirstLocked() error {
-	if err := q.writeCursorLocked(); err != nil {
+	if err := q.writeCursorLocked(true); err != nil {
 		return err
 	}
 	s := q.segs[0]
@@ -481,7 +483,7 @@ func (q *Queue) flusher() {
 			return
 		}
 		if q.cursorDirty {
-			if err := q.writeCursorLocked(); err != nil {
+			if err := q.writeCursorLocked(false); err != nil {
 				if !q.cursorFailing {
 					q.log.Warn("telemetry queue: cannot write the ack cursor; retrying every fsync_interval, and a power cut now may resend more than the in-flight window", "err", err)
 				}
@@ -497,6 +499,13 @@ func (q *Queue) flusher() {
 // Next returns up to max records (and about maxBytes of payload) with
 // sequence numbers above after that are not acked yet, oldest first.
 func (q *Queue) Next(after uint64, max int, maxBytes int) ([]Record, error) {
+	return q.NextUpTo(after, math.MaxUint64, max, maxBytes)
+}
+
+// NextUpTo is Next without records above upTo (a sender's SendLimit).
+// It reads no further than it returns, which keeps its read position
+// cache valid for the next call.
+func (q *Queue) NextUpTo(after, upTo uint64, max int, maxBytes int) ([]Record, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
@@ -510,6 +519,9 @@ func (q *Queue) Next(after uint64, max int, maxBytes int) ([]Record, error) {
 	for _, s := range q.segs {
 		if s.count() == 0 || s.last <= after {
 			continue
+		}
+		if s.first > upTo {
+			break
 		}
 		f, err := os.Open(s.path)
 		if err != nil {
@@ -531,6 +543,9 @@ func (q *Queue) Next(after uint64, max int, maxBytes int) ([]Record, error) {
 				}
 				off = next
 				continue
+			}
+			if rec.Seq > upTo {
+				break
 			}
 			if rec.Seq >= want && !q.pending[rec.Seq] {
 				p := make([]byte, len(rec.Payload))
@@ -588,7 +603,7 @@ func (q *Queue) scheduleFlushLocked() {
 			return
 		}
 		q.flushLocked()
-		if q.cursorDirty || q.dataDirty {
+		if q.cursorDirty || q.cursorUnsynced || q.dataDirty {
 			q.scheduleFlushLocked() // failed (a full disk): try again later
 		}
 		q.wake()
@@ -601,8 +616,8 @@ func (q *Queue) flushLocked() error {
 		err = q.w.Sync()
 		q.dataDirty = false
 	}
-	if q.cursorDirty {
-		if cerr := q.writeCursorLocked(); cerr != nil && err == nil {
+	if q.cursorDirty || q.cursorUnsynced {
+		if cerr := q.writeCursorLocked(true); cerr != nil && err == nil {
 			err = cerr
 		}
 	}
@@ -620,11 +635,29 @@ func (q *Queue) Sync() error {
 	return q.flushLocked()
 }
 
-func (q *Queue) writeCursorLocked() error {
+// writeCursorLocked replaces cursor.json with the current cursor, through
+// a temp file and a rename, so a reader sees the old or the new one. With
+// sync it is fsynced (file and directory) and survives a power cut;
+// without, it survives a crash of the agent (the kernel has it), costs no
+// fsync per PUBACK batch, and a synced write follows within
+// fsync_interval. A power cut in between leaves an older cursor: more
+// duplicates, never a loss. Before a segment is deleted the write is
+// always synced.
+func (q *Queue) writeCursorLocked(sync bool) error {
 	c := cursor{Schema: cursorSchema, Acked: q.acked, Dropped: q.dropped, Corrupt: q.corrupt, SetAside: q.setAside}
 	b, _ := json.Marshal(c)
-	if err := atomicfile.WriteFile(filepath.Join(q.dir, cursorFile), b, 0o600); err != nil {
-		return fmt.Errorf("queue: %w", err)
+	path := filepath.Join(q.dir, cursorFile)
+	if sync {
+		if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+			return fmt.Errorf("queue: %w", err)
+		}
+		q.cursorUnsynced = false
+	} else {
+		if err := replaceUnsynced(path, b); err != nil {
+			return fmt.Errorf("queue: write %s: %w", path, err)
+		}
+		q.cursorUnsynced = true
+		q.scheduleFlushLocked()
 	}
 	q.cursorDirty = false
 	q.durable = c.Acked

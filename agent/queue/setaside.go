@@ -39,7 +39,7 @@ func (q *Queue) SetAside(seq uint64, payload []byte) error {
 	}
 	q.pending[seq] = true
 	q.advanceLocked()
-	if werr := q.writeCursorLocked(); werr != nil {
+	if werr := q.writeCursorLocked(true); werr != nil {
 		q.cursorDirty = true
 		if err == nil {
 			err = werr
