@@ -110,3 +110,30 @@ func TestBitFlipAtEveryOffset(t *testing.T) {
 	}
 	t.Logf("%d offsets flipped, closed and live", len(orig))
 }
+
+// FuzzScan: whatever a segment holds, the scan returns only records that
+// decode, in increasing order, and spans that stay inside the bytes.
+func FuzzScan(f *testing.F) {
+	good := append(encodeRecord(1, []byte("a")), encodeRecord(2, []byte("b"))...)
+	f.Add(good, uint64(0))
+	f.Add(append([]byte("junk"), good...), uint64(0))
+	f.Add(append(encodeRecord(3, []byte("c")), good...), uint64(0))
+	f.Add(good[:len(good)-1], uint64(1))
+	f.Fuzz(func(t *testing.T, b []byte, prev uint64) {
+		sc := scan(b, prev)
+		if sc.end < 0 || sc.end > int64(len(b)) {
+			t.Fatalf("end %d of %d bytes", sc.end, len(b))
+		}
+		for _, r := range sc.recs {
+			if r.Seq <= prev {
+				t.Fatalf("record %d not after %d", r.Seq, prev)
+			}
+			prev = r.Seq
+		}
+		for _, d := range sc.damage {
+			if d.off < 0 || d.end > int64(len(b)) || d.off >= d.end || d.records == 0 {
+				t.Fatalf("damage %+v in %d bytes", d, len(b))
+			}
+		}
+	})
+}
