@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"devid/simulator/simtest"
 )
 
 // sendWindow is the agent's in-flight window (sendLoop): after a power
@@ -18,7 +20,10 @@ const sendWindow = 8
 func TestKill9LoopDuplicates(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	_, b := startConnectedBoard(t, "kill9loop-dev", "")
+	sim, b := startConnectedBoard(t, "kill9loop-dev", "")
+	// Slowed PUBACKs (the simulator records a message after the delay)
+	// keep the drain going long enough for the kill to land in it.
+	sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: b.deviceID, Ops: []string{"telemetry"}, DelayMs: 20, Count: 1 << 20})
 	const (
 		kills = 6
 		burst = 60
@@ -35,8 +40,7 @@ func TestKill9LoopDuplicates(t *testing.T) {
 		tag := fmt.Sprintf("loop%d", k)
 		before := extraCopies()
 		b.send(burst, tag)
-		// Kill mid-drain or just after: either way the hub has
-		// acknowledged much of the burst.
+		// Kill mid-drain: the hub has acknowledged half the burst.
 		b.waitFor("half the burst at the hub", 30*time.Second, func() bool {
 			got := b.appTelemetry()
 			n := 0
