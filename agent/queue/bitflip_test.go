@@ -80,6 +80,9 @@ func TestBitFlipAtEveryOffset(t *testing.T) {
 			if st.Corrupt+uint64(st.Truncated) != 1 || (!tail && st.Corrupt != 1) {
 				t.Fatalf("%s: damage not counted once: %+v", name, st)
 			}
+			if kept, _ := filepath.Glob(path + ".corrupt-*"); !live && !tail && len(kept) != 1 {
+				t.Fatalf("%s: damaged span not set aside: %v", name, kept)
+			}
 			if st.Depth != n-1 {
 				t.Fatalf("%s: depth %d, want %d", name, st.Depth, n-1)
 			}

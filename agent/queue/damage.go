@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
+	"time"
 
 	"devid/hal/atomicfile"
 )
@@ -42,7 +45,9 @@ func (q *Queue) recover(s *segment, floor uint64) error {
 			return nil
 		}
 		for _, d := range sc.damage {
-			q.log.Error("telemetry queue: damaged record skipped", "path", s.path, "offset", d.off, "bytes", d.end-d.off, "cause", d.cause, "records", d.records)
+			aside := q.keepDamage(s.path, d, b[d.off:d.end])
+			q.log.Error("telemetry queue: damaged record skipped", "path", s.path, "offset", d.off, "bytes", d.end-d.off,
+				"cause", d.cause, "records", d.records, "set_aside_as", aside)
 			q.corrupt += d.records
 		}
 		s.size = int64(len(clean))
@@ -56,6 +61,40 @@ func (q *Queue) recover(s *segment, floor uint64) error {
 		q.truncated++
 	}
 	return nil
+}
+
+// maxDamageFiles bounds the damaged spans kept for an operator: a failing
+// medium must not fill the disk with them.
+const maxDamageFiles = 8
+
+// keepDamage sets the damaged bytes of a segment aside as
+// <segment>.corrupt-<offset> before the segment is rewritten without
+// them, keeping the newest maxDamageFiles such files. It returns the
+// file's path, or "" when it could not be written (never fatal).
+func (q *Queue) keepDamage(segPath string, d damage, data []byte) string {
+	path := fmt.Sprintf("%s.corrupt-%d", segPath, d.off)
+	if err := atomicfile.WriteFile(path, data, 0o600); err != nil {
+		q.log.Warn("telemetry queue: cannot keep a damaged span", "path", path, "err", err)
+		return ""
+	}
+	kept, _ := filepath.Glob(filepath.Join(q.dir, "seg-*.log.corrupt-*"))
+	if len(kept) > maxDamageFiles {
+		slices.SortFunc(kept, func(a, b string) int { return modTime(a).Compare(modTime(b)) })
+		for _, old := range kept[:len(kept)-maxDamageFiles] {
+			if old != path {
+				os.Remove(old)
+			}
+		}
+	}
+	return path
+}
+
+func modTime(path string) time.Time {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
 }
 
 // damage is a span of a segment that holds no good record.

@@ -77,3 +77,28 @@ func TestInspectCountsDamage(t *testing.T) {
 		t.Fatalf("a newer cursor not reported: %+v", st)
 	}
 }
+
+// TestDamageKeptBounded: damaged spans set aside for an operator never
+// pile up past maxDamageFiles.
+func TestDamageKeptBounded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q, err := Open(dir, opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	seg := filepath.Join(dir, segName(1, 0))
+	for i := 0; i < maxDamageFiles+3; i++ {
+		if q.keepDamage(seg, damage{off: int64(i)}, []byte("bad")) == "" {
+			t.Fatal("span not kept")
+		}
+	}
+	kept, _ := filepath.Glob(seg + ".corrupt-*")
+	if len(kept) != maxDamageFiles {
+		t.Fatalf("%d damaged spans kept, want %d", len(kept), maxDamageFiles)
+	}
+	if _, err := os.Stat(seg + ".corrupt-10"); err != nil {
+		t.Fatalf("the newest span was removed: %v", err)
+	}
+}
