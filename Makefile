@@ -17,9 +17,9 @@ TEST_TIMEOUT ?= 20m
 KEY ?= file
 
 export CGO_ENABLED ?= 0
-# Tests that need a host tool (swtpm, tpm2-tools, socat, openssl, node) skip
-# under a plain `go test` when it is missing; through make they fail instead
-# (hal/hosttest). `make unit-test DEVID_REQUIRE=` lets them skip.
+# Tests that need a host tool (swtpm, tpm2-tools, socat, openssl, node) or
+# root (a tmpfs to fill) skip under a plain `go test` when it is missing;
+# through make they fail instead (hal/hosttest). `make unit-test DEVID_REQUIRE=` lets them skip.
 export DEVID_REQUIRE ?= all
 
 .PHONY: help deps build test unit-test race demo bench lint cross image qemu-test fuzz clean dist-gen notices package lintian image-debian

@@ -57,6 +57,8 @@ type Agent struct {
 	clock clock.Clock
 	dir   *statedir.Dir
 	queue *queue.Queue
+	// sendTries follows the oldest failing telemetry message (sender.go).
+	sendTries sendTries
 
 	events  chan Event
 	stopped chan struct{} // closed when Run returns
@@ -117,6 +119,7 @@ func New(opt Options) (*Agent, error) {
 		SegmentBytes:  cfg.Queue.SegmentBytes,
 		Fsync:         cfg.Queue.Fsync,
 		FsyncInterval: cfg.Queue.FsyncInterval.D(),
+		Log:           opt.Logger.With("component", "queue"),
 	})
 	if err != nil {
 		return nil, err
@@ -483,120 +486,6 @@ func (a *Agent) timerFunc(ctx context.Context, epoch uint64, d time.Duration, mk
 // whether the whole of d passed.
 func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 	return clock.Sleep(ctx, a.clock, d) == nil
-}
-
-// sendLoop drains the durable queue to the hub with a bounded window of
-// unacknowledged messages; each is acked in the queue only after PUBACK.
-func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
-	const window = 8
-	sem := make(chan struct{}, window)
-	var after uint64
-	// A Send that fails while the connection stays up (a PUBACK that
-	// never came) is retried on this connection: the loop rewinds to the
-	// lowest such seq instead of leaving it until the next reconnect.
-	var (
-		mu        sync.Mutex
-		inflight  = map[uint64]bool{}
-		retryFrom uint64 // 0: nothing to retry
-	)
-	kick := make(chan struct{}, 1)
-	for ctx.Err() == nil {
-		mu.Lock()
-		rewind := retryFrom != 0
-		if rewind && retryFrom <= after {
-			after = retryFrom - 1
-		}
-		retryFrom = 0
-		mu.Unlock()
-		if rewind && !a.sleep(ctx, a.cfg.Retry.MinDelay.D()) {
-			// Paced: a hub that keeps failing sends is not hammered.
-			return
-		}
-		recs, err := a.queue.Next(after, window, 1<<20)
-		if err != nil {
-			a.log.Error("read telemetry queue", "err", err)
-			if !a.sleep(ctx, time.Second) {
-				return
-			}
-			continue
-		}
-		if len(recs) == 0 {
-			// Safety net: re-scan in case a notification was consumed
-			// while the window was full.
-			rescan, stop := clock.After(a.clock, 5*time.Second)
-			select {
-			case <-a.queue.Notify():
-			case <-kick:
-			case <-ctx.Done():
-				stop()
-				return
-			case <-rescan:
-			}
-			stop()
-			continue
-		}
-		for _, r := range recs {
-			after = r.Seq
-			mu.Lock()
-			busy := inflight[r.Seq]
-			mu.Unlock()
-			if busy {
-				continue // still waiting for its PUBACK
-			}
-			var m Message
-			if err := json.Unmarshal(r.Payload, &m); err != nil {
-				a.log.Error("undecodable queued message; dropping it", "seq", r.Seq, "err", err)
-				a.queue.Ack(r.Seq)
-				continue
-			}
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			mu.Lock()
-			inflight[r.Seq] = true
-			mu.Unlock()
-			go func(seq uint64, m Message) {
-				defer func() { <-sem }()
-				sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-				defer cancel()
-				err := conn.Send(sctx, m)
-				mu.Lock()
-				delete(inflight, seq)
-				if err != nil && ctx.Err() == nil && !closed(conn.Done()) && (retryFrom == 0 || seq < retryFrom) {
-					retryFrom = seq
-				}
-				mu.Unlock()
-				if err != nil {
-					// Not acked: sent again on this connection (above) or
-					// after the reconnect.
-					if ctx.Err() == nil {
-						a.log.Debug("telemetry not acknowledged", "seq", seq, "err", err)
-						select {
-						case kick <- struct{}{}:
-						default:
-						}
-					}
-					return
-				}
-				a.queue.Ack(seq)
-				a.mu.Lock()
-				a.sent++
-				a.mu.Unlock()
-			}(r.Seq, m)
-		}
-	}
-}
-
-// closed reports whether ch is closed (without blocking).
-func closed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
 }
 
 // Enqueue adds a telemetry message to the durable queue. It returns the

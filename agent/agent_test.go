@@ -34,6 +34,7 @@ var errAuth = errors.New("connack 5: not authorized")
 var errDisabled = errors.New("registration disabled")
 var errNet = errors.New("connection refused")
 var errClock = errors.New("tls: server certificate not yet valid")
+var errTooBig = errors.New("config telemetry message: too large")
 
 type fakeCloud struct {
 	// jam is never closed: a runaway agent that calls the cloud more than
@@ -49,6 +50,10 @@ type fakeCloud struct {
 	failSends   int   // fails this many sends, the connection staying up
 	conns       []*fakeConn
 	sent        []Message
+
+	// refuse, when set, may fail a send (and drop the connection, as the
+	// hub does for a message it will not take).
+	refuse func(m Message) (err error, drop bool)
 }
 
 // runaway is more cloud calls than any test makes on purpose.
@@ -98,6 +103,8 @@ func (f *fakeCloud) Classify(err error) ErrorClass {
 		return ClassRefused
 	case errors.Is(err, errClock):
 		return ClassClock
+	case errors.Is(err, errTooBig):
+		return ClassFatal
 	}
 	return ClassRetry
 }
@@ -138,6 +145,14 @@ func (c *fakeConn) Send(ctx context.Context, m Message) error {
 	}
 	c.cloud.mu.Lock()
 	defer c.cloud.mu.Unlock()
+	if c.cloud.refuse != nil {
+		if err, drop := c.cloud.refuse(m); err != nil {
+			if drop {
+				c.once.Do(func() { c.err = err; close(c.done) })
+			}
+			return err
+		}
+	}
 	if c.cloud.failSends > 0 && m.Properties["devid-health"] == "" {
 		c.cloud.failSends--
 		return errors.New("no PUBACK within the timeout")

@@ -115,6 +115,10 @@ type Health struct {
 	LastProvision interface{} `json:"last_provisioning,omitempty"`
 	QueueDepth    uint64      `json:"queue_depth"`
 	QueueDropped  uint64      `json:"queue_dropped"`
+	// QueueCorrupt and QueueSetAside count damaged records skipped and
+	// messages the hub refused for good (docs/agent.md).
+	QueueCorrupt  uint64 `json:"queue_corrupt,omitempty"`
+	QueueSetAside uint64 `json:"queue_set_aside,omitempty"`
 	// RenewalPath is renewal.path: "none" tells the operator the
 	// certificate will simply expire (docs/field-problems.md, row 3).
 	RenewalPath string `json:"renewal_path"`
@@ -130,6 +134,8 @@ func (a *Agent) health() Health {
 		KeyBackend:    s.KeyBackend,
 		QueueDepth:    s.Queue.Depth,
 		QueueDropped:  s.Queue.Dropped,
+		QueueCorrupt:  s.Queue.Corrupt,
+		QueueSetAside: s.Queue.SetAside,
 		RenewalPath:   a.cfg.Renewal.Path,
 	}
 	if h.RenewalPath == "" {

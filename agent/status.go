@@ -38,6 +38,12 @@ type QueueInfo struct {
 	Depth   uint64 `json:"depth"`
 	Bytes   int64  `json:"bytes"`
 	Dropped uint64 `json:"dropped"`
+	// Corrupt: damaged records skipped (docs/state-dir.md).
+	Corrupt uint64 `json:"corrupt"`
+	// SetAside: messages the hub refused for good, in queue/setaside.log.
+	SetAside uint64 `json:"set_aside"`
+	// CursorSetAside: where a damaged ack cursor was moved.
+	CursorSetAside string `json:"cursor_set_aside,omitempty"`
 }
 
 // ClockWait describes a wait for a sane clock.
@@ -56,7 +62,7 @@ func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := a.status
-	s.Queue = QueueInfo{Depth: qs.Depth, Bytes: qs.Bytes, Dropped: qs.Dropped}
+	s.Queue = QueueInfoFrom(qs)
 	s.Sent = a.sent
 	now := a.clock.Now()
 	s.Uptime = now.Sub(s.StartedAt).Truncate(time.Second).String()

@@ -3,27 +3,33 @@
 // state_dir/queue.
 //
 // Delivery is at least once: a record stays queued until Ack; after a
-// crash everything after the last persisted ack cursor is sent again.
+// crash everything after the persisted ack cursor (cursor.json) is sent
+// again. The cursor is written promptly after each Ack, and Durable says
+// how far it is on disk, so a sender that keeps at most N records in
+// flight beyond Durable resends at most N after a crash.
+//
 // When the queue would exceed its byte bound, the oldest segment is
 // dropped whole and its unacknowledged records are counted in Dropped.
-// A torn record at the tail of a segment (power cut mid-write) is cut
-// off at open; nothing before it is lost.
+// An Append that fails (a full disk) leaves nothing behind: the partial
+// record is cut off at once, or, when even that fails, the segment is
+// sealed before it and the next Append starts a segment under a new name;
+// the tail is cut at the next open. Segment names are never reused.
+// A damaged record is found by its checksum, skipped, logged and counted
+// (Stats.Corrupt); every good record after it is kept.
 //
 // Fsync policy: "always" fsyncs each record before Append returns;
 // "batch" fsyncs within FsyncInterval; "never" leaves it to the kernel.
-// The ack cursor is written lazily (at most every FsyncInterval and on
-// Close), which can only cause duplicates, never loss; it is written
-// durably before any segment file is deleted.
 package queue
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +51,8 @@ type Options struct {
 	SegmentBytes  int64
 	Fsync         string
 	FsyncInterval time.Duration
+	// Log receives damage reports (corrupt records, a damaged cursor).
+	Log *slog.Logger
 }
 
 // ErrClosed is returned after Close.
@@ -53,18 +61,13 @@ var ErrClosed = errors.New("queue closed")
 // ErrTooLarge is returned for a payload over MaxPayload or a segment.
 var ErrTooLarge = errors.New("message too large for the queue")
 
-const cursorFile = "cursor.json"
-
-type cursor struct {
-	Schema  int    `json:"schema"`
-	Acked   uint64 `json:"acked"`
-	Dropped uint64 `json:"dropped"`
-}
-
 type segment struct {
 	path        string
 	first, last uint64 // last == first-1 when empty
-	size        int64
+	gen         int    // tells apart segments that start at the same seq
+	// size is where the segment's good records end; readers never read
+	// past it (a sealed segment may hold a torn record after it).
+	size int64
 }
 
 func (s *segment) count() uint64 { return s.last + 1 - s.first }
@@ -73,20 +76,32 @@ func (s *segment) count() uint64 { return s.last + 1 - s.first }
 type Queue struct {
 	dir string
 	opt Options
+	log *slog.Logger
 
 	mu          sync.Mutex
 	segs        []*segment
-	w           *os.File
+	w           *os.File // nil: the next Append starts a new segment
 	nextSeq     uint64
 	acked       uint64
+	durable     uint64          // acked as last written to cursor.json
 	pending     map[uint64]bool // acked out of order, all > acked
 	dropped     uint64
-	truncated   int // torn/corrupt tails cut at open
+	corrupt     uint64 // found at open, persisted
+	corruptLive uint64 // found by a running queue; found again at the next open
+	setAside    uint64
+	truncated   int    // torn tails cut at open
+	cursorAside string // where a damaged cursor was set aside
 	dataDirty   bool
 	cursorDirty bool
-	flushTimer  *time.Timer
-	notify      chan struct{}
-	closed      bool
+	// cursorUnsynced: cursor.json was last written without fsync.
+	cursorUnsynced bool
+	// cursorFailing: the last cursor write failed (a full disk).
+	cursorFailing bool
+	flushTimer    *time.Timer
+	notify        chan struct{}
+	cursorKick    chan struct{}
+	flusherDone   chan struct{}
+	closed        bool
 	// read position cache: the offset in rseg of record rseq.
 	rseg *segment
 	rseq uint64
@@ -101,12 +116,75 @@ type Stats struct {
 	Bytes int64 `json:"bytes"`
 	// Dropped counts records lost to the size bound (drop-oldest).
 	Dropped uint64 `json:"dropped"`
+	// Corrupt counts damaged records skipped by their checksum.
+	Corrupt uint64 `json:"corrupt"`
+	// SetAside counts records the hub refused for good (setaside.log).
+	SetAside uint64 `json:"set_aside"`
 	// Acked is the highest sequence number with everything up to it acked.
 	Acked uint64 `json:"acked"`
 	// Next is the sequence number the next Append gets.
 	Next uint64 `json:"next"`
-	// Truncated counts corrupt or torn tails cut off when the queue was opened.
+	// Truncated counts torn tails cut off when the queue was opened.
 	Truncated int `json:"truncated,omitempty"`
+	// CursorSetAside names where a damaged cursor.json was moved.
+	CursorSetAside string `json:"cursor_set_aside,omitempty"`
+	// CursorError (Inspect only) says why cursor.json cannot be used.
+	CursorError string `json:"cursor_error,omitempty"`
+}
+
+// segName is a segment's file name: its first sequence number, and a
+// generation when an earlier segment began at the same number.
+func segName(first uint64, gen int) string {
+	if gen == 0 {
+		return fmt.Sprintf("seg-%020d.log", first)
+	}
+	return fmt.Sprintf("seg-%020d-%d.log", first, gen)
+}
+
+// parseSegName is the inverse of segName.
+func parseSegName(name string) (first uint64, gen int, ok bool) {
+	rest, found := strings.CutPrefix(name, "seg-")
+	if !found {
+		return 0, 0, false
+	}
+	if rest, found = strings.CutSuffix(rest, ".log"); !found {
+		return 0, 0, false
+	}
+	num, g, hasGen := strings.Cut(rest, "-")
+	first, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	if hasGen {
+		if gen, err = strconv.Atoi(g); err != nil || gen < 1 {
+			return 0, 0, false
+		}
+	}
+	return first, gen, true
+}
+
+// listSegments returns dir's segments in order (by first seq, then gen).
+func listSegments(dir string) ([]*segment, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var segs []*segment
+	for _, e := range ents {
+		if first, gen, ok := parseSegName(e.Name()); ok {
+			segs = append(segs, &segment{path: filepath.Join(dir, e.Name()), first: first, last: first - 1, gen: gen})
+		}
+	}
+	slices.SortFunc(segs, func(a, b *segment) int {
+		if a.first != b.first {
+			if a.first < b.first {
+				return -1
+			}
+			return 1
+		}
+		return a.gen - b.gen
+	})
+	return segs, nil
 }
 
 // Open opens or creates the queue in dir, recovering from a crash.
@@ -126,139 +204,103 @@ func Open(dir string, opt Options) (*Queue, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	q := &Queue{dir: dir, opt: opt, pending: map[uint64]bool{}, notify: make(chan struct{}, 1)}
-	if b, err := os.ReadFile(filepath.Join(dir, cursorFile)); err == nil {
-		var c cursor
-		if err := json.Unmarshal(b, &c); err == nil && c.Schema == 1 {
-			q.acked, q.dropped = c.Acked, c.Dropped
-		}
-		// An unreadable cursor only means resending: at least once.
+	q := &Queue{dir: dir, opt: opt, log: opt.Log, pending: map[uint64]bool{},
+		notify: make(chan struct{}, 1), cursorKick: make(chan struct{}, 1), flusherDone: make(chan struct{})}
+	if q.log == nil {
+		q.log = slog.New(slog.DiscardHandler)
 	}
-	ents, err := os.ReadDir(dir)
+	c, err := q.loadCursor()
+	if err != nil {
+		return nil, err
+	}
+	q.acked, q.dropped, q.corrupt, q.setAside = c.Acked, c.Dropped, c.Corrupt, c.SetAside
+	segs, err := listSegments(dir)
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	var names []string
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "seg-") && strings.HasSuffix(e.Name(), ".log") {
-			names = append(names, e.Name())
-		}
+	if len(segs) > 0 && segs[0].first > 0 {
+		// What came before the oldest segment left was acknowledged
+		// (segments go only once wholly acked): this matters when the
+		// cursor was lost or set aside.
+		q.acked = max(q.acked, segs[0].first-1)
 	}
-	sort.Strings(names) // zero-padded first sequence numbers sort numerically
 	maxSeq := q.acked
-	for _, name := range names {
-		first, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, "seg-"), ".log"), 10, 64)
-		if err != nil {
-			continue
+	for i, s := range segs {
+		// Records follow the previous segment's; the oldest may also
+		// hold records already acked.
+		floor := q.acked
+		if i > 0 && len(q.segs) > 0 {
+			floor = q.segs[len(q.segs)-1].last
+		} else {
+			floor = min(floor, s.first-1)
 		}
-		s, err := q.recover(filepath.Join(dir, name), first)
-		if err != nil {
+		if err := q.recover(s, floor); err != nil {
 			return nil, err
 		}
-		if s.count() == 0 && s.size == 0 && len(names) > 1 {
+		if s.count() == 0 {
 			os.Remove(s.path)
 			continue
 		}
 		q.segs = append(q.segs, s)
-		if s.count() > 0 && s.last > maxSeq {
-			maxSeq = s.last
-		}
+		maxSeq = max(maxSeq, s.last)
 	}
+	q.advanceLocked()
 	q.nextSeq = maxSeq + 1
 	// Everything wholly acked except the last segment can go.
 	q.gcLocked()
-	if n := len(q.segs); n > 0 && q.segs[n-1].count() == 0 && q.segs[n-1].first != q.nextSeq {
-		os.Remove(q.segs[n-1].path)
-		q.segs = q.segs[:n-1]
-	}
-	if len(q.segs) == 0 || q.segs[len(q.segs)-1].last+1 != q.nextSeq {
-		if err := q.newSegmentLocked(); err != nil {
-			return nil, err
-		}
-	} else {
-		s := q.segs[len(q.segs)-1]
+	if n := len(q.segs); n > 0 && q.segs[n-1].last+1 == q.nextSeq {
+		s := q.segs[n-1]
 		f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("queue: %w", err)
 		}
 		q.w = f
 	}
+	if q.corrupt != c.Corrupt || q.cursorAside != "" {
+		q.writeCursorLocked(true)
+	}
+	q.durable = q.acked
+	go q.flusher()
 	return q, nil
 }
 
-// recover scans one segment, cutting off a torn or corrupt tail.
-func (q *Queue) recover(path string, first uint64) (*segment, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
-	}
-	defer f.Close()
-	s := &segment{path: path, first: first, last: first - 1}
-	var off int64
-	for {
-		rec, n, err := readRecordAt(f, off)
-		if err == io.EOF {
-			break
-		}
-		if err != nil || rec.Seq != s.last+1 {
-			// Torn write or corruption: keep what came before it.
-			if terr := f.Truncate(off); terr != nil {
-				return nil, fmt.Errorf("queue: truncate %s: %w", path, terr)
-			}
-			f.Sync()
-			q.truncated++
-			break
-		}
-		s.last = rec.Seq
-		off += int64(n)
-	}
-	s.size = off
-	return s, nil
-}
-
-// readRecordAt reads the record at off. io.EOF means a clean end.
-func readRecordAt(f *os.File, off int64) (Record, int, error) {
-	var hdr [headerSize]byte
-	n, err := f.ReadAt(hdr[:], off)
-	if n == 0 && err == io.EOF {
-		return Record{}, 0, io.EOF
-	}
-	if n < headerSize {
-		return Record{}, 0, errShort
-	}
-	plen := int(uint32(hdr[4]) | uint32(hdr[5])<<8 | uint32(hdr[6])<<16 | uint32(hdr[7])<<24)
-	if plen > MaxPayload {
-		return Record{}, 0, errTooLarge
-	}
-	buf := make([]byte, headerSize+plen)
-	copy(buf, hdr[:])
-	if plen > 0 {
-		if m, _ := f.ReadAt(buf[headerSize:], off+headerSize); m < plen {
-			return Record{}, 0, errShort
-		}
-	}
-	return decodeRecord(buf)
-}
-
+// newSegmentLocked starts a segment for record q.nextSeq under a name no
+// other segment of this queue has had.
 func (q *Queue) newSegmentLocked() error {
 	if q.w != nil {
 		q.w.Sync()
 		q.w.Close()
 		q.w = nil
 	}
-	path := filepath.Join(q.dir, fmt.Sprintf("seg-%020d.log", q.nextSeq))
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("queue: %w", err)
+	gen := 0
+	for _, s := range q.segs {
+		if s.first == q.nextSeq {
+			gen = max(gen, s.gen+1)
+		}
 	}
-	atomicfile.SyncDir(q.dir)
-	q.w = f
-	q.segs = append(q.segs, &segment{path: path, first: q.nextSeq, last: q.nextSeq - 1})
-	return nil
+	for ; ; gen++ {
+		path := filepath.Join(q.dir, segName(q.nextSeq, gen))
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			continue // left by a crash; never reuse a name
+		}
+		if err != nil {
+			return fmt.Errorf("queue: %w", err)
+		}
+		if err := atomicfile.SyncDir(q.dir); err != nil {
+			f.Close()
+			os.Remove(path)
+			return fmt.Errorf("queue: %w", err)
+		}
+		q.w = f
+		q.segs = append(q.segs, &segment{path: path, first: q.nextSeq, last: q.nextSeq - 1, gen: gen})
+		return nil
+	}
 }
 
 // Append adds payload to the queue and returns its sequence number.
 // With Fsync "always" the record is on stable storage when it returns.
+// On error nothing was queued.
 func (q *Queue) Append(payload []byte) (uint64, error) {
 	if len(payload) > MaxPayload || int64(len(payload)+headerSize) > q.opt.SegmentBytes {
 		return 0, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(payload))
@@ -269,12 +311,12 @@ func (q *Queue) Append(payload []byte) (uint64, error) {
 		return 0, ErrClosed
 	}
 	rec := encodeRecord(q.nextSeq, payload)
-	cur := q.segs[len(q.segs)-1]
-	if cur.size > 0 && cur.size+int64(len(rec)) > q.opt.SegmentBytes {
-		if err := q.newSegmentLocked(); err != nil {
-			return 0, err
+	if q.w != nil {
+		if cur := q.segs[len(q.segs)-1]; cur.size > 0 && cur.size+int64(len(rec)) > q.opt.SegmentBytes {
+			q.w.Sync()
+			q.w.Close()
+			q.w = nil
 		}
-		cur = q.segs[len(q.segs)-1]
 	}
 	// Drop the oldest segments until the new record fits the bound.
 	for q.bytesLocked()+int64(len(rec)) > q.opt.MaxBytes && len(q.segs) > 1 {
@@ -282,29 +324,50 @@ func (q *Queue) Append(payload []byte) (uint64, error) {
 			return 0, err
 		}
 	}
+	if q.w == nil {
+		if err := q.newSegmentLocked(); err != nil {
+			return 0, err
+		}
+	}
+	cur := q.segs[len(q.segs)-1]
 	if _, err := q.w.Write(rec); err != nil {
-		// A partial write is cut off at the next open; stop using this segment.
-		q.newSegmentLocked()
+		q.cutLocked(cur)
 		return 0, fmt.Errorf("queue: append: %w", err)
+	}
+	if q.opt.Fsync == FsyncAlways {
+		if err := q.w.Sync(); err != nil {
+			q.cutLocked(cur)
+			return 0, fmt.Errorf("queue: fsync: %w", err)
+		}
 	}
 	seq := q.nextSeq
 	q.nextSeq++
 	cur.last = seq
 	cur.size += int64(len(rec))
-	switch q.opt.Fsync {
-	case FsyncAlways:
-		if err := q.w.Sync(); err != nil {
-			return seq, fmt.Errorf("queue: fsync: %w", err)
-		}
-	case FsyncBatch:
+	if q.opt.Fsync == FsyncBatch {
 		q.dataDirty = true
 		q.scheduleFlushLocked()
 	}
+	q.wake()
+	return seq, nil
+}
+
+// cutLocked removes what a failed append left after cur's good records.
+// If the file cannot be cut, the segment is sealed: readers stop at its
+// size, the next Append starts a new segment, the next Open cuts the tail.
+func (q *Queue) cutLocked(cur *segment) {
+	if err := q.w.Truncate(cur.size); err == nil {
+		return
+	}
+	q.w.Close()
+	q.w = nil
+}
+
+func (q *Queue) wake() {
 	select {
 	case q.notify <- struct{}{}:
 	default:
 	}
-	return seq, nil
 }
 
 func (q *Queue) bytesLocked() int64 {
@@ -335,7 +398,7 @@ func (q *Queue) dropOldestLocked() error {
 // removeFirstLocked deletes the first segment after persisting the cursor,
 // so a deleted segment is never "unacked" after a crash.
 func (q *Queue) removeFirstLocked() error {
-	if err := q.writeCursorLocked(); err != nil {
+	if err := q.writeCursorLocked(true); err != nil {
 		return err
 	}
 	s := q.segs[0]
@@ -369,25 +432,80 @@ func (q *Queue) advanceLocked() {
 	}
 }
 
-// Ack marks seq delivered. Acks may come out of order.
+// Ack marks seq delivered. Acks may come out of order. The cursor is
+// written soon after; Durable tells when.
 func (q *Queue) Ack(seq uint64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if seq <= q.acked || seq >= q.nextSeq {
+	if q.closed || seq <= q.acked || seq >= q.nextSeq {
 		return
 	}
 	q.pending[seq] = true
 	q.advanceLocked()
 	q.cursorDirty = true
-	if q.opt.Fsync != FsyncNever {
-		q.scheduleFlushLocked()
+	select {
+	case q.cursorKick <- struct{}{}:
+	default:
 	}
 	q.gcLocked()
+}
+
+// Durable returns the acked sequence number as written to cursor.json:
+// after a crash, the queue resends from there.
+func (q *Queue) Durable() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.durable
+}
+
+// SendLimit is the highest sequence number a sender that keeps window
+// records in flight may send: window beyond the cursor on disk, so a crash
+// resends at most window. While the cursor cannot be written (a full
+// disk) there is no limit: delivery goes on, and a crash then may resend
+// more (the log says so).
+func (q *Queue) SendLimit(window uint64) uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.cursorFailing {
+		return math.MaxUint64
+	}
+	return q.durable + window
+}
+
+// flusher writes the cursor after acks, coalescing those that arrive
+// while a write is under way.
+func (q *Queue) flusher() {
+	defer close(q.flusherDone)
+	for range q.cursorKick {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return
+		}
+		if q.cursorDirty {
+			if err := q.writeCursorLocked(false); err != nil {
+				if !q.cursorFailing {
+					q.log.Warn("telemetry queue: cannot write the ack cursor; retrying every fsync_interval, and a power cut now may resend more than the in-flight window", "err", err)
+				}
+				q.cursorFailing = true
+				q.scheduleFlushLocked()
+			}
+		}
+		q.mu.Unlock()
+		q.wake()
+	}
 }
 
 // Next returns up to max records (and about maxBytes of payload) with
 // sequence numbers above after that are not acked yet, oldest first.
 func (q *Queue) Next(after uint64, max int, maxBytes int) ([]Record, error) {
+	return q.NextUpTo(after, math.MaxUint64, max, maxBytes)
+}
+
+// NextUpTo is Next without records above upTo (a sender's SendLimit).
+// It reads no further than it returns, which keeps its read position
+// cache valid for the next call.
+func (q *Queue) NextUpTo(after, upTo uint64, max int, maxBytes int) ([]Record, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
@@ -402,23 +520,32 @@ func (q *Queue) Next(after uint64, max int, maxBytes int) ([]Record, error) {
 		if s.count() == 0 || s.last <= after {
 			continue
 		}
+		if s.first > upTo {
+			break
+		}
 		f, err := os.Open(s.path)
 		if err != nil {
 			return out, fmt.Errorf("queue: %w", err)
 		}
 		var off int64
+		prev := s.first - 1
 		want := max64(after+1, s.first)
 		if q.rseg == s && q.rseq <= want {
-			off = q.roff
+			off, prev = q.roff, q.rseq-1
 		}
-		for len(out) < max && size < maxBytes {
+		for len(out) < max && size < maxBytes && off < s.size {
 			rec, n, err := readRecordAt(f, off)
-			if err == io.EOF || (err == nil && rec.Seq > s.last) {
-				break
+			if err != nil || rec.Seq <= prev {
+				// Damaged since it was opened: skip to the next good one.
+				next, ok := q.skipDamageLocked(f, s, off, prev, err)
+				if !ok {
+					break
+				}
+				off = next
+				continue
 			}
-			if err != nil {
-				f.Close()
-				return out, fmt.Errorf("queue: read %s: %w", s.path, err)
+			if rec.Seq > upTo {
+				break
 			}
 			if rec.Seq >= want && !q.pending[rec.Seq] {
 				p := make([]byte, len(rec.Payload))
@@ -426,6 +553,7 @@ func (q *Queue) Next(after uint64, max int, maxBytes int) ([]Record, error) {
 				out = append(out, Record{Seq: rec.Seq, Payload: p})
 				size += len(p)
 			}
+			prev = rec.Seq
 			off += int64(n)
 			q.rseg, q.rseq, q.roff = s, rec.Seq+1, off
 		}
@@ -444,7 +572,8 @@ func max64(a, b uint64) uint64 {
 	return b
 }
 
-// Notify returns a channel that receives after each Append.
+// Notify returns a channel that receives after each Append and after
+// each cursor write.
 func (q *Queue) Notify() <-chan struct{} { return q.notify }
 
 // Stats returns the current counters.
@@ -458,7 +587,8 @@ func (q *Queue) Stats() Stats {
 		}
 	}
 	depth -= uint64(len(q.pending))
-	return Stats{Depth: depth, Bytes: q.bytesLocked(), Dropped: q.dropped, Acked: q.acked, Next: q.nextSeq, Truncated: q.truncated}
+	return Stats{Depth: depth, Bytes: q.bytesLocked(), Dropped: q.dropped, Corrupt: q.corrupt + q.corruptLive, SetAside: q.setAside,
+		Acked: q.acked, Next: q.nextSeq, Truncated: q.truncated, CursorSetAside: q.cursorAside}
 }
 
 func (q *Queue) scheduleFlushLocked() {
@@ -469,9 +599,14 @@ func (q *Queue) scheduleFlushLocked() {
 		q.mu.Lock()
 		defer q.mu.Unlock()
 		q.flushTimer = nil
-		if !q.closed {
-			q.flushLocked()
+		if q.closed {
+			return
 		}
+		q.flushLocked()
+		if q.cursorDirty || q.cursorUnsynced || q.dataDirty {
+			q.scheduleFlushLocked() // failed (a full disk): try again later
+		}
+		q.wake()
 	})
 }
 
@@ -481,8 +616,8 @@ func (q *Queue) flushLocked() error {
 		err = q.w.Sync()
 		q.dataDirty = false
 	}
-	if q.cursorDirty {
-		if cerr := q.writeCursorLocked(); cerr != nil && err == nil {
+	if q.cursorDirty || q.cursorUnsynced {
+		if cerr := q.writeCursorLocked(true); cerr != nil && err == nil {
 			err = cerr
 		}
 	}
@@ -500,20 +635,44 @@ func (q *Queue) Sync() error {
 	return q.flushLocked()
 }
 
-func (q *Queue) writeCursorLocked() error {
-	b, _ := json.Marshal(cursor{Schema: 1, Acked: q.acked, Dropped: q.dropped})
-	if err := atomicfile.WriteFile(filepath.Join(q.dir, cursorFile), b, 0o600); err != nil {
-		return fmt.Errorf("queue: %w", err)
+// writeCursorLocked replaces cursor.json with the current cursor, through
+// a temp file and a rename, so a reader sees the old or the new one. With
+// sync it is fsynced (file and directory) and survives a power cut;
+// without, it survives a crash of the agent (the kernel has it), costs no
+// fsync per PUBACK batch, and a synced write follows within
+// fsync_interval. A power cut in between leaves an older cursor: more
+// duplicates, never a loss. Before a segment is deleted the write is
+// always synced.
+func (q *Queue) writeCursorLocked(sync bool) error {
+	c := cursor{Schema: cursorSchema, Acked: q.acked, Dropped: q.dropped, Corrupt: q.corrupt, SetAside: q.setAside}
+	b, _ := json.Marshal(c)
+	path := filepath.Join(q.dir, cursorFile)
+	if sync {
+		if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+			return fmt.Errorf("queue: %w", err)
+		}
+		q.cursorUnsynced = false
+	} else {
+		if err := replaceUnsynced(path, b); err != nil {
+			return fmt.Errorf("queue: write %s: %w", path, err)
+		}
+		q.cursorUnsynced = true
+		q.scheduleFlushLocked()
 	}
 	q.cursorDirty = false
+	q.durable = c.Acked
+	if q.cursorFailing {
+		q.cursorFailing = false
+		q.log.Info("telemetry queue: the ack cursor is written again")
+	}
 	return nil
 }
 
 // Close flushes and closes the queue.
 func (q *Queue) Close() error {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if q.closed {
+		q.mu.Unlock()
 		return nil
 	}
 	q.dataDirty = q.w != nil
@@ -525,5 +684,8 @@ func (q *Queue) Close() error {
 	if q.w != nil {
 		q.w.Close()
 	}
+	close(q.cursorKick)
+	q.mu.Unlock()
+	<-q.flusherDone
 	return err
 }

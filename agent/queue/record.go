@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
+	"os"
 )
 
 // Record layout on disk (little endian):
@@ -47,6 +49,12 @@ func encodeRecord(seq uint64, payload []byte) []byte {
 	return b
 }
 
+// recLen is the payload length in a record header (b holds at least 8 bytes).
+func recLen(b []byte) uint32 { return binary.LittleEndian.Uint32(b[4:]) }
+
+// hasMagic reports whether b starts with the record magic.
+func hasMagic(b []byte) bool { return binary.LittleEndian.Uint32(b) == recordMagic }
+
 func checksum(hdr, payload []byte) uint32 {
 	c := crc32.Update(0, crcTable, hdr)
 	return crc32.Update(c, crcTable, payload)
@@ -73,4 +81,28 @@ func decodeRecord(b []byte) (Record, int, error) {
 		return Record{}, 0, errChecksum
 	}
 	return Record{Seq: binary.LittleEndian.Uint64(b[8:]), Payload: payload}, headerSize + int(n), nil
+}
+
+// readRecordAt reads the record at off. io.EOF means a clean end.
+func readRecordAt(f *os.File, off int64) (Record, int, error) {
+	var hdr [headerSize]byte
+	n, err := f.ReadAt(hdr[:], off)
+	if n == 0 && err == io.EOF {
+		return Record{}, 0, io.EOF
+	}
+	if n < headerSize {
+		return Record{}, 0, errShort
+	}
+	plen := recLen(hdr[:])
+	if plen > MaxPayload {
+		return Record{}, 0, errTooLarge
+	}
+	buf := make([]byte, headerSize+plen)
+	copy(buf, hdr[:])
+	if plen > 0 {
+		if m, _ := f.ReadAt(buf[headerSize:], off+headerSize); m < int(plen) {
+			return Record{}, 0, errShort
+		}
+	}
+	return decodeRecord(buf)
 }

@@ -75,6 +75,7 @@ func runCheck(ctx context.Context, args []string) error {
 		c.clock()
 		c.trust()
 		c.assignment()
+		c.queue()
 		if !*offline {
 			c.reach(ctx)
 		}

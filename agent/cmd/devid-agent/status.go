@@ -122,7 +122,7 @@ func fileStatus(cfg *config.Config) (*statusOut, error) {
 		}
 	}
 	if qs, err := queue.Inspect(d.File(statedir.QueueDir)); err == nil {
-		out.Queue = agent.QueueInfo{Depth: qs.Depth, Bytes: qs.Bytes, Dropped: qs.Dropped}
+		out.Queue = agent.QueueInfoFrom(qs)
 	}
 	return out, nil
 }
@@ -151,7 +151,7 @@ func printStatus(s *statusOut) {
 		row("cert expiry", "")
 	}
 	row("key backend", s.KeyBackend)
-	row("queue", fmt.Sprintf("%d messages waiting, %d bytes, %d dropped", s.Queue.Depth, s.Queue.Bytes, s.Queue.Dropped))
+	row("queue", queueLine(s.Queue))
 	if s.ClockWait != nil {
 		row("clock wait", fmt.Sprintf("since %s: %s", s.ClockWait.Since.Format(time.RFC3339), s.ClockWait.Reason))
 	}
@@ -187,4 +187,20 @@ func humanUntil(d time.Duration) string {
 	default:
 		return fmt.Sprintf("in %s", d.Truncate(time.Minute))
 	}
+}
+
+// queueLine is the status line of the telemetry queue: what waits, and
+// every message that did not or will not reach the hub.
+func queueLine(q agent.QueueInfo) string {
+	line := fmt.Sprintf("%d messages waiting, %d bytes, %d dropped", q.Depth, q.Bytes, q.Dropped)
+	if q.Corrupt > 0 {
+		line += fmt.Sprintf(", %d damaged and skipped", q.Corrupt)
+	}
+	if q.SetAside > 0 {
+		line += fmt.Sprintf(", %d refused by the hub and set aside (queue/setaside.log)", q.SetAside)
+	}
+	if q.CursorSetAside != "" {
+		line += fmt.Sprintf("; the damaged ack cursor was moved to %s", q.CursorSetAside)
+	}
+	return line
 }

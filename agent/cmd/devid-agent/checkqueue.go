@@ -1,0 +1,42 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"devid/agent/queue"
+	"devid/agent/statedir"
+)
+
+// queue reports what the telemetry queue on disk says: messages that did
+// not or will not reach the hub, and damaged queue files.
+func (c *checker) queue() {
+	st, err := queue.Inspect((&statedir.Dir{Path: c.cfg.StateDir}).File(statedir.QueueDir))
+	if err != nil {
+		c.add("queue", "warn", err.Error(), "the agent creates the queue on first start")
+		return
+	}
+	if st.CursorError != "" {
+		c.add("queue", "fail", st.CursorError, "a newer agent's cursor is never overwritten: run that agent; a damaged one is set aside at the next start")
+		return
+	}
+	var problems []string
+	if st.Dropped > 0 {
+		problems = append(problems, fmt.Sprintf("%d dropped (queue full)", st.Dropped))
+	}
+	if st.Corrupt > 0 {
+		problems = append(problems, fmt.Sprintf("%d damaged records skipped", st.Corrupt))
+	}
+	if st.SetAside > 0 {
+		problems = append(problems, fmt.Sprintf("%d refused by the hub, kept in queue/setaside.log", st.SetAside))
+	}
+	if st.CursorSetAside != "" {
+		problems = append(problems, "a damaged ack cursor was set aside as "+st.CursorSetAside)
+	}
+	detail := fmt.Sprintf("%d messages waiting, %d bytes", st.Depth, st.Bytes)
+	if len(problems) > 0 {
+		c.add("queue", "warn", detail+"; "+strings.Join(problems, "; "), "see the agent's log; damaged storage may need replacing (docs/state-dir.md)")
+		return
+	}
+	c.add("queue", "pass", detail, "")
+}
