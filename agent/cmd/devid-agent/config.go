@@ -16,24 +16,14 @@ import (
 	"devid/hal/atomicfile"
 )
 
-func init() {
-	register("config", "config check: validate the config and print the effective config", runConfig)
+func configCheckFlags(fs *flag.FlagSet) func(context.Context, []string) error {
+	path := fs.String("config", config.DefaultPath, "config `FILE` (TOML)")
+	return func(context.Context, []string) error { return configCheck(*path) }
 }
 
-// runConfig implements `devid-agent config check [--config FILE]`.
-func runConfig(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] != "check" {
-		return usageError{fmt.Errorf("usage: devid-agent config check [--config FILE]")}
-	}
-	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	path := fs.String("config", config.DefaultPath, "config file")
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	c, err := config.Load(*path)
+// configCheck implements `devid-agent config check [--config FILE]`.
+func configCheck(path string) error {
+	c, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -41,7 +31,7 @@ func runConfig(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stdout, "# effective config (%s is valid; passwords masked)\n", *path)
+	fmt.Fprintf(os.Stdout, "# effective config (%s is valid; passwords masked)\n", path)
 	os.Stdout.Write(b)
 	return nil
 }
