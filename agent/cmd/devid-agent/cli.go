@@ -182,7 +182,7 @@ func describeCommand(c subcommand) cliCommand {
 		def := f.DefValue
 		if def == "false" || def == "0" || def == "0s" {
 			def = ""
-		} else if def != "" {
+		} else if strings.ContainsAny(def, " \t") {
 			def = fmt.Sprintf("%q", def)
 		}
 		out.Flags = append(out.Flags, cliFlag{Name: f.Name, Arg: arg, Usage: usage, Default: def})
