@@ -47,7 +47,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	run := c.bind(fs)
 	if err := fs.Parse(rest); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			commandHelp(stdout, c)
+			commandHelp(stdout, describeCommand(c))
 			return 0
 		}
 		return exitStatus(usageError{err}, stderr, c.name)
@@ -115,20 +115,20 @@ func help(args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "\nRun '%s help COMMAND' (or '%s COMMAND --help') for its flags and an example.\n", program, program)
 		return nil
 	}
-	c, rest, err := lookup(args)
-	if err != nil {
-		return err
+	if len(args) == 1 && (args[0] == "-h" || strings.TrimLeft(args[0], "-") == "help") {
+		args = []string{"help"}
 	}
-	if len(rest) > 0 {
-		return usageError{fmt.Errorf("help: unexpected argument %q", rest[0])}
+	for _, c := range describe().Commands {
+		if c.Name == strings.Join(args, " ") {
+			commandHelp(stdout, c)
+			return nil
+		}
 	}
-	commandHelp(stdout, c)
-	return nil
+	return usageError{fmt.Errorf("unknown command %q", strings.Join(args, " "))}
 }
 
 // commandHelp prints one command's synopsis, purpose, example and flags.
-func commandHelp(w io.Writer, c subcommand) {
-	d := describeCommand(c)
+func commandHelp(w io.Writer, d cliCommand) {
 	fmt.Fprintf(w, "usage: %s %s %s\n\n%s\n\nexample:\n  %s\n", program, d.Name, d.Args, d.Purpose, d.Example)
 	if len(d.Flags) > 0 {
 		fmt.Fprintf(w, "\nflags:\n")

@@ -72,6 +72,8 @@ func help(args []string, stdout io.Writer) error {
 		return nil
 	case len(args) > 1:
 		return usageError{fmt.Errorf("unexpected argument %q", args[1])}
+	case args[0] == "-h" || strings.TrimLeft(args[0], "-") == "help":
+		args = []string{"help"}
 	}
 	for _, c := range describe().Commands {
 		if c.Name == args[0] {
