@@ -35,7 +35,7 @@ type serveFlags struct {
 // The state directory is made absolute.
 func ParseFlags(args []string, logOut io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(logOut)
+	fs.SetOutput(io.Discard) // the error is returned; -h is flag.ErrHelp
 	cfg := Config{}
 	sf := bindServeFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
@@ -71,11 +71,15 @@ func ParseFlags(args []string, logOut io.Writer) (Config, error) {
 	return cfg, nil
 }
 
+// ServeFlags defines serve's flags on fs with their defaults, for help and
+// the man page; ParseFlags is what parses them.
+func ServeFlags(fs *flag.FlagSet) { bindServeFlags(fs, &Config{}) }
+
 // bindServeFlags defines every serve flag on fs, storing into cfg or the
 // returned serveFlags.
 func bindServeFlags(fs *flag.FlagSet, cfg *Config) *serveFlags {
 	sf := &serveFlags{}
-	fs.StringVar(&sf.state, "state", "", "state directory (created 0700); required")
+	fs.StringVar(&sf.state, "state", "", "state `DIR` (created 0700); required")
 	fs.StringVar(&cfg.IDScope, "id-scope", "0ne0000SIM1", "DPS ID scope")
 	fs.StringVar(&cfg.DPSHost, "dps-host", "localhost", "DPS host name (TLS SNI / certificate name)")
 	fs.StringVar(&cfg.DPSAddr, "dps-addr", "127.0.0.1:0", "DPS MQTT/TLS listen address")
@@ -92,11 +96,11 @@ func bindServeFlags(fs *flag.FlagSet, cfg *Config) *serveFlags {
 	fs.BoolVar(&sf.verbose, "v", false, "debug logging")
 	fs.StringVar(&cfg.ServerKey, "server-key", "rsa", "TLS server key: rsa (like Azure) | ecdsa (P-256, cheaper handshakes for load)")
 	bindSwitches(fs, &cfg.Switches)
-	fs.Var(&sf.hubAddr, "hub-addr", "NAME=ADDR hub MQTT/TLS listen address (repeatable)")
-	fs.Var(&sf.hubWS, "hub-ws-addr", "NAME=ADDR hub WebSocket listen address (repeatable)")
-	fs.Var(&sf.hubHost, "hub-host", "NAME=HOST hub host name (repeatable)")
-	fs.Var(&sf.hubLatency, "hub-latency", "NAME=MS configured latency for geoLatency allocation (repeatable)")
-	fs.Var(&sf.estCAs, "est-client-ca", "PEM file of a CA whose certificates may enroll over EST (repeatable)")
+	fs.Var(&sf.hubAddr, "hub-addr", "`NAME=ADDR` hub MQTT/TLS listen address (repeatable)")
+	fs.Var(&sf.hubWS, "hub-ws-addr", "`NAME=ADDR` hub WebSocket listen address (repeatable)")
+	fs.Var(&sf.hubHost, "hub-host", "`NAME=HOST` hub host name (repeatable)")
+	fs.Var(&sf.hubLatency, "hub-latency", "`NAME=MS` configured latency for geoLatency allocation (repeatable)")
+	fs.Var(&sf.estCAs, "est-client-ca", "PEM `FILE` of a CA whose certificates may enroll over EST (repeatable)")
 	return sf
 }
 

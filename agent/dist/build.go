@@ -30,7 +30,6 @@ type BuildOptions struct {
 	Root    string    // repository root
 	Out     string    // output directory (.build/dist)
 	BinDir  string    // .build/bin: linux-<arch>/<binary>
-	ManDir  string    // .build/man: generated man pages, when present
 	NFPM    string    // the nfpm binary
 	Version string    // package version (Debian syntax)
 	Date    time.Time // changelog date (the commit's, for reproducible packages)
@@ -112,8 +111,7 @@ func Build(o BuildOptions) ([]string, error) {
 	return written, nil
 }
 
-// source resolves a manifest src for one architecture; "" with a nil error
-// means an optional file that is absent.
+// source resolves a manifest src for one architecture.
 func (o BuildOptions) source(f File, binDir, changelogPath string) (string, error) {
 	kind, name, ok := strings.Cut(f.Src, ":")
 	var p string
@@ -122,17 +120,12 @@ func (o BuildOptions) source(f File, binDir, changelogPath string) (string, erro
 		p = filepath.Join(o.Root, f.Src)
 	case kind == "bin":
 		p = filepath.Join(binDir, name)
-	case kind == "man":
-		p = filepath.Join(o.ManDir, name)
 	case kind == "build" && name == "changelog.gz":
 		p = changelogPath
 	default:
 		return "", fmt.Errorf("file %s: unknown src %q", f.Dst, f.Src)
 	}
 	if _, err := os.Stat(p); err != nil {
-		if f.Optional() {
-			return "", nil
-		}
 		return "", fmt.Errorf("file %s: %w", f.Dst, err)
 	}
 	return p, nil
@@ -156,10 +149,6 @@ func (o BuildOptions) nfpmConfig(m *Manifest, p Package, arch, binDir, changelog
 		src, err := o.source(f, binDir, changelogPath)
 		if err != nil {
 			return nil, err
-		}
-		if src == "" {
-			o.Log("%s %s: %s not built; packaged without it", p.Name, arch, f.Src)
-			continue
 		}
 		if f.Kind == "man" && !strings.HasSuffix(src, ".gz") {
 			gz, err := gzipFile(src, filepath.Join(o.Out, "gen", path.Base(f.Dst)))
@@ -283,9 +272,6 @@ func (o BuildOptions) imageTree(m *Manifest, name, dir, filesDir, target string)
 		src, err := o.source(fl, "", "")
 		if err != nil {
 			return err
-		}
-		if src == "" {
-			continue
 		}
 		b, err := os.ReadFile(src)
 		if err != nil {

@@ -36,7 +36,7 @@ func TestGeneratedFilesUpToDate(t *testing.T) {
 		}
 	}
 	// Nothing stale: every file in the generated directories is generated.
-	for _, dir := range []string{"agent/dist/deb", "agent/dist/yocto", "agent/dist/buildroot"} {
+	for _, dir := range []string{"agent/dist/deb", "agent/dist/yocto", "agent/dist/buildroot", ManDir} {
 		filepath.WalkDir(filepath.Join(root, dir), func(p string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
 				return err

@@ -16,8 +16,9 @@ func header(lead, what string) string {
 }
 
 // Generate returns every generated file kept in the repository, by path
-// relative to root. The notices are separate (Notices): they need the Go
-// toolchain and the module cache.
+// relative to root. The man pages need the Go toolchain (ManPages builds
+// the binaries); the notices are separate (Notices): they also need the
+// module cache.
 func Generate(root string) (map[string][]byte, error) {
 	m, err := LoadManifest(root)
 	if err != nil {
@@ -42,6 +43,13 @@ func Generate(root string) (map[string][]byte, error) {
 		out[name] = b
 	}
 	for name, b := range m.buildrootTree() {
+		out[name] = b
+	}
+	man, err := ManPages(root)
+	if err != nil {
+		return nil, err
+	}
+	for name, b := range man {
 		out[name] = b
 	}
 	return out, nil
@@ -342,11 +350,7 @@ USERADD_PACKAGES = "${PN}"
 			src += "-${DEVID_GOARCH}"
 		}
 		dst := YoctoDir(path.Dir(gunzipped(f.Dst))) + "/" + path.Base(gunzipped(f.Dst))
-		if f.Optional() {
-			fmt.Fprintf(&b, "    if [ -e ${WORKDIR}/%s ]; then install -m %s ${WORKDIR}/%s ${D}%s; fi\n", src, f.Mode, src, dst)
-		} else {
-			fmt.Fprintf(&b, "    install -m %s ${WORKDIR}/%s ${D}%s\n", f.Mode, src, dst)
-		}
+		fmt.Fprintf(&b, "    install -m %s ${WORKDIR}/%s ${D}%s\n", f.Mode, src, dst)
 		if f.Owner != "root" || f.Group != "root" {
 			fmt.Fprintf(&b, "    chown %s:%s ${D}%s\n", f.Owner, f.Group, dst)
 		}
@@ -431,11 +435,7 @@ endif
 			src += "-$(DEVID_AGENT_GOARCH)"
 		}
 		dst := gunzipped(f.Dst)
-		if f.Optional() {
-			fmt.Fprintf(&b, "\tif [ -e $(@D)/%s ]; then $(INSTALL) -D -m %s $(@D)/%s $(TARGET_DIR)%s; fi\n", src, f.Mode, src, dst)
-		} else {
-			fmt.Fprintf(&b, "\t$(INSTALL) -D -m %s $(@D)/%s $(TARGET_DIR)%s\n", f.Mode, src, dst)
-		}
+		fmt.Fprintf(&b, "\t$(INSTALL) -D -m %s $(@D)/%s $(TARGET_DIR)%s\n", f.Mode, src, dst)
 	}
 	b.WriteString("endef\n\n")
 	b.WriteString("define DEVID_AGENT_PERMISSIONS\n")

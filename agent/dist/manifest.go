@@ -94,10 +94,6 @@ type File struct {
 // Kinds of installed file.
 var kinds = []string{"binary", "unit", "sysusers", "tmpfiles", "udev", "config", "man", "doc", "copyright", "changelog"}
 
-// Optional reports whether the file may be absent at packaging time (man
-// pages come from a generator of their own).
-func (f File) Optional() bool { return strings.HasPrefix(f.Src, "man:") }
-
 // ForImages reports whether Yocto and Buildroot install the file too: they
 // have their own copyright and changelog conventions.
 func (f File) ForImages() bool { return f.Format == "" }

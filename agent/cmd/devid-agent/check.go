@@ -25,10 +25,6 @@ import (
 	"devid/hal/clock"
 )
 
-func init() {
-	register("check", "aziotctl-style health checks (--json)", runCheck)
-}
-
 // checkResult is one line of `devid-agent check`.
 type checkResult struct {
 	Name   string `json:"name"`
@@ -50,25 +46,25 @@ func (c *checker) add(name, result, detail, hint string) {
 	c.results = append(c.results, checkResult{name, result, detail, hint})
 }
 
-func runCheck(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("devid-agent check", flag.ContinueOnError)
-	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
+func checkFlags(fs *flag.FlagSet) func(context.Context, []string) error {
+	cfgPath := fs.String("config", config.DefaultPath, "config `FILE` (TOML)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	offline := fs.Bool("offline", false, "skip the DPS and hub reachability checks")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+	return func(ctx context.Context, _ []string) error { return runCheck(ctx, *cfgPath, *asJSON, *offline) }
+}
+
+func runCheck(ctx context.Context, cfgPath string, asJSON, offline bool) error {
 	c := &checker{now: time.Now()}
-	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
+	cfg, degraded, err := loadConfigOrLKG(cfgPath)
 	if err != nil {
-		c.add("config", "fail", err.Error(), "run `devid-agent config check --config "+*cfgPath+"` and fix each field it names")
+		c.add("config", "fail", err.Error(), "run `devid-agent config check --config "+cfgPath+"` and fix each field it names")
 	} else {
 		c.cfg = cfg
 		resolveKeySpec(cfg)
 		if degraded != "" {
-			c.add("config", "warn", degraded, "fix the file (devid-agent config check --config "+*cfgPath+"); the checks below use the last-known-good config")
+			c.add("config", "warn", degraded, "fix the file (devid-agent config check --config "+cfgPath+"); the checks below use the last-known-good config")
 		} else {
-			c.add("config", "pass", *cfgPath+" is valid", "")
+			c.add("config", "pass", cfgPath+" is valid", "")
 		}
 		c.stateDir()
 		c.keyAndCert()
@@ -76,7 +72,7 @@ func runCheck(ctx context.Context, args []string) error {
 		c.trust()
 		c.assignment()
 		c.queue()
-		if !*offline {
+		if !offline {
 			c.reach(ctx)
 		}
 	}
@@ -86,7 +82,7 @@ func runCheck(ctx context.Context, args []string) error {
 			failed++
 		}
 	}
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(c.results)

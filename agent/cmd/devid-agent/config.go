@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,24 +18,14 @@ import (
 	"devid/hal/atomicfile"
 )
 
-func init() {
-	register("config", "config check: validate the config and print the effective config", runConfig)
+func configCheckFlags(fs *flag.FlagSet) func(context.Context, []string) error {
+	path := fs.String("config", config.DefaultPath, "config `FILE` (TOML)")
+	return func(context.Context, []string) error { return configCheck(*path) }
 }
 
-// runConfig implements `devid-agent config check [--config FILE]`.
-func runConfig(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] != "check" {
-		return usageError{fmt.Errorf("usage: devid-agent config check [--config FILE]")}
-	}
-	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	path := fs.String("config", config.DefaultPath, "config file")
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	c, err := config.Load(*path)
+// configCheck implements `devid-agent config check [--config FILE]`.
+func configCheck(path string) error {
+	c, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -41,9 +33,28 @@ func runConfig(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stdout, "# effective config (%s is valid; passwords masked)\n", *path)
+	fmt.Fprintf(os.Stdout, "# effective config (%s is valid; passwords masked)\n", path)
 	os.Stdout.Write(b)
+	for _, w := range incomplete(c) {
+		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
+	}
 	return nil
+}
+
+// incomplete names what a valid config still lacks for a new device to
+// go from the factory to the hub: valid is not the same as ready.
+func incomplete(c *config.Config) []string {
+	var out []string
+	if c.DPS.IDScope == "" {
+		out = append(out, "dps.id_scope is empty: the agent cannot register with DPS until it is set")
+	}
+	if c.Factory.Port == "" && c.Hardware.Button == "" {
+		out = append(out, "factory.port is empty and there is no factory button (hardware.button): the jig cannot program a device that has no certificate yet")
+	}
+	if _, err := os.Stat(c.Factory.Root); errors.Is(err, fs.ErrNotExist) {
+		out = append(out, "factory.root "+c.Factory.Root+" does not exist: the agent cannot check the certificate the jig installs (copy the factory CA's root.pem there)")
+	}
+	return out
 }
 
 // lkgConfigFile is the last-known-good copy of the config that `run`

@@ -16,29 +16,34 @@ import (
 	"devid/hal/board"
 )
 
-func init() {
-	register("factory", "serve the factory programming protocol on a serial port", runFactory)
+// factoryFlags is the factory command: it serves the factory bus until
+// ctx is cancelled (SIGINT or SIGTERM). Flags override the config file;
+// without --config the built-in defaults apply.
+func factoryFlags(fs *flag.FlagSet) func(context.Context, []string) error {
+	cfgPath := fs.String("config", "", "config `FILE` (TOML); the other flags override it")
+	port := fs.String("port", "", "serial `DEVICE` the jig is on (config factory.port)")
+	baud := fs.Int("baud", 0, "serial line rate in `BAUD` (config factory.baud, default 115200)")
+	stateDir := fs.String("state", "", "state `DIR` (config state_dir, default /var/lib/devid)")
+	keySpec := fs.String("key", "", "key backend `SPEC`: auto, file:PATH or tpm:... (config key.backend, default auto)")
+	deviceID := fs.String("device-id", "", "device `ID` (config device_id; default: from the board)")
+	root := fs.String("root", "", "factory root PEM `FILE` the certificate must chain to (config factory.root)")
+	return func(ctx context.Context, _ []string) error {
+		return runFactory(ctx, *cfgPath, factoryOverrides{*port, *baud, *stateDir, *keySpec, *deviceID, *root})
+	}
 }
 
-// runFactory serves the factory bus until ctx is cancelled (SIGINT or
-// SIGTERM). Flags override the config file; without --config the
-// built-in defaults apply.
-func runFactory(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("devid-agent factory", flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "config file (TOML); flags below override it")
-	port := fs.String("port", "", "serial device the jig is on (config factory.port)")
-	baud := fs.Int("baud", 0, "serial line rate (config factory.baud, default 115200)")
-	stateDir := fs.String("state", "", "state directory (config state_dir, default /var/lib/devid)")
-	keySpec := fs.String("key", "", `key backend: auto, file:PATH or tpm:... (config key.backend, default auto)`)
-	deviceID := fs.String("device-id", "", "device ID (config device_id; default: from the board)")
-	root := fs.String("root", "", "factory root PEM the certificate must chain to (config factory.root)")
-	if err := parseArgsNone(fs, args); err != nil {
-		return err
-	}
+// factoryOverrides are the factory command's flags; "" or 0 keeps the
+// config's value.
+type factoryOverrides struct {
+	port                              string
+	baud                              int
+	stateDir, keySpec, deviceID, root string
+}
 
+func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 	cfg := config.Default()
-	if *cfgPath != "" {
-		c, err := config.Load(*cfgPath)
+	if cfgPath != "" {
+		c, err := config.Load(cfgPath)
 		if err != nil {
 			return err
 		}
@@ -49,13 +54,13 @@ func runFactory(ctx context.Context, args []string) error {
 			*dst = v
 		}
 	}
-	override(&cfg.Factory.Port, *port)
-	override(&cfg.StateDir, *stateDir)
-	override(&cfg.Key.Backend, *keySpec)
-	override(&cfg.DeviceID, *deviceID)
-	override(&cfg.Factory.Root, *root)
-	if *baud > 0 {
-		cfg.Factory.Baud = *baud
+	override(&cfg.Factory.Port, f.port)
+	override(&cfg.StateDir, f.stateDir)
+	override(&cfg.Key.Backend, f.keySpec)
+	override(&cfg.DeviceID, f.deviceID)
+	override(&cfg.Factory.Root, f.root)
+	if f.baud > 0 {
+		cfg.Factory.Baud = f.baud
 	}
 	if cfg.Factory.Port == "" {
 		return usageError{errors.New("--port (or factory.port in the config) is required")}

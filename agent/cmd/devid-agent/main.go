@@ -1,112 +1,72 @@
 // Command devid-agent is the on-device identity daemon.
 //
-// Subcommands each live in their own file:
+// Subcommands each live in their own file; the table below is the whole
+// command line (help, help --json and the man page devid-agent(8) are
+// made from it):
 //
-//	run       the daemon (default)          run.go
-//	factory   serve the factory bus         factory.go
-//	status    print the agent's state       status.go
-//	check     aziotctl-style health checks  check.go
-//	config    config check                  config.go
-//	version   print the version
+//	run           the daemon (default)          run.go
+//	factory       serve the factory bus         factory.go
+//	status        print the agent's state       status.go
+//	check         aziotctl-style health checks  check.go
+//	config check  validate the config           config.go
+//	version       print the version             cli.go
+//
+// Exit status: 0 on success, 1 on failure, 2 on a usage error.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 )
 
-// version is set by -ldflags at build time.
-var version = "dev"
+// version and commit are set by -ldflags at build time (the Makefile).
+var (
+	version = "dev"
+	commit  = ""
+)
 
-// subcommand runs one verb with the arguments after it.
+// subcommand is one verb of the command line.
 type subcommand struct {
-	summary string
-	run     func(ctx context.Context, args []string) error
+	name    string // one word, or a group and a word ("config check")
+	args    string // synopsis after the name
+	purpose string // one line
+	example string
+	// bind defines the command's flags on fs and returns what runs the
+	// command once fs has parsed them, with the positional arguments.
+	bind func(fs *flag.FlagSet) func(ctx context.Context, args []string) error
+	// positional: the command takes arguments after its flags.
+	positional bool
 }
 
-var subcommands = map[string]subcommand{}
-
-func register(name, summary string, run func(ctx context.Context, args []string) error) {
-	subcommands[name] = subcommand{summary, run}
-}
-
-func usage() {
-	fmt.Fprintf(os.Stderr, "usage: devid-agent <command> [flags]\n\ncommands:\n")
-	for _, name := range []string{"run", "factory", "status", "check", "config", "version"} {
-		if c, ok := subcommands[name]; ok {
-			fmt.Fprintf(os.Stderr, "  %-8s %s\n", name, c.summary)
-		}
-	}
+// commands is the command line, in the order help lists it. "help" is
+// handled before this table (it lists the table).
+var commands = []subcommand{
+	{name: "run", args: "[--config FILE]", bind: runFlags,
+		purpose: "run the daemon: factory bus until programmed, then DPS and the hub (the default command)",
+		example: "devid-agent run --config /etc/devid/config.toml"},
+	{name: "factory", args: "--port DEVICE --root FILE [flags]", bind: factoryFlags,
+		purpose: "serve only the factory programming protocol on a serial port, until stopped",
+		example: "devid-agent factory --port /dev/ttyS1 --root /etc/devid/factory-root.pem"},
+	{name: "status", args: "[--config FILE] [--json]", bind: statusFlags,
+		purpose: "print the agent's state: from the running agent, else from the state files",
+		example: "devid-agent status --json"},
+	{name: "check", args: "[--config FILE] [--json] [--offline]", bind: checkFlags,
+		purpose: "run health checks (config, state dir, key, certificate, clock, DPS and hub reachability)",
+		example: "devid-agent check --offline"},
+	{name: "config check", args: "[--config FILE]", bind: configCheckFlags,
+		purpose: "validate the config file and print the effective config (passwords masked)",
+		example: "devid-agent config check --config /etc/devid/config.toml"},
+	{name: "version", args: "[--json]", bind: versionFlags,
+		purpose: "print the version, commit, Go version and platform",
+		example: "devid-agent version --json"},
 }
 
 func main() {
-	register("version", "print the version", func(context.Context, []string) error {
-		fmt.Println(version)
-		return nil
-	})
-	args := os.Args[1:]
-	name := "run"
-	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
-		name, args = args[0], args[1:]
-	}
-	if name == "help" || name == "-h" || name == "--help" {
-		usage()
-		return
-	}
-	cmd, ok := subcommands[name]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "devid-agent: unknown command %q\n", name)
-		usage()
-		os.Exit(2)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := cmd.run(ctx, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(2)
-		}
-		fmt.Fprintf(os.Stderr, "devid-agent %s: %v\n", name, err)
-		os.Exit(exitCode(err))
-	}
-}
-
-// parseFlags parses args into fs. -h comes back as flag.ErrHelp (the
-// flag package has printed the usage; exit 2 without more); any other
-// flag error is a usageError.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
-	}
-	return nil
-}
-
-// parseArgsNone is parseFlags for a command that takes no positional
-// arguments.
-func parseArgsNone(fs *flag.FlagSet, args []string) error {
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	return nil
-}
-
-// usageError marks a bad flag or argument, which exits 2 rather than 1.
-type usageError struct{ error }
-
-func exitCode(err error) int {
-	var u usageError
-	if errors.As(err, &u) {
-		return 2
-	}
-	return 1
+	code := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

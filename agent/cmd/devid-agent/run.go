@@ -28,22 +28,18 @@ import (
 	"devid/hal/serial"
 )
 
-func init() {
-	register("run", "run the daemon", runDaemon)
+func runFlags(fs *flag.FlagSet) func(context.Context, []string) error {
+	cfgPath := fs.String("config", config.DefaultPath, "config `FILE` (TOML)")
+	return func(ctx context.Context, _ []string) error { return runDaemon(ctx, *cfgPath) }
 }
 
-func runDaemon(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("devid-agent run", flag.ContinueOnError)
-	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
-	if err := parseArgsNone(fs, args); err != nil {
-		return err
-	}
+func runDaemon(ctx context.Context, cfgPath string) error {
 	// systemctl reload sends SIGHUP; caught from the start so that an early
 	// reload never kills the agent (SIGHUP's default action).
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
+	cfg, degraded, err := loadConfigOrLKG(cfgPath)
 	if err != nil {
 		return err
 	}
@@ -133,7 +129,7 @@ func runDaemon(ctx context.Context, args []string) error {
 	}
 	runDone := make(chan error, 1)
 	go func() { runDone <- a.Run(ctx) }()
-	go reloadOnHUP(ctx, hup, *cfgPath, level, log)
+	go reloadOnHUP(ctx, hup, cfgPath, level, log)
 	notify.Ready()
 	if iv, err := sdnotify.WatchdogInterval(); err != nil {
 		log.Warn("watchdog", "err", err)

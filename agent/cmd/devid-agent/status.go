@@ -20,10 +20,6 @@ import (
 	"devid/enroll/rotate"
 )
 
-func init() {
-	register("status", "print the agent's state (--json)", runStatus)
-}
-
 type statusOut struct {
 	agent.Status
 	// Source says where the status came from: the running agent's local
@@ -31,14 +27,14 @@ type statusOut struct {
 	Source string `json:"source"`
 }
 
-func runStatus(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("devid-agent status", flag.ContinueOnError)
-	cfgPath := fs.String("config", config.DefaultPath, "config file (TOML)")
+func statusFlags(fs *flag.FlagSet) func(context.Context, []string) error {
+	cfgPath := fs.String("config", config.DefaultPath, "config `FILE` (TOML)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	cfg, degraded, err := loadConfigOrLKG(*cfgPath)
+	return func(ctx context.Context, _ []string) error { return runStatus(ctx, *cfgPath, *asJSON) }
+}
+
+func runStatus(ctx context.Context, cfgPath string, asJSON bool) error {
+	cfg, degraded, err := loadConfigOrLKG(cfgPath)
 	if err != nil {
 		return err
 	}
@@ -54,7 +50,7 @@ func runStatus(ctx context.Context, args []string) error {
 		out.Extra = map[string]any{}
 	}
 	out.Extra["renewal"] = renewalOf(cfg, out.Extra)
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(out)

@@ -12,12 +12,15 @@ import (
 	"devid/enroll/station/cli"
 )
 
-// version is set by -ldflags at build time.
-var version = "dev"
+// version and commit are set by -ldflags at build time (the Makefile).
+var (
+	version = "dev"
+	commit  = ""
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Main(ctx, version, os.Args[1:], os.Stdout, os.Stderr)
+	code := cli.Main(ctx, cli.Build{Version: version, Commit: commit}, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -61,16 +62,22 @@ func TestCLI(t *testing.T) {
 	if out, err = run("telemetry", "--device", "nobody"); err != nil || strings.TrimSpace(out) != "[]" {
 		t.Fatalf("telemetry: %v\n%s", err, out)
 	}
-	// Bad input names what was wrong.
-	for _, bad := range [][]string{
-		{"enroll-group", "x"},
-		{"fault", "add", "--status", "404"},
-		{"disable", "gizmo", "x"},
-		{"nonsense"},
-		{"twin", "d", "--desired", "{bad"},
+	// Bad input names what was wrong: a bad command line exits 2, a
+	// request the simulator refuses exits 1.
+	for _, bad := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"enroll-group", "x"}, 2, "--ca FILE is required"},
+		{[]string{"fault", "add", "--status", "404"}, 1, "404"},
+		{[]string{"disable", "gizmo", "x"}, 2, `kind "gizmo"`},
+		{[]string{"nonsense"}, 2, `unknown command "nonsense"`},
+		{[]string{"twin", "d", "--desired", "{bad"}, 2, "--desired"},
+		{[]string{"devices", "--ca", "x"}, 2, "--ca does not apply to devices"},
 	} {
-		if out, err := run(bad...); err == nil || !strings.Contains(out, "devid-sim:") {
-			t.Errorf("%v: err %v, out %s", bad, err, out)
+		if out, err := run(bad.args...); exitCode(err) != bad.code || !strings.Contains(out, "devid-sim") || !strings.Contains(out, bad.says) {
+			t.Errorf("%v: err %v (want exit %d), out %s", bad.args, err, bad.code, out)
 		}
 	}
 	if out, err := exec.Command(bin, "serve", "--state", t.TempDir(), "--hub-retain", "maybe").CombinedOutput(); err == nil || !strings.Contains(string(out), "--hub-retain") {
@@ -111,4 +118,16 @@ func TestESTMounted(t *testing.T) {
 			t.Fatal("untrusted client enrolled over EST")
 		}
 	}
+}
+
+// exitCode is the exit status of a finished command (0 when err is nil).
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }

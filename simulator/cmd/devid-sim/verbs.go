@@ -12,33 +12,77 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"devid/simulator/simapi"
 )
 
-// verbs maps each control verb to the function that runs it; each talks
-// to the control plane of a running simulator (docs/simulator.md).
-var verbs = map[string]func(*invocation) error{
-	"ready":          verbReady,
-	"enroll-group":   verbEnrollGroup,
-	"enroll":         verbEnroll,
-	"unenroll-group": verbUnenroll,
-	"unenroll":       verbUnenroll,
-	"disable":        verbSetStatus,
-	"enable":         verbSetStatus,
-	"registrations":  verbRegistrations,
-	"devices":        verbDevices,
-	"delete-device":  verbDeleteDevice,
-	"twin":           verbTwin,
-	"method":         verbMethod,
-	"c2d":            verbC2D,
-	"telemetry":      verbTelemetry,
-	"revoke":         verbRevoke,
-	"fault":          verbFault,
-	"connections":    verbConnections,
-	"crl":            verbCRL,
+// verb is one control verb: it talks to the control plane of a running
+// simulator (docs/simulator.md).
+type verb struct {
+	name    string
+	args    string // synopsis after the name
+	purpose string // one line
+	example string
+	flags   []string // the flags it reads besides --state and --control
+	run     func(*invocation) error
+}
+
+var (
+	enrollFlags = []string{"hub", "iothub", "policy", "webhook", "disabled", "twin", "no-reprovision", "reset-data"}
+	faultFlags  = []string{"scope", "device", "hub", "ops", "status", "retry-after", "delay-ms", "drop-after", "refuse-seconds", "count"}
+)
+
+// verbs are the control verbs, in the order help lists them.
+var verbs = []verb{
+	{"ready", "", "print the ready line (addresses, CA) of the running simulator",
+		"devid-sim ready --state /tmp/sim", nil, verbReady},
+	{"enroll-group", "ID --ca FILE [flags]", "create or replace an enrollment group whose devices chain to a CA",
+		"devid-sim enroll-group line1 --ca factory-root.pem --state /tmp/sim", append([]string{"ca"}, enrollFlags...), verbEnrollGroup},
+	{"enroll", "ID --cert FILE [--device-id ID] [flags]", "create or replace an individual enrollment for one device certificate",
+		"devid-sim enroll board-1 --cert board-1.pem --state /tmp/sim", append([]string{"cert", "device-id"}, enrollFlags...), verbEnroll},
+	{"unenroll-group", "ID", "delete an enrollment group",
+		"devid-sim unenroll-group line1 --state /tmp/sim", nil, verbUnenroll},
+	{"unenroll", "ID", "delete an individual enrollment",
+		"devid-sim unenroll board-1 --state /tmp/sim", nil, verbUnenroll},
+	{"disable", "(group|enrollment|registration|device) ID [--hub NAME]", "disable an enrollment group, enrollment, registration or hub device",
+		"devid-sim disable device board-1 --state /tmp/sim", []string{"hub"}, verbSetStatus},
+	{"enable", "(group|enrollment|registration|device) ID [--hub NAME]", "enable what disable disabled",
+		"devid-sim enable device board-1 --state /tmp/sim", []string{"hub"}, verbSetStatus},
+	{"registrations", "[GROUP]", "list registration states (of one enrollment group)",
+		"devid-sim registrations line1 --state /tmp/sim", nil, verbRegistrations},
+	{"devices", "[--hub NAME]", "list a hub's devices",
+		"devid-sim devices --hub sim-hub-1 --state /tmp/sim", []string{"hub"}, verbDevices},
+	{"delete-device", "ID [--hub NAME]", "delete a device from a hub",
+		"devid-sim delete-device board-1 --state /tmp/sim", []string{"hub"}, verbDeleteDevice},
+	{"twin", "ID [--hub NAME] [--desired JSON]", "print a device twin, or patch its desired properties",
+		`devid-sim twin board-1 --desired '{"interval":60}' --state /tmp/sim`, []string{"hub", "desired"}, verbTwin},
+	{"method", "ID NAME [--payload JSON] [--timeout S] [--hub NAME]", "invoke a direct method on a connected device and print its answer",
+		`devid-sim method board-1 reboot --payload '{}' --state /tmp/sim`, []string{"hub", "payload", "timeout"}, verbMethod},
+	{"c2d", "ID TEXT [--prop K=V]... [--hub NAME]", "send a cloud-to-device message",
+		"devid-sim c2d board-1 hello --prop kind=greeting --state /tmp/sim", []string{"hub", "prop"}, verbC2D},
+	{"telemetry", "[--device ID] [--hub NAME] [--after N] [--wait D] [--min N]", "print the telemetry the hubs received, optionally waiting for it",
+		"devid-sim telemetry --device board-1 --wait 10s --state /tmp/sim", []string{"device", "hub", "after", "wait", "min"}, verbTelemetry},
+	{"revoke", "(--crl FILE [--chain FILE] | --cert FILE | --thumbprint HEX | --serial HEX | --device ID [--hub NAME])", "revoke device certificates: the hubs and DPS refuse them",
+		"devid-sim revoke --crl issuing.crl --state /tmp/sim", []string{"crl", "chain", "cert", "thumbprint", "serial", "device", "hub"}, verbRevoke},
+	{"fault", "(add [flags] | list | clear [ID])", "add, list or clear injected faults (throttling, errors, delays, dropped connections)",
+		"devid-sim fault add --scope dps --status 429 --retry-after 5 --count 3 --state /tmp/sim", faultFlags, verbFault},
+	{"connections", "", "list the open MQTT connections",
+		"devid-sim connections --state /tmp/sim", nil, verbConnections},
+	{"crl", "", "print the simulator CA's CRL (DER)",
+		"devid-sim crl --state /tmp/sim > issuing.crl", nil, verbCRL},
+}
+
+// lookupVerb finds a control verb by name.
+func lookupVerb(name string) (verb, bool) {
+	for _, v := range verbs {
+		if v.name == name {
+			return v, true
+		}
+	}
+	return verb{}, false
 }
 
 // flags are the flags of every control verb (each verb reads its own).
@@ -61,44 +105,44 @@ type flags struct {
 }
 
 // boolFlags take no value (splitArgs must not swallow the next argument).
-var boolFlags = map[string]bool{"disabled": true, "no-reprovision": true, "reset-data": true}
+var boolFlags = map[string]bool{"disabled": true, "no-reprovision": true, "reset-data": true, "h": true, "help": true}
 
 func bindFlags(fs *flag.FlagSet) *flags {
 	f := &flags{}
-	fs.StringVar(&f.stateDir, "state", "", "state directory of the running simulator")
-	fs.StringVar(&f.ctlURL, "control", os.Getenv("DEVID_SIM_CONTROL"), "control plane URL (default: from --state DIR/ready.json)")
+	fs.StringVar(&f.stateDir, "state", "", "state `DIR` of the running simulator")
+	fs.StringVar(&f.ctlURL, "control", os.Getenv("DEVID_SIM_CONTROL"), "control plane `URL` (default: from --state DIR/ready.json)")
 	// --hub is also accepted as the linked hub of an enrollment.
-	fs.StringVar(&f.hub, "hub", "", "hub name")
-	fs.Func("iothub", "linked hub host for an enrollment (repeatable)", func(v string) error { f.iothubs = append(f.iothubs, v); return nil })
-	fs.Func("prop", "k=v message property (repeatable)", func(v string) error { f.props = append(f.props, v); return nil })
-	fs.StringVar(&f.ca, "ca", "", "CA certificate PEM (enrollment group)")
-	fs.StringVar(&f.cert, "cert", "", "certificate PEM")
-	fs.StringVar(&f.crlFile, "crl", "", "CRL file (PEM or DER) to revoke from")
-	fs.StringVar(&f.chainFile, "chain", "", "PEM CA certificates between the group CA and the CRL signer")
-	fs.StringVar(&f.deviceID, "device-id", "", "device id")
-	fs.StringVar(&f.device, "device", "", "device / registration id")
-	fs.StringVar(&f.policy, "policy", "", "allocation policy: hashed | static | geoLatency | custom")
-	fs.StringVar(&f.webhook, "webhook", "", "custom allocation webhook URL")
+	fs.StringVar(&f.hub, "hub", "", "hub `NAME`")
+	fs.Func("iothub", "linked hub `HOST` for an enrollment (repeatable)", func(v string) error { f.iothubs = append(f.iothubs, v); return nil })
+	fs.Func("prop", "`K=V` message property (repeatable)", func(v string) error { f.props = append(f.props, v); return nil })
+	fs.StringVar(&f.ca, "ca", "", "CA certificate PEM `FILE` (enrollment group)")
+	fs.StringVar(&f.cert, "cert", "", "certificate PEM `FILE`")
+	fs.StringVar(&f.crlFile, "crl", "", "CRL `FILE` (PEM or DER) to revoke from")
+	fs.StringVar(&f.chainFile, "chain", "", "PEM `FILE` of the CA certificates between the group CA and the CRL signer")
+	fs.StringVar(&f.deviceID, "device-id", "", "device `ID`")
+	fs.StringVar(&f.device, "device", "", "device or registration `ID`")
+	fs.StringVar(&f.policy, "policy", "", "allocation `POLICY`: hashed | static | geoLatency | custom")
+	fs.StringVar(&f.webhook, "webhook", "", "custom allocation webhook `URL`")
 	fs.BoolVar(&f.disabled, "disabled", false, "create disabled")
 	fs.StringVar(&f.twin, "twin", "", "initial twin JSON {\"tags\":{},\"properties\":{\"desired\":{}}}")
 	fs.BoolVar(&f.noRepro, "no-reprovision", false, "reprovision policy: never update hub assignment")
 	fs.BoolVar(&f.reset, "reset-data", false, "reprovision policy: do not migrate device data")
-	fs.StringVar(&f.desired, "desired", "", "desired properties patch JSON")
-	fs.StringVar(&f.payload, "payload", "", "method payload JSON")
-	fs.IntVar(&f.timeout, "timeout", 30, "method response timeout seconds")
-	fs.Uint64Var(&f.after, "after", 0, "telemetry after this seq")
-	fs.StringVar(&f.wait, "wait", "", "wait up to this long for telemetry")
-	fs.IntVar(&f.minN, "min", 1, "with --wait: records to wait for")
-	fs.StringVar(&f.thumb, "thumbprint", "", "thumbprint hex")
-	fs.StringVar(&f.serial, "serial", "", "serial hex")
-	fs.StringVar(&f.scope, "scope", "", "fault scope dps | hub")
-	fs.StringVar(&f.ops, "ops", "", "fault ops, comma-separated")
-	fs.IntVar(&f.status, "status", 0, "fault status 429 | 5xx")
-	fs.IntVar(&f.ra, "retry-after", 0, "fault retry-after seconds")
-	fs.IntVar(&f.delay, "delay-ms", 0, "fault delay")
-	fs.IntVar(&f.drop, "drop-after", 0, "fault drop after K messages")
-	fs.IntVar(&f.refuse, "refuse-seconds", 0, "fault refuse connections for T seconds")
-	fs.IntVar(&f.count, "count", 0, "fault applies N times (0 = until cleared)")
+	fs.StringVar(&f.desired, "desired", "", "desired properties patch `JSON`")
+	fs.StringVar(&f.payload, "payload", "", "method payload `JSON`")
+	fs.IntVar(&f.timeout, "timeout", 30, "method response timeout in seconds (`S`)")
+	fs.Uint64Var(&f.after, "after", 0, "only telemetry after sequence number `N`")
+	fs.StringVar(&f.wait, "wait", "", "wait up to `D` (e.g. 10s) for telemetry")
+	fs.IntVar(&f.minN, "min", 1, "with --wait: wait for `N` records")
+	fs.StringVar(&f.thumb, "thumbprint", "", "certificate thumbprint in `HEX`")
+	fs.StringVar(&f.serial, "serial", "", "certificate serial in `HEX`")
+	fs.StringVar(&f.scope, "scope", "", "fault `SCOPE`: dps | hub")
+	fs.StringVar(&f.ops, "ops", "", "fault `OPS`, comma-separated")
+	fs.IntVar(&f.status, "status", 0, "fault `STATUS`: 429 | 5xx")
+	fs.IntVar(&f.ra, "retry-after", 0, "fault retry-after in seconds (`S`)")
+	fs.IntVar(&f.delay, "delay-ms", 0, "fault delay in `MS`")
+	fs.IntVar(&f.drop, "drop-after", 0, "fault: drop the connection after `K` messages")
+	fs.IntVar(&f.refuse, "refuse-seconds", 0, "fault: refuse connections for `T` seconds")
+	fs.IntVar(&f.count, "count", 0, "fault applies `N` times (0 = until cleared)")
 	return f
 }
 
@@ -111,22 +155,36 @@ type invocation struct {
 }
 
 // control runs a control verb.
-func control(verb string, args []string) error {
-	run, ok := verbs[verb]
+func control(name string, args []string, stdout io.Writer) error {
+	v, ok := lookupVerb(name)
 	if !ok {
-		return fmt.Errorf("unknown verb %q\n%s", verb, usage)
+		return usageError{fmt.Errorf("unknown command %q", name)}
 	}
-	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	f := bindFlags(fs)
 	pos, flagArgs := splitArgs(args, boolFlags)
 	if err := fs.Parse(flagArgs); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			verbHelp(stdout, v)
+			return nil
+		}
+		return usageError{err}
+	}
+	var stray error
+	fs.Visit(func(fl *flag.Flag) {
+		if stray == nil && !slices.Contains(v.flags, fl.Name) && fl.Name != "state" && fl.Name != "control" {
+			stray = usageError{fmt.Errorf("--%s does not apply to %s", fl.Name, name)}
+		}
+	})
+	if stray != nil {
+		return stray
 	}
 	base, err := controlURL(f.ctlURL, f.stateDir)
 	if err != nil {
 		return err
 	}
-	return run(&invocation{verb: verb, pos: pos, flags: f, c: &client{base: strings.TrimRight(base, "/")}})
+	return v.run(&invocation{verb: name, pos: pos, flags: f, c: &client{base: strings.TrimRight(base, "/")}})
 }
 
 // controlURL is --control, else the control_url of the ready.json in
@@ -139,7 +197,7 @@ func controlURL(ctlURL, stateDir string) (string, error) {
 		stateDir = os.Getenv("DEVID_SIM_STATE")
 	}
 	if stateDir == "" {
-		return "", errors.New("give --state DIR or --control URL (or DEVID_SIM_STATE / DEVID_SIM_CONTROL)")
+		return "", usageError{errors.New("give --state DIR or --control URL (or DEVID_SIM_STATE / DEVID_SIM_CONTROL)")}
 	}
 	b, err := os.ReadFile(filepath.Join(stateDir, "ready.json"))
 	if err != nil {
@@ -174,7 +232,7 @@ func splitArgs(args []string, boolFlags map[string]bool) (pos, flags []string) {
 // need fails unless there are n positional arguments.
 func (x *invocation) need(n int, what string) error {
 	if len(x.pos) < n {
-		return fmt.Errorf("%s: missing %s", x.verb, what)
+		return usageError{fmt.Errorf("missing %s", what)}
 	}
 	return nil
 }
@@ -230,7 +288,7 @@ func (x *invocation) enrollment() (map[string]any, error) {
 	if x.twin != "" {
 		var t any
 		if err := json.Unmarshal([]byte(x.twin), &t); err != nil {
-			return nil, fmt.Errorf("--twin: %v", err)
+			return nil, usageError{fmt.Errorf("--twin: %v", err)}
 		}
 		e["initialTwin"] = t
 	}
@@ -248,7 +306,7 @@ func (x *invocation) enroll(what, flagName, file, kind, certs string, extra func
 		return err
 	}
 	if file == "" {
-		return fmt.Errorf("%s: --%s FILE is required", x.verb, flagName)
+		return usageError{fmt.Errorf("--%s FILE is required", flagName)}
 	}
 	pem, err := os.ReadFile(file)
 	if err != nil {
@@ -309,7 +367,7 @@ func verbSetStatus(x *invocation) error {
 		}
 		p = "/sim/devices/" + url.PathEscape(h) + "/" + url.PathEscape(x.pos[1])
 	default:
-		return fmt.Errorf("%s: kind %q is not group, enrollment, registration or device", x.verb, x.pos[0])
+		return usageError{fmt.Errorf("kind %q is not group, enrollment, registration or device", x.pos[0])}
 	}
 	return x.show("POST", p+"/"+x.verb, nil)
 }
@@ -324,14 +382,14 @@ func verbRegistrations(x *invocation) error {
 func verbDevices(x *invocation) error { return x.show("GET", x.hubPath()+"/devices", nil) }
 
 func verbDeleteDevice(x *invocation) error {
-	if err := x.need(1, "device id"); err != nil {
+	if err := x.need(1, "device `ID`"); err != nil {
 		return err
 	}
 	return x.c.do("DELETE", x.hubPath()+"/devices/"+url.PathEscape(x.pos[0]), nil, nil)
 }
 
 func verbTwin(x *invocation) error {
-	if err := x.need(1, "device id"); err != nil {
+	if err := x.need(1, "device `ID`"); err != nil {
 		return err
 	}
 	p := x.hubPath() + "/twins/" + url.PathEscape(x.pos[0])
@@ -340,7 +398,7 @@ func verbTwin(x *invocation) error {
 	}
 	var d any
 	if err := json.Unmarshal([]byte(x.desired), &d); err != nil {
-		return fmt.Errorf("--desired: %v", err)
+		return usageError{fmt.Errorf("--desired: %v", err)}
 	}
 	return x.show("PATCH", p, map[string]any{"properties": map[string]any{"desired": d}})
 }
@@ -352,7 +410,7 @@ func verbMethod(x *invocation) error {
 	body := map[string]any{"methodName": x.pos[1], "responseTimeoutInSeconds": x.timeout}
 	if x.payload != "" {
 		if !json.Valid([]byte(x.payload)) {
-			return errors.New("--payload is not valid JSON")
+			return usageError{errors.New("--payload is not valid JSON")}
 		}
 		body["payload"] = json.RawMessage(x.payload)
 	}
@@ -367,7 +425,7 @@ func verbC2D(x *invocation) error {
 	for _, p := range x.props {
 		k, v, ok := strings.Cut(p, "=")
 		if !ok {
-			return fmt.Errorf("--prop %q: want k=v", p)
+			return usageError{fmt.Errorf("--prop %q: want k=v", p)}
 		}
 		pm[k] = v
 	}
@@ -432,7 +490,7 @@ func verbFault(x *invocation) error {
 		}
 		return x.c.do("DELETE", p, nil, nil)
 	}
-	return fmt.Errorf("fault: %q is not add, list or clear", x.pos[0])
+	return usageError{fmt.Errorf("%q is not add, list or clear", x.pos[0])}
 }
 
 func verbConnections(x *invocation) error { return x.show("GET", "/sim/connections", nil) }

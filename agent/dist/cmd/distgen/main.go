@@ -55,7 +55,6 @@ func pkg(args []string) error {
 	o := dist.BuildOptions{Root: "."}
 	fs.StringVar(&o.Out, "out", ".build/dist", "output directory")
 	fs.StringVar(&o.BinDir, "bin", ".build/bin", "directory with linux-<arch>/ binaries (make cross)")
-	fs.StringVar(&o.ManDir, "man", ".build/man", "generated man pages (packaged when present)")
 	fs.StringVar(&o.NFPM, "nfpm", "", "nfpm binary")
 	fs.StringVar(&o.Version, "version", "", "package version (default: agent/dist/VERSION)")
 	epoch := fs.String("date", "", "changelog and file date, Unix seconds (default: now)")

@@ -25,7 +25,7 @@ define DEVID_AGENT_INSTALL_TARGET_CMDS
 	$(INSTALL) -D -m 0644 $(@D)/devid.tmpfiles $(TARGET_DIR)/usr/lib/tmpfiles.d/devid.conf
 	$(INSTALL) -D -m 0644 $(@D)/59-devid.rules $(TARGET_DIR)/usr/lib/udev/rules.d/59-devid.rules
 	$(INSTALL) -D -m 0640 $(@D)/config.toml $(TARGET_DIR)/etc/devid/config.toml
-	if [ -e $(@D)/devid-agent.8 ]; then $(INSTALL) -D -m 0644 $(@D)/devid-agent.8 $(TARGET_DIR)/usr/share/man/man8/devid-agent.8; fi
+	$(INSTALL) -D -m 0644 $(@D)/devid-agent.8 $(TARGET_DIR)/usr/share/man/man8/devid-agent.8
 	$(INSTALL) -D -m 0644 $(@D)/agent.md $(TARGET_DIR)/usr/share/doc/devid-agent/agent.md
 	$(INSTALL) -D -m 0644 $(@D)/config.md $(TARGET_DIR)/usr/share/doc/devid-agent/config.md
 	$(INSTALL) -D -m 0644 $(@D)/local-api.md $(TARGET_DIR)/usr/share/doc/devid-agent/local-api.md

@@ -49,7 +49,7 @@ do_install() {
     install -m 0644 ${WORKDIR}/59-devid.rules ${D}${nonarch_base_libdir}/udev/rules.d/59-devid.rules
     install -m 0640 ${WORKDIR}/config.toml ${D}${sysconfdir}/devid/config.toml
     chown root:devid ${D}${sysconfdir}/devid/config.toml
-    if [ -e ${WORKDIR}/devid-agent.8 ]; then install -m 0644 ${WORKDIR}/devid-agent.8 ${D}${mandir}/man8/devid-agent.8; fi
+    install -m 0644 ${WORKDIR}/devid-agent.8 ${D}${mandir}/man8/devid-agent.8
     install -m 0644 ${WORKDIR}/agent.md ${D}${docdir}/devid-agent/agent.md
     install -m 0644 ${WORKDIR}/config.md ${D}${docdir}/devid-agent/config.md
     install -m 0644 ${WORKDIR}/local-api.md ${D}${docdir}/devid-agent/local-api.md
