@@ -58,10 +58,17 @@ type Server struct {
 	mu      sync.Mutex
 	subSeq  uint64
 	clients map[*client]bool
-	calls   map[string]chan methodResult
+	calls   map[string]pendingCall
 }
 
 var _ agent.LocalSink = (*Server)(nil)
+
+// pendingCall is a direct-method call forwarded to one client: only that
+// client may answer it.
+type pendingCall struct {
+	callee *client
+	result chan methodResult
+}
 
 type methodResult struct {
 	status  int
@@ -114,7 +121,7 @@ func Listen(opt Options, be Backend) (*Server, error) {
 		opt: opt, be: be, log: log, ln: ln,
 		sem:     make(chan struct{}, opt.MaxClients),
 		clients: map[*client]bool{},
-		calls:   map[string]chan methodResult{},
+		calls:   map[string]pendingCall{},
 	}, nil
 }
 
@@ -393,18 +400,22 @@ func (s *Server) handle(ctx context.Context, cl *client, line []byte) reply {
 			s.be.MethodAdded(name)
 		}
 	case "method_response":
+		// A call is answered only by the connection it was sent to:
+		// another client must not put words in its mouth.
 		s.mu.Lock()
-		ch := s.calls[req.Call]
-		delete(s.calls, req.Call)
+		pc, ok := s.calls[req.Call]
+		if ok && pc.callee == cl {
+			delete(s.calls, req.Call)
+		}
 		s.mu.Unlock()
-		if ch == nil {
-			return fail(fmt.Errorf("no pending method call %q (timed out or answered)", req.Call))
+		if !ok || pc.callee != cl {
+			return fail(fmt.Errorf("no pending method call %q on this connection (timed out, answered, or sent to another client)", req.Call))
 		}
 		status := req.Status
 		if status == 0 {
 			status = 200
 		}
-		ch <- methodResult{status: status, payload: req.Payload}
+		pc.result <- methodResult{status: status, payload: req.Payload}
 	case "reprovision":
 		s.be.RequestReprovision()
 	default:
@@ -491,7 +502,7 @@ func (s *Server) Method(ctx context.Context, name string, payload []byte) (int, 
 		s.mu.Unlock()
 		return 0, nil, false
 	}
-	s.calls[id] = ch
+	s.calls[id] = pendingCall{callee: target, result: ch}
 	p := json.RawMessage(payload)
 	if len(payload) == 0 || !json.Valid(payload) {
 		p = nil
