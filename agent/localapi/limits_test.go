@@ -2,7 +2,6 @@ package localapi
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"net"
 	"testing"
@@ -16,14 +15,7 @@ import (
 func TestMaxClients(t *testing.T) {
 	t.Parallel()
 	path := socketPath(t)
-	s, err := Listen(Options{Path: path, MaxMessage: 1024, MaxClients: 2}, &fakeBackend{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	listenServe(t, Options{Path: path, MaxMessage: 1024, MaxClients: 2}, &fakeBackend{})
 
 	a, b := dial(t, path), dial(t, path)
 	for _, c := range []*conn{a, b} {

@@ -20,11 +20,13 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"devid/agent"
+	"devid/dps"
 )
 
 // Backend is what the API serves: the agent.
@@ -346,7 +348,34 @@ func messageFrom(req *request, max int) (agent.Message, error) {
 			return m, fmt.Errorf("property name %q is empty or too long", k)
 		}
 	}
-	return m, nil
+	return m, checkHubLimits(m)
+}
+
+// Limits of the hub's wire, checked here so that a message the hub would
+// refuse for good, or one the MQTT library would cut, is refused to its
+// sender instead of blocking the queue. The properties travel in the
+// MQTT topic, which is at most 65,535 bytes; IoT Hub takes at most 256 KB
+// of body and properties together. Both are counted on the topic as the
+// agent sends it, with the longest device ID IoT Hub allows (128
+// characters), so that the answer does not depend on the identity the
+// device holds today.
+const (
+	maxTopicBytes  = 65535
+	maxDeviceIDLen = 128
+)
+
+var worstDeviceID = strings.Repeat("d", maxDeviceIDLen)
+
+func checkHubLimits(m agent.Message) error {
+	topic := dps.TelemetryTopic(worstDeviceID, &dps.Message{Payload: m.Body, MessageID: m.MessageID,
+		ContentType: m.ContentType, ContentEncoding: m.ContentEncoding, Properties: m.Properties})
+	if len(topic) > maxTopicBytes {
+		return fmt.Errorf("properties take %d bytes encoded in the MQTT topic; the topic limit is %d bytes", len(topic), maxTopicBytes)
+	}
+	if n := len(topic) + len(m.Body); n > dps.MaxTelemetrySize {
+		return fmt.Errorf("body and properties take %d bytes on the wire; IoT Hub's limit is %d (256 KB)", n, dps.MaxTelemetrySize)
+	}
+	return nil
 }
 
 func (s *Server) handle(ctx context.Context, cl *client, line []byte) reply {

@@ -60,7 +60,14 @@ func start(t *testing.T) (*Server, *fakeBackend, string) {
 	t.Helper()
 	path := socketPath(t)
 	be := &fakeBackend{}
-	s, err := Listen(Options{Path: path, Group: "no-such-group-devid", MaxMessage: 1024}, be)
+	s := listenServe(t, Options{Path: path, Group: "no-such-group-devid", MaxMessage: 1024}, be)
+	return s, be, path
+}
+
+// listenServe starts a server on opt.Path until the test ends.
+func listenServe(t *testing.T, opt Options, be Backend) *Server {
+	t.Helper()
+	s, err := Listen(opt, be)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +75,7 @@ func start(t *testing.T) (*Server, *fakeBackend, string) {
 	done := make(chan struct{})
 	go func() { s.Serve(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return s, be, path
+	return s
 }
 
 type conn struct {
