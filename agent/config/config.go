@@ -175,6 +175,12 @@ type LocalAPI struct {
 	MaxMessage int `toml:"max_message"`
 	// MaxClients bounds concurrent local connections.
 	MaxClients int `toml:"max_clients"`
+	// MaxClientsPerUID bounds the connections of one peer user, so that
+	// one application cannot take every slot.
+	MaxClientsPerUID int `toml:"max_clients_per_uid"`
+	// IdleTimeout closes a connection that has sent nothing for that long
+	// and subscribed to nothing; subscribers stay connected.
+	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
 // Queue configures the durable telemetry queue under state_dir/queue.
@@ -249,10 +255,12 @@ func Default() *Config {
 		},
 		Clock: Clock{MaxWait: Duration(5 * time.Minute)},
 		LocalAPI: LocalAPI{
-			Socket:     "/run/devid/api.sock",
-			Group:      "devid",
-			MaxMessage: 256 * 1024,
-			MaxClients: 32,
+			Socket:           "/run/devid/api.sock",
+			Group:            "devid",
+			MaxMessage:       256 * 1024,
+			MaxClients:       32,
+			MaxClientsPerUID: 8,
+			IdleTimeout:      Duration(5 * time.Minute),
 		},
 		Queue: Queue{
 			MaxBytes:      16 << 20,

@@ -82,6 +82,8 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"[queue]\nfsync = \"sometimes\"", "queue.fsync"},
 		{"[queue]\nmax_bytes = 10", "queue.max_bytes"},
 		{"[local_api]\nmax_message = 0", "local_api.max_message"},
+		{"[local_api]\nmax_clients_per_uid = 0", "local_api.max_clients_per_uid"},
+		{"[local_api]\nidle_timeout = \"10ms\"", "local_api.idle_timeout"},
 		{"[health]\ninterval = \"1s\"", "health.interval"},
 		{"state_dir = ", "line 1"},
 		{"[renewal]\npath = \"iothub\"", `renewal.path: "iothub" is not dps, hub, est or none`},

@@ -197,6 +197,12 @@ func (c *Config) validateLocalAPI(p *problems) {
 	if c.LocalAPI.MaxClients < 1 || c.LocalAPI.MaxClients > 1024 {
 		p.bad("local_api.max_clients", "%d is outside 1..1024", c.LocalAPI.MaxClients)
 	}
+	if c.LocalAPI.MaxClientsPerUID < 1 || c.LocalAPI.MaxClientsPerUID > 1024 {
+		p.bad("local_api.max_clients_per_uid", "%d is outside 1..1024", c.LocalAPI.MaxClientsPerUID)
+	}
+	if c.LocalAPI.IdleTimeout.D() < time.Second {
+		p.bad("local_api.idle_timeout", "%s is below 1s", c.LocalAPI.IdleTimeout)
+	}
 }
 
 func (c *Config) validateQueue(p *problems) {

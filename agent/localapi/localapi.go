@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -43,9 +44,27 @@ type Options struct {
 	Path       string
 	Group      string
 	MaxMessage int
-	MaxClients int
-	Logger     *slog.Logger
+	// MaxClients bounds concurrent connections (default 32);
+	// MaxClientsPerUID bounds those of one peer user, told by the kernel
+	// (SO_PEERCRED), so that one user cannot take every slot (default 8).
+	MaxClients       int
+	MaxClientsPerUID int
+	// IdleTimeout closes a connection that has sent nothing for that long
+	// and subscribed to nothing (default 5m); a subscriber waits for
+	// events as long as it likes. ReadTimeout is the time a request line
+	// has to arrive whole once its first byte has (default 10s).
+	IdleTimeout time.Duration
+	ReadTimeout time.Duration
+	Logger      *slog.Logger
 }
+
+// Defaults of Options.
+const (
+	DefaultMaxClients       = 32
+	DefaultMaxClientsPerUID = 8
+	DefaultIdleTimeout      = 5 * time.Minute
+	DefaultReadTimeout      = 10 * time.Second
+)
 
 // Server serves the socket. It implements agent.LocalSink.
 type Server struct {
@@ -60,6 +79,7 @@ type Server struct {
 	mu      sync.Mutex
 	subSeq  uint64
 	clients map[*client]bool
+	perUID  map[int64]int // open connections per peer uid (-1: unknown)
 	calls   map[string]pendingCall
 }
 
@@ -80,15 +100,7 @@ type methodResult struct {
 // Listen creates the socket (mode 0660, group opt.Group) and returns the
 // server; call Serve to accept connections.
 func Listen(opt Options, be Backend) (*Server, error) {
-	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opt.MaxClients <= 0 {
-		opt.MaxClients = 32
-	}
-	if opt.MaxMessage <= 0 {
-		opt.MaxMessage = 256 * 1024
-	}
+	opt = opt.withDefaults()
 	log := opt.Logger.With("component", "localapi")
 	if err := os.MkdirAll(filepath.Dir(opt.Path), 0o750); err != nil {
 		return nil, fmt.Errorf("local api: %w", err)
@@ -119,12 +131,41 @@ func Listen(opt Options, be Backend) (*Server, error) {
 		}
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	return newServer(opt, be, ln), nil
+}
+
+func (opt Options) withDefaults() Options {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.MaxClients <= 0 {
+		opt.MaxClients = DefaultMaxClients
+	}
+	if opt.MaxClientsPerUID <= 0 {
+		opt.MaxClientsPerUID = min(DefaultMaxClientsPerUID, opt.MaxClients)
+	}
+	if opt.MaxMessage <= 0 {
+		opt.MaxMessage = 256 * 1024
+	}
+	if opt.IdleTimeout <= 0 {
+		opt.IdleTimeout = DefaultIdleTimeout
+	}
+	if opt.ReadTimeout <= 0 {
+		opt.ReadTimeout = DefaultReadTimeout
+	}
+	return opt
+}
+
+// newServer serves ln (a Unix listener, or an in-memory one in tests).
+func newServer(opt Options, be Backend, ln net.Listener) *Server {
+	opt = opt.withDefaults()
 	return &Server{
-		opt: opt, be: be, log: log, ln: ln,
+		opt: opt, be: be, log: opt.Logger.With("component", "localapi"), ln: ln,
 		sem:     make(chan struct{}, opt.MaxClients),
 		clients: map[*client]bool{},
+		perUID:  map[int64]int{},
 		calls:   map[string]pendingCall{},
-	}, nil
+	}
 }
 
 // Serve accepts connections until ctx ends, then closes every client.
@@ -144,14 +185,32 @@ func (s *Server) Serve(ctx context.Context) {
 		select {
 		case s.sem <- struct{}{}:
 		default:
-			c.Write([]byte(`{"ok":false,"error":"too many local clients"}` + "\n"))
-			c.Close()
+			s.refuse(c, "too many local clients")
+			continue
+		}
+		uid := peerUID(c)
+		s.mu.Lock()
+		full := s.perUID[uid] >= s.opt.MaxClientsPerUID
+		if !full {
+			s.perUID[uid]++
+		}
+		s.mu.Unlock()
+		if full {
+			<-s.sem
+			s.refuse(c, fmt.Sprintf("too many local clients for uid %d (limit %d)", uid, s.opt.MaxClientsPerUID))
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer func() { <-s.sem }()
+			defer func() {
+				s.mu.Lock()
+				if s.perUID[uid]--; s.perUID[uid] == 0 {
+					delete(s.perUID, uid)
+				}
+				s.mu.Unlock()
+				<-s.sem
+			}()
 			s.serveConn(ctx, c)
 		}()
 	}
@@ -163,6 +222,16 @@ func (s *Server) Serve(ctx context.Context) {
 	s.wg.Wait()
 }
 
+// refuse tells a connection why it is not served and closes it. The
+// write cannot hold up the accept loop: a deadline bounds it.
+func (s *Server) refuse(c net.Conn, why string) {
+	s.log.Warn("local client refused", "reason", why)
+	b, _ := json.Marshal(reply{Error: why})
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Write(append(b, '\n'))
+	c.Close()
+}
+
 type client struct {
 	conn    net.Conn
 	out     chan []byte
@@ -171,6 +240,9 @@ type client struct {
 	methods map[string]uint64 // name -> subscription order
 	dropped int
 }
+
+// subscribed says whether the client waits for events (under s.mu).
+func (cl *client) subscribed() bool { return cl.c2d || cl.desired || len(cl.methods) > 0 }
 
 // messageMeta is what a message carries besides a text body, the same
 // way in both directions: on send requests and on c2d events.
@@ -236,14 +308,42 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 			}
 		}
 	}()
-	// A line holds at most one message, base64 inflated, plus envelope.
-	maxLine := s.opt.MaxMessage*4/3 + 64*1024
+	// A line holds at most one message, base64 inflated, plus envelope
+	// (the properties: up to a topic's 64 KiB).
+	maxLine := s.opt.MaxMessage*4/3 + 128*1024
 	r := bufio.NewReaderSize(conn, 4096)
 	for {
+		// Waiting for a request: a subscriber may wait forever (it waits
+		// for events), any other connection only IdleTimeout, so idle
+		// clients cannot hold every slot.
+		s.mu.Lock()
+		subscribed := cl.subscribed()
+		s.mu.Unlock()
+		var idle time.Time
+		if !subscribed {
+			idle = time.Now().Add(s.opt.IdleTimeout)
+		}
+		conn.SetReadDeadline(idle)
+		if _, err := r.Peek(1); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.log.Info("idle local client closed", "idle", s.opt.IdleTimeout)
+			}
+			return
+		}
+		// A request has begun: it must arrive whole within ReadTimeout.
+		conn.SetReadDeadline(time.Now().Add(s.opt.ReadTimeout))
 		line, err := readLine(r, maxLine)
 		if err != nil {
-			if errors.Is(err, errLineTooLong) {
-				b, _ := json.Marshal(reply{Error: err.Error()})
+			msg := ""
+			switch {
+			case errors.Is(err, errLineTooLong):
+				msg = err.Error()
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				msg = fmt.Sprintf("request line not finished within %s", s.opt.ReadTimeout)
+				s.log.Warn("local client closed: request line not finished in time", "timeout", s.opt.ReadTimeout)
+			}
+			if msg != "" {
+				b, _ := json.Marshal(reply{Error: msg})
 				cl.out <- append(b, '\n')
 			}
 			return
@@ -260,19 +360,27 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 
 var errLineTooLong = errors.New("request line too long")
 
+// readLine reads one request line without its "\n" (or "\r\n"). A last
+// line the client ended with EOF instead of a newline counts; a line cut
+// off by any other error (a deadline) is an error, not a request.
 func readLine(r *bufio.Reader, max int) ([]byte, error) {
 	var line []byte
 	for {
-		frag, isPrefix, err := r.ReadLine()
-		if err != nil {
-			return nil, err
-		}
+		frag, err := r.ReadSlice('\n')
 		line = append(line, frag...)
-		if len(line) > max {
+		if len(line) > max+2 {
 			return nil, fmt.Errorf("%w (limit %d bytes)", errLineTooLong, max)
 		}
-		if !isPrefix {
+		switch {
+		case err == nil:
+			line = bytes.TrimSuffix(line[:len(line)-1], []byte{'\r'})
 			return line, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(line) > 0:
+			return line, nil
+		default:
+			return nil, err
 		}
 	}
 }

@@ -116,7 +116,8 @@ func runDaemon(ctx context.Context, cfgPath string) error {
 	if cfg.LocalAPI.Socket != "" {
 		srv, err := localapi.Listen(localapi.Options{
 			Path: cfg.LocalAPI.Socket, Group: cfg.LocalAPI.Group,
-			MaxMessage: cfg.LocalAPI.MaxMessage, MaxClients: cfg.LocalAPI.MaxClients, Logger: log,
+			MaxMessage: cfg.LocalAPI.MaxMessage, MaxClients: cfg.LocalAPI.MaxClients,
+			MaxClientsPerUID: cfg.LocalAPI.MaxClientsPerUID, IdleTimeout: cfg.LocalAPI.IdleTimeout.D(), Logger: log,
 		}, a)
 		if err != nil {
 			// The cloud side must not depend on the local API.
