@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -200,28 +201,43 @@ func TestSubscribeAndMethods(t *testing.T) {
 	}
 }
 
+// FuzzDecodeRequest feeds arbitrary request lines through the decoder and
+// the whole request handler: no panic, every error says something, and
+// nothing over the body or hub limits reaches the queue.
 func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(`{"op":"send","body":{"a":1}}`))
 	f.Add([]byte(`{"op":"send","body":"text","properties":{"k":"v"}}`))
 	f.Add([]byte(`{"op":"send","body_base64":"AAE="}`))
-	f.Add([]byte(`{"op":"subscribe","methods":["x"]}`))
+	f.Add([]byte(`{"op":"send","body":"x","properties":{"` + strings.Repeat("n", 129) + `":"v"}}`))
+	f.Add([]byte(`{"op":"send","body":"x","properties":{"a":"` + strings.Repeat("%", 22000) + `"}}`))
+	f.Add([]byte(`{"op":"subscribe","c2d":true,"desired":true,"methods":["x"]}`))
 	f.Add([]byte(`{"op":"method_response","call":"c-1","status":200,"payload":null}`))
+	f.Add([]byte(`{"op":"report","patch":{"fw":"1"}}`))
+	f.Add([]byte(`{"op":"status"} {"op":"status"}`))
+	f.Add([]byte(`{"id":[1,{"a":null}],"op":"reprovision"}`))
 	f.Add([]byte(`{}`))
+	const maxBody = 1024
 	f.Fuzz(func(t *testing.T, b []byte) {
-		req, err := decodeRequest(b)
-		if err != nil {
-			if err.Error() == "" {
-				t.Fatal("empty error")
+		if req, err := decodeRequest(b); err == nil {
+			if req.Op == "" {
+				t.Fatal("accepted a request without op")
 			}
-			return
+			if req.Op == "send" {
+				m, err := messageFrom(req, maxBody)
+				if err == nil && (len(m.Body) > maxBody || checkHubLimits(m) != nil) {
+					t.Fatalf("message over the limits accepted: %d bytes", len(m.Body))
+				}
+			}
 		}
-		if req.Op == "" {
-			t.Fatal("accepted a request without op")
+		be := &fakeBackend{}
+		s := newServer(Options{MaxMessage: maxBody}, be, newPipeListener())
+		rep := s.handle(t.Context(), &client{methods: map[string]uint64{}}, b)
+		if !rep.OK && rep.Error == "" {
+			t.Fatalf("refused without an error: %+v", rep)
 		}
-		if req.Op == "send" {
-			m, err := messageFrom(req, 1024)
-			if err == nil && len(m.Body) > 1024 {
-				t.Fatalf("body over the limit accepted: %d", len(m.Body))
+		for _, m := range be.msgs {
+			if len(m.Body) > maxBody || checkHubLimits(m) != nil {
+				t.Fatalf("message over the limits queued: %d bytes", len(m.Body))
 			}
 		}
 	})
