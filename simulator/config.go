@@ -134,7 +134,12 @@ type Config struct {
 	DPSWSAddr   string
 	Hubs        []HubConfig
 	ControlAddr string
-	ESTAddr     string
+	// ControlToken, when set, is the bearer token every control-plane
+	// call must carry; ControlTokenFile is the file it came from, named in
+	// the ready line so that the control verbs and harnesses find it.
+	ControlToken     string
+	ControlTokenFile string
+	ESTAddr          string
 	// ServerKey is the TLS server key type: "rsa" (default, like Azure) or
 	// "ecdsa" (cheaper handshakes for load tests).
 	ServerKey string

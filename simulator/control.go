@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"devid/simulator/est"
@@ -23,7 +24,8 @@ import (
 
 // startHTTP starts the control plane and the EST server.
 func (s *Sim) startHTTP() error {
-	// The control plane is unauthenticated: loopback only.
+	// Loopback only: without --control-token-file the control plane has
+	// no authentication (guardControl keeps browsers out).
 	if h, _, err := net.SplitHostPort(s.cfg.ControlAddr); err != nil {
 		return fmt.Errorf("control address %q: %w", s.cfg.ControlAddr, err)
 	} else if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
@@ -35,6 +37,7 @@ func (s *Sim) startHTTP() error {
 	}
 	s.ready.ControlURL = "http://" + l.Addr().String()
 	s.ready.CRLURL = s.ready.ControlURL + "/crl/issuing.crl"
+	s.ready.ControlTokenFile = s.cfg.ControlTokenFile
 	srv := &http.Server{Handler: s.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
 	s.httpSrvs = append(s.httpSrvs, srv)
 	go srv.Serve(l)
@@ -114,7 +117,10 @@ func (s *Sim) controlHandler() http.Handler {
 	} {
 		api.routes(mux)
 	}
-	return recoverHTTP(s, mux)
+	serviceHost := func(host string) bool {
+		return strings.EqualFold(host, s.cfg.DPSHost) || s.reg.hubByHost(host) != nil
+	}
+	return recoverHTTP(s, guardControl(s.cfg.ControlToken, serviceHost, mux))
 }
 
 // hubRoutes registers pattern both bare and under /hubs/{hub}.

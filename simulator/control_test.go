@@ -67,6 +67,7 @@ func TestControlPlaneErrors(t *testing.T) {
 		t.Fatalf("group response lacks etag/info: %v", g)
 	}
 	req, _ := http.NewRequest("PUT", sim.Ready.ControlURL+"/enrollmentGroups/g1", strings.NewReader(`{"attestation":{"type":"x509","x509":{"signingCertificates":{"primary":{"certificate":"`+strings.ReplaceAll(string(simtest.PEM(ca.Root)), "\n", `\n`)+`"}}}}}`))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("If-Match", `"stale"`)
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusPreconditionFailed {
 		t.Fatalf("If-Match: %v %v", err, resp)

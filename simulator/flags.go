@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"devid/simulator/simapi"
 )
 
 // multi is a repeatable string flag.
@@ -28,6 +30,7 @@ type serveFlags struct {
 	verbose                             bool
 	hubAddr, hubWS, hubHost, hubLatency multi
 	estCAs                              multi
+	tokenFile                           string
 }
 
 // ParseFlags parses the flags of `devid-sim serve` (listed in
@@ -62,6 +65,14 @@ func ParseFlags(args []string, logOut io.Writer) (Config, error) {
 	if cfg.ESTClientCAs, err = readCAFiles(sf.estCAs); err != nil {
 		return cfg, err
 	}
+	if sf.tokenFile != "" {
+		if cfg.ControlTokenFile, err = filepath.Abs(sf.tokenFile); err != nil {
+			return cfg, err
+		}
+		if cfg.ControlToken, err = simapi.ReadControlToken(cfg.ControlTokenFile); err != nil {
+			return cfg, fmt.Errorf("serve: --control-token-file: %w", err)
+		}
+	}
 	if cfg.RetryAfter < -1 || cfg.Switches.RegistrationsPerMinute < 0 || cfg.AssigningPolls < 0 || cfg.PollLimit < 0 || cfg.TelemetryMax < 1 || cfg.IssuedValidity <= 0 {
 		return cfg, errors.New("serve: --retry-after must be >= -1, --assigning-polls and --poll-limit >= 0, --telemetry-max >= 1, --issued-validity > 0")
 	}
@@ -86,6 +97,7 @@ func bindServeFlags(fs *flag.FlagSet, cfg *Config) *serveFlags {
 	fs.StringVar(&cfg.DPSWSAddr, "dps-ws-addr", "127.0.0.1:0", "DPS MQTT over secure WebSocket listen address")
 	fs.StringVar(&sf.hubs, "hubs", "sim-hub-1", "comma-separated hub names; host = NAME.azure-devices.net unless --hub-host")
 	fs.StringVar(&cfg.ControlAddr, "control-addr", "127.0.0.1:0", "control plane HTTP listen address (loopback)")
+	fs.StringVar(&sf.tokenFile, "control-token-file", "", "file holding a bearer token every control-plane call must carry (default: none; loopback only)")
 	fs.StringVar(&cfg.ESTAddr, "est-addr", "127.0.0.1:0", "EST HTTPS listen address")
 	fs.IntVar(&cfg.RetryAfter, "retry-after", 3, "retry-after seconds DPS sends with 202 (-1 = omit retry-after)")
 	fs.IntVar(&cfg.AssigningPolls, "assigning-polls", 1, "polls answered 202 assigning before the 200 result")

@@ -113,9 +113,9 @@ func (tg *target) send(method, path string, body io.Reader) (int, []byte) {
 	if err != nil {
 		tg.t.Fatal(err)
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
+	// Always JSON, body or not: the control plane refuses anything else
+	// (a browser could send it cross-origin).
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := tg.http.Do(req)
 	if err != nil {
 		tg.t.Fatalf("%s %s: %v", method, path, err)

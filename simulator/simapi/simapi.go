@@ -11,6 +11,13 @@
 // call.
 package simapi
 
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+)
+
 // Ready is the JSON line devid-sim prints on stdout once every listener
 // accepts (also written to STATE/ready.json).
 type Ready struct {
@@ -27,6 +34,43 @@ type Ready struct {
 	IssuingChain string `json:"issuing_chain"`
 	StateDir     string `json:"state_dir"`
 	PID          int    `json:"pid"`
+	// ControlTokenFile names the file of the bearer token the control
+	// plane requires (devid-sim serve --control-token-file); empty when
+	// it requires none. The token itself is never in the ready line.
+	ControlTokenFile string `json:"control_token_file,omitempty"`
+}
+
+// ReadControlToken reads a control-plane token file: one line, at least
+// 16 characters, printable ASCII with no spaces.
+func ReadControlToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("%s: the token is %d characters; at least 16 are needed", path, len(tok))
+	}
+	for _, c := range tok {
+		if c <= ' ' || c > '~' {
+			return "", fmt.Errorf("%s: the token must be printable ASCII without spaces", path)
+		}
+	}
+	return tok, nil
+}
+
+// Authorize adds the bearer token of r's control_token_file, if any, to
+// a control-plane request.
+func (r Ready) Authorize(req *http.Request) error {
+	if r.ControlTokenFile == "" {
+		return nil
+	}
+	tok, err := ReadControlToken(r.ControlTokenFile)
+	if err != nil {
+		return fmt.Errorf("control token: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	return nil
 }
 
 // Endpoint is the DPS endpoint of the ready line. Clients dial Addr (or

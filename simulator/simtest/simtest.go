@@ -338,6 +338,9 @@ func (s *Sim) Do(method, path string, in, out any) (int, error) {
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if err := s.Ready.Authorize(req); err != nil {
+		return 0, err
+	}
 	resp, err := (&http.Client{Timeout: 5 * time.Minute}).Do(req)
 	if err != nil {
 		return 0, err

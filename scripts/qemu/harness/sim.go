@@ -67,6 +67,9 @@ func (s *sim) call(ctx context.Context, method, path string, in, out any) (found
 		return false, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if err := s.ready.Authorize(req); err != nil {
+		return false, err
+	}
 	resp, err := s.http.Do(req)
 	if err != nil {
 		return false, err

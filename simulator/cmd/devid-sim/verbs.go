@@ -88,6 +88,7 @@ func lookupVerb(name string) (verb, bool) {
 // flags are the flags of every control verb (each verb reads its own).
 type flags struct {
 	stateDir, ctlURL, hub        string
+	tokenFile                    string
 	iothubs, props               []string
 	ca, cert, crlFile, chainFile string
 	deviceID, device             string
@@ -111,6 +112,7 @@ func bindFlags(fs *flag.FlagSet) *flags {
 	f := &flags{}
 	fs.StringVar(&f.stateDir, "state", "", "state `DIR` of the running simulator")
 	fs.StringVar(&f.ctlURL, "control", os.Getenv("DEVID_SIM_CONTROL"), "control plane `URL` (default: from --state DIR/ready.json)")
+	fs.StringVar(&f.tokenFile, "control-token-file", os.Getenv("DEVID_SIM_CONTROL_TOKEN_FILE"), "bearer token `FILE` of the control plane (default: from --state DIR/ready.json)")
 	// --hub is also accepted as the linked hub of an enrollment.
 	fs.StringVar(&f.hub, "hub", "", "hub `NAME`")
 	fs.Func("iothub", "linked hub `HOST` for an enrollment (repeatable)", func(v string) error { f.iothubs = append(f.iothubs, v); return nil })
@@ -173,41 +175,46 @@ func control(name string, args []string, stdout io.Writer) error {
 	}
 	var stray error
 	fs.Visit(func(fl *flag.Flag) {
-		if stray == nil && !slices.Contains(v.flags, fl.Name) && fl.Name != "state" && fl.Name != "control" {
+		if stray == nil && !slices.Contains(v.flags, fl.Name) && fl.Name != "state" && fl.Name != "control" && fl.Name != "control-token-file" {
 			stray = usageError{fmt.Errorf("--%s does not apply to %s", fl.Name, name)}
 		}
 	})
 	if stray != nil {
 		return stray
 	}
-	base, err := controlURL(f.ctlURL, f.stateDir)
+	r, err := controlPlane(f.ctlURL, f.tokenFile, f.stateDir)
 	if err != nil {
 		return err
 	}
-	return v.run(&invocation{verb: name, pos: pos, flags: f, c: &client{base: strings.TrimRight(base, "/")}})
+	r.ControlURL = strings.TrimRight(r.ControlURL, "/")
+	return v.run(&invocation{verb: name, pos: pos, flags: f, c: &client{ready: r}})
 }
 
-// controlURL is --control, else the control_url of the ready.json in
-// --state DIR (or DEVID_SIM_STATE).
-func controlURL(ctlURL, stateDir string) (string, error) {
+// controlPlane finds the control plane: --control (and
+// --control-token-file), else the control_url and control_token_file of
+// the ready.json in --state DIR (or DEVID_SIM_STATE).
+func controlPlane(ctlURL, tokenFile, stateDir string) (simapi.Ready, error) {
 	if ctlURL != "" {
-		return ctlURL, nil
+		return simapi.Ready{ControlURL: ctlURL, ControlTokenFile: tokenFile}, nil
 	}
 	if stateDir == "" {
 		stateDir = os.Getenv("DEVID_SIM_STATE")
 	}
 	if stateDir == "" {
-		return "", usageError{errors.New("give --state DIR or --control URL (or DEVID_SIM_STATE / DEVID_SIM_CONTROL)")}
+		return simapi.Ready{}, usageError{errors.New("give --state DIR or --control URL (or DEVID_SIM_STATE / DEVID_SIM_CONTROL)")}
 	}
 	b, err := os.ReadFile(filepath.Join(stateDir, "ready.json"))
 	if err != nil {
-		return "", fmt.Errorf("no running simulator for %s: %w", stateDir, err)
+		return simapi.Ready{}, fmt.Errorf("no running simulator for %s: %w", stateDir, err)
 	}
 	var r simapi.Ready
 	if err := json.Unmarshal(b, &r); err != nil {
-		return "", fmt.Errorf("%s/ready.json: %w", stateDir, err)
+		return simapi.Ready{}, fmt.Errorf("%s/ready.json: %w", stateDir, err)
 	}
-	return r.ControlURL, nil
+	if tokenFile != "" {
+		r.ControlTokenFile = tokenFile
+	}
+	return r, nil
 }
 
 // splitArgs separates positional arguments from flags so flags may come
@@ -504,8 +511,8 @@ func verbCRL(x *invocation) error {
 	return err
 }
 
-// client calls the control plane.
-type client struct{ base string }
+// client calls the control plane: ready's control_url, with its token.
+type client struct{ ready simapi.Ready }
 
 // do sends in as JSON and decodes the answer into out (*[]byte: raw).
 func (c *client) do(method, path string, in, out any) error {
@@ -517,11 +524,14 @@ func (c *client) do(method, path string, in, out any) error {
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, c.base+path, body)
+	req, err := http.NewRequest(method, c.ready.ControlURL+path, body)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if err := c.ready.Authorize(req); err != nil {
+		return err
+	}
 	resp, err := (&http.Client{Timeout: 6 * time.Minute}).Do(req)
 	if err != nil {
 		return err
