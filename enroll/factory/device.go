@@ -128,13 +128,13 @@ func (d *Device) Handle(line []byte) []byte {
 		var fe *FrameError
 		errors.As(err, &fe)
 		d.log().Warn("bad frame", "reason", fe.Reason, "detail", fe.Detail)
-		return Encode(fe.Seq, "NAK", append([]string{fe.Reason}, Words(fe.Detail)...)...)
+		return EncodeFit(fe.Seq, "NAK", 1, append([]string{fe.Reason}, Words(fe.Detail)...)...)
 	}
 	if f.Verb == "OK" || f.Verb == "NAK" {
 		return nil // our own replies looped back: answering would start a storm
 	}
 	if !f.CRC && f.Verb != "HELLO" && f.Verb != "STATUS" {
-		return Encode(f.Seq, "NAK", ReasonCRCMissing, f.Verb, "needs", "a", "CRC")
+		return EncodeFit(f.Seq, "NAK", 1, ReasonCRCMissing, f.Verb, "needs", "a", "CRC")
 	}
 	// A repeat of the last request (same bytes, so same seq) means our
 	// reply was lost: send it again without executing twice.
@@ -149,7 +149,13 @@ func (d *Device) Handle(line []byte) []byte {
 		d.token = ""
 	}
 	args := d.exec(f)
-	resp := Encode(f.Seq, args[0], args[1:]...)
+	// A NAK's reason stays whole, its text may be cut to fit; an OK reply
+	// is built to fit and is never cut.
+	keep := len(args)
+	if args[0] == "NAK" {
+		keep = 1
+	}
+	resp := EncodeFit(f.Seq, args[0], keep, args[1:]...)
 	// Chunk transfers are many and bulky: keep them out of the default log.
 	level := slog.LevelInfo
 	if f.Verb == "READ" || (f.Verb == "INSTALL" && len(f.Args) > 0 && f.Args[0] == "DATA" && args[0] == "OK") {

@@ -84,6 +84,47 @@ func Encode(seq int, verb string, args ...string) []byte {
 	return b.Bytes()
 }
 
+// EncodeFit is Encode for a reply whose arguments after the first keep
+// are human text, which may echo the request: when the frame would exceed
+// MaxLine, that text is cut, ending in "...", so that the frame fits. A
+// shortened explanation beats a reply the jig must refuse as too long. If
+// even the kept arguments do not fit, the reply is a NAK internal.
+func EncodeFit(seq int, verb string, keep int, args ...string) []byte {
+	b := Encode(seq, verb, args...)
+	over := len(b) - 1 - MaxLine
+	if over <= 0 {
+		return b
+	}
+	keep = min(keep, len(args))
+	words := make([]string, 0, len(args)-keep)
+	for _, a := range args[keep:] {
+		words = append(words, sanitize(a))
+	}
+	need := over + len("...")
+	for need > 0 && len(words) > 0 {
+		last := words[len(words)-1]
+		if len(last) > need {
+			words[len(words)-1] = last[:len(last)-need]
+			need = 0
+			break
+		}
+		words = words[:len(words)-1]
+		need -= len(last) + 1 // the word and the space before it
+	}
+	if len(words) == 0 {
+		words = []string{""}
+		need++ // the space before "..."
+	}
+	if need <= 0 {
+		words[len(words)-1] += "..."
+		b = Encode(seq, verb, append(append([]string(nil), args[:keep]...), words...)...)
+		if len(b)-1 <= MaxLine {
+			return b
+		}
+	}
+	return Encode(seq, "NAK", ReasonInternal, "reply", "too", "long")
+}
+
 // sanitize maps an argument onto the token alphabet: printable ASCII, no
 // spaces (spaces become '_'), never empty.
 func sanitize(a string) string {

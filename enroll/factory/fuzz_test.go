@@ -86,6 +86,11 @@ func FuzzHandle(f *testing.F) {
 		factory.Encode(7, "INSTALL", "DATA", "0", "QUJD"), factory.Encode(8, "INSTALL", "COMMIT"),
 		factory.Encode(9, "RESET"), factory.Encode(10, "RESET", "00000000"), factory.Encode(11, "INSTALL", "DATA", "-1", "===="),
 		[]byte("12 status"), []byte("13 OK HELLO"),
+		// Requests whose echo made a reply over MaxLine.
+		factory.Encode(999999, strings.Repeat("Z", factory.MaxLine-17)),
+		[]byte("999999 " + strings.Repeat("z", factory.MaxLine-7)),
+		factory.Encode(999999, "READ", strings.Repeat("9", factory.MaxLine-22)),
+		[]byte(strings.Repeat("9", 200) + " HELLO"),
 	} {
 		f.Add(bytes.TrimSpace(s))
 	}
@@ -96,6 +101,9 @@ func FuzzHandle(f *testing.F) {
 		resp := d.Handle(line)
 		if resp == nil {
 			return
+		}
+		if len(resp)-1 > factory.MaxLine {
+			t.Fatalf("reply to %q is %d bytes, over MaxLine: %q", line, len(resp)-1, resp)
 		}
 		fr, err := factory.ParseFrame(bytes.TrimSuffix(resp, []byte("\n")))
 		if err != nil || !fr.CRC || (fr.Verb != "OK" && fr.Verb != "NAK") {
