@@ -351,13 +351,21 @@ func connectTunnel(ctx context.Context, raw net.Conn, pu *url.URL, paddr, target
 		raw.Close()
 		return nil, &ProxyError{Proxy: paddr, Target: target, Err: err}
 	}
-	br := bufio.NewReader(raw)
+	// The header is bounded; what follows a 200 belongs to the tunnel.
+	lim := &headerLimitReader{r: raw, left: proxyHeaderLimit}
+	br := bufio.NewReader(lim)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		raw.Close()
+		if errors.Is(err, errProxyHeaderTooLong) {
+			err = fmt.Errorf("CONNECT response header over %d KiB", proxyHeaderLimit>>10)
+		}
 		return nil, &ProxyError{Proxy: paddr, Target: target, Err: fmt.Errorf("reading CONNECT response: %w", err)}
 	}
-	resp.Body.Close()
+	lim.off()
+	// resp.Body is never read or closed: a client ignores Content-Length
+	// and Transfer-Encoding on a 2xx answer to CONNECT (RFC 9110, 9.3.6),
+	// and reading a "body" would eat the server's first tunnel bytes.
 	if resp.StatusCode != http.StatusOK {
 		raw.Close()
 		return nil, &ProxyError{Proxy: paddr, Target: target, StatusCode: resp.StatusCode, Status: resp.Status}
@@ -369,6 +377,35 @@ func connectTunnel(ctx context.Context, raw net.Conn, pu *url.URL, paddr, target
 	}
 	return raw, nil
 }
+
+// proxyHeaderLimit bounds a proxy's answer to CONNECT.
+const proxyHeaderLimit = 64 << 10
+
+var errProxyHeaderTooLong = errors.New("proxy response header too long")
+
+// headerLimitReader lets at most left bytes through until off is called.
+type headerLimitReader struct {
+	r         io.Reader
+	left      int
+	unlimited bool
+}
+
+func (l *headerLimitReader) Read(p []byte) (int, error) {
+	if l.unlimited {
+		return l.r.Read(p)
+	}
+	if l.left <= 0 {
+		return 0, errProxyHeaderTooLong
+	}
+	if len(p) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= n
+	return n, err
+}
+
+func (l *headerLimitReader) off() { l.unlimited = true }
 
 type bufferedConn struct {
 	net.Conn
