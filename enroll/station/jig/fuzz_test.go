@@ -1,0 +1,82 @@
+package jig_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"testing"
+	"time"
+
+	"devid/enroll/factory"
+	"devid/enroll/station/jig"
+)
+
+// replayPort is a device that answers with a fixed byte stream, whatever
+// the jig sends, then reports EOF.
+type replayPort struct{ r *bytes.Reader }
+
+func (p *replayPort) Read(b []byte) (int, error)      { return p.r.Read(b) }
+func (p *replayPort) Write(b []byte) (int, error)     { return len(b), nil }
+func (p *replayPort) Close() error                    { return nil }
+func (p *replayPort) SetReadDeadline(time.Time) error { return nil }
+
+var _ io.ReadWriteCloser = (*replayPort)(nil)
+
+// replies renders device reply frames.
+func replies(frames ...[]string) []byte {
+	var b bytes.Buffer
+	for i, f := range frames {
+		b.Write(factory.Encode(i+1, f[0], f[1:]...))
+	}
+	return b.Bytes()
+}
+
+// FuzzJigReplies feeds arbitrary device output to every jig command in
+// turn (HELLO, CSR with its READs, STATUS, INSTALL, RESET): the jig must
+// never panic or hang, and what it accepts must be consistent: a HELLO
+// with an id and a usable chunk size, a CSR that matches its announced
+// size and SHA-256.
+func FuzzJigReplies(f *testing.F) {
+	csr := []byte("ABC")
+	sum := sha256.Sum256(csr)
+	f.Add(replies(
+		[]string{"OK", "HELLO", "proto=1", "id=board-1", "key=file", "state=blank", "chunk=144", "max=256"},
+		[]string{"OK", "CSR", "size=3", "sha256=" + hex.EncodeToString(sum[:])},
+		[]string{"OK", "DATA", "0", "QUJD"},
+		[]string{"OK", "STATUS", "state=csr-issued", "id=board-1", "key=file"},
+		[]string{"OK", "INSTALL", "BEGIN"},
+		[]string{"OK", "INSTALL", "DATA"},
+		[]string{"OK", "INSTALL", "COMMIT", "serial=01", "not_after=2036-01-01T00:00:00Z"},
+		[]string{"OK", "RESET", "token=0a1b2c3d"},
+		[]string{"OK", "RESET"},
+	))
+	f.Add(replies([]string{"NAK", "unknown-command", "HELLO"}))
+	f.Add(append([]byte("- NAK crc computed 1 *00000000\n- NAK timeout x\n"), replies([]string{"OK", "HELLO", "proto=2", "id=x"})...))
+	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b", "chunk=-5"}, []string{"OK", "CSR", "size=99999999", "sha256=zz"}))
+	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b"}, []string{"OK", "CSR", "size=3", "sha256=" + hex.EncodeToString(sum[:])}, []string{"OK", "DATA", "0", "QUJDRA=="}))
+	f.Add([]byte("1 OK HELLO\r\n\r\n" + string(bytes.Repeat([]byte("x"), 300)) + "\n"))
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		j := jig.New(&replayPort{r: bytes.NewReader(stream)})
+		j.SetSeq(0)
+		j.Retries = 1
+		ctx := context.Background()
+		if h, err := j.Hello(ctx); err == nil {
+			if h.DeviceID == "" || h.Chunk < 1 || h.Chunk > factory.Chunk || h.Proto != factory.ProtocolVersion {
+				t.Fatalf("accepted HELLO %+v", h)
+			}
+		}
+		if der, err := j.CSR(ctx); err == nil {
+			if len(der) == 0 || len(der) > factory.MaxPayload {
+				t.Fatalf("accepted a CSR of %d bytes", len(der))
+			}
+		}
+		_, _ = j.Status(ctx)
+		_, _ = j.Install(ctx, []byte("chain"), 0)
+		_ = j.Reset(ctx)
+		if j.Received > len(stream)+1 {
+			t.Fatalf("received %d bytes from a %d-byte stream", j.Received, len(stream))
+		}
+	})
+}
