@@ -50,6 +50,9 @@ type Config struct {
 	Now func() time.Time
 }
 
+// maxBody bounds an enrollment request: a base64 CSR is a few KiB.
+const maxBody = 64 << 10
+
 // Server is the EST handler. Issued records every leaf it signed.
 type Server struct {
 	cfg Config
@@ -117,9 +120,14 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, re bool) {
 		http.Error(w, fmt.Sprintf("Content-Type %q, want application/pkcs10", ct), http.StatusUnsupportedMediaType)
 		return
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	// A body over the limit is refused whole, never cut and then parsed.
+	b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil {
 		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if len(b) > maxBody {
+		http.Error(w, fmt.Sprintf("request body over %d KiB", maxBody>>10), http.StatusRequestEntityTooLarge)
 		return
 	}
 	der, err := base64.StdEncoding.DecodeString(strings.Map(func(c rune) rune {
