@@ -39,17 +39,27 @@ func (h *hubService) twinGet(cl *mqtt.Client, c *conn, t Topic) {
 	h.reply(cl, c, twinResFmt, 200, t.RID, body, "")
 }
 
-func (h *hubService) twinPatchReported(cl *mqtt.Client, c *conn, t Topic, payload []byte) {
+// decodeReportedPatch parses a reported-properties patch: a JSON object
+// of at most 32 KB; "$version" is the service's and is dropped. A bad
+// patch gets the hub's 400 message instead.
+func decodeReportedPatch(payload []byte) (map[string]any, string) {
 	if len(payload) > hubMaxTwin {
-		h.reply(cl, c, twinResFmt, 400, t.RID, errorBody(400004, "Reported properties exceed 32 KB."), "")
-		return
+		return nil, "Reported properties exceed 32 KB."
 	}
 	var patch map[string]any
 	if err := json.Unmarshal(payload, &patch); err != nil || patch == nil {
-		h.reply(cl, c, twinResFmt, 400, t.RID, errorBody(400004, "Reported patch is not a JSON object."), "")
-		return
+		return nil, "Reported patch is not a JSON object."
 	}
 	delete(patch, "$version")
+	return patch, ""
+}
+
+func (h *hubService) twinPatchReported(cl *mqtt.Client, c *conn, t Topic, payload []byte) {
+	patch, bad := decodeReportedPatch(payload)
+	if bad != "" {
+		h.reply(cl, c, twinResFmt, 400, t.RID, errorBody(400004, bad), "")
+		return
+	}
 	key := deviceKey(c.role, c.id)
 	h.reg.mu.Lock()
 	d := h.reg.devices[key]
