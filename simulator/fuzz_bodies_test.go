@@ -211,4 +211,3 @@ func FuzzControlBody(f *testing.F) {
 		}
 	})
 }
-
