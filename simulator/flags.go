@@ -97,7 +97,7 @@ func bindServeFlags(fs *flag.FlagSet, cfg *Config) *serveFlags {
 	fs.StringVar(&cfg.DPSWSAddr, "dps-ws-addr", "127.0.0.1:0", "DPS MQTT over secure WebSocket listen address")
 	fs.StringVar(&sf.hubs, "hubs", "sim-hub-1", "comma-separated hub names; host = NAME.azure-devices.net unless --hub-host")
 	fs.StringVar(&cfg.ControlAddr, "control-addr", "127.0.0.1:0", "control plane HTTP listen address (loopback)")
-	fs.StringVar(&sf.tokenFile, "control-token-file", "", "file holding a bearer token every control-plane call must carry (default: none; loopback only)")
+	fs.StringVar(&sf.tokenFile, "control-token-file", "", "`FILE` holding a bearer token every control-plane call must carry (default: none; loopback only)")
 	fs.StringVar(&cfg.ESTAddr, "est-addr", "127.0.0.1:0", "EST HTTPS listen address")
 	fs.IntVar(&cfg.RetryAfter, "retry-after", 3, "retry-after seconds DPS sends with 202 (-1 = omit retry-after)")
 	fs.IntVar(&cfg.AssigningPolls, "assigning-polls", 1, "polls answered 202 assigning before the 200 result")
