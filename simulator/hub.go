@@ -43,6 +43,9 @@ type hubService struct {
 
 	mmu     sync.Mutex
 	methods map[string]chan methodResult // by deviceKey + "/" + $rid of a direct-method call
+
+	cmu     sync.Mutex
+	credOps map[string]*credOp // active certificate requests by deviceKey
 }
 
 type methodResult struct {

@@ -56,7 +56,8 @@ type Fault struct {
 	Hub      string `json:"hub,omitempty"`
 	DeviceID string `json:"deviceId,omitempty"`
 	// Ops limits the fault to some operations: register, poll (DPS);
-	// telemetry, twin, method, connect (hub). Empty = all.
+	// telemetry, twin, method, connect, credentials (hub; a delay on
+	// credentials holds the 200 of a certificate request). Empty = all.
 	Ops []string `json:"ops,omitempty"`
 	// Status answers requests with this status (429 or 5xx). On DPS the
 	// response topic carries it (with retry-after for 429); on the hub,
