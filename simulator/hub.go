@@ -327,6 +327,7 @@ func (h *hubService) record(c *conn, topic string, props []Property, payload []b
 		BodyBase64:            base64.StdEncoding.EncodeToString(payload),
 		SystemProperties:      sys,
 		ApplicationProperties: app,
+		MessageID:             sys["messageId"],
 	}
 	if utf8.Valid(payload) {
 		rec.Body = string(payload)

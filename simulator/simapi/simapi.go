@@ -133,6 +133,12 @@ type TelemetryRecord struct {
 	BodyBase64            string            `json:"bodyBase64"`
 	SystemProperties      map[string]string `json:"systemProperties"`
 	ApplicationProperties map[string]string `json:"applicationProperties"`
+	// MessageID is the message's $.mid (also systemProperties.messageId).
+	MessageID string `json:"messageId,omitempty"`
+	// Duplicates counts the earlier messages from this device on this hub
+	// that carried the same MessageID: 0 for a first delivery, 1 for the
+	// first resend, and so on (always 0 without a MessageID).
+	Duplicates int `json:"duplicates"`
 }
 
 // ConnectionInfo describes one live MQTT connection (GET /sim/connections).
