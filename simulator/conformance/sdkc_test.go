@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"fmt"
 	"testing"
 
 	"devid/simulator/simtest"
@@ -9,9 +10,10 @@ import (
 // sdkcSample drives DPS the way Microsoft's azure-sdk-for-c
 // paho_iot_provisioning_sample does: ClientId = registration ID, a
 // username with &ClientVersion, CleanSession 0, $rid 1 for every request
-// and an empty register body (the SDK header says the body "may" carry
-// JSON). It returns the final reply.
-func sdkcSample(t *testing.T, tg *target, dev *deviceCert) dpsReply {
+// and a register body that is empty (the SDK header says the body "may"
+// carry JSON) or, as some clients send, whitespace. It returns the final
+// reply.
+func sdkcSample(t *testing.T, tg *target, dev *deviceCert, body []byte) dpsReply {
 	t.Helper()
 	c, err := dialTLS(t, tg.dps(), tg.roots, &dev.TLS)
 	if err != nil {
@@ -23,7 +25,7 @@ func sdkcSample(t *testing.T, tg *target, dev *deviceCert) dpsReply {
 		t.Fatalf("CONNECT: CONNACK %d, %v", rc, err)
 	}
 	c.mustSubscribe("$dps/registrations/res/#")
-	r, err := c.dpsRequest("$dps/registrations/PUT/iotdps-register/?$rid=1", 1, nil)
+	r, err := c.dpsRequest("$dps/registrations/PUT/iotdps-register/?$rid=1", 1, body)
 	for i := 0; err == nil && r.status == 202 && i < 5; i++ {
 		r, err = c.dpsRequest("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1&operationId="+jstr(r.body, "operationId"), 1, nil)
 	}
@@ -44,16 +46,19 @@ func TestDPSEmptyRegisterBody(t *testing.T) {
 		t.Parallel()
 		tg := startSim(t)
 		tg.enrollGroup("sdkc", ca.PEM, nil)
-		r := sdkcSample(t, tg, ca.issue(t, "sdkc-empty-1", leafOpts{}))
-		if r.status != 200 || jstr(r.body, "status") != "assigned" || jstr(r.body, "registrationState", "registrationId") != "sdkc-empty-1" {
-			t.Fatalf("empty register body: %s %s; want 200 assigned for sdkc-empty-1", r.topic, r.raw)
+		for i, body := range []string{"", " \r\n\t"} {
+			cn := fmt.Sprintf("sdkc-empty-%d", i)
+			r := sdkcSample(t, tg, ca.issue(t, cn, leafOpts{}), []byte(body))
+			if r.status != 200 || jstr(r.body, "status") != "assigned" || jstr(r.body, "registrationState", "registrationId") != cn {
+				t.Errorf("register body %q: %s %s; want 200 assigned for %s", body, r.topic, r.raw, cn)
+			}
 		}
 	})
 	t.Run("reject", func(t *testing.T) {
 		t.Parallel()
 		tg := startSim(t, simtest.WithArgs("--empty-register-body", "reject"))
 		tg.enrollGroup("sdkc", ca.PEM, nil)
-		r := sdkcSample(t, tg, ca.issue(t, "sdkc-empty-2", leafOpts{}))
+		r := sdkcSample(t, tg, ca.issue(t, "sdkc-empty-9", leafOpts{}), nil)
 		if r.status != 400 {
 			t.Fatalf("empty register body with --empty-register-body reject: %s %s; want 400", r.topic, r.raw)
 		}
