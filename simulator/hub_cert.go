@@ -97,20 +97,24 @@ func (h *hubService) issueCertificate(cl *mqtt.Client, c *conn, t Topic, payload
 		return
 	}
 	op := &credOp{rid: t.RID, correlationID: newUUID(), expires: now.Add(credOpLifetime), chain: chainB64}
+	complete := func() { h.completeCredential(c.role, c.id, family, op) }
+	// An injected delay on op "credentials" holds the 200, so the request
+	// stays active (docs/simulator.md, fault injection). It is read before
+	// the 202 goes out: a device that has seen the 202 may change faults.
+	hold := h.faults.delay(c.role, c.id, "credentials")
 	h.cmu.Lock()
 	h.credOps[key] = op
 	h.cmu.Unlock()
 	h.reply(cl, c, resFmt, 202, t.RID, map[string]string{"correlationId": op.correlationID, "operationExpires": op.expiresText()}, "")
-	complete := func() { h.completeCredential(c.role, c.id, family, op) }
-	// An injected delay on op "credentials" holds the 200, so the request
-	// stays active (docs/simulator.md, fault injection).
-	if d := h.faults.delay(c.role, c.id, "credentials"); d > 0 {
-		h.cmu.Lock()
-		op.timer = time.AfterFunc(d, complete)
-		h.cmu.Unlock()
+	if hold <= 0 {
+		complete()
 		return
 	}
-	complete()
+	h.cmu.Lock()
+	if !op.cancelled { // not replaced since the 202
+		op.timer = time.AfterFunc(hold, complete)
+	}
+	h.cmu.Unlock()
 }
 
 // credOpLifetime is how long a certificate request stays active
