@@ -22,19 +22,37 @@ const (
 )
 
 type credentialRequest struct {
-	ID  string `json:"id"`
-	CSR string `json:"csr"`
+	ID      string `json:"id"`
+	CSR     string `json:"csr"`
+	Replace string `json:"replace,omitempty"`
+}
+
+// CertificateRequestOptions adjust a hub certificate request.
+type CertificateRequestOptions struct {
+	// Replace asks the hub to drop an active request first: "*" for any,
+	// or the $rid of an earlier request (RequestActiveError.RequestID).
+	// Empty: an active request makes this one fail with
+	// *RequestActiveError. A device that lost track of its request (a
+	// reboot) sends "*" rather than wait for the expiry.
+	Replace string
 }
 
 // RequestCertificate asks the hub to issue an operational certificate
 // for csrDER (DER PKCS#10, CN = device ID) and returns the chain, leaf
 // first. The hub answers 202 at once and the chain later on the same
 // subscription; this waits for it until ctx ends or the connection
-// drops (then the caller asks again on its next connection). Errors: *StatusError (400 bad CSR, 409 another
-// request active, 429 with RetryAfter, 5xx), *ProtocolError for a chain
-// that does not parse or does not match the CSR's key.
-// HubConfig.CertificateRenewal must be set.
+// drops (then the caller asks again on its next connection). Errors:
+// *RequestActiveError (409005: another request is active until its
+// Expires), *StatusError (400 bad CSR, 412 nothing to replace, 429 with
+// RetryAfter, 5xx), *ProtocolError for a chain that does not parse or
+// does not match the CSR's key. HubConfig.CertificateRenewal must be set.
 func (h *Hub) RequestCertificate(ctx context.Context, csrDER []byte) ([]*x509.Certificate, error) {
+	return h.RequestCertificateWithOptions(ctx, csrDER, CertificateRequestOptions{})
+}
+
+// RequestCertificateWithOptions is RequestCertificate with options, e.g.
+// Replace to take over from a request lost in a reboot.
+func (h *Hub) RequestCertificateWithOptions(ctx context.Context, csrDER []byte, opts CertificateRequestOptions) ([]*x509.Certificate, error) {
 	if !h.cfg.CertificateRenewal {
 		return nil, &ConfigError{Field: "certificate renewal", Err: errors.New("HubConfig.CertificateRenewal is off")}
 	}
@@ -63,7 +81,7 @@ func (h *Hub) RequestCertificate(ctx context.Context, csrDER []byte) ([]*x509.Ce
 	if err != nil {
 		return nil, err
 	}
-	body, _ := json.Marshal(credentialRequest{ID: h.cfg.DeviceID, CSR: base64.StdEncoding.EncodeToString(csrDER)})
+	body, _ := json.Marshal(credentialRequest{ID: h.cfg.DeviceID, CSR: base64.StdEncoding.EncodeToString(csrDER), Replace: opts.Replace})
 	s.publishAsync(fmt.Sprintf(credentialsPostFmt, rid), 1, body)
 	for {
 		select {
@@ -73,7 +91,7 @@ func (h *Hub) RequestCertificate(ctx context.Context, csrDER []byte) ([]*x509.Ce
 			case 200:
 				return parseIssuedCredential(r.body, csr.PublicKey)
 			default:
-				return nil, parseStatusError("hub certificate request", r.resp, r.body)
+				return nil, requestActive(parseStatusError("hub certificate request", r.resp, r.body))
 			}
 		case <-s.lost:
 			return nil, s.lostErr

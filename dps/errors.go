@@ -35,6 +35,9 @@ var (
 	ErrNotAuthorized = errors.New("dps: not authorized")
 	// ErrThrottled matches DPS or twin status 429.
 	ErrThrottled = errors.New("dps: throttled")
+	// ErrRequestActive matches a hub certificate request refused because
+	// another one is still active (409 / 409005): see RequestActiveError.
+	ErrRequestActive = errors.New("dps: certificate request already active")
 )
 
 // Retryable reports whether err (or the first typed error in its chain)
@@ -285,6 +288,40 @@ func (e *StatusError) Is(target error) bool {
 
 // Retryable: 429 and 5xx, as every Microsoft SDK does.
 func (e *StatusError) Retryable() bool { return e.Status == 429 || e.Status >= 500 }
+
+// RequestActiveError: the hub refused a certificate request with 409 /
+// 409005 because an earlier one (RequestID, perhaps sent before a reboot)
+// is active until Expires. Wait until Expires before asking again, or
+// ask with CertificateRequestOptions.Replace. Retryable, after Expires.
+type RequestActiveError struct {
+	Status    *StatusError
+	RequestID string    // $rid of the active request (info.requestId)
+	Expires   time.Time // info.operationExpires; zero if absent or unreadable
+}
+
+func (e *RequestActiveError) Error() string {
+	s := e.Status.Error() + "; request " + e.RequestID + " is active"
+	if !e.Expires.IsZero() {
+		s += " until " + e.Expires.UTC().Format(time.RFC3339)
+	}
+	return s
+}
+func (e *RequestActiveError) Unwrap() error        { return e.Status }
+func (e *RequestActiveError) Is(target error) bool { return target == ErrRequestActive }
+func (e *RequestActiveError) Retryable() bool      { return true }
+
+// requestActive turns a 409005 into a *RequestActiveError; other errors
+// are returned as they are.
+func requestActive(e *StatusError) error {
+	if e.Status != 409 || e.ErrorCode != 409005 {
+		return e
+	}
+	ra := &RequestActiveError{Status: e, RequestID: e.Info["requestId"]}
+	if t, err := time.Parse(time.RFC3339Nano, e.Info["operationExpires"]); err == nil {
+		ra.Expires = t
+	}
+	return ra
+}
 
 // RegistrationError: DPS finished the operation with status "failed" or
 // "disabled". It is terminal: retrying sends the same registration.

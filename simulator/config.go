@@ -81,6 +81,10 @@ type Switches struct {
 	// 429 (the documented quota is 1,000/min, older docs say 200; 0 = off
 	// so load tests can exceed it).
 	RegistrationsPerMinute int
+	// EmptyRegisterBody: an empty or whitespace register body is "accept"ed
+	// as {"registrationId": <the username's>} (what Microsoft's
+	// azure-sdk-for-c provisioning sample sends) or "reject"ed with 400.
+	EmptyRegisterBody string
 }
 
 // DefaultSwitches returns the defaults documented in docs/simulator.md.
@@ -101,6 +105,7 @@ func DefaultSwitches() Switches {
 		HubCredentialsTopic:    "both",
 		HubCredentialsResponse: "array",
 		DPSErrorMessageField:   "message",
+		EmptyRegisterBody:      "accept",
 	}
 }
 
@@ -113,7 +118,7 @@ func withDefaults(sw Switches) Switches {
 		{&sw.HubUnknownTopic, &d.HubUnknownTopic}, {&sw.DPSMaxTLS, &d.DPSMaxTLS}, {&sw.HubMaxTLS, &d.HubMaxTLS},
 		{&sw.APIVersions, &d.APIVersions}, {&sw.CSROldAPI, &d.CSROldAPI},
 		{&sw.HubCredentialsTopic, &d.HubCredentialsTopic}, {&sw.HubCredentialsResponse, &d.HubCredentialsResponse},
-		{&sw.DPSErrorMessageField, &d.DPSErrorMessageField},
+		{&sw.DPSErrorMessageField, &d.DPSErrorMessageField}, {&sw.EmptyRegisterBody, &d.EmptyRegisterBody},
 	} {
 		if *f.v == "" {
 			*f.v = *f.def

@@ -241,8 +241,13 @@ func (d *dpsService) pollThrottled(key string) int {
 }
 
 // decodeRegister parses and checks a register body for registration id.
-func decodeRegister(body []byte, id string) (registerBody, *dpsErr) {
+// An empty or whitespace body stands for {"registrationId": id} unless
+// emptyBody is "reject" (docs/simulator.md, Switches).
+func decodeRegister(body []byte, id, emptyBody string) (registerBody, *dpsErr) {
 	var rb registerBody
+	if len(bytes.TrimSpace(body)) == 0 && emptyBody == "accept" {
+		body = []byte("{}")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&rb); err != nil {
 		return rb, badRequest("Request body is not valid JSON: " + err.Error())
@@ -287,7 +292,7 @@ func (d *dpsService) attest(c *conn) (*Enrollment, *dpsErr) {
 
 // register starts a registration operation and answers 202 "assigning".
 func (d *dpsService) register(cl *mqtt.Client, c *conn, t Topic, body []byte) *dpsErr {
-	rb, e := decodeRegister(body, c.id)
+	rb, e := decodeRegister(body, c.id, d.cfg.Switches.EmptyRegisterBody)
 	if e != nil {
 		return e
 	}

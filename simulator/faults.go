@@ -42,8 +42,8 @@ func (fs *faultSet) add(f simapi.Fault) (*fault, error) {
 		return nil, errors.New("fault does nothing: set status, delayMs, dropAfter or refuseSeconds")
 	}
 	for _, op := range f.Ops {
-		if !slices.Contains([]string{"register", "poll", "telemetry", "twin", "connect", "method"}, op) {
-			return nil, fmt.Errorf("op %q is not register, poll, telemetry, twin, method or connect", op)
+		if !slices.Contains([]string{"register", "poll", "telemetry", "twin", "connect", "method", "credentials"}, op) {
+			return nil, fmt.Errorf("op %q is not register, poll, telemetry, twin, method, credentials or connect", op)
 		}
 	}
 	if f.Status == 429 && f.RetryAfter == 0 {

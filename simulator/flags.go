@@ -138,6 +138,7 @@ func bindSwitches(fs *flag.FlagSet, sw *Switches) {
 	fs.StringVar(&sw.ConnectionProfile, "connection-profile", "", "registrationState.connectionProfile for draft api-version 2026-11-02-preview clients (e.g. classic, mqttV5); empty = omit")
 	fs.IntVar(&sw.RegistrationsPerMinute, "registrations-per-minute", 0, "throttle register requests per service with 429 (documented quota 1000; 0 = off)")
 	fs.StringVar(&sw.HubCredentialsResponse, "hub-credentials-response", d.HubCredentialsResponse, "hub certificate renewal 200 body: array | object")
+	fs.StringVar(&sw.EmptyRegisterBody, "empty-register-body", d.EmptyRegisterBody, "empty or whitespace DPS register body: accept (registration ID from the username) | reject (400)")
 }
 
 // checkSwitches refuses a switch value outside its documented set.
@@ -158,6 +159,7 @@ func checkSwitches(sw Switches) error {
 		{"hub-credentials-topic", sw.HubCredentialsTopic, []string{"both", "credentials", "credential"}},
 		{"hub-credentials-response", sw.HubCredentialsResponse, []string{"array", "object"}},
 		{"dps-error-message-field", sw.DPSErrorMessageField, []string{"message", "errorMessage", "both"}},
+		{"empty-register-body", sw.EmptyRegisterBody, []string{"accept", "reject"}},
 	} {
 		if !slices.Contains(c.allowed, c.value) {
 			return fmt.Errorf("--%s %q: want one of %s", c.flag, c.value, strings.Join(c.allowed, ", "))

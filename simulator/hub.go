@@ -43,6 +43,9 @@ type hubService struct {
 
 	mmu     sync.Mutex
 	methods map[string]chan methodResult // by deviceKey + "/" + $rid of a direct-method call
+
+	cmu     sync.Mutex
+	credOps map[string]*credOp // active certificate requests by deviceKey
 }
 
 type methodResult struct {
@@ -324,6 +327,7 @@ func (h *hubService) record(c *conn, topic string, props []Property, payload []b
 		BodyBase64:            base64.StdEncoding.EncodeToString(payload),
 		SystemProperties:      sys,
 		ApplicationProperties: app,
+		MessageID:             sys["messageId"],
 	}
 	if utf8.Valid(payload) {
 		rec.Body = string(payload)

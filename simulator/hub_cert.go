@@ -66,18 +66,116 @@ func (h *hubService) issueCertificate(cl *mqtt.Client, c *conn, t Topic, payload
 		fail(400, 400040, fmt.Sprintf("id %q is not the connected device %q.", req.ID, c.id), "")
 		return
 	}
+	key := deviceKey(c.role, c.id)
+	now := time.Now()
+	h.cmu.Lock()
+	active := h.credOps[key]
+	if active != nil && !now.Before(active.expires) {
+		delete(h.credOps, key) // expired: dropped, like the hub does
+		active = nil
+	}
+	switch {
+	case active != nil && req.Replace == "":
+		h.cmu.Unlock()
+		eb := errorBody(409005, "Another certificate request is active.")
+		eb.Info = map[string]string{"requestId": active.rid, "correlationId": active.correlationID, "operationExpires": active.expiresText()}
+		h.reply(cl, c, resFmt, 409, t.RID, eb, "")
+		return
+	case req.Replace != "" && req.Replace != "*" && (active == nil || active.rid != req.Replace):
+		h.cmu.Unlock()
+		eb := errorBody(412001, fmt.Sprintf("No active certificate request %q to replace.", req.Replace))
+		h.reply(cl, c, resFmt, 412, t.RID, eb, "")
+		return
+	case active != nil: // replace "*" or the active $rid
+		active.cancel()
+		delete(h.credOps, key)
+	}
+	h.cmu.Unlock()
 	chainB64, err := h.issuer.fromCSR(req.CSR, c.id, 0)
 	if err != nil {
 		fail(400, 400040, "Invalid csr: "+err.Error(), "FailedToDecodeCsr")
 		return
 	}
-	exp := time.Now().Add(3 * time.Minute).UTC().Format("2006-01-02T15:04:05.000Z")
-	h.reply(cl, c, resFmt, 202, t.RID, map[string]string{"correlationId": newUUID(), "operationExpires": exp}, "")
-	if err := h.bindIssued(deviceKey(c.role, c.id), chainB64[0]); err != nil {
-		fail(500, 500001, "Storage failure.", "")
+	op := &credOp{rid: t.RID, correlationID: newUUID(), expires: now.Add(credOpLifetime), chain: chainB64}
+	complete := func() { h.completeCredential(c.role, c.id, family, op) }
+	// An injected delay on op "credentials" holds the 200, so the request
+	// stays active (docs/simulator.md, fault injection). It is read before
+	// the 202 goes out: a device that has seen the 202 may change faults.
+	hold := h.faults.delay(c.role, c.id, "credentials")
+	h.cmu.Lock()
+	h.credOps[key] = op
+	h.cmu.Unlock()
+	h.reply(cl, c, resFmt, 202, t.RID, map[string]string{"correlationId": op.correlationID, "operationExpires": op.expiresText()}, "")
+	if hold <= 0 {
+		complete()
 		return
 	}
-	h.reply(cl, c, resFmt, 200, t.RID, h.credentialsBody(chainB64), "")
+	h.cmu.Lock()
+	if !op.cancelled { // not replaced since the 202
+		op.timer = time.AfterFunc(hold, complete)
+	}
+	h.cmu.Unlock()
+}
+
+// credOpLifetime is how long a certificate request stays active
+// (operationExpires) when it is not completed.
+const credOpLifetime = 3 * time.Minute
+
+// credOp is a device's active certificate request. While it is active the
+// hub answers another request with 409005 unless it says replace.
+type credOp struct {
+	rid, correlationID string
+	expires            time.Time
+	chain              []string    // issued chain, base64 DER, leaf first
+	timer              *time.Timer // pending completion, nil when immediate
+	cancelled          bool
+}
+
+func (o *credOp) expiresText() string { return o.expires.UTC().Format("2006-01-02T15:04:05.000Z") }
+
+// cancel stops a pending completion; the caller holds hubService.cmu.
+func (o *credOp) cancel() {
+	o.cancelled = true
+	if o.timer != nil {
+		o.timer.Stop()
+	}
+}
+
+// completeCredential answers op with 200 and the chain on the device's
+// live connection, if it is subscribed, and binds the device to the new
+// certificate. A device that is not there keeps getting 409005 until the
+// request expires, and the chain is dropped.
+func (h *hubService) completeCredential(role, id, family string, op *credOp) {
+	key := deviceKey(role, id)
+	h.cmu.Lock()
+	if op.cancelled || h.credOps[key] != op {
+		h.cmu.Unlock()
+		return
+	}
+	h.cmu.Unlock()
+	resFmt := "$iothub/" + family + "/res/%d/?$rid=%s"
+	topic := fmt.Sprintf(resFmt, 200, op.rid)
+	var target *mqtt.Client
+	for _, cl := range h.conns.matching(func(c *conn) bool { return c.role == role && c.id == id }) {
+		if hasResponseSubscription(cl, topic) {
+			target = cl
+		}
+	}
+	if target == nil {
+		h.log.Info("hub: certificate request completed but the device is not connected and subscribed; it stays active until it expires", "device", id, "rid", op.rid, "expires", op.expiresText())
+		return
+	}
+	c := h.conns.get(target)
+	if err := h.bindIssued(key, op.chain[0]); err != nil {
+		h.reply(target, c, resFmt, 500, op.rid, errorBody(500001, "Storage failure."), "")
+		return
+	}
+	h.cmu.Lock()
+	if h.credOps[key] == op {
+		delete(h.credOps, key)
+	}
+	h.cmu.Unlock()
+	h.reply(target, c, resFmt, 200, op.rid, h.credentialsBody(op.chain), "")
 }
 
 // bindIssued binds the device to its new certificate (the old one stays

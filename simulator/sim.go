@@ -100,7 +100,7 @@ func (s *Sim) wire() {
 	s.tel = newTelemetryLog(s.db, s.cfg.TelemetryMax)
 	s.dps = &dpsService{cfg: s.cfg, log: s.log, reg: s.reg, faults: s.faults, issuer: iss, pollHist: map[string][]time.Time{}}
 	s.hub = &hubService{sw: s.cfg.Switches, log: s.log, reg: s.reg, conns: s.conns, faults: s.faults, pki: s.PKI,
-		issuer: iss, tel: s.tel, methods: map[string]chan methodResult{}}
+		issuer: iss, tel: s.tel, methods: map[string]chan methodResult{}, credOps: map[string]*credOp{}}
 }
 
 // StartArgs starts a simulator in this process from `devid-sim serve`

@@ -15,16 +15,60 @@ type telemetryLog struct {
 	db   *store
 	max  int
 	cond *sync.Cond
+
+	// mids counts recorded messages by hub, device and $.mid, so a resend
+	// is marked as a duplicate. Loaded from the store on first use; it
+	// keeps counting messages the store has since trimmed.
+	mmu        sync.Mutex
+	mids       map[string]int
+	midsLoaded bool
 }
 
 func newTelemetryLog(db *store, max int) *telemetryLog {
 	return &telemetryLog{db: db, max: max, cond: sync.NewCond(&sync.Mutex{})}
 }
 
-// append stores rec with the next sequence number; it is durable when
+// append stores rec with the next sequence number, counting earlier
+// records with its MessageID into rec.Duplicates; it is durable when
 // append returns. Readers are woken by wake.
 func (l *telemetryLog) append(rec *simapi.TelemetryRecord) error {
-	return l.db.appendTelemetry(rec, l.max)
+	if rec.MessageID == "" {
+		return l.db.appendTelemetry(rec, l.max)
+	}
+	l.mmu.Lock()
+	defer l.mmu.Unlock()
+	// Reload now and then so the map stays bounded by what the store holds.
+	if !l.midsLoaded || l.max > 0 && len(l.mids) > 2*l.max {
+		if err := l.loadMids(); err != nil {
+			return err
+		}
+	}
+	k := midKey(rec)
+	rec.Duplicates = l.mids[k]
+	if err := l.db.appendTelemetry(rec, l.max); err != nil {
+		return err
+	}
+	l.mids[k]++
+	return nil
+}
+
+func midKey(r *simapi.TelemetryRecord) string {
+	return r.Hub + "\x00" + r.DeviceID + "\x00" + r.MessageID
+}
+
+// loadMids counts the stored records by message ID; the caller holds mmu.
+func (l *telemetryLog) loadMids() error {
+	mids := map[string]int{}
+	if _, err := l.db.telemetry(0, 0, func(r *simapi.TelemetryRecord) bool {
+		if r.MessageID != "" {
+			mids[midKey(r)]++
+		}
+		return false
+	}); err != nil {
+		return err
+	}
+	l.mids, l.midsLoaded = mids, true
+	return nil
 }
 
 // query returns up to limit records after seq that satisfy match.
@@ -32,8 +76,14 @@ func (l *telemetryLog) query(after uint64, limit int, match func(*simapi.Telemet
 	return l.db.telemetry(after, limit, match)
 }
 
-// clear drops every record; sequence numbers keep increasing.
-func (l *telemetryLog) clear() error { return l.db.clearTelemetry() }
+// clear drops every record and every duplicate count; sequence numbers
+// keep increasing.
+func (l *telemetryLog) clear() error {
+	l.mmu.Lock()
+	defer l.mmu.Unlock()
+	l.mids, l.midsLoaded = nil, false
+	return l.db.clearTelemetry()
+}
 
 // wake wakes every wait.
 func (l *telemetryLog) wake() {

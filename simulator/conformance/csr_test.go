@@ -12,7 +12,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"net/url"
 	"strings"
 	"testing"
 )
@@ -196,25 +195,7 @@ func TestHubCertificateRenewal(t *testing.T) {
 	c := tg.hubDial(t, d)
 	c.mustConnect(d.id, d.host+"/"+d.id+"/?api-version="+hubCSRAPI)
 	c.mustSubscribe("$iothub/credentials/res/#")
-	credReply := func() (int, string, []byte) {
-		for {
-			p, err := c.nextPublish()
-			if err != nil {
-				t.Fatal(err)
-			}
-			rest, ok := strings.CutPrefix(p.TopicName, "$iothub/credentials/res/")
-			if !ok {
-				continue
-			}
-			st, qs, _ := strings.Cut(rest, "/?")
-			v, _ := url.ParseQuery(qs)
-			n := 0
-			for _, ch := range st {
-				n = n*10 + int(ch-'0')
-			}
-			return n, v.Get("$rid"), p.Payload
-		}
-	}
+	credReply := func() (int, string, []byte) { return credReply(t, c) }
 
 	// A bad CSR first: 400 with credentialError FailedToDecodeCsr.
 	body, _ := json.Marshal(map[string]string{"id": d.id, "csr": "bm90IGEgY3Ny", "replace": "*"})

@@ -56,6 +56,17 @@ func TestRestartKeepsState(t *testing.T) {
 	if !found {
 		t.Errorf("telemetry recorded before the restart is gone: %v", after.telemetry(d.name, d.id))
 	}
+	// Duplicate counting survives the restart: a resend is still a resend.
+	id, err = c2.publish("devices/"+d.id+"/messages/events/%24.mid=before-restart", 1, false, []byte("kept"))
+	if err == nil {
+		err = c2.expectPuback(id)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs := after.telemetry(d.name, d.id); len(recs) == 0 || jget(recs[len(recs)-1], "duplicates") != float64(1) {
+		t.Errorf("resend after the restart: %v; want duplicates 1", recs)
+	}
 	if rs := after.registrationState(d.CN); jstr(rs, "status") != "assigned" || jstr(rs, "deviceId") != d.id {
 		t.Errorf("registration record after restart: %v", rs)
 	}

@@ -100,7 +100,8 @@ type Fault struct {
 	Hub      string `json:"hub,omitempty"`
 	DeviceID string `json:"deviceId,omitempty"`
 	// Ops limits the fault to some operations: register, poll (DPS);
-	// telemetry, twin, method, connect (hub). Empty = all.
+	// telemetry, twin, method, connect, credentials (hub; a delay on
+	// credentials holds the 200 of a certificate request). Empty = all.
 	Ops []string `json:"ops,omitempty"`
 	// Status answers requests with this status (429 or 5xx). On DPS the
 	// response topic carries it (with retry-after for 429); on the hub,
@@ -176,6 +177,12 @@ type TelemetryRecord struct {
 	BodyBase64            string            `json:"bodyBase64"`
 	SystemProperties      map[string]string `json:"systemProperties"`
 	ApplicationProperties map[string]string `json:"applicationProperties"`
+	// MessageID is the message's $.mid (also systemProperties.messageId).
+	MessageID string `json:"messageId,omitempty"`
+	// Duplicates counts the earlier messages from this device on this hub
+	// that carried the same MessageID: 0 for a first delivery, 1 for the
+	// first resend, and so on (always 0 without a MessageID).
+	Duplicates int `json:"duplicates"`
 }
 
 // ConnectionInfo describes one live MQTT connection (GET /sim/connections).
