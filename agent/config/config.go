@@ -308,6 +308,17 @@ func Parse(b []byte) (*Config, error) {
 	if len(b) > MaxFileSize {
 		return nil, fmt.Errorf("document is %d bytes; the limit is %d", len(b), MaxFileSize)
 	}
+	// Every problem at once: unknown keys and wrong types first (with
+	// their lines), then the validation of the keys that did decode.
+	probs, bad, lines, err := scan(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(bad) > 0 {
+		if b, err = withoutKeys(b, bad); err != nil {
+			return nil, describeDecodeError(err)
+		}
+	}
 	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
 		return nil, describeDecodeError(err)
@@ -315,8 +326,18 @@ func Parse(b []byte) (*Config, error) {
 	if c.Network.Resolve == nil {
 		c.Network.Resolve = map[string]string{}
 	}
-	if err := c.Validate(); err != nil {
-		return nil, err
+	var ve *ValidationError
+	if err := c.Validate(); errors.As(err, &ve) {
+		for _, msg := range ve.Problems {
+			field, _, _ := strings.Cut(msg, ":")
+			if line, ok := lines[field]; ok {
+				msg = fmt.Sprintf("line %d: %s", line, msg)
+			}
+			probs = append(probs, msg)
+		}
+	}
+	if len(probs) > 0 {
+		return nil, &ValidationError{Problems: probs}
 	}
 	return c, nil
 }
