@@ -236,3 +236,23 @@ func TestEveryProblemAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusesWhatCannotBeMeant: too-short durations and system
+// directories as state_dir.
+func TestRefusesWhatCannotBeMeant(t *testing.T) {
+	t.Parallel()
+	cases := []struct{ doc, want string }{
+		{"[retry]\nmin_delay = \"1ms\"", "retry.min_delay: 1ms is too short"},
+		{"[dps]\ntimeout = \"1s\"", "dps.timeout: 1s is too short"},
+		{"[hub]\nconnect_timeout = \"1ms\"", "hub.connect_timeout: 1ms is too short"},
+		{`state_dir = "/"`, `state_dir: "/" is a system directory`},
+		{`state_dir = "/tmp/"`, `state_dir: "/tmp/" is a system directory`},
+		{`state_dir = "/etc"`, `state_dir: "/etc" is a system directory`},
+	}
+	for _, tc := range cases {
+		_, err := Parse([]byte(tc.doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want %q", tc.doc, err, tc.want)
+		}
+	}
+}
