@@ -10,10 +10,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -276,6 +278,30 @@ func Default() *Config {
 // Load reads path on top of Default and validates the result. A missing
 // file is an error; callers that accept "no file" use Parse(nil).
 func Load(path string) (*Config, error) {
+	c, err := Inspect(path)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Inspect is Load for config check: with problems in the file it still
+// returns the config as far as it decoded (nil only when the file cannot
+// be read or is not TOML), so the referenced files and groups can be
+// checked in the same run.
+func Inspect(path string) (*Config, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := parse(b)
+	if err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -295,15 +321,20 @@ func Load(path string) (*Config, error) {
 	if _, err := ioReadFull(f, b); err != nil {
 		return nil, fmt.Errorf("config: read %s: %w", path, err)
 	}
-	c, err := Parse(b)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
+	return b, nil
 }
 
 // Parse decodes a TOML document on top of Default and validates it.
 func Parse(b []byte) (*Config, error) {
+	c, err := parse(b)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// parse is Parse that also returns what decoded when there are problems.
+func parse(b []byte) (*Config, error) {
 	c := Default()
 	if len(b) > MaxFileSize {
 		return nil, fmt.Errorf("document is %d bytes; the limit is %d", len(b), MaxFileSize)
@@ -337,7 +368,9 @@ func Parse(b []byte) (*Config, error) {
 		}
 	}
 	if len(probs) > 0 {
-		return nil, &ValidationError{Problems: probs}
+		// In file order; problems of unset fields (no line) last.
+		slices.SortStableFunc(probs, func(a, b string) int { return lineOf(a) - lineOf(b) })
+		return c, &ValidationError{Problems: probs}
 	}
 	return c, nil
 }
@@ -362,6 +395,33 @@ func describeDecodeError(err error) error {
 		return fmt.Errorf("line %d column %d: %s", row, col, de.Error())
 	}
 	return err
+}
+
+// lineOf is the line a problem names ("line 4: ..."), or a line past
+// any file's end when it names none.
+func lineOf(problem string) int {
+	var n int
+	if _, err := fmt.Sscanf(problem, "line %d:", &n); err != nil {
+		return math.MaxInt32
+	}
+	return n
+}
+
+// Field is the config key a problem is about ("dps.id_scope" for
+// "line 6: dps.id_scope: expected a string, got an integer"), or "" for
+// a problem that names none.
+func Field(problem string) string {
+	if lineOf(problem) != math.MaxInt32 {
+		_, problem, _ = strings.Cut(problem, ": ")
+	}
+	if strings.HasPrefix(problem, "unknown key") {
+		return ""
+	}
+	f, _, ok := strings.Cut(problem, ": ")
+	if !ok || strings.ContainsAny(f, " \"") {
+		return ""
+	}
+	return f
 }
 
 // ValidationError lists every problem found, one per field.
