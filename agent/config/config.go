@@ -32,7 +32,8 @@ const MaxFileSize = 1 << 20
 // Config is the agent's whole configuration. Field names are the TOML keys.
 type Config struct {
 	// StateDir holds the key (file backend), certificate chain, cached
-	// DPS assignment, telemetry queue and status file. Mode 0700.
+	// DPS assignment, telemetry queue and status file. Mode 0700, owned
+	// by the agent's user; never a system directory such as / or /tmp.
 	StateDir string `toml:"state_dir"`
 	// DeviceID overrides the board-derived device ID. Empty: derive it
 	// (devicetree serial-number, DMI product serial, first MAC).
@@ -112,7 +113,7 @@ type DPS struct {
 	Transport string `toml:"transport"`
 	// Payload is an optional custom allocation payload (a JSON document).
 	Payload string `toml:"payload"`
-	// Timeout bounds one whole registration, polls included.
+	// Timeout bounds one whole registration, polls included (at least 5s).
 	Timeout Duration `toml:"timeout"`
 }
 
@@ -127,7 +128,7 @@ type Hub struct {
 	// before those failures send the agent back to DPS (Azure: "try the
 	// same hub for 15-30 minutes before going back to DPS").
 	ReprovisionAfter Duration `toml:"reprovision_after"`
-	// ConnectTimeout bounds one connection attempt (TCP+TLS+CONNECT).
+	// ConnectTimeout bounds one connection attempt (TCP+TLS+CONNECT), at least 1s.
 	ConnectTimeout Duration `toml:"connect_timeout"`
 }
 
@@ -143,7 +144,7 @@ type Network struct {
 
 // Retry is the backoff policy for DPS and hub failures.
 type Retry struct {
-	// MinDelay is the first retry delay; it doubles per failure.
+	// MinDelay is the first retry delay (at least 100ms); it doubles per failure.
 	MinDelay Duration `toml:"min_delay"`
 	// MaxDelay caps the delay.
 	MaxDelay Duration `toml:"max_delay"`
