@@ -10,10 +10,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,7 +32,8 @@ const MaxFileSize = 1 << 20
 // Config is the agent's whole configuration. Field names are the TOML keys.
 type Config struct {
 	// StateDir holds the key (file backend), certificate chain, cached
-	// DPS assignment, telemetry queue and status file. Mode 0700.
+	// DPS assignment, telemetry queue and status file. Mode 0700, owned
+	// by the agent's user; never a system directory such as / or /tmp.
 	StateDir string `toml:"state_dir"`
 	// DeviceID overrides the board-derived device ID. Empty: derive it
 	// (devicetree serial-number, DMI product serial, first MAC).
@@ -110,7 +113,7 @@ type DPS struct {
 	Transport string `toml:"transport"`
 	// Payload is an optional custom allocation payload (a JSON document).
 	Payload string `toml:"payload"`
-	// Timeout bounds one whole registration, polls included.
+	// Timeout bounds one whole registration, polls included (at least 5s).
 	Timeout Duration `toml:"timeout"`
 }
 
@@ -125,7 +128,7 @@ type Hub struct {
 	// before those failures send the agent back to DPS (Azure: "try the
 	// same hub for 15-30 minutes before going back to DPS").
 	ReprovisionAfter Duration `toml:"reprovision_after"`
-	// ConnectTimeout bounds one connection attempt (TCP+TLS+CONNECT).
+	// ConnectTimeout bounds one connection attempt (TCP+TLS+CONNECT), at least 1s.
 	ConnectTimeout Duration `toml:"connect_timeout"`
 }
 
@@ -141,7 +144,7 @@ type Network struct {
 
 // Retry is the backoff policy for DPS and hub failures.
 type Retry struct {
-	// MinDelay is the first retry delay; it doubles per failure.
+	// MinDelay is the first retry delay (at least 100ms); it doubles per failure.
 	MinDelay Duration `toml:"min_delay"`
 	// MaxDelay caps the delay.
 	MaxDelay Duration `toml:"max_delay"`
@@ -284,6 +287,30 @@ func Default() *Config {
 // Load reads path on top of Default and validates the result. A missing
 // file is an error; callers that accept "no file" use Parse(nil).
 func Load(path string) (*Config, error) {
+	c, err := Inspect(path)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Inspect is Load for config check: with problems in the file it still
+// returns the config as far as it decoded (nil only when the file cannot
+// be read or is not TOML), so the referenced files and groups can be
+// checked in the same run.
+func Inspect(path string) (*Config, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := parse(b)
+	if err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -303,18 +330,34 @@ func Load(path string) (*Config, error) {
 	if _, err := ioReadFull(f, b); err != nil {
 		return nil, fmt.Errorf("config: read %s: %w", path, err)
 	}
-	c, err := Parse(b)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
+	return b, nil
 }
 
 // Parse decodes a TOML document on top of Default and validates it.
 func Parse(b []byte) (*Config, error) {
+	c, err := parse(b)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// parse is Parse that also returns what decoded when there are problems.
+func parse(b []byte) (*Config, error) {
 	c := Default()
 	if len(b) > MaxFileSize {
 		return nil, fmt.Errorf("document is %d bytes; the limit is %d", len(b), MaxFileSize)
+	}
+	// Every problem at once: unknown keys and wrong types first (with
+	// their lines), then the validation of the keys that did decode.
+	probs, bad, lines, err := scan(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(bad) > 0 {
+		if b, err = withoutKeys(b, bad); err != nil {
+			return nil, describeDecodeError(err)
+		}
 	}
 	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
@@ -323,8 +366,20 @@ func Parse(b []byte) (*Config, error) {
 	if c.Network.Resolve == nil {
 		c.Network.Resolve = map[string]string{}
 	}
-	if err := c.Validate(); err != nil {
-		return nil, err
+	var ve *ValidationError
+	if err := c.Validate(); errors.As(err, &ve) {
+		for _, msg := range ve.Problems {
+			field, _, _ := strings.Cut(msg, ":")
+			if line, ok := lines[field]; ok {
+				msg = fmt.Sprintf("line %d: %s", line, msg)
+			}
+			probs = append(probs, msg)
+		}
+	}
+	if len(probs) > 0 {
+		// In file order; problems of unset fields (no line) last.
+		slices.SortStableFunc(probs, func(a, b string) int { return lineOf(a) - lineOf(b) })
+		return c, &ValidationError{Problems: probs}
 	}
 	return c, nil
 }
@@ -349,6 +404,33 @@ func describeDecodeError(err error) error {
 		return fmt.Errorf("line %d column %d: %s", row, col, de.Error())
 	}
 	return err
+}
+
+// lineOf is the line a problem names ("line 4: ..."), or a line past
+// any file's end when it names none.
+func lineOf(problem string) int {
+	var n int
+	if _, err := fmt.Sscanf(problem, "line %d:", &n); err != nil {
+		return math.MaxInt32
+	}
+	return n
+}
+
+// Field is the config key a problem is about ("dps.id_scope" for
+// "line 6: dps.id_scope: expected a string, got an integer"), or "" for
+// a problem that names none.
+func Field(problem string) string {
+	if lineOf(problem) != math.MaxInt32 {
+		_, problem, _ = strings.Cut(problem, ": ")
+	}
+	if strings.HasPrefix(problem, "unknown key") {
+		return ""
+	}
+	f, _, ok := strings.Cut(problem, ": ")
+	if !ok || strings.ContainsAny(f, " \"") {
+		return ""
+	}
+	return f
 }
 
 // ValidationError lists every problem found, one per field.

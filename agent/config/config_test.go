@@ -207,3 +207,54 @@ func TestProxyPasswordNeverPrinted(t *testing.T) {
 		t.Errorf("Redacted changed the config itself: %q", c.Network.Proxy)
 	}
 }
+
+// TestEveryProblemAtOnce: unknown keys, type errors and bad values are
+// all reported in one go, with their lines and in the config's words.
+func TestEveryProblemAtOnce(t *testing.T) {
+	t.Parallel()
+	doc := "bogus = 1\n[dps]\nid_scope = 12\ntimeout = 30\n[hub]\nkeepalive = \"soon\"\nmax_failures = 0\n[network]\nproxy = \"ftp://u:s3cret@p:1\"\n"
+	_, err := Parse([]byte(doc))
+	var ve *ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("got %v, want a ValidationError", err)
+	}
+	want := []string{
+		`line 1: unknown key "bogus"`,
+		`line 3: dps.id_scope: expected a string, got an integer`,
+		`line 4: dps.timeout: 30 has no unit; write a duration like "30s" or "5m"`,
+		`line 6: hub.keepalive: "soon" is not a duration`,
+		`line 7: hub.max_failures: 0 is outside 1..1000`,
+		`line 9: network.proxy:`,
+	}
+	msg := err.Error()
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("missing %q in:\n%s", w, msg)
+		}
+	}
+	for _, leak := range []string{"s3cret", "struct field", "config.DPS", "toml:"} {
+		if strings.Contains(msg, leak) {
+			t.Errorf("message leaks %q:\n%s", leak, msg)
+		}
+	}
+}
+
+// TestRefusesWhatCannotBeMeant: too-short durations and system
+// directories as state_dir.
+func TestRefusesWhatCannotBeMeant(t *testing.T) {
+	t.Parallel()
+	cases := []struct{ doc, want string }{
+		{"[retry]\nmin_delay = \"1ms\"", "retry.min_delay: 1ms is too short"},
+		{"[dps]\ntimeout = \"1s\"", "dps.timeout: 1s is too short"},
+		{"[hub]\nconnect_timeout = \"1ms\"", "hub.connect_timeout: 1ms is too short"},
+		{`state_dir = "/"`, `state_dir: "/" is a system directory`},
+		{`state_dir = "/tmp/"`, `state_dir: "/tmp/" is a system directory`},
+		{`state_dir = "/etc"`, `state_dir: "/etc" is a system directory`},
+	}
+	for _, tc := range cases {
+		_, err := Parse([]byte(tc.doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want %q", tc.doc, err, tc.want)
+		}
+	}
+}

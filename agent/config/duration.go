@@ -9,7 +9,8 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
-// Duration is a time.Duration written in TOML as a string like "30s" or "1h30m".
+// Duration is a time.Duration written in TOML as a string with a unit,
+// like "30s" or "1h30m". A bare number is refused: 30 would be 30ns.
 type Duration time.Duration
 
 // D returns the value as a time.Duration.

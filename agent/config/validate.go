@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,11 +24,11 @@ func (c *Config) Validate() error {
 	c.validateHub(&p)
 	c.validateNetwork(&p)
 	c.validateRetry(&p)
-	p.positive("clock.max_wait", c.Clock.MaxWait)
+	p.atLeast("clock.max_wait", c.Clock.MaxWait, Duration(time.Second))
 	c.validateLocalAPI(&p)
 	c.validateQueue(&p)
 	c.validateHealth(&p)
-	p.positive("hardware.button_hold", c.Hardware.ButtonHold)
+	p.atLeast("hardware.button_hold", c.Hardware.ButtonHold, Duration(100*time.Millisecond))
 	c.validateRenewal(&p)
 	if len(p) > 0 {
 		return &ValidationError{Problems: p}
@@ -60,8 +61,25 @@ func (p *problems) positive(field string, d Duration) {
 	}
 }
 
+// atLeast refuses durations too short to be meant (a 1ms retry delay
+// hammers the service; a 1s DPS timeout never completes).
+func (p *problems) atLeast(field string, d, least Duration) {
+	if d <= 0 {
+		p.positive(field, d)
+	} else if d < least {
+		p.bad(field, "%s is too short to be meant; use at least %s", d, least)
+	}
+}
+
+// systemDirs are directories the agent must never take as its state dir:
+// run chmods the state dir to 0700 and owns what is in it.
+var systemDirs = []string{"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/share", "/var", "/var/lib", "/var/tmp", "/var/log", "/var/run"}
+
 func (c *Config) validateGeneral(p *problems) {
 	p.absPath("state_dir", c.StateDir, true)
+	if filepath.IsAbs(c.StateDir) && slices.Contains(systemDirs, filepath.Clean(c.StateDir)) {
+		p.bad("state_dir", "%q is a system directory; the agent makes its state dir 0700 and owns it: use a directory of its own like /var/lib/devid", c.StateDir)
+	}
 	if c.DeviceID != "" {
 		var bad *board.IDError
 		if errors.As(board.Validate(c.DeviceID), &bad) {
@@ -122,7 +140,7 @@ func (c *Config) validateDPS(p *problems) {
 	if c.DPS.Payload != "" && !jsonValid(c.DPS.Payload) {
 		p.bad("dps.payload", "is not a JSON document")
 	}
-	p.positive("dps.timeout", c.DPS.Timeout)
+	p.atLeast("dps.timeout", c.DPS.Timeout, Duration(5*time.Second))
 }
 
 func (c *Config) validateHub(p *problems) {
@@ -132,7 +150,7 @@ func (c *Config) validateHub(p *problems) {
 	if c.Hub.MaxFailures < 1 || c.Hub.MaxFailures > 1000 {
 		p.bad("hub.max_failures", "%d is outside 1..1000", c.Hub.MaxFailures)
 	}
-	p.positive("hub.connect_timeout", c.Hub.ConnectTimeout)
+	p.atLeast("hub.connect_timeout", c.Hub.ConnectTimeout, Duration(time.Second))
 	if c.Hub.ReprovisionAfter < 0 {
 		p.bad("hub.reprovision_after", "must not be negative")
 	}
@@ -163,7 +181,7 @@ func (c *Config) validateNetwork(p *problems) {
 }
 
 func (c *Config) validateRetry(p *problems) {
-	p.positive("retry.min_delay", c.Retry.MinDelay)
+	p.atLeast("retry.min_delay", c.Retry.MinDelay, Duration(100*time.Millisecond))
 	p.positive("retry.max_delay", c.Retry.MaxDelay)
 	if c.Retry.MaxDelay < c.Retry.MinDelay {
 		p.bad("retry.max_delay", "%s is below retry.min_delay %s", c.Retry.MaxDelay, c.Retry.MinDelay)
@@ -220,7 +238,7 @@ func (c *Config) validateQueue(p *problems) {
 	default:
 		p.bad("queue.fsync", "%q is not always, batch or never", c.Queue.Fsync)
 	}
-	p.positive("queue.fsync_interval", c.Queue.FsyncInterval)
+	p.atLeast("queue.fsync_interval", c.Queue.FsyncInterval, Duration(10*time.Millisecond))
 }
 
 func (c *Config) validateHealth(p *problems) {

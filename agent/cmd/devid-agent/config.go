@@ -6,7 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,39 +20,60 @@ import (
 
 func configCheckFlags(fs *flag.FlagSet) func(context.Context, []string) error {
 	path := fs.String("config", config.DefaultPath, "config `FILE` (TOML)")
-	return func(context.Context, []string) error { return configCheck(*path) }
+	return func(context.Context, []string) error { return configCheck(os.Stdout, os.Stderr, *path) }
 }
 
-// configCheck implements `devid-agent config check [--config FILE]`.
-func configCheck(path string) error {
-	c, err := config.Load(path)
-	if err != nil {
+// configCheck implements `devid-agent config check [--config FILE]`:
+// every problem at once (the file's own, then what it refers to on this
+// machine), warnings on stderr, the effective config on stdout when
+// valid. Exit 0 valid, 1 problems (2 usage, from dispatch). It never
+// changes a file.
+func configCheck(stdout, stderr io.Writer, path string) error {
+	c, err := config.Inspect(path)
+	if c == nil {
+		return err // unreadable or not TOML: nothing more to look at
+	}
+	var probs []string
+	if ve := (*config.ValidationError)(nil); errors.As(err, &ve) {
+		probs = ve.Problems
+	} else if err != nil {
 		return err
+	}
+	// A field already wrong in the file is not reported again for what
+	// it (does not) refer to.
+	wrong := map[string]bool{}
+	for _, p := range probs {
+		wrong[config.Field(p)] = true
+	}
+	sys := c.CheckSystem()
+	for _, p := range sys.Problems {
+		if !wrong[config.Field(p)] {
+			probs = append(probs, p)
+		}
+	}
+	for _, w := range append(sys.Warnings, incomplete(c)...) {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	if len(probs) > 0 {
+		return fmt.Errorf("%s: %w", path, &config.ValidationError{Problems: probs})
 	}
 	b, err := c.Redacted().TOML()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stdout, "# effective config (%s is valid; passwords masked)\n", path)
-	os.Stdout.Write(b)
-	for _, w := range incomplete(c) {
-		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
-	}
-	return nil
+	fmt.Fprintf(stdout, "# effective config (%s is valid; passwords masked)\n", path)
+	_, err = stdout.Write(b)
+	return err
 }
 
 // incomplete names what a valid config still lacks for a new device to
-// go from the factory to the hub: valid is not the same as ready.
+// go from the factory to the hub: valid is not the same as ready. (An
+// empty dps.id_scope and a missing factory.root are problems, reported
+// by CheckSystem.)
 func incomplete(c *config.Config) []string {
 	var out []string
-	if c.DPS.IDScope == "" {
-		out = append(out, "dps.id_scope is empty: the agent cannot register with DPS until it is set")
-	}
 	if c.Factory.Port == "" && c.Hardware.Button == "" {
 		out = append(out, "factory.port is empty and there is no factory button (hardware.button): the jig cannot program a device that has no certificate yet")
-	}
-	if _, err := os.Stat(c.Factory.Root); errors.Is(err, fs.ErrNotExist) {
-		out = append(out, "factory.root "+c.Factory.Root+" does not exist: the agent cannot check the certificate the jig installs (copy the factory CA's root.pem there)")
 	}
 	return out
 }
