@@ -114,6 +114,9 @@ func New(opt Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := refuseNewerRecords(dir, opt.Logger.With("component", "agent")); err != nil {
+		return nil, err
+	}
 	q, err := queue.Open(dir.File(statedir.QueueDir), queue.Options{
 		MaxBytes:      cfg.Queue.MaxBytes,
 		SegmentBytes:  cfg.Queue.SegmentBytes,
@@ -202,13 +205,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			// from now, conservatively.
 			a.firstHubFailure = a.clock.Now()
 		}
-	} else if !errors.Is(err, statedir.ErrNotExist) {
-		a.log.Warn("state record unreadable; starting fresh (nothing deleted)", "err", err)
+	} else if !errors.Is(err, statedir.ErrNotExist) || errors.As(err, new(*statedir.CorruptError)) {
+		a.logUnreadable("state record unreadable; starting fresh (nothing deleted)", err)
 	}
 	if as, err := a.dir.LoadAssignment(); err == nil {
 		a.assignment = as
-	} else if !errors.Is(err, statedir.ErrNotExist) {
-		a.log.Warn("cached assignment unreadable; will register with DPS", "err", err)
+	} else if !errors.Is(err, statedir.ErrNotExist) || errors.As(err, new(*statedir.CorruptError)) {
+		a.logUnreadable("cached assignment unreadable; will register with DPS", err)
 	}
 	a.log.Info("starting", "version", a.opt.Version, "state_dir", a.cfg.StateDir,
 		"previous_state", a.persisted.Name, "cached_hub", a.hubName())

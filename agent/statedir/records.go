@@ -77,7 +77,7 @@ func (d *Dir) LoadAssignment() (*Assignment, error) {
 // SaveAssignment stores a (its Schema is set here).
 func (d *Dir) SaveAssignment(a *Assignment) error {
 	a.Schema = AssignmentSchema
-	return d.writeJSON(AssignmentFile, a)
+	return d.writeJSON(AssignmentFile, AssignmentSchema, a)
 }
 
 // ClearAssignment forgets the cached assignment (before re-provisioning).
@@ -98,5 +98,5 @@ func (d *Dir) LoadState() (*State, error) {
 // SaveState stores s (its Schema is set here).
 func (d *Dir) SaveState(s *State) error {
 	s.Schema = StateSchema
-	return d.writeJSON(StateFile, s)
+	return d.writeJSON(StateFile, StateSchema, s)
 }

@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"devid/hal/atomicfile"
@@ -78,23 +79,45 @@ func Open(path string) (*Dir, error) {
 // File returns the path of name inside the directory.
 func (d *Dir) File(name string) string { return filepath.Join(d.Path, name) }
 
-// writeJSON writes v (which must carry a "schema" field) as name, unless
-// the file already holds exactly these bytes (saves flash wear).
-func (d *Dir) writeJSON(name string, v any) error {
+// writeJSON writes v (which must carry a "schema" field, at most
+// schema) as name, unless the file already holds exactly these bytes
+// (saves flash wear). A file written by a newer agent is never
+// overwritten: that would destroy what the newer agent recorded.
+func (d *Dir) writeJSON(name string, schema int, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", name, err)
 	}
 	b = append(b, '\n')
-	if old, err := os.ReadFile(d.File(name)); err == nil && bytes.Equal(old, b) {
-		return nil
+	if old, err := os.ReadFile(d.File(name)); err == nil {
+		if bytes.Equal(old, b) {
+			return nil
+		}
+		if n, ok := schemaOf(old); ok && n > schema {
+			return newerError(d.File(name), n, schema)
+		}
 	}
 	return atomicfile.WriteFile(d.File(name), b, 0o600)
 }
 
+// schemaOf returns the "schema" field of a JSON record, if it has one.
+func schemaOf(b []byte) (int, bool) {
+	var head struct {
+		Schema *int `json:"schema"`
+	}
+	if json.Unmarshal(b, &head) != nil || head.Schema == nil {
+		return 0, false
+	}
+	return *head.Schema, true
+}
+
+func newerError(path string, got, max int) error {
+	return fmt.Errorf("%s: schema %d, this agent reads and writes up to %d: %w", path, got, max, ErrNewerSchema)
+}
+
 // readJSON reads name into v after checking its schema is at most max.
 // A file that cannot be decoded is moved aside to name.corrupt-<time>
-// (never deleted) and reported as an error that says so.
+// (never deleted) and reported as a *CorruptError that wraps ErrNotExist.
 func (d *Dir) readJSON(name string, max int, v any) error {
 	b, err := os.ReadFile(d.File(name))
 	if err != nil {
@@ -103,14 +126,17 @@ func (d *Dir) readJSON(name string, max int, v any) error {
 	var head struct {
 		Schema *int `json:"schema"`
 	}
-	if err := json.Unmarshal(b, &head); err != nil || head.Schema == nil {
-		return d.quarantine(name, fmt.Errorf("no schema field or not JSON: %v", err))
+	if err := json.Unmarshal(b, &head); err != nil {
+		return d.quarantine(name, fmt.Errorf("not JSON: %v", err))
+	}
+	if head.Schema == nil {
+		return d.quarantine(name, errors.New("no schema field"))
 	}
 	if *head.Schema > max {
-		return fmt.Errorf("%s: schema %d, this agent reads up to %d: %w", name, *head.Schema, max, ErrNewerSchema)
+		return newerError(d.File(name), *head.Schema, max)
 	}
 	if *head.Schema < 1 {
-		return d.quarantine(name, fmt.Errorf("schema %d", *head.Schema))
+		return d.quarantine(name, fmt.Errorf("schema %d is not valid", *head.Schema))
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return d.quarantine(name, err)
@@ -118,11 +144,85 @@ func (d *Dir) readJSON(name string, max int, v any) error {
 	return nil
 }
 
+// CorruptError is a record that could not be decoded: Path was renamed
+// to Aside (empty when even that failed) because of Cause.
+type CorruptError struct {
+	Path, Aside string
+	Cause       error
+}
+
+func (e *CorruptError) Error() string {
+	if e.Aside == "" {
+		return fmt.Sprintf("%s is damaged (%v) and could not be set aside", e.Path, e.Cause)
+	}
+	return fmt.Sprintf("%s is damaged (%v); set aside as %s", e.Path, e.Cause, filepath.Base(e.Aside))
+}
+
+// Unwrap makes a set-aside record read as absent (errors.Is ErrNotExist):
+// the agent carries on without it.
+func (e *CorruptError) Unwrap() error {
+	if e.Aside == "" {
+		return e.Cause
+	}
+	return ErrNotExist
+}
+
+// CorruptSuffix starts the suffix of a damaged file's set-aside name:
+// NAME.corrupt-<UTC time>.
+const CorruptSuffix = ".corrupt-"
+
+// AsideName is the name a damaged file at path is set aside under.
+func AsideName(path string, now time.Time) string {
+	return path + CorruptSuffix + now.UTC().Format("20060102T150405.000000000Z")
+}
+
 func (d *Dir) quarantine(name string, why error) error {
-	aside := d.File(name + ".corrupt-" + time.Now().UTC().Format("20060102T150405Z"))
-	if err := os.Rename(d.File(name), aside); err != nil {
-		return fmt.Errorf("%s is unreadable (%v) and could not be moved aside: %w", name, why, err)
+	e := &CorruptError{Path: d.File(name), Cause: why}
+	aside := AsideName(e.Path, time.Now())
+	if err := os.Rename(e.Path, aside); err != nil {
+		e.Cause = fmt.Errorf("%v; rename: %w", why, err)
+		return e
 	}
 	_ = atomicfile.SyncDir(d.Path)
-	return fmt.Errorf("%s is unreadable (%v); kept as %s: %w", name, why, filepath.Base(aside), ErrNotExist)
+	e.Aside = aside
+	return e
+}
+
+// CheckSchemas returns an error naming the first agent record (state,
+// assignment) written by a newer agent. The agent refuses to start on
+// one (docs/state-dir.md): running would mean either overwriting it or
+// running on stale memory.
+func (d *Dir) CheckSchemas() error {
+	for _, r := range []struct {
+		name string
+		max  int
+	}{{StateFile, StateSchema}, {AssignmentFile, AssignmentSchema}} {
+		b, err := os.ReadFile(d.File(r.name))
+		if err != nil {
+			continue
+		}
+		if n, ok := schemaOf(b); ok && n > r.max {
+			return newerError(d.File(r.name), n, r.max)
+		}
+	}
+	return nil
+}
+
+// SetAsideFiles lists the damaged files set aside in the state directory
+// and its queue directory (NAME.corrupt-<...>), for status and check.
+// They stay until an operator removes them.
+func SetAsideFiles(stateDir string) []string {
+	var out []string
+	for _, dir := range []string{stateDir, filepath.Join(stateDir, QueueDir)} {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if strings.Contains(e.Name(), CorruptSuffix) {
+				out = append(out, filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	return out
 }

@@ -71,7 +71,7 @@ func TestCorruptAndNewerRecords(t *testing.T) {
 	t.Parallel()
 	d, _ := Open(filepath.Join(t.TempDir(), "s"))
 	os.WriteFile(d.File(StateFile), []byte(`{"state": "conn`), 0o600)
-	if _, err := d.LoadState(); !errors.Is(err, ErrNotExist) || !strings.Contains(err.Error(), "kept as") {
+	if _, err := d.LoadState(); !errors.Is(err, ErrNotExist) || !strings.Contains(err.Error(), "set aside as") {
 		t.Fatalf("corrupt: %v", err)
 	}
 	ents, _ := os.ReadDir(d.Path)
@@ -84,5 +84,46 @@ func TestCorruptAndNewerRecords(t *testing.T) {
 	}
 	if _, err := os.Stat(d.File(StateFile)); err != nil {
 		t.Fatal("a newer record must be left alone")
+	}
+}
+
+// TestNewerRecordNeverOverwritten: a record of a newer schema is refused
+// at load, refused at save, and its bytes stay as they were.
+func TestNewerRecordNeverOverwritten(t *testing.T) {
+	t.Parallel()
+	d, _ := Open(filepath.Join(t.TempDir(), "s"))
+	newer := []byte(`{"schema": 2, "state": "connected", "from_the_future": true}`)
+	for _, name := range []string{StateFile, AssignmentFile} {
+		os.WriteFile(d.File(name), newer, 0o600)
+	}
+	if err := d.CheckSchemas(); !errors.Is(err, ErrNewerSchema) || !strings.Contains(err.Error(), d.File(StateFile)) || !strings.Contains(err.Error(), "schema 2") {
+		t.Errorf("CheckSchemas: %v", err)
+	}
+	if err := d.SaveState(&State{Name: "offline"}); !errors.Is(err, ErrNewerSchema) {
+		t.Errorf("SaveState over a newer record: %v", err)
+	}
+	if err := d.SaveAssignment(&Assignment{Hub: "h"}); !errors.Is(err, ErrNewerSchema) {
+		t.Errorf("SaveAssignment over a newer record: %v", err)
+	}
+	for _, name := range []string{StateFile, AssignmentFile} {
+		if b, _ := os.ReadFile(d.File(name)); string(b) != string(newer) {
+			t.Errorf("%s overwritten: %s", name, b)
+		}
+	}
+}
+
+// TestCorruptRecordReported: a damaged record is set aside under a name
+// that says so, and the error names the path, the cause and the new name.
+func TestCorruptRecordReported(t *testing.T) {
+	t.Parallel()
+	d, _ := Open(filepath.Join(t.TempDir(), "s"))
+	os.WriteFile(d.File(AssignmentFile), []byte(`{"schema":1,"hub":`), 0o600)
+	_, err := d.LoadAssignment()
+	var ce *CorruptError
+	if !errors.As(err, &ce) || !errors.Is(err, ErrNotExist) || ce.Path != d.File(AssignmentFile) || ce.Cause == nil {
+		t.Fatalf("got %v", err)
+	}
+	if got := SetAsideFiles(d.Path); len(got) != 1 || got[0] != ce.Aside || !strings.HasPrefix(filepath.Base(got[0]), AssignmentFile+CorruptSuffix) {
+		t.Fatalf("set aside %v, error says %q", got, ce.Aside)
 	}
 }

@@ -54,29 +54,58 @@ type Record struct {
 	Policy *Policy `json:"policy,omitempty"`
 }
 
+// ErrNewerSchema means a record was written by a newer agent: it is
+// never overwritten (docs/state-dir.md).
+var ErrNewerSchema = errors.New("written by a newer agent (schema too new)")
+
 // LoadRecord reads the renewal record; a missing one is the zero Record.
+// A damaged one is renamed to renewal.json.corrupt-<UTC time> (never
+// overwritten in silence): the zero Record is returned with an error
+// that names the file, the cause and the new name. A record of a newer
+// schema is left alone and reported as ErrNewerSchema.
 func LoadRecord(stateDir string) (Record, error) {
 	var r Record
-	b, err := os.ReadFile(filepath.Join(stateDir, RecordFile))
+	path := filepath.Join(stateDir, RecordFile)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Record{Schema: RecordSchema}, nil
 	}
 	if err != nil {
 		return r, fmt.Errorf("renewal record: %w", err)
 	}
+	var cause error
 	if err := json.Unmarshal(b, &r); err != nil {
-		return Record{Schema: RecordSchema}, fmt.Errorf("renewal record %s is not valid (%v); starting a new one", RecordFile, err)
+		cause = err
+	} else if r.Schema > RecordSchema {
+		return r, fmt.Errorf("renewal record %s: schema %d, this agent reads and writes up to %d: %w", path, r.Schema, RecordSchema, ErrNewerSchema)
+	} else if r.Schema < 1 {
+		cause = fmt.Errorf("schema %d is not valid", r.Schema)
 	}
-	if r.Schema > RecordSchema {
-		return r, fmt.Errorf("renewal record: schema %d, this build reads up to %d", r.Schema, RecordSchema)
+	if cause == nil {
+		return r, nil
 	}
-	return r, nil
+	aside := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000Z")
+	if err := os.Rename(path, aside); err != nil {
+		return Record{Schema: RecordSchema}, fmt.Errorf("renewal record %s is damaged (%v) and could not be set aside: %w", path, cause, err)
+	}
+	_ = atomicfile.SyncDir(stateDir)
+	return Record{Schema: RecordSchema}, fmt.Errorf("renewal record %s is damaged (%v); set aside as %s, starting a new one", path, cause, filepath.Base(aside))
 }
 
-// SaveRecord writes the renewal record atomically.
+// SaveRecord writes the renewal record atomically. A record of a newer
+// schema on disk is never overwritten (ErrNewerSchema).
 func SaveRecord(stateDir string, r Record) error {
 	r.Schema = RecordSchema
-	return writeJSON(filepath.Join(stateDir, RecordFile), "renewal record", r)
+	path := filepath.Join(stateDir, RecordFile)
+	if b, err := os.ReadFile(path); err == nil {
+		var head struct {
+			Schema int `json:"schema"`
+		}
+		if json.Unmarshal(b, &head) == nil && head.Schema > RecordSchema {
+			return fmt.Errorf("renewal record %s: schema %d, this agent writes %d; not overwritten: %w", path, head.Schema, RecordSchema, ErrNewerSchema)
+		}
+	}
+	return writeJSON(path, "renewal record", r)
 }
 
 // writeJSON writes v as indented JSON to path (0600) atomically; what
