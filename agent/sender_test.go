@@ -22,9 +22,11 @@ func TestPoisonMessageSetAside(t *testing.T) {
 		drop     bool
 		maxTries int
 	}{
-		// Messages behind it that get through first restart the count,
-		// at most once each within the window.
-		{"hub drops the connection", errNet, true, maxSendTries + sendWindow},
+		// A message behind it that gets through restarts the count; each
+		// of the 3*sendWindow good messages can do that once, and how many
+		// do depends on goroutine order (once in 40 stress runs it was 14
+		// tries, above the 13 once assumed). The bound that always holds:
+		{"hub drops the connection", errNet, true, maxSendTries * (3*sendWindow + 1)},
 		{"hub client refuses it", errTooBig, false, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
