@@ -81,7 +81,12 @@ func FuzzDPSRegisterBody(f *testing.F) {
 	}
 	f.Add("bad id!", []byte(`{}`))
 	f.Fuzz(func(t *testing.T, id string, body []byte) {
-		rb, e := decodeRegister(body, id)
+		// Both --empty-register-body modes: "reject" must refuse what
+		// "accept" refuses, and more.
+		if _, e := decodeRegister(body, id, "reject"); e == nil && len(bytes.TrimSpace(body)) == 0 {
+			t.Fatalf("reject mode accepted an empty body")
+		}
+		rb, e := decodeRegister(body, id, "accept")
 		if e != nil {
 			return
 		}
