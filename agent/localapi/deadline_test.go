@@ -12,6 +12,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"devid/hal/clock/clocktest"
 )
 
 // pipeListener hands out in-memory connections (net.Pipe), so that a
@@ -108,8 +110,7 @@ func TestIdleClientsCannotLockOut(t *testing.T) {
 		if l, _ := third.readLine(); !strings.Contains(l, "too many local clients") {
 			t.Fatalf("third client while two are open: %q", l)
 		}
-		time.Sleep(time.Minute + time.Second)
-		synctest.Wait()
+		clocktest.Step(time.Minute + time.Second)
 		if !a.closed() || !b.closed() {
 			t.Fatal("idle clients still connected after the idle timeout")
 		}
@@ -133,19 +134,16 @@ func TestHalfSentRequestTimesOut(t *testing.T) {
 			t.Fatalf("subscribe: %q", l)
 		}
 		// A subscriber outlives the idle timeout: it waits for events.
-		time.Sleep(2 * time.Minute)
-		synctest.Wait()
+		clocktest.Step(2 * time.Minute)
 		c.send(t, `{"op":"sta`)
-		time.Sleep(9 * time.Second)
-		synctest.Wait()
+		clocktest.Step(9 * time.Second)
 		// Still within ReadTimeout: the rest of the line is accepted.
 		c.send(t, `tus"}`+"\n")
 		if l, _ := c.readLine(); !strings.Contains(l, `"ok":true`) {
 			t.Fatalf("slow but whole request: %q", l)
 		}
 		c.send(t, `{"op":"sta`)
-		time.Sleep(11 * time.Second)
-		synctest.Wait()
+		clocktest.Step(11 * time.Second)
 		if l, _ := c.readLine(); !strings.Contains(l, "not finished within 10s") {
 			t.Fatalf("half-sent request: %q, want a timeout error", l)
 		}
