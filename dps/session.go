@@ -93,6 +93,11 @@ func openSession(ctx context.Context, nw *Network, endpoint string, cred *tls.Ce
 	case <-ctx.Done():
 		conn.Close()
 		<-tok.Done()
+		if tok.Error() == nil {
+			// CONNACK won the race with ctx: paho now runs its keepalive
+			// and comms workers, and only Disconnect stops them.
+			s.cli.Disconnect(0)
+		}
 		return nil, ctxError(ctx, "mqtt connect "+host, 0, nil)
 	}
 	if err := tok.Error(); err != nil {
