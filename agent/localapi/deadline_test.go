@@ -150,6 +150,9 @@ func TestHalfSentRequestTimesOut(t *testing.T) {
 		if !c.closed() {
 			t.Fatal("half-sent connection still open")
 		}
+		// The server frees the slot only after it has closed the
+		// connection: let that goroutine finish before dialing.
+		synctest.Wait()
 		d := pipeDial(ln)
 		d.send(t, `{"op":"status"}`+"\n")
 		if l, err := d.readLine(); err != nil || !strings.Contains(l, `"ok":true`) {
