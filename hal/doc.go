@@ -7,6 +7,7 @@
 //	hal/gpio        status LED and factory button (periph.io, gpioioctl)
 //	hal/atomicfile  state files that survive a power cut on flash
 //	hal/clock       the time source (wall clock and timers) every layer above takes
+//	hal/cmdline     the command-line conventions of every devid binary
 //
 // Nothing under hal imports any other devid package.
 package hal

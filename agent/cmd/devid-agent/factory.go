@@ -14,6 +14,7 @@ import (
 	"devid/enroll/factory"
 	"devid/enroll/keys"
 	"devid/hal/board"
+	"devid/hal/cmdline"
 )
 
 // factoryFlags is the factory command: it serves the factory bus until
@@ -63,7 +64,7 @@ func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 		cfg.Factory.Baud = f.baud
 	}
 	if cfg.Factory.Port == "" {
-		return usageError{errors.New("--port (or factory.port in the config) is required")}
+		return cmdline.Usage(errors.New("--port (or factory.port in the config) is required"))
 	}
 	// "auto" is resolved by the TPM backend; in a build without it the
 	// software key in the state dir is the only choice.

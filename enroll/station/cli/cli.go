@@ -32,6 +32,7 @@ import (
 	"devid/enroll/est"
 	"devid/enroll/station/ca"
 	"devid/enroll/station/jig"
+	"devid/hal/cmdline"
 	"devid/hal/serial"
 )
 
@@ -146,7 +147,7 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 	return func(ctx context.Context) error {
 		stdout, stderr := out.stdout, out.stderr
 		if (*caDir == "") == (*estURL == "") {
-			return usageError{errors.New("give exactly one of --ca-dir and --est")}
+			return cmdline.Usage(errors.New("give exactly one of --ca-dir and --est"))
 		}
 		if *station == "" {
 			*station, _ = os.Hostname()
@@ -161,7 +162,7 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 			iss = local
 		} else {
 			if *estCert == "" || *estKey == "" || *estCA == "" {
-				return usageError{errors.New("--est needs --est-cert, --est-key and --est-ca")}
+				return cmdline.Usage(errors.New("--est needs --est-cert, --est-key and --est-ca"))
 			}
 			cert, err := tls.LoadX509KeyPair(*estCert, *estKey)
 			if err != nil {
@@ -248,7 +249,7 @@ func reset(fs *flag.FlagSet, out streams) func(context.Context) error {
 	return func(ctx context.Context) error {
 		stdout := out.stdout
 		if !*yes {
-			return usageError{errors.New("reset destroys the device identity; add --yes to confirm")}
+			return cmdline.Usage(errors.New("reset destroys the device identity; add --yes to confirm"))
 		}
 		port, j, h, err := pf.hello(ctx)
 		if err != nil {

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 
+	"devid/hal/cmdline"
 	"devid/simulator"
 )
 
@@ -34,7 +35,7 @@ func main() {
 // run runs devid-sim with args and returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		return exitStatus(usageError{errors.New("no command")}, stderr, "")
+		return exitStatus(cmdline.Usage(errors.New("no command")), stderr, "")
 	}
 	name, rest := args[0], args[1:]
 	var err error
@@ -61,7 +62,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if err != nil {
-		return usageError{errors.New(strings.TrimPrefix(err.Error(), "serve: "))}
+		return cmdline.Usage(errors.New(strings.TrimPrefix(err.Error(), "serve: ")))
 	}
 	sim, err := simulator.Start(cfg)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"devid/hal/cmdline"
 	"devid/simulator/simapi"
 )
 
@@ -160,7 +161,7 @@ type invocation struct {
 func control(name string, args []string, stdout io.Writer) error {
 	v, ok := lookupVerb(name)
 	if !ok {
-		return usageError{fmt.Errorf("unknown command %q", name)}
+		return cmdline.Usagef("unknown command %q", name)
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -171,12 +172,12 @@ func control(name string, args []string, stdout io.Writer) error {
 			verbHelp(stdout, v)
 			return nil
 		}
-		return usageError{err}
+		return cmdline.Usage(err)
 	}
 	var stray error
 	fs.Visit(func(fl *flag.Flag) {
 		if stray == nil && !slices.Contains(v.flags, fl.Name) && fl.Name != "state" && fl.Name != "control" && fl.Name != "control-token-file" {
-			stray = usageError{fmt.Errorf("--%s does not apply to %s", fl.Name, name)}
+			stray = cmdline.Usagef("--%s does not apply to %s", fl.Name, name)
 		}
 	})
 	if stray != nil {
@@ -201,7 +202,7 @@ func controlPlane(ctlURL, tokenFile, stateDir string) (simapi.Ready, error) {
 		stateDir = os.Getenv("DEVID_SIM_STATE")
 	}
 	if stateDir == "" {
-		return simapi.Ready{}, usageError{errors.New("give --state DIR or --control URL (or DEVID_SIM_STATE / DEVID_SIM_CONTROL)")}
+		return simapi.Ready{}, cmdline.Usage(errors.New("give --state DIR or --control URL (or DEVID_SIM_STATE / DEVID_SIM_CONTROL)"))
 	}
 	b, err := os.ReadFile(filepath.Join(stateDir, "ready.json"))
 	if err != nil {
@@ -239,7 +240,7 @@ func splitArgs(args []string, boolFlags map[string]bool) (pos, flags []string) {
 // need fails unless there are n positional arguments.
 func (x *invocation) need(n int, what string) error {
 	if len(x.pos) < n {
-		return usageError{fmt.Errorf("missing %s", what)}
+		return cmdline.Usagef("missing %s", what)
 	}
 	return nil
 }
@@ -295,7 +296,7 @@ func (x *invocation) enrollment() (map[string]any, error) {
 	if x.twin != "" {
 		var t any
 		if err := json.Unmarshal([]byte(x.twin), &t); err != nil {
-			return nil, usageError{fmt.Errorf("--twin: %v", err)}
+			return nil, cmdline.Usagef("--twin: %v", err)
 		}
 		e["initialTwin"] = t
 	}
@@ -313,7 +314,7 @@ func (x *invocation) enroll(what, flagName, file, kind, certs string, extra func
 		return err
 	}
 	if file == "" {
-		return usageError{fmt.Errorf("--%s FILE is required", flagName)}
+		return cmdline.Usagef("--%s FILE is required", flagName)
 	}
 	pem, err := os.ReadFile(file)
 	if err != nil {
@@ -374,7 +375,7 @@ func verbSetStatus(x *invocation) error {
 		}
 		p = "/sim/devices/" + url.PathEscape(h) + "/" + url.PathEscape(x.pos[1])
 	default:
-		return usageError{fmt.Errorf("kind %q is not group, enrollment, registration or device", x.pos[0])}
+		return cmdline.Usagef("kind %q is not group, enrollment, registration or device", x.pos[0])
 	}
 	return x.show("POST", p+"/"+x.verb, nil)
 }
@@ -405,7 +406,7 @@ func verbTwin(x *invocation) error {
 	}
 	var d any
 	if err := json.Unmarshal([]byte(x.desired), &d); err != nil {
-		return usageError{fmt.Errorf("--desired: %v", err)}
+		return cmdline.Usagef("--desired: %v", err)
 	}
 	return x.show("PATCH", p, map[string]any{"properties": map[string]any{"desired": d}})
 }
@@ -417,7 +418,7 @@ func verbMethod(x *invocation) error {
 	body := map[string]any{"methodName": x.pos[1], "responseTimeoutInSeconds": x.timeout}
 	if x.payload != "" {
 		if !json.Valid([]byte(x.payload)) {
-			return usageError{errors.New("--payload is not valid JSON")}
+			return cmdline.Usage(errors.New("--payload is not valid JSON"))
 		}
 		body["payload"] = json.RawMessage(x.payload)
 	}
@@ -432,7 +433,7 @@ func verbC2D(x *invocation) error {
 	for _, p := range x.props {
 		k, v, ok := strings.Cut(p, "=")
 		if !ok {
-			return usageError{fmt.Errorf("--prop %q: want k=v", p)}
+			return cmdline.Usagef("--prop %q: want k=v", p)
 		}
 		pm[k] = v
 	}
@@ -497,7 +498,7 @@ func verbFault(x *invocation) error {
 		}
 		return x.c.do("DELETE", p, nil, nil)
 	}
-	return usageError{fmt.Errorf("%q is not add, list or clear", x.pos[0])}
+	return cmdline.Usagef("%q is not add, list or clear", x.pos[0])
 }
 
 func verbConnections(x *invocation) error { return x.show("GET", "/sim/connections", nil) }
