@@ -22,7 +22,7 @@ export CGO_ENABLED ?= 0
 # through make they fail instead (hal/hosttest). `make unit-test DEVID_REQUIRE=` lets them skip.
 export DEVID_REQUIRE ?= all
 
-.PHONY: help deps build test unit-test race demo bench lint cross image qemu-test fuzz clean dist-gen notices package lintian image-debian
+.PHONY: help deps build test unit-test race demo bench lint cross image qemu-test fuzz soak clean dist-gen notices package lintian image-debian
 
 help: ## List the targets.
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -101,6 +101,9 @@ qemu-test: ## Boot the emulated board: program over UART, power-cycle, provision
 
 fuzz: ## Run each fuzz target briefly (FUZZTIME, default 10s).
 	@scripts/fuzz.sh
+
+soak: deps ## The field-fault campaign with high counts; report in .build/soak-report.md.
+	@scripts/soak.sh
 
 clean: ## Remove build outputs.
 	rm -rf .build

@@ -24,10 +24,8 @@ func TestKill9LoopDuplicates(t *testing.T) {
 	// Slowed PUBACKs (the simulator records a message after the delay)
 	// keep the drain going long enough for the kill to land in it.
 	sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: b.deviceID, Ops: []string{"telemetry"}, DelayMs: 20, Count: 1 << 20})
-	const (
-		kills = 6
-		burst = 60
-	)
+	const burst = 60
+	kills := soakCount(t, "AGENT_KILLS", 6)
 	extraCopies := func() int {
 		extra := 0
 		for _, n := range b.appTelemetry() {
@@ -63,5 +61,5 @@ func TestKill9LoopDuplicates(t *testing.T) {
 		}
 		worst, total = max(worst, extra), total+extra
 	}
-	t.Logf("%d kills, %d messages, %d extra copies (%.1f per kill, worst %d; window %d)", kills, kills*burst, total, float64(total)/kills, worst, sendWindow)
+	soakReport(t, "%d agent kills, %d messages, 0 lost, %d extra copies (%.1f per kill, worst %d; window %d)", kills, kills*burst, total, float64(total)/float64(kills), worst, sendWindow)
 }

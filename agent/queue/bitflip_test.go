@@ -111,7 +111,7 @@ func TestBitFlipAtEveryOffset(t *testing.T) {
 			q.Close()
 		}
 	}
-	t.Logf("%d offsets flipped, closed and live", len(orig))
+	t.Logf("soak: %s: %d offsets flipped, closed and live, every undamaged record kept", t.Name(), len(orig))
 }
 
 // FuzzScan: whatever a segment holds, the scan returns only records that
