@@ -10,14 +10,18 @@ import (
 )
 
 // refuseNewerRecords stops the agent before it touches a record written
-// by a newer agent (state.json, assignment.json, renewal.json; the
-// queue's cursor.json is checked by queue.Open). Running on would mean
+// by a newer agent (state.json, assignment.json, renewal.json, the
+// rotation journal; the queue's cursor.json is checked by queue.Open).
+// Running on would mean
 // overwriting it with this agent's schema, or running on stale memory;
 // a downgraded agent stops instead and says which file and schema
 // (docs/state-dir.md, "Schema").
 // A damaged renewal.json is set aside here, and logged.
 func refuseNewerRecords(dir *statedir.Dir, log *slog.Logger) error {
 	if err := dir.CheckSchemas(); err != nil {
+		return fmt.Errorf("%w; refusing to overwrite it (run the newer agent, or move the file away)", err)
+	}
+	if err := rotate.CheckJournal(dir.Path); err != nil {
 		return fmt.Errorf("%w; refusing to overwrite it (run the newer agent, or move the file away)", err)
 	}
 	switch _, err := rotate.LoadRecord(dir.Path); {

@@ -12,10 +12,10 @@ import (
 )
 
 // TestNewerSchemaRefusesToStart: a state.json, assignment.json or
-// renewal.json written by a newer agent stops New with an error naming
+// renewal.json or rotation journal written by a newer agent stops New with an error naming
 // the file and its schema, and the file is left exactly as it was.
 func TestNewerSchemaRefusesToStart(t *testing.T) {
-	for _, name := range []string{"state.json", "assignment.json", rotate.RecordFile} {
+	for _, name := range []string{"state.json", "assignment.json", rotate.RecordFile, rotate.JournalFile} {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "s")
 			os.MkdirAll(dir, 0o700)

@@ -87,8 +87,13 @@ func readJournal(stateDir string) (*journal, error) {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return nil, fmt.Errorf("rotation journal %s is not JSON: %v", journalPath(stateDir), err)
 	}
-	if j.Schema < 1 || j.Schema > JournalSchema {
-		return nil, fmt.Errorf("rotation journal %s: schema %d, this build reads 1..%d", journalPath(stateDir), j.Schema, JournalSchema)
+	if j.Schema > JournalSchema {
+		// A newer agent's rotation, cut short: only that agent knows how
+		// to finish it, so nothing here touches it (nor starts another).
+		return nil, fmt.Errorf("rotation journal %s: schema %d, this agent reads and writes up to %d: %w", journalPath(stateDir), j.Schema, JournalSchema, ErrNewerSchema)
+	}
+	if j.Schema < 1 {
+		return nil, fmt.Errorf("rotation journal %s: schema %d is not valid", journalPath(stateDir), j.Schema)
 	}
 	switch j.Phase {
 	case PhaseBegin, PhaseStaged, PhaseProved, PhaseCommitted:
@@ -101,6 +106,17 @@ func readJournal(stateDir string) (*journal, error) {
 		}
 	}
 	return &j, nil
+}
+
+// CheckJournal reports a rotation journal written by a newer agent
+// (ErrNewerSchema): the agent refuses to start over it rather than leave
+// that agent's rotation half done. Any other problem with the journal is
+// Recover's to report.
+func CheckJournal(stateDir string) error {
+	if _, err := readJournal(stateDir); errors.Is(err, ErrNewerSchema) {
+		return err
+	}
+	return nil
 }
 
 func removeJournal(stateDir string) error {

@@ -3,7 +3,9 @@ package rotate
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,6 +148,39 @@ func TestRecoverRejectsBadJournal(t *testing.T) {
 	if rec, err := Recover(t.TempDir(), nil); err != nil || rec.Action != "none" {
 		t.Errorf("no journal: %+v %v", rec, err)
 	}
+}
+
+// TestNewerJournalIsNeverTouched: a rotation journal from a newer agent
+// (a downgrade in the middle of its rotation) stops every rotation with
+// ErrNewerSchema, and the journal and the files it names stay as they
+// are.
+func TestNewerJournalIsNeverTouched(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	body := `{"schema":2,"phase":"proved","renames":[],"future_field":true}`
+	os.WriteFile(filepath.Join(dir, JournalFile), []byte(body), 0o600)
+	before := snapshot(t, dir)
+	r := &Rotator{StateDir: dir, Slot: Slot{KeySpec: "file:" + filepath.Join(dir, "k.key"), ChainPath: filepath.Join(dir, "device-chain.pem")},
+		DeviceID: "dev-1", Issuer: failingIssuer{}, Probe: func(context.Context, credential.Credential) error { return nil }}
+	if _, err := r.Rotate(context.Background()); !errors.Is(err, ErrNewerSchema) {
+		t.Errorf("Rotate over a newer journal: %v, want ErrNewerSchema", err)
+	}
+	if _, err := r.Recover(); !errors.Is(err, ErrNewerSchema) {
+		t.Errorf("Recover over a newer journal: %v, want ErrNewerSchema", err)
+	}
+	if after := snapshot(t, dir); !maps.EqualFunc(before, after, bytes.Equal) {
+		t.Errorf("the state dir changed: before %v, after %v", keysOf(before), keysOf(after))
+	}
+}
+
+func keysOf(m map[string][]byte) []string { return slices.Sorted(maps.Keys(m)) }
+
+// failingIssuer issues nothing: a test that gets this far has failed.
+type failingIssuer struct{}
+
+func (failingIssuer) Name() string { return "failing" }
+func (failingIssuer) Issue(context.Context, IssueRequest) ([]*x509.Certificate, error) {
+	return nil, errors.New("failingIssuer: a rotation was attempted")
 }
 
 // crashEnv names the environment of the crash helper process.
