@@ -122,6 +122,7 @@ func New(opt Options) (*Agent, error) {
 		SegmentBytes:  cfg.Queue.SegmentBytes,
 		Fsync:         cfg.Queue.Fsync,
 		FsyncInterval: cfg.Queue.FsyncInterval.D(),
+		MemoryBytes:   memoryQueueBytes(cfg.Queue.MaxBytes),
 		Log:           opt.Logger.With("component", "queue"),
 	})
 	if err != nil {
@@ -295,9 +296,11 @@ func (a *Agent) handle(ev Event) {
 	case EvAssigned:
 		as := ev.payload.(*statedir.Assignment)
 		a.assignment = as
-		if err := a.dir.SaveAssignment(as); err != nil {
+		err := a.dir.SaveAssignment(as)
+		if err != nil {
 			a.log.Error("cannot cache the DPS assignment; continuing with it in memory", "err", err)
 		}
+		a.stateDirWritten(err)
 		a.persisted.LastProvision = &statedir.ProvisionResult{At: a.clock.Now().UTC(), Result: "assigned", Hub: as.Hub}
 	case EvDPSRefused, EvDPSError:
 		res := "error"
@@ -466,8 +469,26 @@ func errString(err error) string {
 }
 
 func (a *Agent) persist() {
-	if err := a.dir.SaveState(&a.persisted); err != nil {
-		a.log.Error("cannot save state", "err", err)
+	err := a.dir.SaveState(&a.persisted)
+	a.stateDirWritten(err)
+}
+
+// stateDirWritten records the outcome of a state write: the first
+// failure is logged and shown in status (the agent runs on with its
+// state in memory), and so is the recovery.
+func (a *Agent) stateDirWritten(err error) {
+	a.mu.Lock()
+	was := a.status.StateDirError
+	a.status.StateDirError = ""
+	if err != nil {
+		a.status.StateDirError = err.Error()
+	}
+	a.mu.Unlock()
+	switch {
+	case err != nil && was == "":
+		a.log.Error("cannot write the state directory; running on with the state in memory (a restart loses what changed)", "err", err)
+	case err == nil && was != "":
+		a.log.Info("the state directory takes writes again")
 	}
 }
 

@@ -53,7 +53,8 @@ func (s *sendTries) succeeded(seq uint64) {
 
 // QueueInfoFrom is the status view of the queue's counters.
 func QueueInfoFrom(qs queue.Stats) QueueInfo {
-	return QueueInfo{Depth: qs.Depth, Bytes: qs.Bytes, Dropped: qs.Dropped, Corrupt: qs.Corrupt, SetAside: qs.SetAside, CursorSetAside: qs.CursorSetAside}
+	return QueueInfo{Depth: qs.Depth, Bytes: qs.Bytes, Dropped: qs.Dropped, Corrupt: qs.Corrupt, SetAside: qs.SetAside, CursorSetAside: qs.CursorSetAside,
+		Memory: qs.Memory, DiskError: qs.DiskError}
 }
 
 // setAside takes seq out of the queue for good and says so.
@@ -208,4 +209,11 @@ func closed(ch <-chan struct{}) bool {
 	default:
 		return false
 	}
+}
+
+// memoryQueueBytes bounds the telemetry kept in memory while the disk
+// refuses writes (agent/queue/memory.go): a quarter of the queue's disk
+// bound, at most 4 MiB, so a board with little RAM is not starved.
+func memoryQueueBytes(diskBytes int64) int64 {
+	return min(diskBytes/4, 4<<20)
 }

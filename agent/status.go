@@ -29,6 +29,10 @@ type Status struct {
 	// Config is set when the config file was invalid and the agent runs
 	// with its last-known-good copy: what was wrong, and from when.
 	Config string `json:"config,omitempty"`
+	// StateDirError is set while the state directory refuses writes (a
+	// read-only or full disk): the agent runs on, degraded, with its
+	// state in memory; a restart or power cut loses what changed.
+	StateDirError string `json:"state_dir_error,omitempty"`
 	// Extra holds extension status by name (e.g. "renewal").
 	Extra map[string]any `json:"extra,omitempty"`
 }
@@ -44,6 +48,10 @@ type QueueInfo struct {
 	SetAside uint64 `json:"set_aside"`
 	// CursorSetAside: where a damaged ack cursor was moved.
 	CursorSetAside string `json:"cursor_set_aside,omitempty"`
+	// Memory: messages kept only in memory because the disk refuses
+	// writes (DiskError says why); a power cut loses them.
+	Memory    uint64 `json:"memory,omitempty"`
+	DiskError string `json:"disk_error,omitempty"`
 }
 
 // ClockWait describes a wait for a sane clock.

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"devid/hal/atomicfile"
 )
 
 // cursorSchema is the cursor.json schema this agent writes. A newer one
@@ -105,4 +107,61 @@ func replaceUnsynced(path string, data []byte) error {
 		os.Remove(f.Name())
 	}
 	return err
+}
+
+// flusher writes the cursor after acks, coalescing those that arrive
+// while a write is under way.
+func (q *Queue) flusher() {
+	defer close(q.flusherDone)
+	for range q.cursorKick {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return
+		}
+		if q.cursorDirty {
+			if err := q.writeCursorLocked(false); err != nil {
+				if !q.cursorFailing {
+					q.log.Warn("telemetry queue: cannot write the ack cursor; retrying every fsync_interval, and a power cut now may resend more than the in-flight window", "err", err)
+				}
+				q.cursorFailing = true
+				q.scheduleFlushLocked()
+			}
+		}
+		q.mu.Unlock()
+		q.wake()
+	}
+}
+
+// writeCursorLocked replaces cursor.json with the current cursor, through
+// a temp file and a rename, so a reader sees the old or the new one. With
+// sync it is fsynced (file and directory) and survives a power cut;
+// without, it survives a crash of the agent (the kernel has it), costs no
+// fsync per PUBACK batch, and a synced write follows within
+// fsync_interval. A power cut in between leaves an older cursor: more
+// duplicates, never a loss. Before a segment is deleted the write is
+// always synced.
+func (q *Queue) writeCursorLocked(sync bool) error {
+	c := cursor{Schema: cursorSchema, Acked: q.acked, Dropped: q.dropped, Corrupt: q.corrupt, SetAside: q.setAside}
+	b, _ := json.Marshal(c)
+	path := filepath.Join(q.dir, cursorFile)
+	if sync {
+		if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+			return fmt.Errorf("queue: %w", err)
+		}
+		q.cursorUnsynced = false
+	} else {
+		if err := replaceUnsynced(path, b); err != nil {
+			return fmt.Errorf("queue: write %s: %w", path, err)
+		}
+		q.cursorUnsynced = true
+		q.scheduleFlushLocked()
+	}
+	q.cursorDirty = false
+	q.durable = c.Acked
+	if q.cursorFailing {
+		q.cursorFailing = false
+		q.log.Info("telemetry queue: the ack cursor is written again")
+	}
+	return nil
 }

@@ -56,7 +56,12 @@ func (q *Queue) recover(s *segment, floor uint64) error {
 	if sc.end < int64(len(b)) {
 		// A torn write (power cut or full disk mid-record).
 		if err := os.Truncate(s.path, sc.end); err != nil {
-			return fmt.Errorf("queue: truncate %s: %w", s.path, err)
+			// A read-only disk: readers stop at the good end, nothing is
+			// appended after the torn bytes, and the next Open that can
+			// write cuts them.
+			q.log.Warn("telemetry queue: cannot cut a torn record; the segment is sealed before it", "path", s.path, "err", err)
+			s.sealed = true
+			return nil
 		}
 		q.truncated++
 	}
@@ -163,7 +168,7 @@ func resync(b []byte, from int, prev uint64) (int, Record) {
 // skipDamageLocked handles a record of s at off that no longer decodes
 // (the medium changed under a running queue): it logs and counts the
 // damage and returns where the next good record starts.
-func (q *Queue) skipDamageLocked(f *os.File, s *segment, off int64, prev uint64, cause error) (int64, bool) {
+func (q *Queue) skipDamageLocked(f io.ReaderAt, s *segment, off int64, prev uint64, cause error) (int64, bool) {
 	b := make([]byte, s.size-off)
 	if _, err := f.ReadAt(b, off); err != nil && err != io.EOF {
 		q.log.Error("telemetry queue: cannot read segment", "path", s.path, "offset", off, "err", err)

@@ -22,7 +22,6 @@
 package queue
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,6 +50,10 @@ type Options struct {
 	SegmentBytes  int64
 	Fsync         string
 	FsyncInterval time.Duration
+	// MemoryBytes bounds the records kept in memory while the disk
+	// refuses writes (memory.go); 0: an Append that cannot be written
+	// fails.
+	MemoryBytes int64
 	// Log receives damage reports (corrupt records, a damaged cursor).
 	Log *slog.Logger
 }
@@ -68,6 +71,10 @@ type segment struct {
 	// size is where the segment's good records end; readers never read
 	// past it (a sealed segment may hold a torn record after it).
 	size int64
+	// sealed: a torn tail could not be cut; nothing is appended to it.
+	sealed bool
+	// mem holds the records of the memory tail, which has no path.
+	mem []byte
 }
 
 func (s *segment) count() uint64 { return s.last + 1 - s.first }
@@ -91,6 +98,7 @@ type Queue struct {
 	setAside    uint64
 	truncated   int    // torn tails cut at open
 	cursorAside string // where a damaged cursor was set aside
+	diskErr     string // why the memory tail exists (memory.go)
 	dataDirty   bool
 	cursorDirty bool
 	// cursorUnsynced: cursor.json was last written without fsync.
@@ -130,6 +138,12 @@ type Stats struct {
 	CursorSetAside string `json:"cursor_set_aside,omitempty"`
 	// CursorError (Inspect only) says why cursor.json cannot be used.
 	CursorError string `json:"cursor_error,omitempty"`
+	// Memory counts unacknowledged records kept only in memory because
+	// the disk refuses writes (DiskError says why): a power cut loses
+	// them.
+	Memory uint64 `json:"memory,omitempty"`
+	// DiskError is why new records are kept in memory ("": they are not).
+	DiskError string `json:"disk_error,omitempty"`
 }
 
 // segName is a segment's file name: its first sequence number, and a
@@ -201,8 +215,9 @@ func Open(dir string, opt Options) (*Queue, error) {
 	if opt.Fsync == "" {
 		opt.Fsync = FsyncBatch
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
+	mkdirErr := os.MkdirAll(dir, 0o700)
+	if mkdirErr != nil && opt.MemoryBytes <= 0 {
+		return nil, fmt.Errorf("queue: %w", mkdirErr)
 	}
 	q := &Queue{dir: dir, opt: opt, log: opt.Log, pending: map[uint64]bool{},
 		notify: make(chan struct{}, 1), cursorKick: make(chan struct{}, 1), flusherDone: make(chan struct{})}
@@ -215,6 +230,16 @@ func Open(dir string, opt Options) (*Queue, error) {
 	}
 	q.acked, q.dropped, q.corrupt, q.setAside = c.Acked, c.Dropped, c.Corrupt, c.SetAside
 	segs, err := listSegments(dir)
+	if err != nil && mkdirErr != nil {
+		// No queue directory and none can be made: memory only, until
+		// the disk takes writes.
+		q.diskErr = mkdirErr.Error()
+		q.log.Error("telemetry queue: cannot create the queue directory; keeping messages in memory until it can", "dir", dir, "err", mkdirErr)
+		q.nextSeq = q.acked + 1
+		q.durable = q.acked
+		go q.flusher()
+		return q, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
@@ -248,12 +273,14 @@ func Open(dir string, opt Options) (*Queue, error) {
 	q.nextSeq = maxSeq + 1
 	// Everything wholly acked except the last segment can go.
 	q.gcLocked()
-	if n := len(q.segs); n > 0 && q.segs[n-1].last+1 == q.nextSeq {
+	if n := len(q.segs); n > 0 && q.segs[n-1].last+1 == q.nextSeq && !q.segs[n-1].sealed {
 		s := q.segs[n-1]
 		f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
+		if err != nil && opt.MemoryBytes <= 0 {
 			return nil, fmt.Errorf("queue: %w", err)
 		}
+		// Else a read-only disk: the next Append starts a segment, or
+		// goes to memory.
 		q.w = f
 	}
 	if q.corrupt != c.Corrupt || q.cursorAside != "" {
@@ -311,6 +338,11 @@ func (q *Queue) Append(payload []byte) (uint64, error) {
 		return 0, ErrClosed
 	}
 	rec := encodeRecord(q.nextSeq, payload)
+	if q.memTailLocked() != nil {
+		if err := q.persistMemLocked(); err != nil {
+			return q.appendMemLocked(rec, err)
+		}
+	}
 	if q.w != nil {
 		if cur := q.segs[len(q.segs)-1]; cur.size > 0 && cur.size+int64(len(rec)) > q.opt.SegmentBytes {
 			q.w.Sync()
@@ -321,23 +353,23 @@ func (q *Queue) Append(payload []byte) (uint64, error) {
 	// Drop the oldest segments until the new record fits the bound.
 	for q.bytesLocked()+int64(len(rec)) > q.opt.MaxBytes && len(q.segs) > 1 {
 		if err := q.dropOldestLocked(); err != nil {
-			return 0, err
+			return q.appendMemLocked(rec, err)
 		}
 	}
 	if q.w == nil {
 		if err := q.newSegmentLocked(); err != nil {
-			return 0, err
+			return q.appendMemLocked(rec, err)
 		}
 	}
 	cur := q.segs[len(q.segs)-1]
 	if _, err := q.w.Write(rec); err != nil {
 		q.cutLocked(cur)
-		return 0, fmt.Errorf("queue: append: %w", err)
+		return q.appendMemLocked(rec, fmt.Errorf("queue: append: %w", err))
 	}
 	if q.opt.Fsync == FsyncAlways {
 		if err := q.w.Sync(); err != nil {
 			q.cutLocked(cur)
-			return 0, fmt.Errorf("queue: fsync: %w", err)
+			return q.appendMemLocked(rec, fmt.Errorf("queue: fsync: %w", err))
 		}
 	}
 	seq := q.nextSeq
@@ -370,10 +402,14 @@ func (q *Queue) wake() {
 	}
 }
 
+// bytesLocked is the queue's size on disk (the memory tail has its own
+// bound).
 func (q *Queue) bytesLocked() int64 {
 	var n int64
 	for _, s := range q.segs {
-		n += s.size
+		if !s.inMemory() {
+			n += s.size
+		}
 	}
 	return n
 }
@@ -402,6 +438,9 @@ func (q *Queue) removeFirstLocked() error {
 		return err
 	}
 	s := q.segs[0]
+	if s.inMemory() {
+		return nil // the memory tail is never dropped for the disk bound
+	}
 	if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("queue: %w", err)
 	}
@@ -472,30 +511,6 @@ func (q *Queue) SendLimit(window uint64) uint64 {
 	return q.durable + window
 }
 
-// flusher writes the cursor after acks, coalescing those that arrive
-// while a write is under way.
-func (q *Queue) flusher() {
-	defer close(q.flusherDone)
-	for range q.cursorKick {
-		q.mu.Lock()
-		if q.closed {
-			q.mu.Unlock()
-			return
-		}
-		if q.cursorDirty {
-			if err := q.writeCursorLocked(false); err != nil {
-				if !q.cursorFailing {
-					q.log.Warn("telemetry queue: cannot write the ack cursor; retrying every fsync_interval, and a power cut now may resend more than the in-flight window", "err", err)
-				}
-				q.cursorFailing = true
-				q.scheduleFlushLocked()
-			}
-		}
-		q.mu.Unlock()
-		q.wake()
-	}
-}
-
 // Next returns up to max records (and about maxBytes of payload) with
 // sequence numbers above after that are not acked yet, oldest first.
 func (q *Queue) Next(after uint64, max int, maxBytes int) ([]Record, error) {
@@ -523,7 +538,7 @@ func (q *Queue) NextUpTo(after, upTo uint64, max int, maxBytes int) ([]Record, e
 		if s.first > upTo {
 			break
 		}
-		f, err := os.Open(s.path)
+		f, err := openSegment(s)
 		if err != nil {
 			return out, fmt.Errorf("queue: %w", err)
 		}
@@ -588,7 +603,8 @@ func (q *Queue) Stats() Stats {
 	}
 	depth -= uint64(len(q.pending))
 	return Stats{Depth: depth, Bytes: q.bytesLocked(), Dropped: q.dropped, Corrupt: q.corrupt + q.corruptLive, SetAside: q.setAside,
-		Acked: q.acked, Next: q.nextSeq, Truncated: q.truncated, CursorSetAside: q.cursorAside}
+		Acked: q.acked, Next: q.nextSeq, Truncated: q.truncated, CursorSetAside: q.cursorAside,
+		Memory: q.memRecordsLocked(), DiskError: q.diskErr}
 }
 
 func (q *Queue) scheduleFlushLocked() {
@@ -602,8 +618,9 @@ func (q *Queue) scheduleFlushLocked() {
 		if q.closed {
 			return
 		}
+		q.persistMemLocked()
 		q.flushLocked()
-		if q.cursorDirty || q.cursorUnsynced || q.dataDirty {
+		if q.cursorDirty || q.cursorUnsynced || q.dataDirty || q.memTailLocked() != nil {
 			q.scheduleFlushLocked() // failed (a full disk): try again later
 		}
 		q.wake()
@@ -635,45 +652,15 @@ func (q *Queue) Sync() error {
 	return q.flushLocked()
 }
 
-// writeCursorLocked replaces cursor.json with the current cursor, through
-// a temp file and a rename, so a reader sees the old or the new one. With
-// sync it is fsynced (file and directory) and survives a power cut;
-// without, it survives a crash of the agent (the kernel has it), costs no
-// fsync per PUBACK batch, and a synced write follows within
-// fsync_interval. A power cut in between leaves an older cursor: more
-// duplicates, never a loss. Before a segment is deleted the write is
-// always synced.
-func (q *Queue) writeCursorLocked(sync bool) error {
-	c := cursor{Schema: cursorSchema, Acked: q.acked, Dropped: q.dropped, Corrupt: q.corrupt, SetAside: q.setAside}
-	b, _ := json.Marshal(c)
-	path := filepath.Join(q.dir, cursorFile)
-	if sync {
-		if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
-			return fmt.Errorf("queue: %w", err)
-		}
-		q.cursorUnsynced = false
-	} else {
-		if err := replaceUnsynced(path, b); err != nil {
-			return fmt.Errorf("queue: write %s: %w", path, err)
-		}
-		q.cursorUnsynced = true
-		q.scheduleFlushLocked()
-	}
-	q.cursorDirty = false
-	q.durable = c.Acked
-	if q.cursorFailing {
-		q.cursorFailing = false
-		q.log.Info("telemetry queue: the ack cursor is written again")
-	}
-	return nil
-}
-
 // Close flushes and closes the queue.
 func (q *Queue) Close() error {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return nil
+	}
+	if perr := q.persistMemLocked(); perr != nil && q.memRecordsLocked() > 0 {
+		q.log.Error("telemetry queue: closing with messages that only memory held; they are lost", "records", q.memRecordsLocked(), "err", perr)
 	}
 	q.dataDirty = q.w != nil
 	err := q.flushLocked()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"os"
 )
 
 // Record layout on disk (little endian):
@@ -84,7 +83,7 @@ func decodeRecord(b []byte) (Record, int, error) {
 }
 
 // readRecordAt reads the record at off. io.EOF means a clean end.
-func readRecordAt(f *os.File, off int64) (Record, int, error) {
+func readRecordAt(f io.ReaderAt, off int64) (Record, int, error) {
 	var hdr [headerSize]byte
 	n, err := f.ReadAt(hdr[:], off)
 	if n == 0 && err == io.EOF {

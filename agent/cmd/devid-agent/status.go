@@ -139,6 +139,9 @@ func printStatus(s *statusOut) {
 	if s.Config != "" {
 		row("config", s.Config)
 	}
+	if s.StateDirError != "" {
+		row("state dir", "DEGRADED: cannot write ("+s.StateDirError+"); running with the state in memory, a restart loses what changed")
+	}
 	row("device id", s.DeviceID)
 	row("hub", s.Hub)
 	if !s.CertExpiry.IsZero() {
@@ -197,6 +200,9 @@ func queueLine(q agent.QueueInfo) string {
 	}
 	if q.CursorSetAside != "" {
 		line += fmt.Sprintf("; the damaged ack cursor was moved to %s", q.CursorSetAside)
+	}
+	if q.DiskError != "" {
+		line += fmt.Sprintf("; DEGRADED: the disk refuses writes (%s), %d messages are in memory only and a power cut loses them", q.DiskError, q.Memory)
 	}
 	return line
 }

@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"devid/hal/hosttest"
+)
+
+// roTmpfs mounts a tmpfs for a state directory that a test can remount
+// read-only, as ext4 does after errors.
+func roTmpfs(t *testing.T) (mnt string, remount func(mode string)) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		hosttest.Unavailable(t, hosttest.Root, "mounting a tmpfs needs root")
+	}
+	mnt = t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
+		hosttest.Unavailable(t, hosttest.Root, "mount -t tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	return mnt, func(mode string) {
+		t.Helper()
+		if out, err := exec.Command("mount", "-o", "remount,"+mode, mnt).CombinedOutput(); err != nil {
+			t.Fatalf("remount %s: %v: %s", mode, err, out)
+		}
+	}
+}
+
+// TestReadOnlyStateDirRunsDegraded: an agent restarted on a state
+// directory that went read-only starts (no crash loop), connects with the
+// cached assignment, delivers telemetry from memory, shows the condition
+// in status, and is durable again once the disk takes writes. Before:
+// New failed (the queue could not open its segment for appending), so the
+// service restarted forever and sent nothing.
+func TestReadOnlyStateDirRunsDegraded(t *testing.T) {
+	mnt, remount := roTmpfs(t)
+	synctest.Test(t, func(t *testing.T) {
+		dir := filepath.Join(mnt, "s")
+		h := newHarness(t, dir, nil)
+		h.start(testIdentity(t, t0.Add(-time.Hour)))
+		h.waitState(Connected, 0)
+		h.a.Enqueue(Message{Body: []byte("before")})
+		h.await("first message sent", 0, func() bool { _, _, s := h.cloud.get(); return len(s) == 1 })
+		h.stop()
+
+		remount("ro")
+		h2 := newHarness(t, dir, nil)
+		h2.cloud = h.cloud
+		h2.start(h.id)
+		h2.waitState(Connected, 0)
+		for i := range 5 {
+			if _, err := h2.a.Enqueue(Message{Body: []byte(fmt.Sprint(i))}); err != nil {
+				t.Fatalf("enqueue on a read-only disk: %v", err)
+			}
+		}
+		h2.await("5 more sent", 0, func() bool { _, _, s := h.cloud.get(); return len(s) == 6 })
+		if s := h2.a.Status(); !strings.Contains(s.Queue.DiskError, "read-only") {
+			t.Errorf("status on a read-only disk does not say so: queue %+v", s.Queue)
+		}
+		// The hub goes away: messages wait in memory, and status counts them.
+		h2.breakCloud(func(f *fakeCloud) { f.connectErr = errNet })
+		h2.waitState(Backoff, 0)
+		for i := range 3 {
+			h2.a.Enqueue(Message{Body: []byte(fmt.Sprint("m", i))})
+		}
+		s := h2.a.Status()
+		if s.Queue.Memory != 3 || s.Queue.Depth != 3 {
+			t.Errorf("queue while the hub is down on a read-only disk: %+v, want 3 in memory", s.Queue)
+		}
+		// The state change could not be saved, and status says so.
+		if !strings.Contains(s.StateDirError, "read-only") {
+			t.Errorf("status after a state change on a read-only disk: state_dir_error %q", s.StateDirError)
+		}
+
+		remount("rw")
+		h2.cloud.set(func(f *fakeCloud) { f.connectErr = nil })
+		h2.waitState(Connected, 2*h2.cfg.Retry.MaxDelay.D())
+		h2.await("all sent", 0, func() bool { _, _, s := h.cloud.get(); return len(s) == 9 })
+		h2.await("durable again", time.Minute, func() bool {
+			s := h2.a.Status()
+			return s.Queue.DiskError == "" && s.Queue.Memory == 0 && s.StateDirError == ""
+		})
+	})
+}
