@@ -514,9 +514,15 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 
 // Enqueue adds a telemetry message to the durable queue. It returns the
 // queue sequence number once the message is stored per the fsync policy.
+// A message without a MessageID gets a random one here, stored with it,
+// so every resend carries the same $.mid and the cloud can drop the
+// duplicates that at-least-once delivery makes.
 func (a *Agent) Enqueue(m Message) (uint64, error) {
 	if len(m.Body) > a.cfg.LocalAPI.MaxMessage {
 		return 0, fmt.Errorf("message body is %d bytes; the limit is %d", len(m.Body), a.cfg.LocalAPI.MaxMessage)
+	}
+	if m.MessageID == "" {
+		m.MessageID = newMessageID()
 	}
 	b, err := json.Marshal(m)
 	if err != nil {

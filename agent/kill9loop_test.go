@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -60,6 +61,33 @@ func TestKill9LoopDuplicates(t *testing.T) {
 			t.Errorf("kill %d: %d extra copies, more than the in-flight window (%d)", k+1, extra, sendWindow)
 		}
 		worst, total = max(worst, extra), total+extra
+	}
+	// Every copy of a message carries the ID it was queued with, so the
+	// hub marks each resend as a duplicate of the first delivery.
+	mids, flagged := map[string]string{}, 0
+	for _, m := range b.sim.Telemetry(t, b.deviceID) {
+		tag := m.ApplicationProperties["tag"]
+		if tag == "" {
+			continue
+		}
+		var body struct{ I int }
+		json.Unmarshal([]byte(m.Body), &body)
+		key := fmt.Sprintf("%s/%d", tag, body.I)
+		if m.MessageID == "" {
+			t.Fatalf("%s reached the hub without a $.mid", key)
+		}
+		if first, seen := mids[key]; seen && first != m.MessageID {
+			t.Errorf("%s was resent with $.mid %s, first sent with %s", key, m.MessageID, first)
+		}
+		if _, seen := mids[key]; !seen {
+			mids[key] = m.MessageID
+		}
+		if m.Duplicates > 0 {
+			flagged++
+		}
+	}
+	if flagged != total {
+		t.Errorf("the hub flagged %d duplicates by $.mid, the test counted %d extra copies", flagged, total)
 	}
 	soakReport(t, "%d agent kills, %d messages, 0 lost, %d extra copies (%.1f per kill, worst %d; window %d)", kills, kills*burst, total, float64(total)/float64(kills), worst, sendWindow)
 }

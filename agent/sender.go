@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -216,4 +217,14 @@ func closed(ch <-chan struct{}) bool {
 // bound, at most 4 MiB, so a board with little RAM is not starved.
 func memoryQueueBytes(diskBytes int64) int64 {
 	return min(diskBytes/4, 4<<20)
+}
+
+// newMessageID is a random UUID (version 4), the form the Azure SDKs give
+// $.mid.
+func newMessageID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
