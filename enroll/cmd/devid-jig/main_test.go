@@ -244,4 +244,29 @@ func TestUsageErrors(t *testing.T) {
 		obj.Step != "hello" || !strings.Contains(obj.Error, "no valid reply") || !strings.Contains(stderr, "no valid reply") {
 		t.Errorf("silent device: %v, stdout %q, stderr %q", err, out, stderr)
 	}
+	// The step is named once: "HELLO: no valid reply", not "hello: HELLO: …".
+	if strings.Count(strings.ToLower(obj.Error), "hello") != 1 {
+		t.Errorf("silent device: the step is named more than once in %q", obj.Error)
+	}
+	// --json answers every failure with one object on stdout, whatever
+	// the step: before, a CA or port that could not be opened printed
+	// nothing there.
+	for _, tc := range []struct {
+		step string
+		args []string
+		code int
+	}{
+		{"ca", []string{"program", "--port", pair.TTY, "--ca-dir", "/nonexistent", "--json"}, 1},
+		{"port", []string{"program", "--port", "/nonexistent-tty", "--ca-dir", caDir, "--json"}, 1},
+		{"setup", []string{"program", "--port", pair.TTY, "--json", "--ca-dir", caDir, "--est", "https://est.example"}, 2},
+	} {
+		out, _, err := runJig(t, jig, tc.args...)
+		var obj struct {
+			OK          bool
+			Step, Error string
+		}
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != tc.code || json.Unmarshal([]byte(out), &obj) != nil || obj.OK || obj.Step != tc.step || obj.Error == "" {
+			t.Errorf("--json, failure at %s: %v, stdout %q; want exit %d and {ok:false, step:%q, error}", tc.step, err, out, tc.code, tc.step)
+		}
+	}
 }

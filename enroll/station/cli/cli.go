@@ -143,11 +143,21 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 	estCert := fs.String("est-cert", "", "station client certificate PEM `FILE` for EST")
 	estKey := fs.String("est-key", "", "station client key PEM `FILE` for EST")
 	estCA := fs.String("est-ca", "", "PEM `FILE` with the roots that verify the EST server")
-	asJSON := fs.Bool("json", false, "print one JSON object instead of the result line")
+	asJSON := fs.Bool("json", false, "print one JSON object (also for a failure: ok false, step, error) instead of the result line")
 	return func(ctx context.Context) error {
 		stdout, stderr := out.stdout, out.stderr
+		start := time.Now()
+		// fail reports a failure; with --json, line software reading
+		// stdout gets it as an object too, whatever step it came from.
+		fail := func(step string, err error) error {
+			if *asJSON {
+				_ = json.NewEncoder(stdout).Encode(map[string]any{"ok": false, "step": step, "error": err.Error(),
+					"usage": cmdline.IsUsage(err), "elapsed_ms": time.Since(start).Milliseconds()})
+			}
+			return err
+		}
 		if (*caDir == "") == (*estURL == "") {
-			return cmdline.Usage(errors.New("give exactly one of --ca-dir and --est"))
+			return fail("setup", cmdline.Usage(errors.New("give exactly one of --ca-dir and --est")))
 		}
 		if *station == "" {
 			*station, _ = os.Hostname()
@@ -156,27 +166,27 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 		if *caDir != "" {
 			local, err := ca.Open(*caDir, *station)
 			if err != nil {
-				return err
+				return fail("ca", err)
 			}
 			defer local.Close()
 			iss = local
 		} else {
 			if *estCert == "" || *estKey == "" || *estCA == "" {
-				return cmdline.Usage(errors.New("--est needs --est-cert, --est-key and --est-ca"))
+				return fail("setup", cmdline.Usage(errors.New("--est needs --est-cert, --est-key and --est-ca")))
 			}
 			cert, err := tls.LoadX509KeyPair(*estCert, *estKey)
 			if err != nil {
-				return fmt.Errorf("EST station certificate: %w", err)
+				return fail("ca", fmt.Errorf("EST station certificate: %w", err))
 			}
 			roots, err := certstore.LoadRoots(*estCA)
 			if err != nil {
-				return fmt.Errorf("EST server roots: %w", err)
+				return fail("ca", fmt.Errorf("EST server roots: %w", err))
 			}
 			iss = &est.Client{URL: *estURL, HTTP: est.NewHTTPClient(roots, cert)}
 		}
 		port, j, err := pf.open()
 		if err != nil {
-			return err
+			return fail("port", err)
 		}
 		defer port.Close()
 
@@ -184,7 +194,6 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 		if *asJSON {
 			progressOut = stderr // stdout carries exactly one JSON object
 		}
-		start := time.Now()
 		n := 0
 		res, err := jig.Program(ctx, j, iss, func(s jig.Step, msg string) {
 			n++
@@ -193,19 +202,15 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 		elapsed := time.Since(start)
 		if err != nil {
 			fmt.Fprintf(progressOut, "FAIL %v\n", err)
-			if *asJSON {
-				// Line software reads stdout: give it the failure as an object too.
-				var se *jig.StepError
-				step := ""
-				if errors.As(err, &se) {
-					step = string(se.Step)
-				}
-				_ = json.NewEncoder(stdout).Encode(map[string]any{"error": err.Error(), "step": step, "elapsed_ms": elapsed.Milliseconds()})
+			step := ""
+			var se *jig.StepError
+			if errors.As(err, &se) {
+				step = string(se.Step)
 			}
-			return err
+			return fail(step, err)
 		}
 		if *asJSON {
-			return json.NewEncoder(stdout).Encode(map[string]any{
+			return json.NewEncoder(stdout).Encode(map[string]any{"ok": true,
 				"device_id": res.DeviceID, "serial": res.Serial, "chain_pem": string(res.ChainPEM),
 				"not_after": res.NotAfter.UTC().Format(time.RFC3339), "key_backend": res.Key, "station": *station,
 				"elapsed_ms": elapsed.Milliseconds(), "bytes_sent": res.BytesSent, "bytes_received": res.BytesReceived,

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	"devid/enroll/certstore"
@@ -48,7 +49,15 @@ type StepError struct {
 	Err  error
 }
 
-func (e *StepError) Error() string { return fmt.Sprintf("%s: %v", e.Step, e.Err) }
+func (e *StepError) Error() string {
+	// The request errors already name their verb ("HELLO: no reply …"):
+	// say the step once.
+	msg := e.Err.Error()
+	if verb, _, ok := strings.Cut(msg, ":"); ok && strings.EqualFold(verb, string(e.Step)) {
+		return msg
+	}
+	return fmt.Sprintf("%s: %s", e.Step, msg)
+}
 func (e *StepError) Unwrap() error { return e.Err }
 
 // Program runs HELLO, CSR, sign, INSTALL and STATUS. progress, if not nil,
