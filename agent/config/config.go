@@ -38,6 +38,10 @@ type Config struct {
 	// DeviceID overrides the board-derived device ID. Empty: derive it
 	// (devicetree serial-number, DMI product serial, first MAC).
 	DeviceID string `toml:"device_id"`
+	// DeviceIDSource is where the factory reads the device ID: auto (the
+	// order above), config, devicetree, dmi or mac. A named source that is
+	// missing or unreadable is an error, never a fallback to another.
+	DeviceIDSource string `toml:"device_id_source"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `toml:"log_level"`
 	// LogFormat is text or json (both go to stderr, i.e. the journal).
@@ -229,10 +233,11 @@ type Debug struct {
 // must be set before the agent can provision.
 func Default() *Config {
 	return &Config{
-		StateDir:  "/var/lib/devid",
-		LogLevel:  "info",
-		LogFormat: "text",
-		Key:       Key{Backend: "auto"},
+		StateDir:       "/var/lib/devid",
+		DeviceIDSource: "auto",
+		LogLevel:       "info",
+		LogFormat:      "text",
+		Key:            Key{Backend: "auto"},
 		Factory: Factory{
 			Baud: 115200,
 			Root: "/etc/devid/factory-root.pem",

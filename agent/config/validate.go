@@ -86,6 +86,11 @@ func (c *Config) validateGeneral(p *problems) {
 			p.bad("device_id", "%q is not a valid device ID: %s", c.DeviceID, bad.Reason)
 		}
 	}
+	if !slices.Contains(board.Sources, board.Source(c.DeviceIDSource)) {
+		p.bad("device_id_source", "%q is not one of auto, config, devicetree, dmi, mac", c.DeviceIDSource)
+	} else if c.DeviceIDSource == string(board.SourceConfig) && c.DeviceID == "" {
+		p.bad("device_id_source", "is config, but device_id is not set")
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:

@@ -196,7 +196,7 @@ func (d *Dir) CheckSchemas() error {
 	for _, r := range []struct {
 		name string
 		max  int
-	}{{StateFile, StateSchema}, {AssignmentFile, AssignmentSchema}} {
+	}{{StateFile, StateSchema}, {AssignmentFile, AssignmentSchema}, {DeviceIDFile, DeviceIDSchema}} {
 		b, err := os.ReadFile(d.File(r.name))
 		if err != nil {
 			continue

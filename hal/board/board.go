@@ -1,8 +1,9 @@
 // Package board reads the board's identity: the device ID that becomes the
 // certificate CN and the DPS registration ID.
 //
-// Sources are tried in this documented order; the first one that yields a
-// value wins:
+// Reader.Source (config device_id_source) names the one source to read:
+// config, devicetree, dmi or mac. With auto (the default) the sources are
+// tried in this documented order, and the first one that exists wins:
 //
 //  1. the configured value (config device_id or --device-id);
 //  2. the devicetree serial number: /proc/device-tree/serial-number, then
@@ -10,6 +11,10 @@
 //  3. the DMI product serial: /sys/class/dmi/id/product_serial;
 //  4. the first non-loopback, non-zero MAC address from
 //     /sys/class/net/*/address, interfaces taken in sorted name order.
+//
+// A source that exists but cannot be read (DMI serials are often readable
+// by root only) is an error, never a reason to fall through: an agent run
+// as another user than the factory would otherwise derive another ID.
 //
 // Every path is read below a filesystem root (normally "/"), so tests point
 // it at a fake tree. A value is normalised (trimmed of whitespace and NULs,
@@ -21,8 +26,10 @@ package board
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -35,7 +42,12 @@ const (
 	SourceDevicetree Source = "devicetree"
 	SourceDMI        Source = "dmi"
 	SourceMAC        Source = "mac"
+	// SourceAuto tries the sources above in order.
+	SourceAuto Source = "auto"
 )
+
+// Sources lists the values of config device_id_source.
+var Sources = []Source{SourceAuto, SourceConfig, SourceDevicetree, SourceDMI, SourceMAC}
 
 // MaxIDLen is DPS's limit on a registration ID.
 const MaxIDLen = 128
@@ -73,8 +85,11 @@ type Reader struct {
 	// Root is the filesystem root the sysfs/procfs paths are read under;
 	// empty means "/".
 	Root string
-	// Configured, when non-empty, wins over every board source.
+	// Configured, when non-empty, wins over every board source (with
+	// Source auto or config).
 	Configured string
+	// Source is the one source to read; "" is SourceAuto.
+	Source Source
 }
 
 var _ Identity = Reader{}
@@ -88,61 +103,102 @@ var dmiPlaceholders = map[string]bool{
 
 // DeviceID returns the normalised device ID and the source it came from.
 func (r Reader) DeviceID() (string, Source, error) {
-	if r.Configured != "" {
-		id, err := Normalize(SourceConfig, r.Configured)
-		return id, SourceConfig, err
-	}
 	root := r.Root
 	if root == "" {
 		root = "/"
 	}
-	for _, p := range []string{"proc/device-tree/serial-number", "sys/firmware/devicetree/base/serial-number"} {
-		if v, ok := readValue(filepath.Join(root, p)); ok && v != "" {
-			id, err := Normalize(SourceDevicetree, v)
-			return id, SourceDevicetree, err
+	src := r.Source
+	if src == "" {
+		src = SourceAuto
+	}
+	if !slices.Contains(Sources, src) {
+		return "", "", fmt.Errorf("device ID source %q: want one of %v", src, Sources)
+	}
+	if src == SourceConfig || (src == SourceAuto && r.Configured != "") {
+		if r.Configured == "" {
+			return "", SourceConfig, errors.New("device_id_source is config, but device_id is not set (config device_id or --device-id)")
+		}
+		id, err := Normalize(SourceConfig, r.Configured)
+		return id, SourceConfig, err
+	}
+	try := func(s Source) bool { return src == SourceAuto || src == s }
+	if try(SourceDevicetree) {
+		for _, p := range []string{"proc/device-tree/serial-number", "sys/firmware/devicetree/base/serial-number"} {
+			v, found, err := readValue(filepath.Join(root, p))
+			if err != nil {
+				return "", SourceDevicetree, err
+			}
+			if found && v != "" {
+				id, err := Normalize(SourceDevicetree, v)
+				return id, SourceDevicetree, err
+			}
 		}
 	}
-	if v, ok := readValue(filepath.Join(root, "sys/class/dmi/id/product_serial")); ok && !dmiPlaceholders[strings.ToLower(v)] {
-		id, err := Normalize(SourceDMI, v)
-		return id, SourceDMI, err
+	if try(SourceDMI) {
+		v, found, err := readValue(filepath.Join(root, "sys/class/dmi/id/product_serial"))
+		if err != nil {
+			return "", SourceDMI, err
+		}
+		if found && !dmiPlaceholders[strings.ToLower(v)] {
+			id, err := Normalize(SourceDMI, v)
+			return id, SourceDMI, err
+		}
 	}
-	if mac := firstMAC(filepath.Join(root, "sys/class/net")); mac != "" {
-		id, err := Normalize(SourceMAC, mac)
-		return id, SourceMAC, err
+	if try(SourceMAC) {
+		mac, err := firstMAC(filepath.Join(root, "sys/class/net"))
+		if err != nil {
+			return "", SourceMAC, err
+		}
+		if mac != "" {
+			id, err := Normalize(SourceMAC, mac)
+			return id, SourceMAC, err
+		}
+	}
+	if src != SourceAuto {
+		return "", src, fmt.Errorf("device_id_source is %s, and the board has no %s serial", src, src)
 	}
 	return "", "", ErrNoID
 }
 
 // readValue reads a small sysfs/devicetree file, trimming whitespace and
-// the NUL terminator devicetree strings carry. ok is false when the file
-// cannot be read (absent, or not readable by this user).
-func readValue(path string) (string, bool) {
+// the NUL terminator devicetree strings carry. found is false when the
+// file does not exist; a file that exists but cannot be read is an error.
+func readValue(path string) (v string, found bool, err error) {
 	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", false
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", false, nil
 	}
-	return strings.TrimSpace(strings.Trim(string(b), "\x00")), true
+	if err != nil {
+		return "", true, fmt.Errorf("device ID: %w (run as a user that can read it, or set device_id_source)", err)
+	}
+	return strings.TrimSpace(strings.Trim(string(b), "\x00")), true, nil
 }
 
 // firstMAC returns the address of the first interface, in sorted name
 // order, that is not loopback and has a non-zero MAC.
-func firstMAC(dir string) string {
+func firstMAC(dir string) (string, error) {
 	ents, err := os.ReadDir(dir) // sorted by name
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
 	if err != nil {
-		return ""
+		return "", fmt.Errorf("device ID: %w", err)
 	}
 	for _, e := range ents {
 		n := e.Name()
 		if n == "lo" {
 			continue
 		}
-		v, ok := readValue(filepath.Join(dir, n, "address"))
-		if !ok || v == "" || strings.Trim(v, "0:") == "" {
+		v, found, err := readValue(filepath.Join(dir, n, "address"))
+		if err != nil {
+			return "", err
+		}
+		if !found || v == "" || strings.Trim(v, "0:") == "" {
 			continue
 		}
-		return v
+		return v, nil
 	}
-	return ""
+	return "", nil
 }
 
 // Normalize trims and lowercases v and checks it against the DPS

@@ -108,3 +108,44 @@ func TestFake(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// TestExplicitSource: device_id_source names one source; it is read even
+// when an earlier source exists, and a missing one is an error, never a
+// fallback to another.
+func TestExplicitSource(t *testing.T) {
+	root := fakeRoot(t, map[string]string{
+		"proc/device-tree/serial-number":  "dt-1\x00",
+		"sys/class/dmi/id/product_serial": "DMI-7",
+		"sys/class/net/eth0/address":      "02:00:00:00:00:01",
+	})
+	for src, want := range map[Source]string{SourceDevicetree: "dt-1", SourceDMI: "dmi-7", SourceMAC: "02:00:00:00:00:01"} {
+		id, got, err := Reader{Root: root, Source: src}.DeviceID()
+		if err != nil || id != want || got != src {
+			t.Errorf("source %s: %q %s %v, want %q", src, id, got, err, want)
+		}
+	}
+	empty := fakeRoot(t, map[string]string{"sys/class/net/eth0/address": "02:00:00:00:00:01"})
+	if _, _, err := (Reader{Root: empty, Source: SourceDMI}).DeviceID(); err == nil || !strings.Contains(err.Error(), "no dmi serial") {
+		t.Errorf("dmi source on a board without DMI: %v, want an error, not the MAC", err)
+	}
+	if _, _, err := (Reader{Root: root, Source: SourceConfig}).DeviceID(); err == nil || !strings.Contains(err.Error(), "device_id is not set") {
+		t.Errorf("config source without device_id: %v", err)
+	}
+	if _, _, err := (Reader{Root: root, Source: "serial"}).DeviceID(); err == nil {
+		t.Error("unknown source accepted")
+	}
+}
+
+// TestUnreadableSourceIsAnError: a DMI serial that exists but cannot be
+// read (root-only on many boards; a directory here, so that the test
+// holds when run as root) stops auto with an error naming the path.
+// Before, auto fell through to the MAC address: an agent run as another
+// user than the factory derived another device ID.
+func TestUnreadableSourceIsAnError(t *testing.T) {
+	root := fakeRoot(t, map[string]string{"sys/class/net/eth0/address": "02:00:00:00:00:01"})
+	os.MkdirAll(filepath.Join(root, "sys/class/dmi/id/product_serial"), 0o755)
+	id, src, err := Reader{Root: root}.DeviceID()
+	if err == nil || src != SourceDMI || !strings.Contains(err.Error(), "product_serial") {
+		t.Errorf("auto with an unreadable DMI serial: %q %s %v, want an error naming it", id, src, err)
+	}
+}

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
+	"time"
 
 	"devid/agent/config"
 	"devid/agent/logging"
+	"devid/agent/statedir"
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
 	"devid/enroll/keys"
@@ -59,6 +62,9 @@ func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 	override(&cfg.StateDir, f.stateDir)
 	override(&cfg.Key.Backend, f.keySpec)
 	override(&cfg.DeviceID, f.deviceID)
+	if f.deviceID != "" {
+		cfg.DeviceIDSource = string(board.SourceConfig)
+	}
 	override(&cfg.Factory.Root, f.root)
 	if f.baud > 0 {
 		cfg.Factory.Baud = f.baud
@@ -73,9 +79,12 @@ func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 	}
 
 	log := logging.New(logging.Options{Format: cfg.LogFormat, Journal: logging.JournalStream(os.Stderr)}).With("component", "factory")
-	id, src, err := board.Reader{Configured: cfg.DeviceID}.DeviceID()
+	id, src, err := board.Reader{Root: boardRoot, Configured: cfg.DeviceID, Source: board.Source(cfg.DeviceIDSource)}.DeviceID()
 	if err != nil {
-		return fmt.Errorf("device ID: %w", err)
+		return fmt.Errorf("device ID (device_id_source %s): %w", cfg.DeviceIDSource, err)
+	}
+	if err := recordDeviceID(cfg, id, src); err != nil {
+		return err
 	}
 	roots, err := certstore.LoadRoots(cfg.Factory.Root)
 	if err != nil {
@@ -93,4 +102,42 @@ func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 	}
 	log.Info("factory bus stopped")
 	return nil
+}
+
+// boardRoot is where the board's identity files are read ("" is /; tests
+// point it at a fake tree).
+var boardRoot = ""
+
+// recordDeviceID notes in the state dir where the factory read the device
+// ID (device-id.json), so that the agent can warn when the board would
+// yield another one later. An unchanged record is left alone.
+func recordDeviceID(cfg *config.Config, id string, src board.Source) error {
+	d, err := statedir.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if r, err := d.LoadDeviceID(); err == nil && r.DeviceID == id && r.Source == string(src) && r.Configured == cfg.DeviceIDSource {
+		return nil
+	}
+	return d.SaveDeviceID(&statedir.DeviceIDRecord{DeviceID: id, Source: string(src), Configured: cfg.DeviceIDSource, At: time.Now().UTC()})
+}
+
+// checkDeviceIDSource warns when the board now yields another device ID
+// from the source the factory recorded than the one it recorded: the
+// certificate keeps the factory's ID, but a re-programmed board would get
+// the new one (say, a replaced network card behind a MAC-derived ID).
+func checkDeviceIDSource(cfg *config.Config, log *slog.Logger) {
+	d := &statedir.Dir{Path: cfg.StateDir}
+	r, err := d.LoadDeviceID()
+	if err != nil {
+		return // programmed before device-id.json existed, or not yet
+	}
+	now, _, err := board.Reader{Root: boardRoot, Configured: cfg.DeviceID, Source: board.Source(r.Source)}.DeviceID()
+	switch {
+	case err != nil:
+		log.Warn("cannot read the device ID source the factory used", "source", r.Source, "factory_device_id", r.DeviceID, "err", err)
+	case now != r.DeviceID:
+		log.Warn("the board now yields another device ID than the factory recorded; the certificate keeps the factory's",
+			"source", r.Source, "factory_device_id", r.DeviceID, "board_device_id", now)
+	}
 }

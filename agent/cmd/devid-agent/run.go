@@ -66,6 +66,8 @@ func runDaemon(ctx context.Context, cfgPath string) error {
 		}
 	}
 
+	checkDeviceIDSource(cfg, log)
+
 	// A credential rotation cut short by a power loss is resolved before
 	// the credential is loaded.
 	if rec, err := rotate.Recover(cfg.StateDir, log); err != nil {
