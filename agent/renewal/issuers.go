@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -69,6 +70,8 @@ type HubIssuer struct {
 	// Config names the hub (Host, DeviceID) and the network; Certificate
 	// and CertificateRenewal are set per request.
 	Config dps.HubConfig
+	// Log, if set, notes a lost request being replaced.
+	Log *slog.Logger
 }
 
 var _ rotate.Issuer = (*HubIssuer)(nil)
@@ -89,7 +92,19 @@ func (h *HubIssuer) Issue(ctx context.Context, req rotate.IssueRequest) ([]*x509
 		return nil, err
 	}
 	defer hub.Close()
-	return hub.RequestCertificate(ctx, req.CSR)
+	chain, err := hub.RequestCertificate(ctx, req.CSR)
+	var active *dps.RequestActiveError
+	if errors.As(err, &active) {
+		// This issuer waits for every answer it asks for, so an active
+		// request is one this device lost (a reboot, a dropped
+		// connection): its answer can never reach us. Replace it rather
+		// than wait until it expires (409005; docs/dps.md).
+		if h.Log != nil {
+			h.Log.Info("renewal: the hub holds a certificate request this device lost; replacing it", "request", active.RequestID, "expires", active.Expires)
+		}
+		chain, err = hub.RequestCertificateWithOptions(ctx, req.CSR, dps.CertificateRequestOptions{Replace: "*"})
+	}
+	return chain, err
 }
 
 // pathIssuer is paths dps and hub as the agent runs them. Path dps
@@ -150,7 +165,7 @@ func (r *Renewal) issueHub(ctx context.Context, req rotate.IssueRequest) ([]*x50
 	r.log.Info("renewal: hub certificate issuance", "hub", as.Hub, "device_id", as.DeviceID)
 	h := &HubIssuer{Config: dps.HubConfig{Host: as.Hub, DeviceID: as.DeviceID, Network: r.network,
 		KeepAlive: r.cfg.Hub.KeepAlive.D(), ConnectTimeout: r.cfg.Hub.ConnectTimeout.D(), Sleep: sleepOn(r.clock),
-		Logger: r.log.With("component", "hub-renewal")}}
+		Logger: r.log.With("component", "hub-renewal")}, Log: r.log}
 	chain, err := h.Issue(ctx, req)
 	if err == nil || ctx.Err() != nil {
 		return chain, err

@@ -377,3 +377,43 @@ func samePublicKey(a, b crypto.PublicKey) bool {
 	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && k.Equal(b)
 }
+
+// TestHubRenewalReplacesALostRequest: a certificate request the device
+// lost (it gave up waiting, as a reboot would) stays active on the hub,
+// which answers the next request 409005 until it expires. The issuer
+// replaces it ("replace": "*") and gets its certificate at once. Before,
+// the 409 failed the renewal and the next attempt waited for the rotation
+// timer.
+func TestHubRenewalReplacesALostRequest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs devid-sim")
+	}
+	t.Parallel()
+	d := newSimDevice(t, "rot-hub-lost")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if _, err := d.rot.Rotate(ctx); err != nil { // the first operational certificate, from DPS
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	hub, dev := d.hub, d.dev
+	d.mu.Unlock()
+	hr := &rotate.Rotator{StateDir: d.dir, Slot: d.slot, DeviceID: "rot-hub-lost", NewKey: true, Probe: d.connect,
+		Issuer: &HubIssuer{Config: dps.HubConfig{Host: hub, DeviceID: dev, Network: d.net, ConnectTimeout: 15 * time.Second}}}
+	// The hub holds its answer; the device gives up after 3 s.
+	d.sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: dev, Ops: []string{"credentials"}, DelayMs: 60_000})
+	lost, stop := context.WithTimeout(ctx, 3*time.Second)
+	_, err := hr.Rotate(lost)
+	stop()
+	if err == nil {
+		t.Fatal("a renewal whose answer was held succeeded")
+	}
+	d.sim.ClearFaults(t)
+	res, err := hr.Rotate(ctx)
+	if err != nil {
+		t.Fatalf("renewal after a lost request: %v", err)
+	}
+	if res.Path != rotate.PathHub {
+		t.Errorf("result %+v, want path hub", res)
+	}
+}
