@@ -157,6 +157,12 @@ func New(opt Options) (*Agent, error) {
 			conn.Close()
 			return nil
 		},
+		// Only a refusal condemns a new credential; a hub that is down
+		// does not (agent/renewal/renewal.go, probe).
+		Refused: func(err error) bool {
+			c := opt.Cloud.Classify(err)
+			return c == ClassAuth || c == ClassFatal
+		},
 		Network: cloudNetwork(opt.Cloud), Clock: opt.Clock, Logger: a.log,
 	})
 	if err != nil {

@@ -70,6 +70,11 @@ type Deps struct {
 	// Connect connects to the hub with a credential and disconnects: the
 	// probe that proves a new credential before it is swapped in.
 	Connect func(ctx context.Context, cred *credential.Credential, as *statedir.Assignment) error
+	// Refused says whether a Connect error is a verdict on the credential:
+	// the hub refused it (authentication) or it cannot be used at all
+	// (configuration). Other errors (the hub down, unreachable, busy) are
+	// not. Nil means dps.ErrNotAuthorized or dps.ErrConfig.
+	Refused func(error) bool
 	// Network is how the issuers reach DPS and the hub.
 	Network dps.Network
 	Clock   clock.Clock
@@ -86,6 +91,7 @@ type Renewal struct {
 	identity IdentitySource
 	register func(context.Context, *credential.Credential) (*statedir.Assignment, error)
 	connect  func(context.Context, *credential.Credential, *statedir.Assignment) error
+	refused  func(error) bool
 	network  dps.Network
 	clock    clock.Clock
 	log      *slog.Logger
@@ -113,12 +119,15 @@ func New(d Deps) (*Renewal, error) {
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
+	if d.Refused == nil {
+		d.Refused = func(err error) bool { return errors.Is(err, dps.ErrNotAuthorized) || errors.Is(err, dps.ErrConfig) }
+	}
 	pol, err := rotate.PolicyFromFields(c.RenewAt, c.Jitter, c.Retry, c.Margin)
 	if err != nil {
 		return nil, fmt.Errorf("renewal: %w", err)
 	}
 	r := &Renewal{cfg: d.Config, dir: d.Dir, stateDir: d.Dir.Path, path: c.Path, identity: d.Identity,
-		register: d.Register, connect: d.Connect, network: d.Network, clock: d.Clock, log: d.Logger,
+		register: d.Register, connect: d.Connect, refused: d.Refused, network: d.Network, clock: d.Clock, log: d.Logger,
 		rotated: make(chan struct{}, 1)}
 	r.slot = rotate.Slot{KeySpec: d.Config.Key.Backend, ChainPath: certstore.Open(r.stateDir, nil).Path()}
 	rot := &rotate.Rotator{
@@ -281,6 +290,8 @@ func (r *Renewal) Stale(hub *credential.Credential) bool {
 // Register registers with DPS with a CSR (paths dps and hub; see
 // IssuesAtRegistration). The issued chain goes through the two-phase
 // commit like any rotation; the agent then connects with Operational.
+// A hub that cannot be reached does not undo a registration: the
+// certificate is kept (see probe), so the agent retries the hub, not DPS.
 func (r *Renewal) Register(ctx context.Context, id *credential.Credential) (*statedir.Assignment, error) {
 	r.ensureDeviceID(id.DeviceID())
 	res, err := r.w.RotateSync(ctx, r.viaDPS, false, "registration")
@@ -298,7 +309,12 @@ func (r *Renewal) Register(ctx context.Context, id *credential.Credential) (*sta
 	if as == nil {
 		return nil, errors.New("register with certificate issuance: no assignment recorded")
 	}
-	r.log.Info("registered with DPS certificate issuance", "serial", res.Serial, "hub", as.Hub)
+	if res.Unproven {
+		r.log.Warn("registered with DPS certificate issuance; the hub could not be reached to try the certificate, which is kept: the agent connects with it when the hub is back",
+			"serial", res.Serial, "hub", as.Hub)
+	} else {
+		r.log.Info("registered with DPS certificate issuance", "serial", res.Serial, "hub", as.Hub)
+	}
 	cp := *as
 	return &cp, nil
 }
@@ -344,6 +360,15 @@ func (r *Renewal) onRotated(res rotate.Result) {
 // disconnects. With path est the candidate first registers with DPS, as
 // the agent does after any certificate change (the hub learns the new
 // credential through DPS).
+//
+// With paths dps and hub, only the hub refusing the candidate rejects it.
+// A hub that cannot be reached says nothing about it, and the issuance
+// has already made it the certificate the hub expects (DPS points the hub
+// device at the latest registration's certificate): discarding it would
+// only send the agent back to DPS for another one on every retry (issue
+// 18). So the probe says rotate.ErrNotReached and the candidate is
+// committed; should the hub refuse it later, the agent re-provisions with
+// the factory credential, which no rotation touches.
 func (r *Renewal) probe(ctx context.Context, cand credential.Credential) error {
 	var as *statedir.Assignment
 	if r.IssuesAtRegistration() {
@@ -357,7 +382,11 @@ func (r *Renewal) probe(ctx context.Context, cand credential.Credential) error {
 	if as == nil {
 		return errors.New("no hub assignment to probe")
 	}
-	return r.connect(ctx, &cand, as)
+	err := r.connect(ctx, &cand, as)
+	if err == nil || !r.IssuesAtRegistration() || r.refused(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", rotate.ErrNotReached, err)
 }
 
 // hubAssignment is the hub the operational credential belongs to: the

@@ -9,8 +9,10 @@
 //   - Rotator: a two-phase commit with a journal in the state directory.
 //     The new key and certificate are staged under their own names,
 //     proved by a caller-supplied probe (connect to the hub), swapped in
-//     by rename, and only then is the old key destroyed. Recover resolves
-//     a rotation that a power cut interrupted.
+//     by rename, and only then is the old key destroyed. A probe that could
+//     not reach the service at all says so (ErrNotReached), and the
+//     candidate is then committed unproven. Recover resolves a rotation
+//     that a power cut interrupted.
 //   - Issuer: the path that turns a CSR into a certificate chain,
 //     recorded with the identity so that renewal always knows which path
 //     applies. EST re-enrollment (ESTIssuer) is here; the issuers that

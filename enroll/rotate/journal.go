@@ -35,7 +35,8 @@ const (
 	PhaseBegin Phase = "begin"
 	// PhaseStaged: the new key and chain are on disk under staged names.
 	PhaseStaged Phase = "staged"
-	// PhaseProved: the staged credential connected; it will be swapped in.
+	// PhaseProved: the staged credential connected, or the probe could not
+	// reach the service (journal.Unproven); it will be swapped in.
 	PhaseProved Phase = "proved"
 	// PhaseCommitted: the swap is done; only the old key is left to destroy.
 	PhaseCommitted Phase = "committed"
@@ -65,6 +66,9 @@ type journal struct {
 	Renames []rename `json:"renames"`
 	// Serial is the new leaf's serial (hex), once known.
 	Serial string `json:"serial,omitempty"`
+	// Unproven: proved only in that the probe could not reach the service
+	// (ErrNotReached); recovery rolls it forward like any proved one.
+	Unproven bool `json:"unproven,omitempty"`
 }
 
 func journalPath(stateDir string) string { return filepath.Join(stateDir, JournalFile) }

@@ -32,6 +32,14 @@ var (
 	ErrBadChain = errors.New("issued chain rejected")
 	// ErrProbe: the new credential could not connect; it was discarded.
 	ErrProbe = errors.New("new credential failed its probe")
+	// ErrNotReached is not returned by Rotate: a Probe wraps it when it
+	// could not reach the service to try the candidate (the hub down or
+	// unreachable), which is no verdict on the candidate. The rotation
+	// then commits the candidate unproven (Result.Unproven). Only a probe
+	// whose issuer has already made the candidate the credential the
+	// service expects (DPS certificate issuance, docs/rotation.md) may
+	// wrap it: keeping the old one would gain nothing.
+	ErrNotReached = errors.New("probe could not reach the service")
 	// ErrNoIssuer: no issuance path is configured, so renewal is impossible.
 	ErrNoIssuer = errors.New("no issuance path configured")
 )
@@ -104,7 +112,8 @@ type Issuer interface {
 }
 
 // Probe proves a candidate credential, typically by connecting to the hub
-// with it and disconnecting. An error keeps the old credential.
+// with it and disconnecting. An error keeps the old credential, unless it
+// wraps ErrNotReached.
 type Probe func(ctx context.Context, candidate credential.Credential) error
 
 // Result describes a committed rotation.
@@ -113,6 +122,9 @@ type Result struct {
 	Serial   string    `json:"serial"`
 	NotAfter time.Time `json:"not_after"`
 	NewKey   bool      `json:"new_key"`
+	// Unproven: the probe could not reach the service (ErrNotReached),
+	// so the credential was committed without a connection to show for it.
+	Unproven bool `json:"unproven,omitempty"`
 }
 
 // Rotator renews the credential in one slot with a two-phase commit.
@@ -130,7 +142,9 @@ type Rotator struct {
 	// Issuer gets the new chain; nil means ErrNoIssuer.
 	Issuer Issuer
 	// Probe proves the new credential before the swap. It must not be nil:
-	// a credential that was never shown to connect is never swapped in.
+	// a credential that was never shown to connect is never swapped in,
+	// unless the probe says the service could not be reached at all
+	// (ErrNotReached).
 	Probe Probe
 	// NewKey makes a new key (key rotation) instead of reusing the current one.
 	NewKey bool
@@ -295,7 +309,14 @@ func (r *Rotator) rotateLocked(ctx context.Context, iss Issuer, newKey bool) (Re
 	log.Info("rotation: staged new credential", "serial", j.Serial, "not_after", chain[0].NotAfter)
 
 	if err := r.Probe(ctx, credential.Credential{Signer: signer, Chain: chain}); err != nil {
-		return Result{}, fmt.Errorf("%w: %w", ErrProbe, err)
+		if !errors.Is(err, ErrNotReached) {
+			return Result{}, fmt.Errorf("%w: %w", ErrProbe, err)
+		}
+		// No verdict on the candidate, and the issuer has made it the one
+		// the service expects: commit it; the caller connects with it
+		// once the service is back.
+		log.Warn("rotation: the probe could not reach the service; committing the new credential unproven", "serial", j.Serial, "err", err)
+		j.Unproven = true
 	}
 	r.Step.at("probed")
 	j.Phase = PhaseProved
@@ -309,8 +330,8 @@ func (r *Rotator) rotateLocked(ctx context.Context, iss Issuer, newKey bool) (Re
 		// boot) finishes the swap.
 		return Result{}, fmt.Errorf("rotate: swap: %w", err)
 	}
-	log.Info("rotation committed", "serial", j.Serial, "not_after", chain[0].NotAfter)
-	return Result{Path: iss.Name(), Serial: j.Serial, NotAfter: chain[0].NotAfter, NewKey: newKey}, nil
+	log.Info("rotation committed", "serial", j.Serial, "not_after", chain[0].NotAfter, "proved", !j.Unproven)
+	return Result{Path: iss.Name(), Serial: j.Serial, NotAfter: chain[0].NotAfter, NewKey: newKey, Unproven: j.Unproven}, nil
 }
 
 // stagedKey returns the staged key's spec and the current key's files.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"os/exec"
@@ -130,6 +132,45 @@ func TestRotateFailuresKeepOld(t *testing.T) {
 			}
 			if err := handshake(ca, cred); err != nil {
 				t.Errorf("%s: old credential no longer connects: %v", c.name, err)
+			}
+		}
+	}
+}
+
+// A probe that could not reach the service (ErrNotReached) is no verdict:
+// the candidate is committed, marked unproven, and nothing of the
+// rotation is left behind. An empty slot (the first operational
+// certificate) fills the same way.
+func TestRotateUnreachedCommitsUnproven(t *testing.T) {
+	t.Parallel()
+	unreached := func(context.Context, credential.Credential) error {
+		return fmt.Errorf("%w: dial tcp: connection refused", ErrNotReached)
+	}
+	for _, empty := range []bool{false, true} {
+		dir := t.TempDir()
+		ca := newTestCA(t, realNow, 24*time.Hour)
+		slot := provision(t, dir, ca)
+		if empty {
+			slot = Slot{KeySpec: "file:" + filepath.Join(dir, "operational.key"), ChainPath: filepath.Join(dir, "operational-chain.pem")}
+		}
+		r := &Rotator{StateDir: dir, Slot: slot, DeviceID: "dev-1", Issuer: ca, Probe: unreached, Roots: ca.roots()}
+		res, err := r.Rotate(context.Background())
+		if err != nil || !res.Unproven {
+			t.Fatalf("empty=%v: %+v %v, want an unproven commit", empty, res, err)
+		}
+		cred, err := LoadCredential(slot, dir)
+		if err != nil {
+			t.Fatalf("empty=%v: %v", empty, err)
+		}
+		if got := hex.EncodeToString(cred.Leaf().SerialNumber.Bytes()); got != res.Serial {
+			t.Errorf("empty=%v: slot holds serial %s, want the committed %s", empty, got, res.Serial)
+		}
+		if err := handshake(ca, cred); err != nil {
+			t.Errorf("empty=%v: committed credential does not connect: %v", empty, err)
+		}
+		for n := range snapshot(t, dir) {
+			if n == JournalFile || strings.HasSuffix(n, StagedSuffix) || strings.HasSuffix(n, OldSuffix) {
+				t.Errorf("empty=%v: %s left behind", empty, n)
 			}
 		}
 	}
