@@ -22,7 +22,7 @@ export DEVID_SOAK_SIM_KILLS=${SOAK_SIM_KILLS:-10}
 start=$(date +%s)
 set +e
 go test -count=1 -v -timeout "${SOAK_TIMEOUT:-40m}" \
-  -run "${SOAK_RUN:-^(TestKill9LoopDuplicates|TestSimulatorKillLoop|TestLifecycleKill9|TestKill9AtEveryRotationStep|TestKill9Provisioning|TestKill9Connecting|TestKill9Reprovisioning|TestKill9Error|TestHubCrashMidTelemetry|TestHubOutageSimulatedClock|TestENOSPCAtEveryWrite|TestBitFlipAtEveryOffset|TestTornTailIsCut|TestPoisonMessageSetAside|TestReadOnly.*|TestNoQueueDirOnReadOnlyDisk|TestClock.*)\$}" \
+  -run "${SOAK_RUN:-^(TestKill9LoopDuplicates|TestSimulatorKillLoop|TestLifecycleKill9|TestKill9AtEveryRotationStep|TestKill9Provisioning|TestKill9Connecting|TestKill9Reprovisioning|TestKill9Error|TestHubCrashMidTelemetry|TestHubOutageSimulatedClock|TestDPSIssuanceHub.*|TestENOSPCAtEveryWrite|TestBitFlipAtEveryOffset|TestTornTailIsCut|TestPoisonMessageSetAside|TestReadOnly.*|TestNoQueueDirOnReadOnlyDisk|TestClock.*)\$}" \
   ./agent ./agent/queue >"$log" 2>&1
 rc=$?
 set -e

@@ -48,7 +48,7 @@ func StatusFromFiles(cfg *config.Config, now time.Time) rotate.Status {
 	if err != nil {
 		pol = rotate.DefaultPolicy()
 	}
-	rec, _ := rotate.LoadRecord(cfg.StateDir)
+	rec, _ := rotate.ReadRecord(cfg.StateDir)
 	if rec.Policy != nil {
 		pol = *rec.Policy
 	}
@@ -71,7 +71,7 @@ func Check(cfg *config.Config, now time.Time) rotate.CheckResult {
 	if err != nil {
 		return rotate.CheckResult{Level: rotate.CheckFail, Message: err.Error(), Hint: "fix [renewal] in the config (docs/rotation.md)"}
 	}
-	rec, _ := rotate.LoadRecord(cfg.StateDir)
+	rec, _ := rotate.ReadRecord(cfg.StateDir)
 	if rec.Policy != nil {
 		pol = *rec.Policy
 	}

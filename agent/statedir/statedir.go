@@ -49,6 +49,10 @@ var ErrNewerSchema = errors.New("record written by a newer agent (schema too new
 // Dir is an opened state directory.
 type Dir struct {
 	Path string
+	// owner: the directory came from Open, in the agent or the factory,
+	// which may set damaged records aside. A Dir{Path: …} literal (status,
+	// check) only reads: a damaged record is reported, never renamed.
+	owner bool
 }
 
 // Open makes sure path exists as a directory of mode 0700 and returns it.
@@ -73,7 +77,7 @@ func Open(path string) (*Dir, error) {
 			return nil, fmt.Errorf("state dir %s has mode %o and cannot be made 0700: %w", path, st.Mode().Perm(), err)
 		}
 	}
-	return &Dir{Path: path}, nil
+	return &Dir{Path: path, owner: true}, nil
 }
 
 // File returns the path of name inside the directory.
@@ -178,6 +182,9 @@ func AsideName(path string, now time.Time) string {
 
 func (d *Dir) quarantine(name string, why error) error {
 	e := &CorruptError{Path: d.File(name), Cause: why}
+	if !d.owner {
+		return e // a reader: the agent sets it aside when it reads it
+	}
 	aside := AsideName(e.Path, time.Now())
 	if err := os.Rename(e.Path, aside); err != nil {
 		e.Cause = fmt.Errorf("%v; rename: %w", why, err)

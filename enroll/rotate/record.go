@@ -64,32 +64,52 @@ var ErrNewerSchema = errors.New("written by a newer agent (schema too new)")
 // that names the file, the cause and the new name. A record of a newer
 // schema is left alone and reported as ErrNewerSchema.
 func LoadRecord(stateDir string) (Record, error) {
-	var r Record
+	r, cause, err := readRecord(stateDir)
+	if err != nil || cause == nil {
+		return r, err
+	}
 	path := filepath.Join(stateDir, RecordFile)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return Record{Schema: RecordSchema}, nil
-	}
-	if err != nil {
-		return r, fmt.Errorf("renewal record: %w", err)
-	}
-	var cause error
-	if err := json.Unmarshal(b, &r); err != nil {
-		cause = err
-	} else if r.Schema > RecordSchema {
-		return r, fmt.Errorf("renewal record %s: schema %d, this agent reads and writes up to %d: %w", path, r.Schema, RecordSchema, ErrNewerSchema)
-	} else if r.Schema < 1 {
-		cause = fmt.Errorf("schema %d is not valid", r.Schema)
-	}
-	if cause == nil {
-		return r, nil
-	}
 	aside := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000Z")
 	if err := os.Rename(path, aside); err != nil {
 		return Record{Schema: RecordSchema}, fmt.Errorf("renewal record %s is damaged (%v) and could not be set aside: %w", path, cause, err)
 	}
 	_ = atomicfile.SyncDir(stateDir)
 	return Record{Schema: RecordSchema}, fmt.Errorf("renewal record %s is damaged (%v); set aside as %s, starting a new one", path, cause, filepath.Base(aside))
+}
+
+// ReadRecord is LoadRecord for readers such as status and check: a
+// damaged record is reported, never set aside (the agent does that).
+func ReadRecord(stateDir string) (Record, error) {
+	r, cause, err := readRecord(stateDir)
+	if err == nil && cause != nil {
+		err = fmt.Errorf("renewal record %s is damaged: %v", filepath.Join(stateDir, RecordFile), cause)
+	}
+	return r, err
+}
+
+// readRecord reads the renewal record. cause says why a record that is
+// there cannot be used (then r is the zero Record); err is a newer schema
+// or a read error.
+func readRecord(stateDir string) (r Record, cause, err error) {
+	path := filepath.Join(stateDir, RecordFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Record{Schema: RecordSchema}, nil, nil
+	}
+	if err != nil {
+		return r, nil, fmt.Errorf("renewal record: %w", err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		cause = err
+	} else if r.Schema > RecordSchema {
+		return r, nil, fmt.Errorf("renewal record %s: schema %d, this agent reads and writes up to %d: %w", path, r.Schema, RecordSchema, ErrNewerSchema)
+	} else if r.Schema < 1 {
+		cause = fmt.Errorf("schema %d is not valid", r.Schema)
+	}
+	if cause != nil {
+		return Record{Schema: RecordSchema}, cause, nil
+	}
+	return r, nil, nil
 }
 
 // SaveRecord writes the renewal record atomically. A record of a newer
