@@ -130,17 +130,18 @@ func (a *Agent) ntpSynced() bool {
 }
 
 // confirmLastKnownGood advances last_known_good while a TLS session is
-// up: on a new session, and hourly while it lasts. A new session at a
-// wall clock below the saved value contradicts the saved value, which is
-// then lowered (and logged, once).
+// up: on a new session, and hourly while it lasts. A new session, or the
+// kernel's NTP synchronisation, at a wall clock below the saved value
+// contradicts the saved value, which is then lowered (and logged, once).
 func (a *Agent) confirmLastKnownGood(newSession bool) {
 	now := a.clock.Now()
 	old := a.persisted.LastKnownGood
-	contradicted := newSession && old.After(now)
+	ntp := a.ntpSynced()
+	contradicted := old.After(now) && (newSession || ntp)
 	if contradicted {
 		a.anchors.saved = anchor{}
 	}
-	if a.ntpSynced() {
+	if ntp {
 		a.anchors.saved.raise(a.clock, now)
 	}
 	lkg := a.anchors.realTimeBound()
@@ -154,7 +155,11 @@ func (a *Agent) confirmLastKnownGood(newSession bool) {
 	}
 	a.persisted.LastKnownGood = lkg.UTC()
 	if contradicted {
-		a.log.Warn("the saved last known good time was ahead of a clock a TLS peer just accepted; lowered it",
+		by := "a TLS peer just accepted"
+		if ntp {
+			by = "the kernel reports NTP-synchronised"
+		}
+		a.log.Warn("the saved last known good time was ahead of a clock "+by+"; lowered it",
 			"old", old.UTC().Format(time.RFC3339), "new", a.persisted.LastKnownGood.Format(time.RFC3339),
 			"clock", now.UTC().Format(time.RFC3339), "file", a.dir.File(statedir.StateFile))
 	}

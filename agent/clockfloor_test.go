@@ -132,3 +132,30 @@ func TestFutureFloorTLSCorrects(t *testing.T) {
 		}
 	})
 }
+
+// TestNTPStepBackLowersFloor: a clock the kernel reports NTP-synchronised
+// is trusted (a wrong NTP server 20 days ahead moves the floor with it),
+// and when NTP steps it back while the agent stays connected, the next
+// hourly refresh lowers the floor to it.
+func TestNTPStepBackLowersFloor(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		begin := time.Now()
+		real := func() time.Time { return t0.Add(time.Since(begin)) }
+		dir := filepath.Join(t.TempDir(), "s")
+		h := newHarness(t, dir, nil)
+		h.clockSynced = func() bool { return true }
+		h.start(testIdentity(t, t0.Add(-time.Hour)))
+		h.waitState(Connected, 0)
+		h.clock.Set(real().Add(twentyDays))
+		clocktest.Step(lkgInterval)
+		if lkg := savedFloor(t, dir); lkg.Before(real().Add(twentyDays - time.Minute)) {
+			t.Fatalf("last_known_good %v: an NTP-synchronised clock is trusted", lkg)
+		}
+		h.clock.Set(real())
+		clocktest.Step(lkgInterval)
+		if lkg := savedFloor(t, dir); lkg.After(real()) {
+			t.Fatalf("last_known_good %v still ahead of the NTP-synchronised clock %v", lkg, real())
+		}
+	})
+}
