@@ -181,18 +181,34 @@ func (a *Agent) correctSavedFloor() {
 		"file", a.dir.File(statedir.StateFile))
 }
 
+// blocking is the floor the clock is waiting for at now: the hard floor
+// while the clock is below it, else the whole floor.
+func (f clockFloor) blocking(now time.Time) (time.Time, string) {
+	if now.Before(f.hard) {
+		return f.hard, f.hardWhy
+	}
+	return f.at, f.why
+}
+
 // clockWaitReason says why the clock is not accepted yet, naming the
 // floor, its source and the kernel's NTP state.
 func (a *Agent) clockWaitReason(f clockFloor, now time.Time) string {
 	clk := now.UTC().Format(time.RFC3339)
-	if !f.savedOnly(now) {
-		return fmt.Sprintf("clock %s is before the %s %s", clk, f.why, f.at.UTC().Format(time.RFC3339))
+	saved := fmt.Sprintf("the %s %s saved in %s", WhyLastKnownGood, f.at.UTC().Format(time.RFC3339), a.dir.File(statedir.StateFile))
+	if now.Before(f.hard) {
+		r := fmt.Sprintf("clock %s is before the %s %s", clk, f.hardWhy, f.hard.UTC().Format(time.RFC3339))
+		if f.at.After(f.hard) {
+			r += " (and " + saved + ")"
+		}
+		return r
+	}
+	if !now.Before(f.at) {
+		return "clock " + clk + " is past the " + f.why
 	}
 	ntpState := "the kernel does not report NTP synchronisation"
 	if a.opt.ClockSynced == nil {
 		ntpState = "the kernel's NTP state is unknown"
 	}
-	return fmt.Sprintf("clock %s is before the %s %s saved in %s, though past the %s %s; %s, so either the clock is behind or the saved time is wrong: after clock.max_wait (%s) the agent tries TLS, and a session that succeeds lowers the saved time",
-		clk, WhyLastKnownGood, f.at.UTC().Format(time.RFC3339), a.dir.File(statedir.StateFile),
-		f.hardWhy, f.hard.UTC().Format(time.RFC3339), ntpState, a.cfg.Clock.MaxWait.String())
+	return fmt.Sprintf("clock %s is before %s, though past the %s %s; %s, so either the clock is behind or the saved time is wrong: after clock.max_wait (%s) the agent tries TLS, and a session that succeeds lowers the saved time",
+		clk, saved, f.hardWhy, f.hard.UTC().Format(time.RFC3339), ntpState, a.cfg.Clock.MaxWait.String())
 }

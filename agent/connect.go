@@ -71,7 +71,8 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 	go func() {
 		start := a.clock.Now()
 		if pause > 0 {
-			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: floor.at, Source: floor.why,
+			at, why := floor.blocking(start)
+			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: at, Source: why,
 				Reason: "a server rejected our clock (" + errString(cause) + "); waiting for it to be corrected"})
 			if !a.sleep(ctx, pause) {
 				return
@@ -98,12 +99,13 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 				reason = "waiting for the kernel to report NTP synchronisation"
 			}
 			exceeded := now.Sub(start) >= a.cfg.Clock.MaxWait.D() || now.Before(start)
-			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: floor.at, Source: floor.why, Reason: reason, Exceeded: exceeded})
-			if exceeded && (floor.savedOnly(now) || !now.Before(floor.at.Add(-24*time.Hour))) {
-				// Bounded wait: within a day of the floor, or below only
-				// the saved floor (which a successful session corrects,
-				// confirmLastKnownGood), try anyway; TLS time errors are
-				// then treated as clock problems.
+			at, why := floor.blocking(now)
+			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: at, Source: why, Reason: reason, Exceeded: exceeded})
+			if exceeded && !now.Before(floor.hard.Add(-24*time.Hour)) {
+				// Bounded wait: within a day of the hard floor, try
+				// anyway, however far the saved floor is (a session that
+				// succeeds corrects it, confirmLastKnownGood); TLS time
+				// errors are then treated as clock problems.
 				a.log.Warn("clock wait exceeded; proceeding", "reason", reason)
 				a.postState(epoch, Event{Kind: EvClockOK, Cached: cached})
 				return
