@@ -79,7 +79,9 @@ type Agent struct {
 	id        *credential.Credential
 	op        *credential.Credential
 	clockWait *ClockWait
-	started   time.Time
+	// anchors bound last_known_good by real time (clockfloor.go).
+	anchors floorAnchors
+	started time.Time
 	// firstHubFailure is when the current run of hub failures began.
 	firstHubFailure time.Time
 
@@ -220,6 +222,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else if !errors.Is(err, statedir.ErrNotExist) || errors.As(err, new(*statedir.CorruptError)) {
 		a.logUnreadable("cached assignment unreadable; will register with DPS", err)
 	}
+	// The saved floor was derived from real time (clockfloor.go); it is
+	// dropped if real time contradicts it.
+	a.anchors.saved.raise(a.clock, a.persisted.LastKnownGood)
 	a.log.Info("starting", "version", a.opt.Version, "state_dir", a.cfg.StateDir,
 		"previous_state", a.persisted.Name, "cached_hub", a.hubName())
 
@@ -285,7 +290,7 @@ func (a *Agent) handle(ev Event) {
 	}
 	if ev.Kind == evLKG {
 		if ev.epoch == a.epoch && a.state == Connected {
-			a.persisted.LastKnownGood = a.clock.Now().UTC()
+			a.confirmLastKnownGood(false)
 			a.persist()
 		}
 		return
@@ -299,6 +304,10 @@ func (a *Agent) handle(ev Event) {
 	}
 	// Bookkeeping that next reads.
 	switch ev.Kind {
+	case EvClockOK:
+		if ev.WrongFloor {
+			a.correctSavedFloor()
+		}
 	case EvAssigned:
 		as := ev.payload.(*statedir.Assignment)
 		a.assignment = as
@@ -367,7 +376,7 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 		a.cnt.hubFailures, a.cnt.reprovisions, a.backoffN, a.revokedN = 0, 0, 0, 0
 		a.persisted.RevokedCount, a.persisted.RetryAt = 0, time.Time{}
 		a.firstHubFailure = time.Time{}
-		a.persisted.LastKnownGood = now.UTC()
+		a.confirmLastKnownGood(true)
 		a.persisted.RevokedReason = ""
 	case Reprovisioning:
 		a.cnt.reprovisions++

@@ -25,23 +25,6 @@ func (a *Agent) cacheUsable() bool {
 	return true
 }
 
-// clockFloor is the earliest plausible time: the certificate's
-// notBefore, the last time a verified TLS session was seen, and the
-// build-time floor.
-func (a *Agent) clockFloor() (time.Time, string) {
-	floor, why := clockFloorBuild, "build date"
-	if leaf := a.id.Leaf(); leaf != nil && leaf.NotBefore.After(floor) {
-		floor, why = leaf.NotBefore, "certificate notBefore"
-	}
-	if a.persisted.LastKnownGood.After(floor) {
-		floor, why = a.persisted.LastKnownGood, "last known good time"
-	}
-	return floor, why
-}
-
-// clockFloorBuild is a date before which this build cannot be running.
-var clockFloorBuild = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-
 // loadIdentity loads the factory credential and, with renewal through
 // DPS or the hub, the installed operational credential the hub gets. The
 // previous ones are closed: nothing uses them any more (their
@@ -56,6 +39,7 @@ func (a *Agent) loadIdentity() error {
 	}
 	a.op.Close()
 	a.id, a.op = id, a.renewal.Operational()
+	a.anchorCredentials()
 	return nil
 }
 
@@ -82,12 +66,13 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 		a.postState(epoch, Event{Kind: EvFatal, Err: errors.New("dps.id_scope is not set in the config and no DPS assignment is cached")})
 		return
 	}
-	floor, why := a.clockFloor()
+	floor := a.clockFloor()
 	cached := a.cacheUsable()
 	go func() {
 		start := a.clock.Now()
 		if pause > 0 {
-			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: floor,
+			at, why := floor.blocking(start)
+			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: at, Source: why,
 				Reason: "a server rejected our clock (" + errString(cause) + "); waiting for it to be corrected"})
 			if !a.sleep(ctx, pause) {
 				return
@@ -97,20 +82,30 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 		checks := clock.Backoff{Min: time.Second, Max: 32 * time.Second}
 		for n := 1; ; n++ {
 			now := a.clock.Now()
-			synced := !a.cfg.Clock.RequireSync || a.opt.ClockSynced == nil || a.opt.ClockSynced()
-			if !now.Before(floor) && synced {
+			ntp := a.ntpSynced()
+			synced := !a.cfg.Clock.RequireSync || a.opt.ClockSynced == nil || ntp
+			if floor.savedOnly(now) && ntp {
+				// Real time contradicts the saved floor: the Run
+				// goroutine lowers it (correctSavedFloor), no waiting.
+				a.postState(epoch, Event{Kind: EvClockOK, Cached: cached, WrongFloor: true})
+				return
+			}
+			if !now.Before(floor.at) && synced {
 				a.postState(epoch, Event{Kind: EvClockOK, Cached: cached})
 				return
 			}
-			reason := fmt.Sprintf("clock %s is before the %s %s", now.UTC().Format(time.RFC3339), why, floor.Format(time.RFC3339))
-			if !synced && !now.Before(floor) {
+			reason := a.clockWaitReason(floor, now)
+			if !synced && !now.Before(floor.at) {
 				reason = "waiting for the kernel to report NTP synchronisation"
 			}
 			exceeded := now.Sub(start) >= a.cfg.Clock.MaxWait.D() || now.Before(start)
-			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: floor, Reason: reason, Exceeded: exceeded})
-			if exceeded && !now.Before(floor.Add(-24*time.Hour)) {
-				// Bounded wait: within a day of the floor, try anyway;
-				// TLS time errors are then treated as clock problems.
+			at, why := floor.blocking(now)
+			a.setClockWait(&ClockWait{Since: start.UTC(), Floor: at, Source: why, Reason: reason, Exceeded: exceeded})
+			if exceeded && !now.Before(floor.hard.Add(-24*time.Hour)) {
+				// Bounded wait: within a day of the hard floor, try
+				// anyway, however far the saved floor is (a session that
+				// succeeds corrects it, confirmLastKnownGood); TLS time
+				// errors are then treated as clock problems.
 				a.log.Warn("clock wait exceeded; proceeding", "reason", reason)
 				a.postState(epoch, Event{Kind: EvClockOK, Cached: cached})
 				return
@@ -243,7 +238,8 @@ func (a *Agent) startConnected(ctx context.Context, epoch uint64, conn HubConn) 
 	go a.sendLoop(ctx, conn)
 	go a.healthLoop(ctx, conn)
 	// Keep the clock floor fresh on a device that stays connected for
-	// months: the next boot then refuses a clock that went far back.
+	// months: the next boot then refuses a clock that went far back
+	// (confirmLastKnownGood bounds it by real time).
 	go func() {
 		for a.sleep(ctx, lkgInterval) {
 			a.postState(epoch, Event{Kind: evLKG})

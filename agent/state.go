@@ -120,6 +120,9 @@ type Event struct {
 	Revoked bool
 	// Cached: a usable DPS assignment is cached.
 	Cached bool
+	// WrongFloor (EvClockOK): the kernel reports NTP synchronisation at a
+	// clock below the saved last-known-good time, which is to be lowered.
+	WrongFloor bool
 	// AuthRefused: the hub refused the credential (CONNACK 5, 401).
 	AuthRefused bool
 	// Err is the cause, for logs and status.

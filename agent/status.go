@@ -56,9 +56,12 @@ type QueueInfo struct {
 
 // ClockWait describes a wait for a sane clock.
 type ClockWait struct {
-	Since  time.Time `json:"since"`
-	Floor  time.Time `json:"floor"`
-	Reason string    `json:"reason"`
+	Since time.Time `json:"since"`
+	Floor time.Time `json:"floor"`
+	// Source names the floor: build date, certificate notBefore or last
+	// known good time (clockfloor.go).
+	Source string `json:"source,omitempty"`
+	Reason string `json:"reason"`
 	// Exceeded: clock.max_wait passed; the agent proceeds but treats
 	// TLS time errors as clock problems, never as identity problems.
 	Exceeded bool `json:"exceeded,omitempty"`

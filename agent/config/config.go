@@ -164,7 +164,9 @@ type Retry struct {
 // Clock configures the boot-time clock sanity wait.
 type Clock struct {
 	// MaxWait bounds how long the agent waits for a sane clock before
-	// it reports "clock not synchronised" and keeps waiting more slowly.
+	// any TLS: after it, the agent tries anyway when the clock is within a
+	// day of the certificate's notBefore and the build date, however far
+	// ahead the saved last-known-good time is.
 	MaxWait Duration `toml:"max_wait"`
 	// RequireSync additionally waits for the kernel to report NTP
 	// synchronisation (adjtimex), not just a plausible time.

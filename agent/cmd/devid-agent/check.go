@@ -40,6 +40,8 @@ type checker struct {
 	chain   *certstore.Chain
 	roots   []*x509.Certificate
 	now     time.Time
+	// synced is the kernel's NTP state (nil: clockSynced).
+	synced func() bool
 }
 
 func (c *checker) add(name, result, detail, hint string) {
@@ -189,24 +191,60 @@ func (c *checker) keyAndCert() {
 }
 
 func (c *checker) clock() {
-	floor, why := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), "build floor"
-	if c.chain != nil && c.chain.Leaf.NotBefore.After(floor) {
-		floor, why = c.chain.Leaf.NotBefore, "certificate notBefore"
+	var leaf *x509.Certificate
+	if c.chain != nil {
+		leaf = c.chain.Leaf
 	}
 	d := &statedir.Dir{Path: c.cfg.StateDir}
-	if st, err := d.LoadState(); err == nil && st.LastKnownGood.After(floor) {
-		floor, why = st.LastKnownGood, "last known good time"
+	var lkg time.Time
+	if st, err := d.LoadState(); err == nil {
+		lkg = st.LastKnownGood // an unreadable record: the agent starts without one
 	}
-	if c.now.Before(floor) {
-		c.add("clock", "fail", fmt.Sprintf("%s is before the %s %s", c.now.UTC().Format(time.RFC3339), why, floor.Format(time.RFC3339)),
-			"synchronise the clock (systemd-timesyncd, chrony); the agent waits for it before any TLS")
-		return
+	synced := c.synced
+	if synced == nil {
+		synced = clockSynced
 	}
-	if !clockSynced() {
-		c.add("clock", "warn", "plausible, but the kernel does not report NTP synchronisation", "enable time sync (timedatectl set-ntp true)")
-		return
+	c.results = append(c.results, clockCheck(c.now, leaf, lkg, d.File(statedir.StateFile), synced(), c.cfg.Clock.MaxWait.String()))
+}
+
+// clockCheck is the clock line: the floor the agent waits for before any
+// TLS, where it comes from (the saved one with its file), and whether the
+// kernel reports NTP synchronisation. The floor is the agent's
+// (agent.HardClockFloor, then last_known_good; agent/clockfloor.go).
+func clockCheck(now time.Time, leaf *x509.Certificate, lkg time.Time, stateFile string, synced bool, maxWait string) checkResult {
+	clk := now.UTC().Format(time.RFC3339)
+	hard, hardWhy := agent.HardClockFloor(leaf)
+	hardS := hardWhy + " " + hard.UTC().Format(time.RFC3339)
+	savedS := agent.WhyLastKnownGood + " " + lkg.UTC().Format(time.RFC3339) + " (" + stateFile + ")"
+	ntp := "the kernel reports it NTP-synchronised"
+	if !synced {
+		ntp = "the kernel does not report NTP synchronisation"
 	}
-	c.add("clock", "pass", "synchronised, after the "+why, "")
+	switch {
+	case now.Before(hard):
+		detail := fmt.Sprintf("clock %s is before the %s; %s", clk, hardS, ntp)
+		hint := "synchronise the clock (systemd-timesyncd, chrony); the agent waits for it before any TLS"
+		if synced {
+			hint = "the certificate is dated after a synchronised clock: check the issuing CA's clock; the agent waits for it before any TLS"
+		}
+		return checkResult{"clock", "fail", detail, hint}
+	case now.Before(lkg) && synced:
+		return checkResult{"clock", "warn",
+			fmt.Sprintf("clock %s, %s, is before the saved %s: the saved floor is wrong", clk, ntp, savedS),
+			"nothing to do: the agent corrects it (lowers it to the clock) at its next clock check, or within the hour while connected"}
+	case now.Before(lkg):
+		return checkResult{"clock", "warn",
+			fmt.Sprintf("clock %s is before the saved %s, though past the %s; %s, so either the clock is behind or the saved time is wrong", clk, savedS, hardS, ntp),
+			"if the clock is right, nothing to do: after clock.max_wait (" + maxWait + ") the agent tries TLS and a session that succeeds lowers the saved time; otherwise synchronise the clock (systemd-timesyncd, chrony)"}
+	}
+	floor := hardS
+	if lkg.After(hard) {
+		floor = savedS
+	}
+	if !synced {
+		return checkResult{"clock", "warn", fmt.Sprintf("clock %s is past the %s, but %s", clk, floor, ntp), "enable time sync (timedatectl set-ntp true)"}
+	}
+	return checkResult{"clock", "pass", fmt.Sprintf("clock %s is past the %s; %s", clk, floor, ntp), ""}
 }
 
 func (c *checker) trust() {

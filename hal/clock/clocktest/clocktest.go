@@ -42,7 +42,10 @@ type fakeTimer struct {
 	stopped bool
 }
 
-var _ clock.Clock = (*Fake)(nil)
+var (
+	_ clock.Clock     = (*Fake)(nil)
+	_ clock.Monotonic = (*Fake)(nil)
+)
 
 // NewFake starts a fake clock showing t.
 func NewFake(t time.Time) *Fake { return &Fake{wall: t} }
@@ -113,6 +116,14 @@ func (c *Fake) AdvanceToNext() (time.Duration, bool) {
 	}
 	c.Advance(d)
 	return d, true
+}
+
+// Monotonic is the fake monotonic time (clock.Monotonic): it moves with
+// Advance, never with Set.
+func (c *Fake) Monotonic() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mono
 }
 
 // Set steps the wall clock to t, forwards or backwards. Timers are not
