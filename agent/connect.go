@@ -57,11 +57,8 @@ func (a *Agent) startEnrolled(ctx context.Context, epoch uint64, pause time.Dura
 	id := a.id
 	a.mu.Lock()
 	a.status.KeyBackend = id.Backend()
-	if leaf := id.Leaf(); leaf != nil {
-		a.status.CertExpiry = leaf.NotAfter
-		a.status.CertSerial = fmt.Sprintf("%x", leaf.SerialNumber)
-	}
 	a.mu.Unlock()
+	a.showCertInUse()
 	if a.cfg.DPS.IDScope == "" && !a.cacheUsable() {
 		a.postState(epoch, Event{Kind: EvFatal, Err: errors.New("dps.id_scope is not set in the config and no DPS assignment is cached")})
 		return
@@ -196,6 +193,7 @@ func (a *Agent) startConnecting(ctx context.Context, epoch uint64) {
 		// renewed); DPS keeps the factory onboarding credential.
 		id = a.op
 	}
+	a.showCertInUse()
 	h := Handlers{C2D: a.onC2D, Method: a.onMethod, Desired: a.onDesired, MethodNames: a.methodNames()}
 	go func() {
 		cctx, cancel := context.WithTimeout(ctx, a.cfg.Hub.ConnectTimeout.D())
@@ -249,3 +247,27 @@ func (a *Agent) startConnected(ctx context.Context, epoch uint64, conn HubConn) 
 
 // lkgInterval is how often a connected agent refreshes last_known_good.
 const lkgInterval = time.Hour
+
+// showCertInUse puts the certificate the hub gets in status: the
+// operational one when there is one, else the factory one. A status that
+// showed the factory certificate's expiry (years away) while the hub used
+// an operational one that expires in weeks would mislead the operator.
+func (a *Agent) showCertInUse() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.status.CertKind, a.status.FactoryCertExpiry = "", time.Time{}
+	inUse := a.id
+	if a.op != nil {
+		inUse = a.op
+		a.status.CertKind = "operational"
+		if leaf := a.id.Leaf(); leaf != nil {
+			a.status.FactoryCertExpiry = leaf.NotAfter
+		}
+	} else if a.id != nil {
+		a.status.CertKind = "factory"
+	}
+	if leaf := inUse.Leaf(); leaf != nil {
+		a.status.CertExpiry = leaf.NotAfter
+		a.status.CertSerial = fmt.Sprintf("%x", leaf.SerialNumber)
+	}
+}

@@ -119,6 +119,12 @@ func TestRenewalOnAgent(t *testing.T) {
 	if r := b.renewalStatus(); r["path"] != rotate.PathDPS || r["next"] == nil {
 		t.Errorf("status renewal %v: want path %s and a next time", r, rotate.PathDPS)
 	}
+	// Status shows the certificate the hub gets (the DPS-issued one, which
+	// expires long before the factory one), and the factory one beside it.
+	st := b.api(`{"op":"status"}`)["status"].(map[string]any)
+	if st["cert_kind"] != "operational" || st["cert_serial"] != s1 || st["factory_cert_expiry"] == nil || st["cert_expiry"] == st["factory_cert_expiry"] {
+		t.Errorf("status certificate: kind %v serial %v (operational %s), expiry %v, factory %v", st["cert_kind"], st["cert_serial"], s1, st["cert_expiry"], st["factory_cert_expiry"])
+	}
 
 	// Direct method: rotate key and certificate now.
 	b.rotateNow(true)

@@ -8,16 +8,22 @@ import (
 
 // Status is what `devid-agent status` and the local API show.
 type Status struct {
-	State       string    `json:"state"`
-	Since       time.Time `json:"since"`
-	DeviceID    string    `json:"device_id,omitempty"`
-	Hub         string    `json:"hub,omitempty"`
-	KeyBackend  string    `json:"key_backend,omitempty"`
-	CertExpiry  time.Time `json:"cert_expiry,omitzero"`
-	CertSerial  string    `json:"cert_serial,omitempty"`
-	Queue       QueueInfo `json:"queue"`
-	HubFailures int       `json:"hub_failures"`
-	LastError   string    `json:"last_error,omitempty"`
+	State      string    `json:"state"`
+	Since      time.Time `json:"since"`
+	DeviceID   string    `json:"device_id,omitempty"`
+	Hub        string    `json:"hub,omitempty"`
+	KeyBackend string    `json:"key_backend,omitempty"`
+	// CertExpiry and CertSerial are the certificate the hub gets:
+	// CertKind says which, "factory" or "operational" (DPS-issued or
+	// renewed); with an operational one FactoryCertExpiry is the factory
+	// (onboarding) certificate's, which DPS keeps getting.
+	CertExpiry        time.Time `json:"cert_expiry,omitzero"`
+	CertSerial        string    `json:"cert_serial,omitempty"`
+	CertKind          string    `json:"cert_kind,omitempty"`
+	FactoryCertExpiry time.Time `json:"factory_cert_expiry,omitzero"`
+	Queue             QueueInfo `json:"queue"`
+	HubFailures       int       `json:"hub_failures"`
+	LastError         string    `json:"last_error,omitempty"`
 	// ClockWait is set while the agent waits for a sane clock.
 	ClockWait     *ClockWait                `json:"clock_wait,omitempty"`
 	NextRetry     time.Time                 `json:"next_retry,omitzero"`

@@ -145,7 +145,14 @@ func printStatus(s *statusOut) {
 	row("device id", s.DeviceID)
 	row("hub", s.Hub)
 	if !s.CertExpiry.IsZero() {
-		row("cert expiry", fmt.Sprintf("%s (%s)", s.CertExpiry.Format(time.RFC3339), humanUntil(time.Until(s.CertExpiry))))
+		v := fmt.Sprintf("%s (%s)", s.CertExpiry.Format(time.RFC3339), humanUntil(time.Until(s.CertExpiry)))
+		if s.CertKind != "" {
+			v += ", the " + s.CertKind + " certificate the hub gets"
+		}
+		row("cert expiry", v)
+		if !s.FactoryCertExpiry.IsZero() {
+			row("factory cert", fmt.Sprintf("expires %s (%s); DPS gets it", s.FactoryCertExpiry.Format(time.RFC3339), humanUntil(time.Until(s.FactoryCertExpiry))))
+		}
 	} else {
 		row("cert expiry", "")
 	}
