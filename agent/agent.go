@@ -463,6 +463,9 @@ func (a *Agent) enter(ns State, ev Event, boot bool) {
 	if a.opt.Indicator != nil {
 		a.opt.Indicator(ns)
 	}
+	if ns == Connected {
+		a.renewal.Connected(a.op)
+	}
 	if ns == Connected && a.id != nil && a.renewal.Stale(a.op) {
 		// Connected with anything but the installed operational
 		// credential (a rotation committed while the agent could not take

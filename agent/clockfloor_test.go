@@ -11,7 +11,7 @@ import (
 	"devid/hal/clock/clocktest"
 )
 
-// The clock floor (issue 18, clockfloor.go): a forward clock jump must not
+// The clock floor (clockfloor.go): a forward clock jump must not
 // save a floor in the future, and a saved floor in the future that real
 // time contradicts is corrected, not waited out.
 
@@ -29,7 +29,7 @@ func savedFloor(t *testing.T, dir string) time.Time {
 }
 
 // futureFloorDir is a provisioned state dir whose saved floor is 20 days
-// ahead of t0, as issue 18's jump left it; it returns the dir and the
+// ahead of t0, as a forward clock jump left it; it returns the dir and the
 // harness whose cloud and identity the restarted device reuses.
 func futureFloorDir(t *testing.T) (string, *harness) {
 	t.Helper()

@@ -219,7 +219,7 @@ func (b *dpsBoard) until(what string, done func(Status) bool) {
 	}
 }
 
-// TestDPSIssuanceHubOutageRegistersOnce is issue 18: with renewal.path =
+// TestDPSIssuanceHubOutageRegistersOnce: with renewal.path =
 // "dps", a first boot while the hub is down must register with DPS once,
 // keep the certificate DPS issued, and only retry the hub; never register
 // (and get a new certificate) again on every backoff cycle. 10 simulated
@@ -250,6 +250,10 @@ func TestDPSIssuanceHubOutageRegistersOnce(t *testing.T) {
 	if s := b.a.Status(); s.State != "backoff" && s.State != "connecting" || s.Hub == "" {
 		t.Fatalf("during the outage: %+v, want retrying the cached hub", s)
 	}
+	// Status says the kept certificate has not connected yet ...
+	if r, _ := b.a.Status().Extra["renewal"].(rotate.Status); !r.Unproven {
+		t.Errorf("renewal status during the outage %+v: want unproven", r)
+	}
 
 	b.gate.setUp(true)
 	b.until("hub back", func(s Status) bool { return s.State == "connected" })
@@ -259,12 +263,12 @@ func TestDPSIssuanceHubOutageRegistersOnce(t *testing.T) {
 	if got := b.operational(); got != serial {
 		t.Errorf("connected with operational certificate %s, want %s (the one issued at the registration)", got, serial)
 	}
-	if r, _ := b.a.Status().Extra["renewal"].(rotate.Status); r.Rotations != 1 {
-		t.Errorf("renewal status %+v: want exactly 1 rotation (the registration's)", r)
+	if r, _ := b.a.Status().Extra["renewal"].(rotate.Status); r.Rotations != 1 || r.Unproven {
+		t.Errorf("renewal status %+v: want exactly 1 rotation (the registration's), proven by the connection", r)
 	}
 }
 
-// TestDPSIssuanceHubRefusalRegistersAgain: the other side of issue 18. A
+// TestDPSIssuanceHubRefusalRegistersAgain: the other side of it. A
 // hub that refuses the device (here: the device disabled on the hub) is
 // a verdict, not an outage: the agent goes back to DPS, each new
 // certificate the hub refuses is discarded (the one in the slot stays,

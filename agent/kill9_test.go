@@ -16,7 +16,7 @@ import (
 	"devid/simulator/simtest"
 )
 
-// The kill -9 cases of issue 5 not covered by TestLifecycleKill9,
+// The kill -9 cases not covered by TestLifecycleKill9,
 // TestKill9Provisioning and TestFactoryModeThenField: a power cut while
 // connecting, while re-provisioning and in error. Each holds the agent
 // in the state, queues messages through the local API, kills it, checks

@@ -17,7 +17,7 @@ ALLOWED=(
   "agent next" # the state transition table (agent/state.go)
 )
 
-# Exempt until issue 14 (renovation) lands; the integrator empties this.
+# Exempt for now: a file or function listed here is reported, not failed.
 # "file PATH" for a file over MAX_LINES, "func DIR FUNC" for a function
 # over MAX_CYCLO. Delete an entry once it is under its limit.
 EXEMPT=(
@@ -46,7 +46,7 @@ for o in "${over[@]}"; do
     continue
   fi
   if printf '%s\n' "${EXEMPT[@]}" | grep -qxF "$key"; then
-    echo "structure: ${key#* } ($what): still over the limit (exempt until issue 14 lands)"
+    echo "structure: ${key#* } ($what): still over the limit (exempt)"
   else
     echo "structure: ${key#* }: $what, over the limit (files ≤ $MAX_LINES lines, functions ≤ complexity $MAX_CYCLO); split it" >&2
     fail=1

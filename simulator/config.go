@@ -70,8 +70,8 @@ type Switches struct {
 	// "array" (bare base64 DER array, SDK) or "object" ({"certificates":[PEM]}, docs).
 	HubCredentialsResponse string
 	// DPSErrorMessageField: name of the text field of DPS error bodies:
-	// "message" (the service's TypeSpec), "errorMessage" (the wording of
-	// devid's issue 3) or "both".
+	// "message" (the service's TypeSpec), "errorMessage" (the field name
+	// some client code expects; docs/simulator.md) or "both".
 	DPSErrorMessageField string
 	// ConnectionProfile, when set, is returned as
 	// registrationState.connectionProfile to devices using the draft

@@ -62,7 +62,7 @@ type Config struct {
 	Debug    Debug    `toml:"debug"`
 }
 
-// Renewal is the certificate renewal policy (issue 8; grammar in
+// Renewal is the certificate renewal policy (grammar in
 // docs/rotation.md). Empty policy fields keep the rotate package defaults.
 type Renewal struct {
 	// Path is the issuance path: "dps" (DPS certificate issuance with a

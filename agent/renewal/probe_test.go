@@ -14,7 +14,7 @@ import (
 	"devid/enroll/rotate"
 )
 
-// TestProbeRejectsOnlyRefusals (issue 18): with paths dps and hub, a hub
+// TestProbeRejectsOnlyRefusals: with paths dps and hub, a hub
 // that refuses the candidate rejects it (rotate.ErrProbe follows), while
 // a hub that cannot be reached says rotate.ErrNotReached, so the
 // registration's certificate is kept. Path est keeps rejecting on any

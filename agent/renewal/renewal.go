@@ -12,6 +12,7 @@ package renewal
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -261,6 +262,15 @@ func (r *Renewal) Operational() *credential.Credential {
 		return nil // no operational certificate yet
 	}
 	return &c
+}
+
+// Connected tells the renewal that the hub accepted hub (the operational
+// credential; nil for the factory one): a credential committed while the
+// hub could not be reached is proven now.
+func (r *Renewal) Connected(hub *credential.Credential) {
+	if leaf := hub.Leaf(); leaf != nil && r.IssuesAtRegistration() {
+		r.w.Proven(hex.EncodeToString(leaf.SerialNumber.Bytes())) // as rotate records it
+	}
 }
 
 // Stale says whether a connection made with hub (the operational

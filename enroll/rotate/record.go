@@ -50,6 +50,10 @@ type Record struct {
 	Failures  int    `json:"failures,omitempty"`
 	// Rotations counts committed rotations.
 	Rotations int `json:"rotations,omitempty"`
+	// Unproven: the current credential was committed while its probe
+	// could not reach the service (ErrNotReached); the first connection
+	// made with it clears this (Renewer.Proven).
+	Unproven bool `json:"unproven,omitempty"`
 	// Policy, when set, overrides the configured policy (desired property).
 	Policy *Policy `json:"policy,omitempty"`
 }

@@ -37,6 +37,9 @@ type Status struct {
 	LastError   string    `json:"last_error,omitempty"`
 	Failures    int       `json:"failures,omitempty"`
 	Rotations   int       `json:"rotations,omitempty"`
+	// Unproven: the current credential has not connected yet (see
+	// Record.Unproven).
+	Unproven bool `json:"unproven,omitempty"`
 }
 
 // Renewer runs the renewal loop for one Rotator: it plans the next attempt
@@ -115,7 +118,7 @@ func (w *Renewer) Status() Status {
 	st := Status{
 		Path: w.pathLocked(), Policy: w.policy().String(), Running: w.running,
 		LastSuccess: w.rec.LastSuccess, LastFailure: w.rec.LastFailure, LastError: w.rec.LastError,
-		Failures: w.rec.Failures, Rotations: w.rec.Rotations,
+		Failures: w.rec.Failures, Rotations: w.rec.Rotations, Unproven: w.rec.Unproven,
 	}
 	if leaf, err := w.leaf(); err == nil {
 		st.NotAfter = leaf.NotAfter
@@ -269,6 +272,7 @@ func (w *Renewer) do(ctx context.Context, iss Issuer, newKey bool, why string) (
 		w.rec.Path, w.rec.Serial, w.rec.NotAfter = res.Path, res.Serial, res.NotAfter
 		w.rec.LastSuccess, w.rec.LastFailure, w.rec.LastError, w.rec.Failures = now, time.Time{}, "", 0
 		w.rec.Rotations++
+		w.rec.Unproven = res.Unproven
 	}
 	rec := w.rec
 	w.mu.Unlock()
@@ -276,6 +280,24 @@ func (w *Renewer) do(ctx context.Context, iss Issuer, newKey bool, why string) (
 		w.Log.Error("renewal record", "err", serr)
 	}
 	return res, err
+}
+
+// Proven records that the credential with serial (hex) connected: an
+// unproven commit (Record.Unproven) of it is proven now.
+func (w *Renewer) Proven(serial string) {
+	w.init()
+	w.mu.Lock()
+	if !w.rec.Unproven || w.rec.Serial != serial {
+		w.mu.Unlock()
+		return
+	}
+	w.rec.Unproven = false
+	rec := w.rec
+	w.mu.Unlock()
+	if err := SaveRecord(w.Rotator.StateDir, rec); err != nil {
+		w.Log.Error("renewal record", "err", err)
+	}
+	w.Log.Info("renewal: the credential committed unproven has connected", "serial", serial)
 }
 
 // MethodName is the direct method that rotates the credential now.

@@ -12,7 +12,7 @@ import (
 	"devid/enroll/certstore"
 )
 
-// TestCheckClockNamesFloor (issue 18): the clock line names the floor, its
+// TestCheckClockNamesFloor: the clock line names the floor, its
 // source (with the file for the saved one) and the kernel's NTP state; a
 // saved floor ahead of an NTP-synchronised clock is called wrong, not a
 // reason to synchronise the clock.

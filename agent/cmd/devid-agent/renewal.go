@@ -28,6 +28,9 @@ func printRenewal(row func(k, v string), st rotate.Status) {
 	if path == rotate.PathNone {
 		path = "none (nothing renews this certificate)"
 	}
+	if st.Unproven {
+		path += " (the current certificate was installed while the hub could not be reached; it has not connected yet)"
+	}
 	row("renewal path", path)
 	if !st.Next.IsZero() {
 		row("next renewal", fmt.Sprintf("%s (%s, %s)", st.Next.Format(time.RFC3339), st.Reason, humanUntil(time.Until(st.Next))))
