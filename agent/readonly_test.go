@@ -2,8 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,30 +11,6 @@ import (
 	"devid/hal/hosttest"
 )
 
-// roTmpfs mounts a tmpfs for a state directory that a test can remount
-// read-only, as ext4 does after errors.
-func roTmpfs(t *testing.T) (mnt string, remount func(mode string)) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		hosttest.Unavailable(t, hosttest.Root, "mounting a tmpfs needs root")
-	}
-	mnt = t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
-		hosttest.Unavailable(t, hosttest.Root, "mount -t tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
-	return mnt, func(mode string) {
-		t.Helper()
-		if out, err := exec.Command("mount", "-o", "remount,"+mode, mnt).CombinedOutput(); err != nil {
-			t.Fatalf("remount %s: %v: %s", mode, err, out)
-		}
-	}
-}
-
 // TestReadOnlyStateDirRunsDegraded: an agent restarted on a state
 // directory that went read-only starts (no crash loop), connects with the
 // cached assignment, delivers telemetry from memory, shows the condition
@@ -44,7 +18,8 @@ func roTmpfs(t *testing.T) (mnt string, remount func(mode string)) {
 // New failed (the queue could not open its segment for appending), so the
 // service restarted forever and sent nothing.
 func TestReadOnlyStateDirRunsDegraded(t *testing.T) {
-	mnt, remount := roTmpfs(t)
+	mnt := hosttest.Tmpfs(t, 4<<20)
+	remount := func(mode string) { hosttest.Remount(t, mnt, mode) }
 	synctest.Test(t, func(t *testing.T) {
 		dir := filepath.Join(mnt, "s")
 		h := newHarness(t, dir, nil)

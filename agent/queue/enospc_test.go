@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -16,22 +15,7 @@ import (
 
 // smallTmpfs mounts a tmpfs of size bytes in a temp dir, so the test can
 // fill a real file system to ENOSPC.
-func smallTmpfs(t *testing.T, size int) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		hosttest.Unavailable(t, hosttest.Root, "mounting a tmpfs needs root")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "tmpfs", dir).CombinedOutput(); err != nil {
-		hosttest.Unavailable(t, hosttest.Root, "mount -t tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
+func smallTmpfs(t *testing.T, size int) string { return hosttest.Tmpfs(t, size) }
 
 // fillLeaving fills the file system of dir until only free bytes (rounded
 // to pages by tmpfs) remain, with one file it returns.

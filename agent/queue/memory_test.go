@@ -3,20 +3,15 @@ package queue
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"devid/hal/hosttest"
 )
 
-// remount remounts the tmpfs at dir read-only or read-write.
-func remount(t *testing.T, dir, mode string) {
-	t.Helper()
-	if out, err := exec.Command("mount", "-o", "remount,"+mode, dir).CombinedOutput(); err != nil {
-		t.Fatalf("remount %s %s: %v: %s", dir, mode, err, out)
-	}
-}
+func remount(t *testing.T, dir, mode string) { hosttest.Remount(t, dir, mode) }
 
 // TestReadOnlyDiskKeepsMessagesInMemory: on a disk remounted read-only
 // (what ext4 does after errors), with a torn record on it, the queue
