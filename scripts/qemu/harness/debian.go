@@ -221,6 +221,15 @@ func (g *guest) must(ctx context.Context, cmd string) (string, error) {
 	return out, err
 }
 
+// dataMounted waits for the data partition. It is a nofail mount, so boot
+// does not wait for it, and on a loaded host it can come up after the
+// steps before upgrade (1 of 8 make test runs found /data empty).
+func (g *guest) dataMounted(ctx context.Context) error {
+	_, err := g.must(ctx, "for i in $(seq 60); do mountpoint -q /data && exit 0; sleep 1; done; "+
+		"echo /data is not mounted after 60 s; systemctl status data.mount --no-pager 2>&1 | tail -20; exit 1")
+	return err
+}
+
 // unit reads properties of devid-agent.service.
 func (g *guest) unit(ctx context.Context, props ...string) (map[string]string, error) {
 	out, err := g.must(ctx, "systemctl show devid-agent -p "+strings.Join(props, ","))
@@ -485,6 +494,9 @@ func debianUpgrade(ctx context.Context, g *guest, s *sim, deviceID string, reg *
 	if err != nil {
 		return err
 	}
+	if err := g.dataMounted(ctx); err != nil {
+		return err
+	}
 	out, err := g.must(ctx, "dpkg -i /data/upgrade/"+deb+" </dev/null 2>&1")
 	if err != nil {
 		return err
@@ -537,6 +549,9 @@ ReadWritePaths=/data/devid
 `
 
 func debianData(ctx context.Context, g *guest, s *sim, deviceID string, reg *registration) error {
+	if err := g.dataMounted(ctx); err != nil {
+		return err
+	}
 	script := `set -e
 systemctl stop devid-agent
 install -d -m 0700 -o devid -g devid /data/devid
