@@ -40,12 +40,13 @@ func (c *checker) keyAndCert() {
 		}
 		c.add("key", "pass", detail, "")
 	}
-	ch, err := certstore.Open(c.cfg.StateDir, nil).Load()
+	store := certstore.Open(c.cfg.StateDir, nil)
+	ch, err := store.Load()
 	if errors.Is(err, certstore.ErrNoChain) {
 		c.add("cert", "warn", "no certificate installed", "program the device on the factory jig")
 		return
 	} else if err != nil {
-		c.add("cert", "fail", err.Error(), permHint(err, c.cfg.StateDir,
+		c.add("cert", "fail", err.Error(), permHint(err, store.Path(),
 			"the chain file is damaged: see the agent's log; the device needs the certificate installed again on the jig"))
 		return
 	}

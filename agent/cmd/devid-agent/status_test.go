@@ -346,3 +346,30 @@ func leafPEM(t *testing.T, cn string, notAfter time.Time) string {
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
+
+// TestCheckPermissionHints: files the caller may not read get "run as
+// root" hints, never "re-install from the jig" or "re-register". Root
+// reads mode 0000 files, so this runs only as another user (by hand:
+// go test -c, then setpriv --reuid=65534 ./devid-agent.test -test.run
+// TestCheckPermissionHints).
+func TestCheckPermissionHints(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads mode 0000 files: run the test binary as another user")
+	}
+	b := newTestBoard(t, "connected", "")
+	chain := writeFile(t, b.state, certstore.ChainFile, leafPEM(t, "dev-1", time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)))
+	assignment := writeFile(t, b.state, statedir.AssignmentFile, `{"schema":1,"hub":"h","device_id":"dev-1"}`)
+	os.Chmod(chain, 0)
+	os.Chmod(assignment, 0)
+	js, _, code := b.check(t, nil, "--json", "--only", "cert,dps-assignment")
+	got := results(t, js)
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	for _, id := range []string{"cert", "dps-assignment"} {
+		r := got[id]
+		if r.Result != "fail" || !strings.Contains(r.Hint, "run as root") || strings.Contains(r.Hint, "jig") || strings.Contains(r.Hint, "regist") {
+			t.Errorf("%s: %+v", id, r)
+		}
+	}
+}
