@@ -75,6 +75,8 @@ type checker struct {
 	synced func() bool
 	// want is the set of checks to run and report (--skip, --only).
 	want map[string]bool
+	// live is the running agent's status, when it answered.
+	live *agent.Status
 }
 
 // add records the result of check id (one of checkIDs) if it is wanted.
@@ -185,7 +187,7 @@ func runCheck(ctx context.Context, w io.Writer, o checkOpts) error {
 		} else {
 			c.add("config", "pass", o.cfgPath+" is valid", "")
 		}
-		if c.want["agent-running"] {
+		if c.want["agent-running"] || c.want["set-aside"] {
 			c.agentRunning(ctx, o.dial)
 		}
 		c.stateDir()
@@ -227,6 +229,7 @@ func (c *checker) agentRunning(ctx context.Context, dial dialFunc) {
 	p := askAgent(ctx, c.cfg, dial)
 	switch p.live {
 	case agentRunning:
+		c.live = p.status
 		c.add("agent-running", "pass", fmt.Sprintf("answers on %s (state %s, up %s)", p.socket, p.status.State, p.status.Uptime), "")
 	case agentNotRunning:
 		c.add("agent-running", "fail", "not running: "+p.err.Error(), "start it (systemctl start devid-agent); journalctl -u devid-agent says why it stopped")

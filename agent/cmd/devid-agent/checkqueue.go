@@ -46,6 +46,10 @@ func (c *checker) queue() {
 // stay until an operator looks at them.
 func (c *checker) setAside() {
 	files, err := statedir.SetAsideFiles(c.cfg.StateDir)
+	if err != nil && c.live != nil && c.live.SetAsideError == "" {
+		// The caller may not read the 0700 state dir; the agent can.
+		files, err = c.live.SetAsideFiles, nil
+	}
 	if err != nil {
 		c.add("set-aside", "warn", "cannot list them: "+err.Error(), permHint(err, c.cfg.StateDir, "see the agent's log"))
 		return
