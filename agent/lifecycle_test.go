@@ -595,10 +595,10 @@ func TestStatusAndCheck(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
 	sim, b := startConnectedBoard(t, "check-dev", "")
-	status := func() map[string]any {
+	status := func(code int) map[string]any {
 		out, err := exec.Command(agentBinary(t), "status", "--json", "--config", b.config).Output()
-		if err != nil {
-			t.Fatalf("status: %v", err)
+		if exitCode(err) != code {
+			t.Fatalf("status: %v, want exit %d", err, code)
 		}
 		var m map[string]any
 		if err := json.Unmarshal(out, &m); err != nil {
@@ -606,8 +606,8 @@ func TestStatusAndCheck(t *testing.T) {
 		}
 		return m
 	}
-	live := status()
-	if live["state"] != "connected" || live["device_id"] != b.deviceID || live["hub"] == "" || live["cert_expiry"] == nil ||
+	live := status(0) // running and connected
+	if live["agent"] != "running" || live["state"] != "connected" || live["device_id"] != b.deviceID || live["hub"] == "" || live["cert_expiry"] == nil ||
 		!strings.HasPrefix(live["source"].(string), "agent") {
 		t.Fatalf("live status %v", live)
 	}
@@ -634,15 +634,15 @@ func TestStatusAndCheck(t *testing.T) {
 	}
 
 	b.kill()
-	off := status()
-	if off["state"] != "connected" || off["device_id"] != b.deviceID || !strings.HasPrefix(off["source"].(string), "state files") {
+	off := status(1) // not running: the saved state
+	if off["agent"] != "not running" || off["state"] != "connected" || off["device_id"] != b.deviceID || !strings.HasPrefix(off["source"].(string), "state files") {
 		t.Fatalf("offline status %v", off)
 	}
 	// With the simulator gone, reachability fails with a hint and exit 1.
 	sim.Stop()
 	cmd := exec.Command(agentBinary(t), "check", "--config", b.config)
 	text, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(text), "[FAIL] dps reachable") || !strings.Contains(string(text), "hint:") {
+	if err == nil || !strings.Contains(string(text), "[FAIL] dps-reachable") || !strings.Contains(string(text), "hint:") {
 		t.Fatalf("check with DPS down: %v\n%s", err, text)
 	}
 }

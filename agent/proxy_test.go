@@ -119,7 +119,7 @@ func TestCheckThroughProxy(t *testing.T) {
 	proxy.resolve = map[string]string{}
 	proxy.mu.Unlock()
 	text, err := exec.Command(agentBinary(t), "check", "--offline=false", "--config", b.config).CombinedOutput()
-	if err == nil || !strings.Contains(string(text), "[FAIL] dps reachable") || !strings.Contains(string(text), "proxy") {
+	if err == nil || !strings.Contains(string(text), "[FAIL] dps-reachable") || !strings.Contains(string(text), "proxy") {
 		t.Fatalf("check with the proxy refusing: %v\n%s", err, text)
 	}
 }

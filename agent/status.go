@@ -39,6 +39,12 @@ type Status struct {
 	// read-only or full disk): the agent runs on, degraded, with its
 	// state in memory; a restart or power cut loses what changed.
 	StateDirError string `json:"state_dir_error,omitempty"`
+	// SetAsideFiles are the damaged files set aside in the state dir
+	// (NAME.corrupt-<...>, statedir.SetAsideFiles), and SetAsideError why
+	// they could not be listed. The agent lists them because the user
+	// asking may not read the state dir (mode 0700).
+	SetAsideFiles []string `json:"set_aside_files,omitempty"`
+	SetAsideError string   `json:"set_aside_error,omitempty"`
 	// Extra holds extension status by name (e.g. "renewal").
 	Extra map[string]any `json:"extra,omitempty"`
 }
@@ -84,6 +90,10 @@ func (a *Agent) Status() Status {
 	now := a.clock.Now()
 	s.Uptime = now.Sub(s.StartedAt).Truncate(time.Second).String()
 	s.Extra = map[string]any{"renewal": a.renewal.Status()}
+	var err error
+	if s.SetAsideFiles, err = statedir.SetAsideFiles(a.cfg.StateDir); err != nil {
+		s.SetAsideError = err.Error()
+	}
 	return s
 }
 

@@ -95,7 +95,9 @@ main() {
   "$BIN/devid-sim" telemetry --state "$W/sim" --device "$DEVICE_ID" --wait 20s --min 2 >"$W/telemetry.json"
   ACKED="$(grep -cE '"seq": ?[0-9]' "$W/telemetry.json" || true)"
   APP="$(grep -cE '"source": ?"demo-app"' "$W/telemetry.json" || true)"
-  STATUS="$("$BIN/devid-agent" status --config "$W/config.toml")"
+  # status exits 1 when the agent runs but is not connected; the summary
+  # shows the state either way.
+  STATUS="$("$BIN/devid-agent" status --config "$W/config.toml")" || info "devid-agent status exited $? (0: running and connected)"
 
   printf '\n== summary ==\n'
   printf '  device ID:              %s\n' "$DEVICE_ID"

@@ -26,6 +26,7 @@ type cliDoc struct {
 		Args    string `json:"args"`
 		Purpose string `json:"purpose"`
 		Example string `json:"example"`
+		Exit    string `json:"exit"`
 		Flags   []struct {
 			Name    string `json:"name"`
 			Arg     string `json:"arg"`
@@ -162,6 +163,13 @@ func renderMan(d cliDoc) []byte {
 	p("and")
 	p(`.B \-\-help`)
 	p("print to standard output and exit 0.")
+	for _, c := range d.Commands {
+		if c.Exit != "" {
+			p(".TP")
+			p(".B %s", roff(c.Name))
+			p("%s", roff(c.Exit))
+		}
+	}
 	section := func(title string, items []cliItem) {
 		if len(items) == 0 {
 			return

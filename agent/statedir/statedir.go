@@ -217,13 +217,18 @@ func (d *Dir) CheckSchemas() error {
 
 // SetAsideFiles lists the damaged files set aside in the state directory
 // and its queue directory (NAME.corrupt-<...>), for status and check.
-// They stay until an operator removes them.
-func SetAsideFiles(stateDir string) []string {
+// They stay until an operator removes them. A directory that does not
+// exist holds none; any other read error (permission) is returned, so
+// that no caller reports "none" for "could not look".
+func SetAsideFiles(stateDir string) ([]string, error) {
 	var out []string
 	for _, dir := range []string{stateDir, filepath.Join(stateDir, QueueDir)} {
 		ents, err := os.ReadDir(dir)
-		if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
 			continue
+		}
+		if err != nil {
+			return out, err
 		}
 		for _, e := range ents {
 			if strings.Contains(e.Name(), CorruptSuffix) {
@@ -231,5 +236,5 @@ func SetAsideFiles(stateDir string) []string {
 			}
 		}
 	}
-	return out
+	return out, nil
 }

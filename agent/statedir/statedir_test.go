@@ -123,7 +123,7 @@ func TestCorruptRecordReported(t *testing.T) {
 	if !errors.As(err, &ce) || !errors.Is(err, ErrNotExist) || ce.Path != d.File(AssignmentFile) || ce.Cause == nil {
 		t.Fatalf("got %v", err)
 	}
-	if got := SetAsideFiles(d.Path); len(got) != 1 || got[0] != ce.Aside || !strings.HasPrefix(filepath.Base(got[0]), AssignmentFile+CorruptSuffix) {
+	if got, err := SetAsideFiles(d.Path); err != nil || len(got) != 1 || got[0] != ce.Aside || !strings.HasPrefix(filepath.Base(got[0]), AssignmentFile+CorruptSuffix) {
 		t.Fatalf("set aside %v, error says %q", got, ce.Aside)
 	}
 }

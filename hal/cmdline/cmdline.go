@@ -3,7 +3,8 @@
 // apart:
 //   - help, --help, -h and COMMAND --help print to stdout and exit 0;
 //   - a usage error prints what was wrong to stderr and exits 2, any
-//     other error exits 1;
+//     other error exits 1, unless the command chose its status with
+//     WithStatus (status: 2 when the state cannot be determined);
 //   - version and --version print version, commit, Go version and
 //     platform, --json as one JSON object;
 //   - help --json prints the command line as JSON: agent/dist makes the
@@ -43,13 +44,40 @@ func IsUsage(err error) bool {
 	return errors.As(err, &u)
 }
 
+// statusError is an error with the exit status its command chose.
+type statusError struct {
+	code int
+	err  error
+}
+
+func (s statusError) Error() string {
+	if s.err == nil {
+		return ""
+	}
+	return s.err.Error()
+}
+
+func (s statusError) Unwrap() error { return s.err }
+
+// WithStatus makes the command exit with code (not a usage error: no
+// pointer to the help). A nil err prints nothing on stderr: the command
+// has already said everything on stdout.
+func WithStatus(code int, err error) error { return statusError{code, err} }
+
 // Exit reports err on stderr as "PROGRAM COMMAND: err" and returns the
-// exit status: 0 for nil, 2 for a usage error (with a pointer to the
-// command's help), 1 otherwise. command is "" when no command was
-// recognised.
+// exit status: 0 for nil, the chosen one for WithStatus, 2 for a usage
+// error (with a pointer to the command's help), 1 otherwise. command is
+// "" when no command was recognised.
 func Exit(program, command string, err error, stderr io.Writer) int {
 	if err == nil {
 		return 0
+	}
+	var st statusError
+	if errors.As(err, &st) {
+		if err.Error() != "" {
+			fmt.Fprintf(stderr, "%s: %v\n", strings.TrimSpace(program+" "+command), err)
+		}
+		return st.code
 	}
 	fmt.Fprintf(stderr, "%s: %v\n", strings.TrimSpace(program+" "+command), err)
 	if !IsUsage(err) {
@@ -83,6 +111,9 @@ type Command struct {
 	Purpose string `json:"purpose"`
 	Example string `json:"example"`
 	Flags   []Flag `json:"flags,omitempty"`
+	// Exit documents a command's exit status when it says more than the
+	// convention (0 success, 1 failure, 2 usage error).
+	Exit string `json:"exit,omitempty"`
 }
 
 // Flag is one flag of a command.
@@ -175,6 +206,9 @@ func CommandHelp(w io.Writer, program string, c Command) {
 			}
 			fmt.Fprintf(w, "  --%s\n      %s\n", strings.TrimSpace(f.Name+" "+f.Arg), usage)
 		}
+	}
+	if c.Exit != "" {
+		fmt.Fprintf(w, "\nexit status:\n  %s\n", c.Exit)
 	}
 }
 

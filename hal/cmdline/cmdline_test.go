@@ -22,6 +22,8 @@ func TestExit(t *testing.T) {
 		{Usagef("unknown command %q", "x"), "", 2, "prog: unknown command \"x\"\nrun 'prog help' for usage\n"},
 		{Usage(errors.New("--port is required")), "factory", 2, "prog factory: --port is required\nrun 'prog help factory' for usage\n"},
 		{fmt.Errorf("wrapped: %w", Usage(errors.New("bad"))), "help", 2, "prog help: wrapped: bad\nrun 'prog help' for usage\n"},
+		{WithStatus(1, nil), "status", 1, ""},
+		{WithStatus(2, errors.New("permission denied")), "status", 2, "prog status: permission denied\n"},
 	} {
 		var stderr bytes.Buffer
 		if code := Exit("prog", tc.command, tc.err, &stderr); code != tc.code || stderr.String() != tc.stderr {

@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"strings"
@@ -16,21 +16,52 @@ import (
 
 	"devid/agent"
 	"devid/agent/config"
-	"devid/agent/renewal"
 	"devid/agent/statedir"
 	"devid/dps"
 	"devid/enroll/certstore"
 	"devid/enroll/credential"
 	"devid/enroll/keys"
 	"devid/hal/clock"
+	"devid/hal/cmdline"
 )
 
-// checkResult is one line of `devid-agent check`.
+// checkResult is one line of `devid-agent check`. ID is stable (for
+// --skip and --only, and for scripts); Name is its words.
 type checkResult struct {
+	ID     string `json:"id"`
 	Name   string `json:"name"`
 	Result string `json:"result"` // pass, warn, fail, skip
 	Detail string `json:"detail"`
 	Hint   string `json:"hint,omitempty"`
+}
+
+// checkIDs are the checks in the order they run, by stable ID.
+var checkIDs = []struct{ id, name string }{
+	{"config", "config"},
+	{"agent-running", "agent running"},
+	{"state-dir", "state dir"},
+	{"key", "key"},
+	{"cert", "certificate"},
+	{"key-cert-match", "key matches cert"},
+	{"chain", "chain"},
+	{"cert-expiry", "cert expiry"},
+	{"renewal", "renewal"},
+	{"clock", "clock"},
+	{"trust-roots", "trust roots"},
+	{"dps-assignment", "dps assignment"},
+	{"queue", "queue"},
+	{"set-aside", "set-aside files"},
+	{"dps-reachable", "dps reachable"},
+	{"hub-reachable", "hub reachable"},
+}
+
+// checkOpts are the check command's flags and seams.
+type checkOpts struct {
+	cfgPath    string
+	asJSON     bool
+	offline    bool
+	skip, only string   // comma-separated check IDs
+	dial       dialFunc // nil: the local API socket
 }
 
 type checker struct {
@@ -42,31 +73,122 @@ type checker struct {
 	now     time.Time
 	// synced is the kernel's NTP state (nil: clockSynced).
 	synced func() bool
+	// want is the set of checks to run and report (--skip, --only).
+	want map[string]bool
+	// live is the running agent's status, when it answered.
+	live *agent.Status
 }
 
-func (c *checker) add(name, result, detail, hint string) {
-	c.results = append(c.results, checkResult{name, result, detail, hint})
+// add records the result of check id (one of checkIDs) if it is wanted.
+func (c *checker) add(id, result, detail, hint string) {
+	name := ""
+	for _, ci := range checkIDs {
+		if ci.id == id {
+			name = ci.name
+		}
+	}
+	if name == "" {
+		panic("check: unknown check ID " + id) // a typo here would silently drop a result
+	}
+	if c.want != nil && !c.want[id] { // nil: every check
+		return
+	}
+	c.results = append(c.results, checkResult{id, name, result, detail, hint})
 }
 
 func checkFlags(fs *flag.FlagSet) func(context.Context, []string) error {
-	cfgPath := fs.String("config", config.DefaultPath, "config `FILE` (TOML)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	offline := fs.Bool("offline", false, "skip the DPS and hub reachability checks")
-	return func(ctx context.Context, _ []string) error { return runCheck(ctx, *cfgPath, *asJSON, *offline) }
+	o := bindCheck(fs)
+	return func(ctx context.Context, _ []string) error { return runCheck(ctx, os.Stdout, *o) }
 }
 
-func runCheck(ctx context.Context, cfgPath string, asJSON, offline bool) error {
-	c := &checker{now: time.Now()}
-	cfg, degraded, err := loadConfigOrLKG(cfgPath)
+// bindCheck defines the check command's flags on fs.
+func bindCheck(fs *flag.FlagSet) *checkOpts {
+	o := &checkOpts{}
+	fs.StringVar(&o.cfgPath, "config", config.DefaultPath, "config `FILE` (TOML)")
+	fs.BoolVar(&o.asJSON, "json", false, "print JSON")
+	fs.BoolVar(&o.offline, "offline", false, "skip the DPS and hub reachability checks (same as --skip dps-reachable,hub-reachable)")
+	fs.StringVar(&o.skip, "skip", "", "do not run the checks with these `IDs` (comma-separated: "+allCheckIDs()+")")
+	fs.StringVar(&o.only, "only", "", "run only the checks with these `IDs` (comma-separated)")
+	return o
+}
+
+// checkExitHelp documents the exit status of check (help and man page).
+const checkExitHelp = "0 every check passed (warnings allowed); 1 a check failed; 2 a usage error (such as an unknown check ID)."
+
+func allCheckIDs() string {
+	ids := make([]string, len(checkIDs))
+	for i, ci := range checkIDs {
+		ids[i] = ci.id
+	}
+	return strings.Join(ids, ", ")
+}
+
+// wantedChecks turns --only and --skip into the set of checks to run.
+func wantedChecks(o checkOpts) (map[string]bool, error) {
+	known := map[string]bool{}
+	for _, ci := range checkIDs {
+		known[ci.id] = true
+	}
+	parse := func(flagName, v string) ([]string, error) {
+		var ids []string
+		for _, id := range strings.Split(v, ",") {
+			if id = strings.TrimSpace(id); id == "" {
+				continue
+			}
+			if !known[id] {
+				return nil, cmdline.Usagef("--%s: unknown check %q (checks: %s)", flagName, id, allCheckIDs())
+			}
+			ids = append(ids, id)
+		}
+		return ids, nil
+	}
+	only, err := parse("only", o.only)
 	if err != nil {
-		c.add("config", "fail", err.Error(), "run `devid-agent config check --config "+cfgPath+"` and fix each field it names")
+		return nil, err
+	}
+	skip, err := parse("skip", o.skip)
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for id := range known {
+		want[id] = len(only) == 0
+	}
+	for _, id := range only {
+		want[id] = true
+	}
+	for _, id := range skip {
+		want[id] = false
+	}
+	if o.offline {
+		want["dps-reachable"], want["hub-reachable"] = false, false
+	}
+	return want, nil
+}
+
+func runCheck(ctx context.Context, w io.Writer, o checkOpts) error {
+	want, err := wantedChecks(o)
+	if err != nil {
+		return err
+	}
+	c := &checker{now: time.Now(), want: want}
+	cfg, degraded, err := loadConfigOrLKG(o.cfgPath)
+	if err != nil {
+		hint := "run `devid-agent config check --config " + o.cfgPath + "` and fix each field it names"
+		if errors.Is(err, fs.ErrPermission) {
+			hint = "run as root (or as a user that may read " + o.cfgPath + ")"
+		}
+		c.add("config", "fail", err.Error(), hint)
 	} else {
 		c.cfg = cfg
 		resolveKeySpec(cfg)
 		if degraded != "" {
-			c.add("config", "warn", degraded, "fix the file (devid-agent config check --config "+cfgPath+"); the checks below use the last-known-good config")
+			c.add("config", "warn", degraded, "fix the file (devid-agent config check --config "+o.cfgPath+"); the checks below use the last-known-good config")
 		} else {
-			c.add("config", "pass", cfgPath+" is valid", "")
+			c.add("config", "pass", o.cfgPath+" is valid", "")
+		}
+		if c.want["agent-running"] || c.want["set-aside"] {
+			c.agentRunning(ctx, o.dial)
 		}
 		c.stateDir()
 		c.keyAndCert()
@@ -74,9 +196,8 @@ func runCheck(ctx context.Context, cfgPath string, asJSON, offline bool) error {
 		c.trust()
 		c.assignment()
 		c.queue()
-		if !offline {
-			c.reach(ctx)
-		}
+		c.setAside()
+		c.reach(ctx)
 	}
 	failed := 0
 	for _, r := range c.results {
@@ -84,15 +205,15 @@ func runCheck(ctx context.Context, cfgPath string, asJSON, offline bool) error {
 			failed++
 		}
 	}
-	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
+	if o.asJSON {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		enc.Encode(c.results)
 	} else {
 		for _, r := range c.results {
-			fmt.Printf("[%s] %-22s %s\n", strings.ToUpper(r.Result), r.Name, r.Detail)
+			fmt.Fprintf(w, "[%s] %-16s %s\n", strings.ToUpper(r.Result), r.ID, r.Detail)
 			if r.Hint != "" && r.Result != "pass" {
-				fmt.Printf("       %-22s hint: %s\n", "", r.Hint)
+				fmt.Fprintf(w, "       %-16s hint: %s\n", "", r.Hint)
 			}
 		}
 	}
@@ -102,92 +223,53 @@ func runCheck(ctx context.Context, cfgPath string, asJSON, offline bool) error {
 	return nil
 }
 
+// agentRunning asks the agent over the local API, as status does: the
+// agent runs when it answers there.
+func (c *checker) agentRunning(ctx context.Context, dial dialFunc) {
+	p := askAgent(ctx, c.cfg, dial)
+	switch p.live {
+	case agentRunning:
+		c.live = p.status
+		c.add("agent-running", "pass", fmt.Sprintf("answers on %s (state %s, up %s)", p.socket, p.status.State, p.status.Uptime), "")
+	case agentNotRunning:
+		c.add("agent-running", "fail", "not running: "+p.err.Error(), "start it (systemctl start devid-agent); journalctl -u devid-agent says why it stopped")
+	case agentNotAnswering:
+		c.add("agent-running", "fail", "not answering: "+p.err.Error(), "see systemctl status devid-agent and its log; the systemd watchdog restarts an agent whose state loop hangs")
+	case agentDenied:
+		c.add("agent-running", "fail", "cannot tell: "+p.err.Error(), socketHint(c.cfg))
+	default:
+		c.add("agent-running", "warn", "cannot tell: "+p.err.Error(), "set local_api.socket so that status and check can ask the agent; meanwhile see systemctl status devid-agent")
+	}
+}
+
+// permHint is the hint for err: run as root when it is a permission
+// error (the state dir is 0700), else otherwise.
+func permHint(err error, path, otherwise string) string {
+	if errors.Is(err, fs.ErrPermission) {
+		return stateDenied(path)
+	}
+	return otherwise
+}
+
 func (c *checker) stateDir() {
 	st, err := os.Stat(c.cfg.StateDir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		c.add("state dir", "warn", c.cfg.StateDir+" does not exist yet", "the agent creates it (mode 0700) on first start")
+		c.add("state-dir", "warn", c.cfg.StateDir+" does not exist yet", "the agent creates it (mode 0700) on first start")
 		return
 	case err != nil:
-		c.add("state dir", "fail", err.Error(), "the agent must be able to read and write its state dir")
+		c.add("state-dir", "fail", err.Error(), permHint(err, c.cfg.StateDir, "the agent must be able to read and write its state dir"))
 		return
 	}
 	if m := st.Mode().Perm(); m != 0o700 {
-		c.add("state dir", "fail", fmt.Sprintf("%s has mode %04o", c.cfg.StateDir, m), "chmod 0700 "+c.cfg.StateDir+" (it holds the device key)")
+		c.add("state-dir", "fail", fmt.Sprintf("%s has mode %04o", c.cfg.StateDir, m), "chmod 0700 "+c.cfg.StateDir+" (it holds the device key)")
 		return
 	}
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
-		c.add("state dir", "warn", fmt.Sprintf("owned by uid %d, checking as uid %d", sys.Uid, os.Geteuid()), "run check as the agent's user (devid) or root")
+		c.add("state-dir", "warn", fmt.Sprintf("owned by uid %d, checking as uid %d", sys.Uid, os.Geteuid()), "run check as the agent's user (devid) or root")
 		return
 	}
-	c.add("state dir", "pass", c.cfg.StateDir+" mode 0700", "")
-}
-
-func (c *checker) keyAndCert() {
-	ks, err := keys.Open(c.cfg.Key.Backend, c.cfg.StateDir)
-	if err != nil {
-		c.add("key", "fail", err.Error(), "set key.backend to auto, file:PATH or tpm:...")
-		return
-	}
-	k, err := ks.Load()
-	if errors.Is(err, keys.ErrNoKey) {
-		c.add("key", "warn", "no device key yet ("+ks.Name()+")", "the device has not been through the factory jig: run `devid-jig program` against factory.port")
-	} else if err != nil {
-		c.add("key", "fail", err.Error(), "check the key backend (TPM device access, key file permissions)")
-	} else {
-		c.key = k
-		detail := "present (" + k.Backend() + ")"
-		if fsk, ok := ks.(interface{ Path() string }); ok {
-			if st, err := os.Stat(fsk.Path()); err == nil && st.Mode().Perm() != 0o600 {
-				c.add("key", "fail", fmt.Sprintf("%s has mode %04o", fsk.Path(), st.Mode().Perm()), "chmod 0600 "+fsk.Path())
-				return
-			}
-			detail += " " + fsk.Path() + " mode 0600"
-		}
-		c.add("key", "pass", detail, "")
-	}
-	ch, err := certstore.Open(c.cfg.StateDir, nil).Load()
-	if errors.Is(err, certstore.ErrNoChain) {
-		c.add("certificate", "warn", "no certificate installed", "program the device on the factory jig")
-		return
-	} else if err != nil {
-		c.add("certificate", "fail", err.Error(), "the chain file is unreadable; re-install it from the jig (INSTALL)")
-		return
-	}
-	c.chain = ch
-	if c.key != nil && !ch.Matches(c.key.Public()) {
-		c.add("key matches cert", "fail", "the certificate's public key is not the device key", "re-issue the certificate for this key on the jig; do not re-key")
-	} else if c.key != nil {
-		c.add("key matches cert", "pass", "serial "+ch.Serial()+", CN "+ch.Leaf.Subject.CommonName, "")
-	}
-	// Chain validity against the factory root.
-	if roots, err := certstore.LoadRoots(c.cfg.Factory.Root); err != nil {
-		c.add("chain", "warn", "factory root unavailable: "+err.Error(), "install the factory root at factory.root to verify the chain")
-	} else {
-		inter := x509.NewCertPool()
-		for _, ic := range ch.Intermediates {
-			inter.AddCert(ic)
-		}
-		_, err := ch.Leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: c.now,
-			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-		if err != nil {
-			c.add("chain", "fail", err.Error(), "the installed chain does not verify to factory.root; re-program the device")
-		} else {
-			c.add("chain", "pass", "verifies to "+c.cfg.Factory.Root, "")
-		}
-	}
-	left := ch.NotAfter().Sub(c.now)
-	life := ch.NotAfter().Sub(ch.Leaf.NotBefore)
-	switch {
-	case left <= 0:
-		c.add("cert expiry", "fail", "expired "+ch.NotAfter().Format(time.RFC3339), "renew the certificate (renewal.path) or re-program the device")
-	case left < life/10 || left < 7*24*time.Hour:
-		c.add("cert expiry", "warn", fmt.Sprintf("expires %s (%s)", ch.NotAfter().Format(time.RFC3339), humanUntil(left)), "renewal should already have happened; see `devid-agent status`")
-	default:
-		c.add("cert expiry", "pass", fmt.Sprintf("expires %s (%s)", ch.NotAfter().Format(time.RFC3339), humanUntil(left)), "")
-	}
-	r := renewal.Check(c.cfg, c.now)
-	c.add("renewal", r.Level, r.Message, r.Hint)
+	c.add("state-dir", "pass", c.cfg.StateDir+" mode 0700", "")
 }
 
 func (c *checker) clock() {
@@ -204,7 +286,13 @@ func (c *checker) clock() {
 	if synced == nil {
 		synced = clockSynced
 	}
-	c.results = append(c.results, clockCheck(c.now, leaf, lkg, d.File(statedir.StateFile), synced(), c.cfg.Clock.MaxWait.String()))
+	r := clockCheck(c.now, leaf, lkg, d.File(statedir.StateFile), synced(), c.cfg.Clock.MaxWait.String())
+	c.add(r.ID, r.Result, r.Detail, r.Hint)
+}
+
+// clockResult is a result of the clock check.
+func clockResult(result, detail, hint string) checkResult {
+	return checkResult{ID: "clock", Name: "clock", Result: result, Detail: detail, Hint: hint}
 }
 
 // clockCheck is the clock line: the floor the agent waits for before any
@@ -227,30 +315,30 @@ func clockCheck(now time.Time, leaf *x509.Certificate, lkg time.Time, stateFile 
 		if synced {
 			hint = "the certificate is dated after a synchronised clock: check the issuing CA's clock; the agent waits for it before any TLS"
 		}
-		return checkResult{"clock", "fail", detail, hint}
+		return clockResult("fail", detail, hint)
 	case now.Before(lkg) && synced:
-		return checkResult{"clock", "warn",
+		return clockResult("warn",
 			fmt.Sprintf("clock %s, %s, is before the saved %s: the saved floor is wrong", clk, ntp, savedS),
-			"nothing to do: the agent corrects it (lowers it to the clock) at its next clock check, or within the hour while connected"}
+			"nothing to do: the agent corrects it (lowers it to the clock) at its next clock check, or within the hour while connected")
 	case now.Before(lkg):
-		return checkResult{"clock", "warn",
+		return clockResult("warn",
 			fmt.Sprintf("clock %s is before the saved %s, though past the %s; %s, so either the clock is behind or the saved time is wrong", clk, savedS, hardS, ntp),
-			"if the clock is right, nothing to do: after clock.max_wait (" + maxWait + ") the agent tries TLS and a session that succeeds lowers the saved time; otherwise synchronise the clock (systemd-timesyncd, chrony)"}
+			"if the clock is right, nothing to do: after clock.max_wait ("+maxWait+") the agent tries TLS and a session that succeeds lowers the saved time; otherwise synchronise the clock (systemd-timesyncd, chrony)")
 	}
 	floor := hardS
 	if lkg.After(hard) {
 		floor = savedS
 	}
 	if !synced {
-		return checkResult{"clock", "warn", fmt.Sprintf("clock %s is past the %s, but %s", clk, floor, ntp), "enable time sync (timedatectl set-ntp true)"}
+		return clockResult("warn", fmt.Sprintf("clock %s is past the %s, but %s", clk, floor, ntp), "enable time sync (timedatectl set-ntp true)")
 	}
-	return checkResult{"clock", "pass", fmt.Sprintf("clock %s is past the %s; %s", clk, floor, ntp), ""}
+	return clockResult("pass", fmt.Sprintf("clock %s is past the %s; %s", clk, floor, ntp), "")
 }
 
 func (c *checker) trust() {
 	if c.cfg.DPS.TrustBundle == "" {
 		c.roots = dps.AzureRoots()
-		c.add("trust roots", "pass", fmt.Sprintf("embedded Azure roots (%d certificates)", len(c.roots)), "")
+		c.add("trust-roots", "pass", fmt.Sprintf("embedded Azure roots (%d certificates)", len(c.roots)), "")
 		return
 	}
 	b, err := os.ReadFile(c.cfg.DPS.TrustBundle)
@@ -258,7 +346,7 @@ func (c *checker) trust() {
 		c.roots, err = dps.ParseTrustBundle(b)
 	}
 	if err != nil || len(c.roots) == 0 {
-		c.add("trust roots", "fail", fmt.Sprintf("%s: %v (%d certificates)", c.cfg.DPS.TrustBundle, err, len(c.roots)), "point dps.trust_bundle at a PEM file of root certificates, or leave it empty for the Azure roots")
+		c.add("trust-roots", "fail", fmt.Sprintf("%s: %v (%d certificates)", c.cfg.DPS.TrustBundle, err, len(c.roots)), "point dps.trust_bundle at a PEM file of root certificates, or leave it empty for the Azure roots")
 		return
 	}
 	var expired []string
@@ -268,27 +356,36 @@ func (c *checker) trust() {
 		}
 	}
 	if len(expired) > 0 {
-		c.add("trust roots", "warn", "expired roots in the bundle: "+strings.Join(expired, ", "), "update the trust bundle")
+		c.add("trust-roots", "warn", "expired roots in the bundle: "+strings.Join(expired, ", "), "update the trust bundle")
 		return
 	}
-	c.add("trust roots", "pass", fmt.Sprintf("%s (%d certificates)", c.cfg.DPS.TrustBundle, len(c.roots)), "")
+	c.add("trust-roots", "pass", fmt.Sprintf("%s (%d certificates)", c.cfg.DPS.TrustBundle, len(c.roots)), "")
 }
 
 func (c *checker) assignment() {
 	d := &statedir.Dir{Path: c.cfg.StateDir}
 	as, err := d.LoadAssignment()
+	var ce *statedir.CorruptError
 	switch {
+	case errors.As(err, &ce):
+		// check only reads: the agent sets a damaged record aside itself.
+		c.add("dps-assignment", "warn", fmt.Sprintf("%s is damaged (%v)", ce.Path, ce.Cause),
+			"the agent sets it aside when it next reads it and registers with DPS again")
 	case err == nil:
-		c.add("dps assignment", "pass", fmt.Sprintf("hub %s, device %s (cached %s)", as.Hub, as.DeviceID, as.AssignedAt.Format(time.RFC3339)), "")
+		c.add("dps-assignment", "pass", fmt.Sprintf("hub %s, device %s (cached %s)", as.Hub, as.DeviceID, as.AssignedAt.Format(time.RFC3339)), "")
 	case errors.Is(err, statedir.ErrNotExist):
 		hint := "the agent registers with DPS on its next start"
 		if c.cfg.DPS.IDScope == "" {
-			c.add("dps assignment", "fail", "none cached and dps.id_scope is empty", "set dps.id_scope in the config")
+			c.add("dps-assignment", "fail", "none cached and dps.id_scope is empty", "set dps.id_scope in the config")
 			return
 		}
-		c.add("dps assignment", "warn", "none cached yet", hint)
+		c.add("dps-assignment", "warn", "none cached yet", hint)
+	case errors.Is(err, fs.ErrPermission):
+		c.add("dps-assignment", "fail", err.Error(), stateDenied(d.File(statedir.AssignmentFile)))
+	case errors.Is(err, statedir.ErrNewerSchema):
+		c.add("dps-assignment", "fail", err.Error(), "a newer agent wrote it: run that agent version (an older one never overwrites it)")
 	default:
-		c.add("dps assignment", "warn", err.Error(), "the agent re-registers with DPS")
+		c.add("dps-assignment", "warn", err.Error(), "see the agent's log")
 	}
 }
 
@@ -297,22 +394,32 @@ func (c *checker) assignment() {
 // bundle, client certificate always offered), up to the end of the TLS
 // handshake (and the WebSocket upgrade).
 func (c *checker) reach(ctx context.Context) {
+	if !c.want["dps-reachable"] && !c.want["hub-reachable"] {
+		return
+	}
+	if c.chain == nil || c.key == nil {
+		// Without a client certificate the handshake would fail for that
+		// reason alone, and look like a network problem.
+		c.add("dps-reachable", "skip", "no device certificate yet (the device has not been through the factory)", "")
+		c.add("hub-reachable", "skip", "no device certificate yet (the device has not been through the factory)", "")
+		return
+	}
 	cloud, err := agent.NewDPSCloud(c.cfg, clock.System, nil, version)
 	if err != nil {
-		c.add("dps reachable", "fail", err.Error(), "fix the config (devid-agent config check)")
+		c.add("dps-reachable", "fail", err.Error(), "fix the config (devid-agent config check)")
 		return
 	}
 	n := cloud.Network()
-	var cred *tls.Certificate
-	if c.chain != nil && c.key != nil {
-		tc := (&credential.Credential{Signer: c.key, Chain: append([]*x509.Certificate{c.chain.Leaf}, c.chain.Intermediates...)}).TLSCertificate()
-		cred = &tc
-	}
+	tc := (&credential.Credential{Signer: c.key, Chain: append([]*x509.Certificate{c.chain.Leaf}, c.chain.Intermediates...)}).TLSCertificate()
+	cred := &tc
 	via := "direct"
 	if n.Proxy != "" {
 		via = "via proxy " + config.RedactURL(n.Proxy)
 	}
 	try := func(name, endpoint string) {
+		if !c.want[name] {
+			return
+		}
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		start := time.Now()
@@ -335,10 +442,10 @@ func (c *checker) reach(ctx context.Context) {
 		}
 		c.add(name, "pass", fmt.Sprintf("%s (%s) TLS ok in %s", endpoint, via, time.Since(start).Round(time.Millisecond)), "")
 	}
-	try("dps reachable", c.cfg.DPS.Endpoint)
+	try("dps-reachable", c.cfg.DPS.Endpoint)
 	if as, err := (&statedir.Dir{Path: c.cfg.StateDir}).LoadAssignment(); err == nil {
-		try("hub reachable", as.Hub)
+		try("hub-reachable", as.Hub)
 	} else {
-		c.add("hub reachable", "skip", "no hub assigned yet", "")
+		c.add("hub-reachable", "skip", "no hub assigned yet", "")
 	}
 }

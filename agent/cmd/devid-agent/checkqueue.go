@@ -13,7 +13,7 @@ import (
 func (c *checker) queue() {
 	st, err := queue.Inspect((&statedir.Dir{Path: c.cfg.StateDir}).File(statedir.QueueDir))
 	if err != nil {
-		c.add("queue", "warn", err.Error(), "the agent creates the queue on first start")
+		c.add("queue", "warn", err.Error(), permHint(err, c.cfg.StateDir, "the agent creates the queue on first start"))
 		return
 	}
 	if st.CursorError != "" {
@@ -39,4 +39,26 @@ func (c *checker) queue() {
 		return
 	}
 	c.add("queue", "pass", detail, "")
+}
+
+// setAside names each damaged file set aside in the state dir
+// (statedir.SetAsideFiles): the agent carries on without them, and they
+// stay until an operator looks at them.
+func (c *checker) setAside() {
+	files, err := statedir.SetAsideFiles(c.cfg.StateDir)
+	if err != nil && c.live != nil && c.live.SetAsideError == "" {
+		// The caller may not read the 0700 state dir; the agent can.
+		files, err = c.live.SetAsideFiles, nil
+	}
+	if err != nil {
+		c.add("set-aside", "warn", "cannot list them: "+err.Error(), permHint(err, c.cfg.StateDir, "see the agent's log"))
+		return
+	}
+	if len(files) == 0 {
+		c.add("set-aside", "pass", "no damaged files set aside", "")
+		return
+	}
+	c.add("set-aside", "warn", fmt.Sprintf("%d damaged file(s) set aside: %s", len(files), strings.Join(files, ", ")),
+		"the agent carries on without them (the log says why each was set aside); keep them for a bug report, then remove them. "+
+			"Repeated damage means failing storage (docs/state-dir.md)")
 }

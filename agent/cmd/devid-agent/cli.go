@@ -74,7 +74,7 @@ func help(args []string, stdout io.Writer) error { return cmdline.Help(describe(
 func describeCommand(c subcommand) cmdline.Command {
 	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	c.bind(fs)
-	return cmdline.Command{Name: c.name, Args: c.args, Purpose: c.purpose, Example: c.example, Flags: cmdline.Flags(fs, nil)}
+	return cmdline.Command{Name: c.name, Args: c.args, Purpose: c.purpose, Example: c.example, Flags: cmdline.Flags(fs, nil), Exit: c.exit}
 }
 
 func describe() cmdline.Doc {

@@ -39,6 +39,8 @@ type subcommand struct {
 	bind func(fs *flag.FlagSet) func(ctx context.Context, args []string) error
 	// positional: the command takes arguments after its flags.
 	positional bool
+	// exit documents the exit status when it says more than 0/1/2.
+	exit string
 }
 
 // commands is the command line, in the order help lists it. "help" is
@@ -51,11 +53,11 @@ var commands = []subcommand{
 		purpose: "serve only the factory programming protocol on a serial port, until stopped",
 		example: "devid-agent factory --port /dev/ttyS1 --root /etc/devid/factory-root.pem"},
 	{name: "status", args: "[--config FILE] [--json]", bind: statusFlags,
-		purpose: "print the agent's state: from the running agent, else from the state files",
-		example: "devid-agent status --json"},
-	{name: "check", args: "[--config FILE] [--json] [--offline]", bind: checkFlags,
-		purpose: "run health checks (config, state dir, key, certificate, clock, DPS and hub reachability)",
-		example: "devid-agent check --offline"},
+		purpose: "print the agent's state: from the running agent, else the last state saved in the state files",
+		example: "devid-agent status --json", exit: statusExitHelp},
+	{name: "check", args: "[--config FILE] [--json] [--offline] [--skip ID,...] [--only ID,...]", bind: checkFlags,
+		purpose: "run health checks, each with a stable ID (config, agent running, state dir, key, certificate, clock, DPS and hub reachability, ...)",
+		example: "devid-agent check --skip dps-reachable,hub-reachable", exit: checkExitHelp},
 	{name: "config check", args: "[--config FILE]", bind: configCheckFlags,
 		purpose: "validate the config file and print the effective config (passwords masked)",
 		example: "devid-agent config check --config /etc/devid/config.toml"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,13 +31,8 @@ func TestStatusAndCheckChangeNothing(t *testing.T) {
 		return names
 	}
 	before := list()
-	stdout := os.Stdout
-	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	os.Stdout = devnull
-	runStatus(context.Background(), cfgPath, true)
-	runCheck(context.Background(), cfgPath, true, true)
-	os.Stdout = stdout
-	devnull.Close()
+	runStatus(context.Background(), io.Discard, statusOpts{cfgPath: cfgPath, asJSON: true})
+	runCheck(context.Background(), io.Discard, checkOpts{cfgPath: cfgPath, asJSON: true, offline: true})
 	if after := list(); !slices.Equal(before, after) {
 		t.Errorf("status and check changed the state dir: %v, then %v", before, after)
 	}

@@ -1,14 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
+	"io"
+	"io/fs"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -18,83 +19,100 @@ import (
 	"devid/agent/statedir"
 	"devid/enroll/certstore"
 	"devid/enroll/rotate"
+	"devid/hal/cmdline"
 )
 
 type statusOut struct {
 	agent.Status
+	// Agent is whether the agent runs, as its local API tells: "running",
+	// "not running", "not answering" or "unknown" (local API disabled).
+	Agent string `json:"agent"`
+	// AgentError is why the agent is not counted as running.
+	AgentError string `json:"agent_error,omitempty"`
 	// Source says where the status came from: the running agent's local
 	// API, or the state files (agent not running or API disabled).
 	Source string `json:"source"`
+	// SavedAt is when the state file was last written (state files only):
+	// the state shown is the one saved then, not a live one.
+	SavedAt time.Time `json:"saved_at,omitzero"`
+}
+
+// statusOpts are the status command's flags and seams.
+type statusOpts struct {
+	cfgPath string
+	asJSON  bool
+	dial    dialFunc // nil: the local API socket
 }
 
 func statusFlags(fs *flag.FlagSet) func(context.Context, []string) error {
-	cfgPath := fs.String("config", config.DefaultPath, "config `FILE` (TOML)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	return func(ctx context.Context, _ []string) error { return runStatus(ctx, *cfgPath, *asJSON) }
+	o := statusOpts{}
+	fs.StringVar(&o.cfgPath, "config", config.DefaultPath, "config `FILE` (TOML)")
+	fs.BoolVar(&o.asJSON, "json", false, "print JSON")
+	return func(ctx context.Context, _ []string) error { return runStatus(ctx, os.Stdout, o) }
 }
 
-func runStatus(ctx context.Context, cfgPath string, asJSON bool) error {
-	cfg, degraded, err := loadConfigOrLKG(cfgPath)
+// statusExitHelp documents the exit status of status (help and man page).
+const statusExitHelp = "0 the agent runs and is connected; 1 it runs but is not connected " +
+	"(or degraded: last-known-good config, a state dir or queue disk refusing writes), or it is not running (the state shown is then the last one saved); " +
+	"2 a usage error, or the status could not be determined (permission denied on the socket or the state dir, local API disabled)."
+
+// runStatus prints the status and returns the exit status as an error
+// (cmdline.WithStatus): see statusExitHelp.
+func runStatus(ctx context.Context, w io.Writer, o statusOpts) error {
+	cfg, degraded, err := loadConfigOrLKG(o.cfgPath)
 	if err != nil {
-		return err
+		if errors.Is(err, fs.ErrPermission) {
+			return cmdline.WithStatus(2, fmt.Errorf("status cannot be determined: %w: run as root or as a member of the config file's group", err))
+		}
+		return cmdline.WithStatus(2, fmt.Errorf("status cannot be determined: %w", err))
 	}
-	out, err := liveStatus(ctx, cfg)
-	if err != nil {
+	p := askAgent(ctx, cfg, o.dial)
+	var out *statusOut
+	switch p.live {
+	case agentDenied:
+		return cmdline.WithStatus(2, fmt.Errorf("status cannot be determined: %w", p.err))
+	case agentRunning:
+		out = &statusOut{Status: *p.status, Agent: "running", Source: "agent (" + cfg.LocalAPI.Socket + ")"}
+	default:
 		out, err = fileStatus(cfg)
 		if err != nil {
-			return err
+			return cmdline.WithStatus(2, fmt.Errorf("status cannot be determined: %w", err))
 		}
 		out.Config = degraded
+		out.Agent = map[liveness]string{agentNotRunning: "not running", agentNotAnswering: "not answering", agentUnknown: "unknown"}[p.live]
+		out.AgentError = p.err.Error()
 	}
 	if out.Extra == nil {
 		out.Extra = map[string]any{}
 	}
 	out.Extra["renewal"] = renewalOf(cfg, out.Extra)
-	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
+	if o.asJSON {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		enc.Encode(out)
+	} else {
+		printStatus(w, out)
 	}
-	printStatus(out)
+	switch {
+	case p.live == agentUnknown:
+		return cmdline.WithStatus(2, fmt.Errorf("whether the agent runs cannot be determined: %w", p.err))
+	case p.live != agentRunning:
+		return cmdline.WithStatus(1, nil)
+	case out.State != "connected" || out.Config != "" || out.StateDirError != "" || out.Queue.DiskError != "":
+		return cmdline.WithStatus(1, nil) // running, but not connected or degraded
+	}
 	return nil
 }
 
-// liveStatus asks the running agent over the local API.
-func liveStatus(ctx context.Context, cfg *config.Config) (*statusOut, error) {
-	if cfg.LocalAPI.Socket == "" {
-		return nil, errors.New("local API disabled")
-	}
-	d := net.Dialer{Timeout: 2 * time.Second}
-	c, err := d.DialContext(ctx, "unix", cfg.LocalAPI.Socket)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte(`{"op":"status"}` + "\n")); err != nil {
-		return nil, err
-	}
-	sc := bufio.NewScanner(c)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	if !sc.Scan() {
-		return nil, fmt.Errorf("no reply from %s", cfg.LocalAPI.Socket)
-	}
-	var rep struct {
-		OK     bool
-		Error  string
-		Status *agent.Status
-	}
-	if err := json.Unmarshal(sc.Bytes(), &rep); err != nil || !rep.OK || rep.Status == nil {
-		return nil, fmt.Errorf("bad status reply: %v %s", err, rep.Error)
-	}
-	return &statusOut{Status: *rep.Status, Source: "agent (" + cfg.LocalAPI.Socket + ")"}, nil
-}
-
-// fileStatus builds the status from the state directory.
+// fileStatus builds the status from the state directory. A file the
+// caller may not read is an error (the status cannot be determined),
+// never a status line.
 func fileStatus(cfg *config.Config) (*statusOut, error) {
 	out := &statusOut{Source: "state files (agent not answering on the local API)"}
 	d := &statedir.Dir{Path: cfg.StateDir}
-	if _, err := os.Stat(cfg.StateDir); err != nil {
+	if _, err := os.Stat(cfg.StateDir); errors.Is(err, fs.ErrPermission) {
+		return nil, errors.New(stateDenied(cfg.StateDir))
+	} else if err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	st, err := d.LoadState()
@@ -102,40 +120,74 @@ func fileStatus(cfg *config.Config) (*statusOut, error) {
 	case err == nil:
 		out.State, out.Since, out.LastError = st.Name, st.Since, st.LastError
 		out.HubFailures, out.LastProvision = st.HubFailures, st.LastProvision
+		if fi, err := os.Stat(d.File(statedir.StateFile)); err == nil {
+			out.SavedAt = fi.ModTime().UTC()
+		}
+	case errors.Is(err, fs.ErrPermission):
+		return nil, errors.New(stateDenied(d.File(statedir.StateFile)))
 	case errors.Is(err, statedir.ErrNotExist):
 		out.State = "unknown (never run)"
 	default:
 		out.State = "unknown"
 		out.LastError = err.Error()
+		var ce *statedir.CorruptError
+		if errors.As(err, &ce) { // status only reads; the agent sets it aside
+			out.LastError = fmt.Sprintf("%s is damaged (%v); the agent sets it aside when it next reads it", ce.Path, ce.Cause)
+		}
 	}
 	if as, err := d.LoadAssignment(); err == nil {
 		out.Hub, out.DeviceID = as.Hub, as.DeviceID
 	}
 	if ch, err := certstore.Open(cfg.StateDir, nil).Load(); err == nil {
-		out.CertExpiry, out.CertSerial = ch.NotAfter(), ch.Serial()
+		out.CertExpiry, out.CertSerial, out.CertKind = ch.NotAfter(), ch.Serial(), "factory"
 		if out.DeviceID == "" {
 			out.DeviceID = ch.Leaf.Subject.CommonName
+		}
+		// As the agent shows it (agent/connect.go showCertInUse): with
+		// renewal paths dps and hub the hub gets the operational one.
+		if cfg.Renewal.Path == "dps" || cfg.Renewal.Path == "hub" {
+			if op, _, err := operationalLeaf(cfg); err == nil {
+				out.FactoryCertExpiry = out.CertExpiry
+				out.CertExpiry, out.CertSerial, out.CertKind = op.NotAfter, fmt.Sprintf("%x", op.SerialNumber), "operational"
+			}
 		}
 	}
 	if qs, err := queue.Inspect(d.File(statedir.QueueDir)); err == nil {
 		out.Queue = agent.QueueInfoFrom(qs)
 	}
+	if out.SetAsideFiles, err = statedir.SetAsideFiles(cfg.StateDir); err != nil {
+		out.SetAsideError = err.Error()
+	}
 	return out, nil
 }
 
-func printStatus(s *statusOut) {
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+func printStatus(out io.Writer, s *statusOut) {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	row := func(k, v string) {
 		if v == "" {
 			v = "-"
 		}
 		fmt.Fprintf(w, "%s:\t%s\n", k, v)
 	}
+	agentLine := s.Agent
+	if s.AgentError != "" {
+		agentLine += " (" + s.AgentError + ")"
+	}
+	row("agent", agentLine)
 	state := s.State
 	if !s.Since.IsZero() {
 		state += fmt.Sprintf(" (since %s)", s.Since.Format(time.RFC3339))
 	}
-	row("state", state)
+	if s.Agent == "running" {
+		row("state", state)
+	} else {
+		// Never a live-looking state for an agent that did not answer.
+		saved := "saved"
+		if !s.SavedAt.IsZero() {
+			saved = "saved " + s.SavedAt.Format(time.RFC3339)
+		}
+		row("last saved state", state+", "+saved+"; not live")
+	}
 	if s.Config != "" {
 		row("config", s.Config)
 	}
@@ -158,6 +210,7 @@ func printStatus(s *statusOut) {
 	}
 	row("key backend", s.KeyBackend)
 	row("queue", queueLine(s.Queue))
+	row("set aside", setAsideLine(s.SetAsideFiles, s.SetAsideError))
 	if s.ClockWait != nil {
 		row("clock wait", fmt.Sprintf("since %s: %s", s.ClockWait.Since.Format(time.RFC3339), s.ClockWait.Reason))
 	}
@@ -193,6 +246,18 @@ func humanUntil(d time.Duration) string {
 	default:
 		return fmt.Sprintf("in %s", d.Truncate(time.Minute))
 	}
+}
+
+// setAsideLine is the status line of the damaged files set aside in
+// the state dir (statedir.SetAsideFiles).
+func setAsideLine(files []string, listErr string) string {
+	switch {
+	case listErr != "":
+		return "could not list: " + listErr
+	case len(files) == 0:
+		return "none"
+	}
+	return fmt.Sprintf("%d damaged file(s) set aside: %s", len(files), strings.Join(files, ", "))
 }
 
 // queueLine is the status line of the telemetry queue: what waits, and
