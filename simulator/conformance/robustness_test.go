@@ -1,8 +1,8 @@
 package conformance
 
 import (
-	"crypto/rand"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -19,8 +19,17 @@ func TestGarbageInput(t *testing.T) {
 	tg.enrollGroup("garbage", ca.PEM, nil)
 	dev := ca.issue(t, "garbage-1", leafOpts{})
 
+	// Fixed noise, so that a failure can be reproduced. Its first byte is
+	// packet type 0, reserved in MQTT: a broker must close at once. Truly
+	// random bytes began with a CONNECT header claiming a longer body 1
+	// run in a few hundred, and then the broker rightly waited for the
+	// rest until its 30 s CONNECT deadline (a different case).
 	noise := make([]byte, 4096)
-	rand.Read(noise)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range noise {
+		noise[i] = byte(rng.Uint32())
+	}
+	noise[0] = 0x00
 	pub := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
 	pub.TopicName, pub.Payload = "devices/garbage-1/messages/events/", []byte("x")
 	// Each case gets a connection and the identity that endpoint would accept.
