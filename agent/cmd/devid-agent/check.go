@@ -77,6 +77,10 @@ type checker struct {
 	want map[string]bool
 	// live is the running agent's status, when it answered.
 	live *agent.Status
+	// noCred says why there is no key or certificate to probe with (""
+	// while keyAndCert has not said): missing is not the same as
+	// unreadable.
+	noCred string
 }
 
 // add records the result of check id (one of checkIDs) if it is wanted.
@@ -287,6 +291,13 @@ func (c *checker) clock() {
 		synced = clockSynced
 	}
 	r := clockCheck(c.now, leaf, lkg, d.File(statedir.StateFile), synced(), c.cfg.Clock.MaxWait.String())
+	if _, err := d.LoadState(); errors.Is(err, fs.ErrPermission) {
+		// The floors this user can see are not all the agent's.
+		r.Detail += "; " + d.File(statedir.StateFile) + " is not readable here, so its saved time is not checked"
+		if r.Hint == "" {
+			r.Hint = "run as root for the whole clock check"
+		}
+	}
 	c.add(r.ID, r.Result, r.Detail, r.Hint)
 }
 
@@ -346,7 +357,11 @@ func (c *checker) trust() {
 		c.roots, err = dps.ParseTrustBundle(b)
 	}
 	if err != nil || len(c.roots) == 0 {
-		c.add("trust-roots", "fail", fmt.Sprintf("%s: %v (%d certificates)", c.cfg.DPS.TrustBundle, err, len(c.roots)), "point dps.trust_bundle at a PEM file of root certificates, or leave it empty for the Azure roots")
+		hint := "point dps.trust_bundle at a PEM file of root certificates, or leave it empty for the Azure roots"
+		if errors.Is(err, fs.ErrPermission) {
+			hint = "run as root or the agent's user " + config.AgentUser + ", who must be able to read it"
+		}
+		c.add("trust-roots", "fail", fmt.Sprintf("%s: %v (%d certificates)", c.cfg.DPS.TrustBundle, err, len(c.roots)), hint)
 		return
 	}
 	var expired []string
@@ -400,8 +415,12 @@ func (c *checker) reach(ctx context.Context) {
 	if c.chain == nil || c.key == nil {
 		// Without a client certificate the handshake would fail for that
 		// reason alone, and look like a network problem.
-		c.add("dps-reachable", "skip", "no device certificate yet (the device has not been through the factory)", "")
-		c.add("hub-reachable", "skip", "no device certificate yet (the device has not been through the factory)", "")
+		why := c.noCred
+		if why == "" {
+			why = "no device certificate yet (the device has not been through the factory)"
+		}
+		c.add("dps-reachable", "skip", why, "")
+		c.add("hub-reachable", "skip", why, "")
 		return
 	}
 	cloud, err := agent.NewDPSCloud(c.cfg, clock.System, nil, version)

@@ -22,6 +22,7 @@ func (c *checker) keyAndCert() {
 		return
 	}
 	k, err := ks.Load()
+	c.credUnreadable(err)
 	if errors.Is(err, keys.ErrNoKey) {
 		c.add("key", "warn", "no device key yet ("+ks.Name()+")", "the device has not been through the factory jig: run `devid-jig program` against factory.port")
 	} else if errors.Is(err, fs.ErrPermission) {
@@ -42,6 +43,7 @@ func (c *checker) keyAndCert() {
 	}
 	store := certstore.Open(c.cfg.StateDir, nil)
 	ch, err := store.Load()
+	c.credUnreadable(err)
 	if errors.Is(err, certstore.ErrNoChain) {
 		c.add("cert", "warn", "no certificate installed", "program the device on the factory jig")
 		return
@@ -129,4 +131,17 @@ func operationalLeaf(cfg *config.Config) (*x509.Certificate, string, error) {
 		return nil, file, err
 	}
 	return certs[0], file, nil
+}
+
+// credUnreadable notes why the reachability checks have no credential
+// when loading the key or certificate failed for another reason than its
+// absence: "no certificate yet" would be false.
+func (c *checker) credUnreadable(err error) {
+	switch {
+	case err == nil || errors.Is(err, keys.ErrNoKey) || errors.Is(err, certstore.ErrNoChain) || c.noCred != "":
+	case errors.Is(err, fs.ErrPermission):
+		c.noCred = "cannot read the device key or certificate (permission denied): run as root to probe with them"
+	default:
+		c.noCred = "the device key or certificate cannot be loaded (see key and cert above)"
+	}
 }

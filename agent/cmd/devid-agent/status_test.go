@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -184,15 +185,14 @@ func deniedDial(_ context.Context, path string) (net.Conn, error) {
 // TestStatusPermissionDenied: a user who may not use the socket gets
 // exit 2 and the path and the group to join, not a state.
 func TestStatusPermissionDenied(t *testing.T) {
+	if asNobody(t) {
+		return
+	}
 	b := newTestBoard(t, "connected", "")
 	b.config = writeFile(t, b.dir, "config.toml", strings.Replace(mustRead(t, b.config), `group = ""`, `group = "devid"`, 1))
 	out, errOut, code := b.status(t, false, deniedDial)
 	if code != 2 || out != "" || !strings.Contains(errOut, b.socket+": permission denied: run as root or as a member of group devid (local_api.group)") {
 		t.Errorf("exit %d, want 2\nstdout: %s\nstderr: %s", code, out, errOut)
-	}
-	if os.Geteuid() == 0 {
-		t.Log("state dir part skipped: root reads a 0000 directory")
-		return
 	}
 	os.Chmod(b.state, 0)
 	t.Cleanup(func() { os.Chmod(b.state, 0o700) })
@@ -353,8 +353,8 @@ func leafPEM(t *testing.T, cn string, notAfter time.Time) string {
 // go test -c, then setpriv --reuid=65534 ./devid-agent.test -test.run
 // TestCheckPermissionHints).
 func TestCheckPermissionHints(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root reads mode 0000 files: run the test binary as another user")
+	if asNobody(t) {
+		return
 	}
 	b := newTestBoard(t, "connected", "")
 	chain := writeFile(t, b.state, certstore.ChainFile, leafPEM(t, "dev-1", time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)))
@@ -372,4 +372,49 @@ func TestCheckPermissionHints(t *testing.T) {
 			t.Errorf("%s: %+v", id, r)
 		}
 	}
+	// The reachability probes cannot use a certificate they cannot read,
+	// and say so: "no device certificate yet" would be false.
+	js, _, _ = b.check(t, nil, "--json", "--only", "cert,dps-reachable")
+	if r := results(t, js)["dps-reachable"]; r.Result != "skip" || !strings.Contains(r.Detail, "permission denied") || strings.Contains(r.Detail, "factory") {
+		t.Errorf("dps-reachable with an unreadable certificate: %+v", r)
+	}
+}
+
+// asNobody runs the calling test again as uid 65534 when the tests run as
+// root (as in CI), which reads mode-0000 files and so could never see a
+// permission error; it reports whether it did (the caller returns). The
+// child, or a test run as another user, gets false and runs the test.
+func asNobody(t *testing.T) bool {
+	t.Helper()
+	if os.Geteuid() != 0 || os.Getenv("DEVID_TEST_AS_NOBODY") == "1" {
+		return false
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatalf("setpriv (util-linux) is needed to run this test as an unprivileged user: %v", err)
+	}
+	// The test binary must be readable by that user: copy it out of the
+	// build cache.
+	dir, err := os.MkdirTemp("", "devid-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups", bin, "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "DEVID_TEST_AS_NOBODY=1", "HOME="+dir, "TMPDIR=/tmp")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Errorf("%s as uid 65534: %v\n%s", t.Name(), err, out)
+	}
+	return true
 }
