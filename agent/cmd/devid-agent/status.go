@@ -112,6 +112,10 @@ func fileStatus(cfg *config.Config) (*statusOut, error) {
 	d := &statedir.Dir{Path: cfg.StateDir}
 	if _, err := os.Stat(cfg.StateDir); errors.Is(err, fs.ErrPermission) {
 		return nil, errors.New(stateDenied(cfg.StateDir))
+	} else if errors.Is(err, fs.ErrNotExist) {
+		// Not an unknown: the agent has never run with this config.
+		out.State = "never run (no state dir " + cfg.StateDir + " yet)"
+		return out, nil
 	} else if err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
@@ -182,11 +186,10 @@ func printStatus(out io.Writer, s *statusOut) {
 		row("state", state)
 	} else {
 		// Never a live-looking state for an agent that did not answer.
-		saved := "saved"
 		if !s.SavedAt.IsZero() {
-			saved = "saved " + s.SavedAt.Format(time.RFC3339)
+			state += ", saved " + s.SavedAt.Format(time.RFC3339)
 		}
-		row("last saved state", state+", "+saved+"; not live")
+		row("last saved state", state+"; not live")
 	}
 	if s.Config != "" {
 		row("config", s.Config)

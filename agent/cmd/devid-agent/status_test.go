@@ -157,6 +157,18 @@ func TestStatusAgentNotRunning(t *testing.T) {
 	}
 }
 
+// TestStatusNeverRun: before the agent ever ran (no state dir yet) status
+// says so and exits 1, like any agent that is not running. Before, it
+// said the status "cannot be determined" and exited 2.
+func TestStatusNeverRun(t *testing.T) {
+	b := newTestBoard(t, "", "")
+	os.RemoveAll(b.state)
+	out, errOut, code := b.status(t, false, nil)
+	if code != 1 || !strings.HasPrefix(row(out, "last saved state"), "never run (no state dir "+b.state+" yet); not live") {
+		t.Errorf("exit %d, want 1 and 'never run'\n%s%s", code, out, errOut)
+	}
+}
+
 // TestStatusRunning: the running agent answers; connected exits 0, any
 // other state exits 1.
 func TestStatusRunning(t *testing.T) {
