@@ -53,7 +53,7 @@ func statusFlags(fs *flag.FlagSet) func(context.Context, []string) error {
 
 // statusExitHelp documents the exit status of status (help and man page).
 const statusExitHelp = "0 the agent runs and is connected; 1 it runs but is not connected " +
-	"(or degraded: last-known-good config, a state dir or queue disk refusing writes), or it is not running (the state shown is then the last one saved); " +
+	"(or degraded: last-known-good config, a state dir or queue disk refusing writes), or it is not running (the state shown is then the last one saved, if this user may read it); " +
 	"2 a usage error, or the status could not be determined (permission denied on the socket or the state dir, local API disabled)."
 
 // runStatus prints the status and returns the exit status as an error
@@ -75,6 +75,15 @@ func runStatus(ctx context.Context, w io.Writer, o statusOpts) error {
 		out = &statusOut{Status: *p.status, Agent: "running", Source: "agent (" + cfg.LocalAPI.Socket + ")"}
 	default:
 		out, err = fileStatus(cfg)
+		if err != nil && p.live == agentNotRunning {
+			// That much is known: say it, and what could not be read.
+			if o.asJSON {
+				json.NewEncoder(w).Encode(map[string]string{"agent": "not running", "agent_error": p.err.Error(), "state_error": err.Error()})
+			} else {
+				fmt.Fprintf(w, "agent: not running (%v)\nlast saved state: unreadable here: %v\n", p.err, err)
+			}
+			return cmdline.WithStatus(1, nil)
+		}
 		if err != nil {
 			return cmdline.WithStatus(2, fmt.Errorf("status cannot be determined: %w", err))
 		}
