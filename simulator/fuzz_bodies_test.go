@@ -201,6 +201,15 @@ func FuzzControlBody(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		rt := controlRoutes[int(route)%len(controlRoutes)]
+		// A fault an earlier input injected (POST /sim/faults) would make
+		// this one's 5xx the service's answer as asked: every input starts
+		// without faults.
+		clear := httptest.NewRequest("DELETE", "http://127.0.0.1/sim/faults", nil)
+		clear.Header.Set("Content-Type", "application/json")
+		cleared := httptest.NewRecorder()
+		if h.ServeHTTP(cleared, clear); cleared.Code != 204 {
+			t.Fatalf("DELETE /sim/faults: %d %s", cleared.Code, cleared.Body.String())
+		}
 		req := httptest.NewRequest(rt.method, "http://127.0.0.1"+rt.path, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		rec := httptest.NewRecorder()
