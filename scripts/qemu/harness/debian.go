@@ -377,12 +377,20 @@ func debianWatchdog(ctx context.Context, g *guest, s *sim, deviceID string, reg 
 		return fmt.Errorf("no watchdog configured (WatchdogUSec=%q)", u["WatchdogUSec"])
 	}
 	oldPID := u["MainPID"]
+	watchdogLines := "journalctl -u devid-agent -o cat --no-pager | grep -c 'Watchdog timeout' || true"
+	before, err := g.must(ctx, watchdogLines)
+	if err != nil {
+		return err
+	}
 	stopped := time.Now()
 	if _, err := g.must(ctx, "kill -STOP "+oldPID); err != nil {
 		return err
 	}
 	var restarted time.Duration
-	if err := poll(ctx, 3*wd, "systemd restarts the stopped agent", func() (bool, error) {
+	// The restart time depends on how loaded the host is (the board is
+	// emulated): it is reported, and the journal says whether the
+	// watchdog, not something else, restarted the agent.
+	if err := poll(ctx, max(3*wd, 2*time.Minute), "systemd restarts the stopped agent", func() (bool, error) {
 		u, err := g.unit(ctx, "MainPID", "ActiveState", "SubState")
 		ok := err == nil && u["MainPID"] != oldPID && u["MainPID"] != "0" && u["ActiveState"] == "active" && u["SubState"] == "running"
 		if ok {
@@ -392,10 +400,15 @@ func debianWatchdog(ctx context.Context, g *guest, s *sim, deviceID string, reg 
 	}); err != nil {
 		return err
 	}
-	if restarted > 2*wd {
-		return fmt.Errorf("restarted %.1fs after SIGSTOP; the watchdog period is %v (want within two)", restarted.Seconds(), wd)
+	after, err := g.must(ctx, watchdogLines)
+	if err != nil {
+		return err
 	}
-	logf("debian: watchdog: SIGSTOP pid %s; new agent running after %.1fs (WatchdogSec=%v)", oldPID, restarted.Seconds(), wd)
+	if strings.TrimSpace(after) == strings.TrimSpace(before) {
+		return fmt.Errorf("the agent was restarted %.1fs after SIGSTOP, but the journal shows no watchdog timeout (%s before, %s after)",
+			restarted.Seconds(), strings.TrimSpace(before), strings.TrimSpace(after))
+	}
+	logf("debian: watchdog: SIGSTOP pid %s; systemd's watchdog fired and a new agent ran after %.1fs (WatchdogSec=%v)", oldPID, restarted.Seconds(), wd)
 	if _, err := s.call(ctx, "DELETE", "/sim/faults/"+fid, nil, nil); err != nil {
 		return err
 	}
