@@ -310,11 +310,7 @@ func TestHubRenewalOnSim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.mu.Lock()
-	hub, dev := d.hub, d.dev
-	d.mu.Unlock()
-	hr := &rotate.Rotator{StateDir: d.dir, Slot: d.slot, DeviceID: "rot-hub-1", NewKey: true, Probe: d.connect,
-		Issuer: &HubIssuer{Config: dps.HubConfig{Host: hub, DeviceID: dev, Network: d.net, ConnectTimeout: 15 * time.Second}}}
+	hr, _ := d.hubRotator("rot-hub-1")
 	res, err := hr.Rotate(ctx)
 	if err != nil {
 		t.Fatalf("hub renewal: %v", err)
@@ -395,11 +391,7 @@ func TestHubRenewalReplacesALostRequest(t *testing.T) {
 	if _, err := d.rot.Rotate(ctx); err != nil { // the first operational certificate, from DPS
 		t.Fatal(err)
 	}
-	d.mu.Lock()
-	hub, dev := d.hub, d.dev
-	d.mu.Unlock()
-	hr := &rotate.Rotator{StateDir: d.dir, Slot: d.slot, DeviceID: "rot-hub-lost", NewKey: true, Probe: d.connect,
-		Issuer: &HubIssuer{Config: dps.HubConfig{Host: hub, DeviceID: dev, Network: d.net, ConnectTimeout: 15 * time.Second}}}
+	hr, dev := d.hubRotator("rot-hub-lost")
 	// The hub holds its answer; the device gives up after 3 s.
 	d.sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: dev, Ops: []string{"credentials"}, DelayMs: 60_000})
 	lost, stop := context.WithTimeout(ctx, 3*time.Second)
@@ -416,4 +408,14 @@ func TestHubRenewalReplacesALostRequest(t *testing.T) {
 	if res.Path != rotate.PathHub {
 		t.Errorf("result %+v, want path hub", res)
 	}
+}
+
+// hubRotator renews the device's operational certificate through the hub
+// it was assigned to (HubIssuer); it returns the hub's device ID too.
+func (d *simDevice) hubRotator(id string) (*rotate.Rotator, string) {
+	d.mu.Lock()
+	hub, dev := d.hub, d.dev
+	d.mu.Unlock()
+	return &rotate.Rotator{StateDir: d.dir, Slot: d.slot, DeviceID: id, NewKey: true, Probe: d.connect,
+		Issuer: &HubIssuer{Config: dps.HubConfig{Host: hub, DeviceID: dev, Network: d.net, ConnectTimeout: 15 * time.Second}}}, dev
 }
