@@ -19,6 +19,11 @@ func (a *Agent) cacheUsable() bool {
 	if as.IDScope != a.cfg.DPS.IDScope || as.Endpoint != a.cfg.DPS.Endpoint {
 		return false
 	}
+	if a.renewal.Deciding() {
+		// Renewal path auto learns from a registration whether DPS
+		// issues certificates: one registration, then the cache again.
+		return false
+	}
 	if a.id != nil && as.CertFingerprint != "" && as.CertFingerprint != a.id.Fingerprint() {
 		return false
 	}

@@ -128,7 +128,7 @@ func startDPSBoard(t *testing.T, id string, hubUp bool) *dpsBoard {
 	dev := ca.Issue(t, id)
 	os.WriteFile(filepath.Join(b.state, "device.key"), dev.KeyPEM(t), 0o600)
 	os.WriteFile(filepath.Join(b.state, "device-chain.pem"), dev.ChainPEM(), 0o600)
-	sim.EnrollGroup(t, id+"-grp", ca.Root)
+	sim.EnrollGroup(t, id+"-grp", ca.Root, simtest.IssueCertificates())
 	// A 1 ms delay on every DPS register request: the simulator counts
 	// the requests it delayed (Applied).
 	b.counter = sim.SetFault(t, simtest.Fault{ID: "count-registers", Scope: "dps", Ops: []string{"register"}, DelayMs: 1})

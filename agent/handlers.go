@@ -119,8 +119,10 @@ type Health struct {
 	// messages the hub refused for good (docs/agent.md).
 	QueueCorrupt  uint64 `json:"queue_corrupt,omitempty"`
 	QueueSetAside uint64 `json:"queue_set_aside,omitempty"`
-	// RenewalPath is renewal.path: "none" tells the operator the
-	// certificate will simply expire (docs/field-problems.md, row 3).
+	// RenewalPath is the renewal path in force (renewal.path, or what
+	// "auto" chose; "auto" while it has not decided): "none" tells the
+	// operator the certificate will simply expire (docs/field-problems.md,
+	// row 3).
 	RenewalPath string `json:"renewal_path"`
 }
 
@@ -136,7 +138,7 @@ func (a *Agent) health() Health {
 		QueueDropped:  s.Queue.Dropped,
 		QueueCorrupt:  s.Queue.Corrupt,
 		QueueSetAside: s.Queue.SetAside,
-		RenewalPath:   a.cfg.Renewal.Path,
+		RenewalPath:   a.renewal.PathName(),
 	}
 	if h.RenewalPath == "" {
 		h.RenewalPath = "none"

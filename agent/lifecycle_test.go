@@ -128,7 +128,13 @@ func newBoard(t *testing.T, sim *simtest.Sim, deviceID string, extra string) *bo
 	write("device-chain.pem", dev.ChainPEM())
 	root := filepath.Join(dir, "factory-root.pem")
 	os.WriteFile(root, simtest.PEM(ca.Root), 0o644)
-	sim.EnrollGroup(t, b.group, ca.Root)
+	var issue []simtest.EnrollmentOption
+	if strings.Contains(extra, `path = "dps"`) || strings.Contains(extra, `path = "hub"`) {
+		// A board set up to renew through DPS needs an enrollment that
+		// issues certificates (a credential policy on Azure).
+		issue = append(issue, simtest.IssueCertificates())
+	}
+	sim.EnrollGroup(t, b.group, ca.Root, issue...)
 
 	b.root = root
 	b.extra = extra

@@ -238,7 +238,7 @@ func TestTPMRotationOnAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca := simtest.NewDeviceCA(t)
-	sim.EnrollGroup(t, "grp-tpm", ca.Root)
+	sim.EnrollGroup(t, "grp-tpm", ca.Root, simtest.IssueCertificates())
 	leaf := ca.IssueFor(t, b.deviceID, k.Public())
 	if c, ok := k.(interface{ Close() error }); ok {
 		c.Close()

@@ -35,6 +35,11 @@ var (
 	ErrNotAuthorized = errors.New("dps: not authorized")
 	// ErrThrottled matches DPS or twin status 429.
 	ErrThrottled = errors.New("dps: throttled")
+	// ErrNotIssued: a register request carried a CSR, and DPS assigned
+	// the device without an issuedCertificateChain: the enrollment does
+	// not issue certificates (no credential policy). Register returns the
+	// Result with it: the assignment itself is valid.
+	ErrNotIssued = errors.New("dps: a CSR was sent but DPS issued no certificate (issuedCertificateChain missing: does the enrollment have certificate issuance?)")
 	// ErrRequestActive matches a hub certificate request refused because
 	// another one is still active (409 / 409005): see RequestActiveError.
 	ErrRequestActive = errors.New("dps: certificate request already active")

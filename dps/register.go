@@ -39,7 +39,8 @@ type Config struct {
 	Payload json.RawMessage
 	// CSR is an optional DER PKCS#10 request whose CN is the
 	// registration ID; DPS (api-version 2025-07-01-preview) then returns
-	// the issued chain in Result.IssuedChain.
+	// the issued chain in Result.IssuedChain, or, for an enrollment that
+	// does not issue, the Result with ErrNotIssued.
 	CSR []byte
 	// APIVersion overrides the api-version in the user name (default
 	// 2019-03-31, or 2025-07-01-preview with a CSR).
@@ -198,6 +199,8 @@ type registration struct {
 // status polls within 5 per 10 s, and stops at ctx's deadline or
 // Config.Timeout, whichever is earlier, with a *TimeoutError carrying
 // the last failure. Terminal failures (see Retryable) return at once.
+// With a CSR that DPS did not issue for, it returns the assignment and
+// ErrNotIssued.
 func Register(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
@@ -422,7 +425,7 @@ func (r *registration) assigned(st *OperationStatus) (*Result, error) {
 		return &res, nil
 	}
 	if len(rs.IssuedCertificateChain) == 0 {
-		return &res, &ProtocolError{What: "assigned result", Raw: rs.RegistrationID, Err: errors.New("a CSR was sent but no issuedCertificateChain came back")}
+		return &res, fmt.Errorf("registration %q assigned to %s: %w", rs.RegistrationID, rs.AssignedHub, ErrNotIssued)
 	}
 	chain, err := ParseIssuedChain(rs.IssuedCertificateChain)
 	if err != nil {

@@ -77,7 +77,7 @@ func newRig(t testing.TB, opts ...simtest.Option) *rig {
 		t.Fatal(err)
 	}
 	r := &rig{sim: sim, ca: newTestCA(t, "devid test device CA"), roots: roots}
-	sim.EnrollGroup(t, "dps-tests", r.ca.cert)
+	sim.EnrollGroup(t, "dps-tests", r.ca.cert, simtest.IssueCertificates())
 	return r
 }
 
@@ -501,6 +501,26 @@ func TestSim(t *testing.T) {
 		var te *TLSError
 		if !errors.As(err, &te) || te.Kind != TLSUnknownAuthority || !te.Interception || Retryable(err) {
 			t.Errorf("got %v, want unknown authority with an interception hint", err)
+		}
+	})
+
+	t.Run("CSRNotIssued", func(t *testing.T) {
+		t.Parallel()
+		// An enrollment without certificate issuance assigns the device
+		// and ignores the CSR: ErrNotIssued, with the assignment.
+		ca := simtest.NewDeviceCA(t)
+		r.sim.EnrollGroup(t, "no-issuance", ca.Root)
+		dev := ca.Issue(t, "dev-no-issuance")
+		cfg := r.config(tlsCert(dev.Key, dev.Chain...), newFakeClock())
+		key, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "dev-no-issuance"}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.CSR = csr
+		res, err := Register(context.Background(), cfg)
+		if !errors.Is(err, ErrNotIssued) || res == nil || res.AssignedHub == "" || len(res.IssuedChain) != 0 {
+			t.Fatalf("Register with a CSR on an enrollment without issuance: %+v, %v; want the assignment and ErrNotIssued", res, err)
 		}
 	})
 

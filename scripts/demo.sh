@@ -61,7 +61,7 @@ main() {
   info "root $W/ca/root.pem"
 
   step "enroll the factory CA as a DPS enrollment group on the simulator"
-  "$BIN/devid-sim" enroll-group demo-line --ca "$W/ca/root.pem" --state "$W/sim" >"$W/enroll.log" 2>&1 || { cat "$W/enroll.log"; die "enroll-group failed"; }
+  "$BIN/devid-sim" enroll-group demo-line --ca "$W/ca/root.pem" --credential-policy demo-policy --state "$W/sim" >"$W/enroll.log" 2>&1 || { cat "$W/enroll.log"; die "enroll-group failed"; }
   info "enrollment group demo-line"
 
   write_config

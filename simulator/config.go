@@ -63,6 +63,10 @@ type Switches struct {
 	// CSROldAPI: "ignore" or "reject" (400) a csr sent with an api-version
 	// before 2025-07-01-preview.
 	CSROldAPI string
+	// CSRWithoutPolicy: "ignore" (assigned without issuedCertificateChain)
+	// or "reject" (400) a csr for an enrollment without a credential
+	// policy (x-sim-credentialPolicy).
+	CSRWithoutPolicy string
 	// HubCredentialsTopic: spelling of the hub certificate-renewal topics
 	// accepted: "credentials" (SDKs), "credential" (docs) or "both".
 	HubCredentialsTopic string
@@ -101,6 +105,7 @@ func DefaultSwitches() Switches {
 		HubMaxTLS:          "1.2",
 		APIVersions:        "strict",
 		CSROldAPI:          "ignore",
+		CSRWithoutPolicy:   "ignore",
 		// Both spellings: the simulator answers on the family the device used.
 		HubCredentialsTopic:    "both",
 		HubCredentialsResponse: "array",
@@ -116,7 +121,7 @@ func withDefaults(sw Switches) Switches {
 		{&sw.DPSIDMismatch, &d.DPSIDMismatch}, {&sw.DisabledEnrollment, &d.DisabledEnrollment},
 		{&sw.DPSResponseQoS, &d.DPSResponseQoS}, {&sw.CSRCurves, &d.CSRCurves}, {&sw.HubRetain, &d.HubRetain},
 		{&sw.HubUnknownTopic, &d.HubUnknownTopic}, {&sw.DPSMaxTLS, &d.DPSMaxTLS}, {&sw.HubMaxTLS, &d.HubMaxTLS},
-		{&sw.APIVersions, &d.APIVersions}, {&sw.CSROldAPI, &d.CSROldAPI},
+		{&sw.APIVersions, &d.APIVersions}, {&sw.CSROldAPI, &d.CSROldAPI}, {&sw.CSRWithoutPolicy, &d.CSRWithoutPolicy},
 		{&sw.HubCredentialsTopic, &d.HubCredentialsTopic}, {&sw.HubCredentialsResponse, &d.HubCredentialsResponse},
 		{&sw.DPSErrorMessageField, &d.DPSErrorMessageField}, {&sw.EmptyRegisterBody, &d.EmptyRegisterBody},
 	} {

@@ -358,7 +358,9 @@ func newOperation(prev *Registration, enr *Enrollment, c *conn, polls int) *Regi
 
 // issueForRegistration signs the register body's csr for an assigned
 // device (api-version 2025-07-01-preview and the drafts); with an older
-// api-version the csr is ignored or, with CSROldAPI "reject", refused.
+// api-version the csr is ignored or, with CSROldAPI "reject", refused;
+// likewise, per CSRWithoutPolicy, for an enrollment without a credential
+// policy.
 func (d *dpsService) issueForRegistration(r *Registration, rb registerBody, c *conn, enr *Enrollment) *dpsErr {
 	if rb.CSR == nil || r.PendingStatus != "assigned" {
 		return nil
@@ -366,6 +368,14 @@ func (d *dpsService) issueForRegistration(r *Registration, rb registerBody, c *c
 	if c.apiVer != csrAPIVersion && !slices.Contains(DPSDraftAPIVersions, c.apiVer) {
 		if d.cfg.Switches.CSROldAPI == "reject" {
 			return badRequest("csr requires api-version " + csrAPIVersion + ".")
+		}
+		return nil
+	}
+	if enr.CredentialPolicy == "" {
+		// Azure issues only through an enrollment's credential policy;
+		// what it answers to a csr without one is not documented.
+		if d.cfg.Switches.CSRWithoutPolicy == "reject" {
+			return badRequest("The enrollment has no credential policy: certificate issuance is not enabled for it.")
 		}
 		return nil
 	}

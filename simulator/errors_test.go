@@ -321,7 +321,7 @@ func TestCSRIssuanceAndRestart(t *testing.T) {
 	t.Parallel()
 	sim := startSim(t)
 	ca := simtest.NewDeviceCA(t)
-	sim.EnrollGroup(t, "g", ca.Root)
+	sim.EnrollGroup(t, "g", ca.Root, simtest.IssueCertificates())
 	d := ca.Issue(t, "csr-dev")
 	k, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "csr-dev"}}, k)
@@ -479,4 +479,48 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("%d %v", st, err)
 		}
 	})
+}
+
+// TestCSRWithoutCredentialPolicy: an enrollment without a credential
+// policy issues nothing for a csr; --csr-without-policy picks whether the
+// register is assigned without a chain (ignore) or refused (reject).
+func TestCSRWithoutCredentialPolicy(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"ignore", "reject"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			sim := startSim(t, simtest.WithArgs("--csr-without-policy", mode))
+			ca := simtest.NewDeviceCA(t)
+			sim.EnrollGroup(t, "g", ca.Root)
+			d := ca.Issue(t, "nopolicy-dev")
+			k, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "nopolicy-dev"}}, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := dialMQTT(t, sim.Ready.DPS.Addr, "nopolicy-dev", sim.Ready.IDScope+"/registrations/nopolicy-dev/api-version=2025-07-01-preview",
+				sim.TLSConfig(sim.Ready.DPS.Host, d.TLSCertificate()), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.c.Disconnect(0)
+			c.sub("$dps/registrations/res/#")
+			c.pub("$dps/registrations/PUT/iotdps-register/?$rid=1", 1,
+				[]byte(`{"registrationId":"nopolicy-dev","csr":"`+base64.StdEncoding.EncodeToString(der)+`"}`))
+			if mode == "reject" {
+				m := c.next("$dps/registrations/res/")
+				if !strings.HasPrefix(m.topic, "$dps/registrations/res/400/") || !strings.Contains(string(m.payload), "credential policy") {
+					t.Fatalf("reject: got %s %s; want 400 naming the credential policy", m.topic, m.payload)
+				}
+				return
+			}
+			var op opStatus
+			_ = json.Unmarshal(c.next("$dps/registrations/res/202/").payload, &op)
+			c.pub("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId="+op.OperationID, 1, nil)
+			m := c.next("$dps/registrations/res/200/")
+			if !strings.Contains(string(m.payload), `"assigned"`) || strings.Contains(string(m.payload), "issuedCertificateChain") {
+				t.Fatalf("ignore: got %s; want assigned without issuedCertificateChain", m.payload)
+			}
+		})
+	}
 }

@@ -133,6 +133,7 @@ func bindSwitches(fs *flag.FlagSet, sw *Switches) {
 	fs.StringVar(&sw.APIVersions, "api-versions", d.APIVersions, "strict (only the documented api-versions) | lenient")
 	fs.BoolVar(&sw.DraftAPIVersions, "accept-draft-api-versions", d.DraftAPIVersions, "accept the 2026-11-xx draft DPS api-versions")
 	fs.StringVar(&sw.CSROldAPI, "csr-old-api", d.CSROldAPI, "csr with an api-version before 2025-07-01-preview: ignore | reject")
+	fs.StringVar(&sw.CSRWithoutPolicy, "csr-without-policy", d.CSRWithoutPolicy, "csr for an enrollment without x-sim-credentialPolicy: ignore (assigned without a certificate) | reject (400)")
 	fs.StringVar(&sw.HubCredentialsTopic, "hub-credentials-topic", d.HubCredentialsTopic, "hub certificate renewal topic spelling: both | credentials | credential")
 	fs.StringVar(&sw.DPSErrorMessageField, "dps-error-message-field", d.DPSErrorMessageField, "text field of DPS error bodies: message | errorMessage | both")
 	fs.StringVar(&sw.ConnectionProfile, "connection-profile", "", "registrationState.connectionProfile for draft api-version 2026-11-02-preview clients (e.g. classic, mqttV5); empty = omit")
@@ -156,6 +157,7 @@ func checkSwitches(sw Switches) error {
 		{"hub-max-tls", sw.HubMaxTLS, []string{"1.2", "1.3"}},
 		{"api-versions", sw.APIVersions, []string{"strict", "lenient"}},
 		{"csr-old-api", sw.CSROldAPI, []string{"ignore", "reject"}},
+		{"csr-without-policy", sw.CSRWithoutPolicy, []string{"ignore", "reject"}},
 		{"hub-credentials-topic", sw.HubCredentialsTopic, []string{"both", "credentials", "credential"}},
 		{"hub-credentials-response", sw.HubCredentialsResponse, []string{"array", "object"}},
 		{"dps-error-message-field", sw.DPSErrorMessageField, []string{"message", "errorMessage", "both"}},

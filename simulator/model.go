@@ -99,6 +99,11 @@ type Enrollment struct {
 	CustomAllocationDefinition *CustomAllocationDefinition `json:"customAllocationDefinition,omitempty"`
 	// Sim extension: lifetime of certificates issued for a "csr" (default 30 days).
 	IssuedCertificateValidityDays int `json:"x-sim-issuedCertificateValidityDays,omitempty"`
+	// Sim extension: the credential policy that issues certificates for a
+	// "csr" (on Azure, the ADR credential policy linked to the enrollment,
+	// az iot dps enrollment-group create --credential-policy). Empty: the
+	// enrollment does not offer certificate issuance, as on Azure by default.
+	CredentialPolicy string `json:"x-sim-credentialPolicy,omitempty"`
 
 	certs []*x509.Certificate // parsed attestation certificates (primary, secondary)
 }

@@ -65,11 +65,14 @@ type Config struct {
 // Renewal is the certificate renewal policy (grammar in
 // docs/rotation.md). Empty policy fields keep the rotate package defaults.
 type Renewal struct {
-	// Path is the issuance path: "dps" (DPS certificate issuance with a
-	// CSR), "hub" (IoT Hub $iothub/credentials, preview; first issuance
-	// and recovery through DPS), "est" (EST /simplereenroll) or "none".
+	// Path is the issuance path: "auto" (the default: "dps" where the
+	// DPS enrollment issues certificates, else "est" when est_url is
+	// set, else "none"; decided at the first registration,
+	// docs/rotation.md), "dps" (DPS certificate issuance with a CSR),
+	// "hub" (IoT Hub $iothub/credentials, preview; first issuance and
+	// recovery through DPS), "est" (EST /simplereenroll) or "none".
 	Path string `toml:"path"`
-	// ESTURL is the EST server for path "est".
+	// ESTURL is the EST server for path "est" (and "auto").
 	ESTURL string `toml:"est_url"`
 	// RotateKey makes each renewal use a new key.
 	RotateKey bool `toml:"rotate_key"`
@@ -280,7 +283,7 @@ func Default() *Config {
 		},
 		Health: Health{Interval: Duration(time.Hour)},
 		Renewal: Renewal{
-			Path:     "none",
+			Path:     "auto",
 			KeyCurve: "P-256",
 			RenewAt:  "66%",
 			Jitter:   "5%",

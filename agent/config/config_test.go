@@ -86,7 +86,8 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"[local_api]\nidle_timeout = \"10ms\"", "local_api.idle_timeout"},
 		{"[health]\ninterval = \"1s\"", "health.interval"},
 		{"state_dir = ", "line 1"},
-		{"[renewal]\npath = \"iothub\"", `renewal.path: "iothub" is not dps, hub, est or none`},
+		{"[renewal]\npath = \"iothub\"", `renewal.path: "iothub" is not auto, dps, hub, est or none`},
+		{"[renewal]\nest_url = \"http://est.example\"", "renewal.est_url"},
 		{"[renewal]\npath = \"est\"", "renewal.est_url"},
 		{"[renewal]\nkey_curve = \"P-521\"", "renewal.key_curve"},
 		{"[renewal]\nkey_curve = \"p384\"", "renewal.key_curve"},
@@ -106,11 +107,24 @@ func TestErrorsNameTheField(t *testing.T) {
 // TestRenewalPaths: every documented renewal.path is accepted.
 func TestRenewalPaths(t *testing.T) {
 	t.Parallel()
-	for _, p := range []string{"dps", "hub", "none"} {
+	for _, p := range []string{"auto", "dps", "hub", "none"} {
 		c, err := Parse([]byte("[renewal]\npath = \"" + p + "\""))
 		if err != nil || c.Renewal.Path != p {
 			t.Errorf("renewal.path %q: %v", p, err)
 		}
+	}
+}
+
+// TestRenewalDefaultsToAuto: a config that says nothing about renewal
+// renews (docs/rotation.md, path auto), rather than never.
+func TestRenewalDefaultsToAuto(t *testing.T) {
+	t.Parallel()
+	c, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Renewal.Path != "auto" {
+		t.Errorf("default renewal.path = %q, want auto", c.Renewal.Path)
 	}
 }
 

@@ -261,8 +261,14 @@ func (c *Config) validateRenewal(p *problems) {
 		if u, err := url.Parse(c.Renewal.ESTURL); err != nil || u.Scheme != "https" || u.Host == "" {
 			p.bad("renewal.est_url", "%q must be an https:// URL when renewal.path is \"est\"", RedactURL(c.Renewal.ESTURL))
 		}
+	case "auto":
+		if c.Renewal.ESTURL != "" {
+			if u, err := url.Parse(c.Renewal.ESTURL); err != nil || u.Scheme != "https" || u.Host == "" {
+				p.bad("renewal.est_url", "%q must be an https:// URL", RedactURL(c.Renewal.ESTURL))
+			}
+		}
 	default:
-		p.bad("renewal.path", "%q is not dps, hub, est or none", c.Renewal.Path)
+		p.bad("renewal.path", "%q is not auto, dps, hub, est or none", c.Renewal.Path)
 	}
 	switch c.Renewal.KeyCurve {
 	case "", "P-256", "P-384":

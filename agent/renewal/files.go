@@ -28,7 +28,7 @@ func renewalPath(p string) string {
 // with paths dps and hub (when issued), else the device certificate.
 func renewalLeaf(cfg *config.Config) *x509.Certificate {
 	files := []string{certstore.Open(cfg.StateDir, nil).Path()}
-	if cfg.Renewal.Path == "dps" || cfg.Renewal.Path == "hub" {
+	if p, _ := effectivePath(cfg); p == "dps" || p == "hub" {
 		files = append([]string{filepath.Join(cfg.StateDir, OperationalChainFile)}, files...)
 	}
 	for _, f := range files {
@@ -52,11 +52,18 @@ func StatusFromFiles(cfg *config.Config, now time.Time) rotate.Status {
 	if rec.Policy != nil {
 		pol = *rec.Policy
 	}
-	st := rotate.Status{Path: renewalPath(cfg.Renewal.Path), Policy: pol.String(), LastSuccess: rec.LastSuccess,
+	path, why := effectivePath(cfg)
+	st := rotate.Status{Path: renewalPath(path), Policy: pol.String(), LastSuccess: rec.LastSuccess,
 		LastFailure: rec.LastFailure, LastError: rec.LastError, Failures: rec.Failures, Rotations: rec.Rotations}
+	if cfg.Renewal.Path == "auto" {
+		st.Configured, st.Why = "auto", why
+		if path == "" {
+			st.Path = "auto"
+		}
+	}
 	if leaf := renewalLeaf(cfg); leaf != nil {
 		st.NotAfter = leaf.NotAfter
-		if st.Path != rotate.PathNone {
+		if path != "" && st.Path != rotate.PathNone {
 			pl := pol.Next(now, leaf, rec.LastFailure)
 			st.Next, st.Reason = pl.At, pl.Reason
 		}
@@ -75,5 +82,18 @@ func Check(cfg *config.Config, now time.Time) rotate.CheckResult {
 	if rec.Policy != nil {
 		pol = *rec.Policy
 	}
-	return rotate.CheckRenewal(renewalPath(cfg.Renewal.Path), renewalLeaf(cfg), pol, rec, now)
+	path, why := effectivePath(cfg)
+	if path == "" {
+		// Auto, undecided: the first registration decides.
+		return rotate.CheckResult{Level: rotate.CheckWarn, Message: "renewal path not decided yet (" + why + ")",
+			Hint: "start the agent: its first DPS registration finds out whether DPS issues certificates (docs/rotation.md)"}
+	}
+	res := rotate.CheckRenewal(renewalPath(path), renewalLeaf(cfg), pol, rec, now)
+	if why != "" {
+		res.Message += "; " + why
+	}
+	if path == "none" && cfg.Renewal.Path == "auto" {
+		res.Hint = "give the DPS enrollment certificate issuance and delete " + ChoiceFile + " in the state dir, or set renewal.est_url (docs/rotation.md)"
+	}
+	return res
 }

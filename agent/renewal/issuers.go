@@ -48,14 +48,27 @@ func (d *DPSIssuer) Issue(ctx context.Context, req rotate.IssueRequest) ([]*x509
 		cfg.RegistrationID = req.RegistrationID
 	}
 	res, err := dps.Register(ctx, cfg)
-	if err != nil {
+	var st *dps.StatusError
+	switch {
+	case errors.Is(err, dps.ErrNotIssued) && res != nil:
+		// Assigned, without a certificate: the assignment stands.
+		if d.OnAssigned != nil {
+			d.OnAssigned(res)
+		}
+		return nil, fmt.Errorf("%w: %w", rotate.ErrNotOffered, err)
+	case errors.As(err, &st) && st.Status == 400:
+		// DPS refused the request with its CSR (docs/dps.md: what DPS
+		// answers to a CSR that the enrollment cannot issue for is not
+		// documented; a 400 is one of the two variants).
+		return nil, fmt.Errorf("%w: %w", rotate.ErrNotOffered, err)
+	case err != nil:
 		return nil, err
 	}
 	if d.OnAssigned != nil {
 		d.OnAssigned(res)
 	}
 	if len(res.IssuedChain) == 0 {
-		return nil, errors.New("DPS assigned the device but returned no issuedCertificateChain (is certificate issuance enabled on the enrollment?)")
+		return nil, fmt.Errorf("%w: %w", rotate.ErrNotOffered, dps.ErrNotIssued)
 	}
 	return res.IssuedChain, nil
 }

@@ -85,25 +85,30 @@ type Deps struct {
 // Renewal renews one credential slot: the device credential (path est),
 // or the operational one beside it (paths dps and hub).
 type Renewal struct {
-	cfg      *config.Config
-	dir      *statedir.Dir
-	stateDir string
-	path     string // renewal.path
-	identity IdentitySource
-	register func(context.Context, *credential.Credential) (*statedir.Assignment, error)
-	connect  func(context.Context, *credential.Credential, *statedir.Assignment) error
-	refused  func(error) bool
-	network  dps.Network
-	clock    clock.Clock
-	log      *slog.Logger
+	cfg        *config.Config
+	dir        *statedir.Dir
+	stateDir   string
+	configured string // renewal.path as configured
+	identity   IdentitySource
+	register   func(context.Context, *credential.Credential) (*statedir.Assignment, error)
+	connect    func(context.Context, *credential.Credential, *statedir.Assignment) error
+	refused    func(error) bool
+	network    dps.Network
+	clock      clock.Clock
+	log        *slog.Logger
 
-	w    *rotate.Renewer
-	slot rotate.Slot
+	w *rotate.Renewer
 	// viaDPS issues through DPS whatever the path (a registration).
 	viaDPS  rotate.Issuer
 	rotated chan struct{}
+	// decided is closed once path auto has decided (at once for any
+	// other path).
+	decided chan struct{}
 
 	mu       sync.Mutex
+	path     string               // the path in force; "" while auto is undecided
+	why      string               // why path is in force (auto), for status
+	slot     rotate.Slot          // the slot path renews
 	assigned *statedir.Assignment // from the last DPS issuance, for the probe
 
 	nudged string // operational fingerprint last asked to reload (Stale's caller only)
@@ -127,10 +132,9 @@ func New(d Deps) (*Renewal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("renewal: %w", err)
 	}
-	r := &Renewal{cfg: d.Config, dir: d.Dir, stateDir: d.Dir.Path, path: c.Path, identity: d.Identity,
+	r := &Renewal{cfg: d.Config, dir: d.Dir, stateDir: d.Dir.Path, configured: c.Path, identity: d.Identity,
 		register: d.Register, connect: d.Connect, refused: d.Refused, network: d.Network, clock: d.Clock, log: d.Logger,
-		rotated: make(chan struct{}, 1)}
-	r.slot = rotate.Slot{KeySpec: d.Config.Key.Backend, ChainPath: certstore.Open(r.stateDir, nil).Path()}
+		rotated: make(chan struct{}, 1), decided: make(chan struct{})}
 	rot := &rotate.Rotator{
 		StateDir: r.stateDir, NewKey: c.RotateKey, Now: d.Clock.Now,
 		Log: d.Logger.With("component", "renewal"), Probe: r.probe,
@@ -146,26 +150,26 @@ func New(d Deps) (*Renewal, error) {
 			}
 		}
 	}
-	switch c.Path {
-	case "dps", "hub":
-		spec, err := operationalKeySpec(d.Config.Key.Backend, r.stateDir, c.KeyCurve)
-		if err != nil {
-			return nil, fmt.Errorf("renewal: %w", err)
-		}
-		r.slot = rotate.Slot{KeySpec: spec, ChainPath: filepath.Join(r.stateDir, OperationalChainFile)}
-		// With path hub, renewals go over the hub connection; the first
-		// operational certificate and every registration still come from
-		// DPS. Both record the configured path.
-		rot.Issuer = &pathIssuer{r: r, path: renewalPath(c.Path)}
-		r.viaDPS = &pathIssuer{r: r, path: renewalPath(c.Path), dpsOnly: true}
-	case "est":
-		rot.Issuer = &rotate.ESTIssuer{URL: c.ESTURL, ServerRoots: r.estRoots(), Transport: r.estTransport}
+	r.w = &rotate.Renewer{Rotator: rot, Policy: pol, Clock: d.Clock, OnRotated: r.onRotated, Log: rot.Log}
+	// Registrations issue through DPS into the operational slot (paths
+	// dps and hub, and auto finding out whether DPS issues).
+	r.viaDPS = &pathIssuer{r: r, path: rotate.PathDPS, dpsOnly: true}
+	path, why := effectivePath(d.Config)
+	if err := r.setPath(path, why); err != nil {
+		return nil, err
 	}
-	rot.Slot = r.slot
-	r.w = &rotate.Renewer{Rotator: rot, Policy: pol, Clock: d.Clock, OnRotated: r.onRotated, Log: rot.Log,
-		// With paths dps and hub the agent's own registration fills the empty slot.
-		FirstIssuanceElsewhere: r.IssuesAtRegistration()}
-	if !r.active() {
+	switch {
+	case c.Path != "auto":
+	case path != "":
+		r.log.Info("renewal: path auto", "path", path, "why", why)
+	case d.Config.DPS.IDScope == "":
+		// No DPS to ask (a hub-only config): nothing will answer.
+		r.decideWithoutDPS("dps.id_scope is not set, so DPS cannot be asked whether it issues certificates")
+		path = r.pathInForce()
+	default:
+		r.log.Info("renewal: path auto decides at the first DPS registration, which carries a CSR")
+	}
+	if path == "none" {
 		if leaf := renewalLeaf(d.Config); leaf != nil {
 			// Say it at every start, not only in check (docs/field-problems.md, row 3).
 			r.log.Warn("renewal.path is none: nothing will renew the device certificate", "not_after", leaf.NotAfter.UTC())
@@ -174,19 +178,85 @@ func New(d Deps) (*Renewal, error) {
 	return r, nil
 }
 
-// active says whether an issuance path is configured.
-func (r *Renewal) active() bool { return r.path != "none" && r.path != "" }
+// setPath sets the renewal up for path ("" while auto is undecided: the
+// operational slot of path dps, and no loop), and opens Run's gate once
+// decided.
+func (r *Renewal) setPath(path, why string) error {
+	slot := rotate.Slot{KeySpec: r.cfg.Key.Backend, ChainPath: certstore.Open(r.stateDir, nil).Path()}
+	var iss rotate.Issuer
+	switch path {
+	case "dps", "hub", "":
+		spec, err := operationalKeySpec(r.cfg.Key.Backend, r.stateDir, r.cfg.Renewal.KeyCurve)
+		if err != nil {
+			return fmt.Errorf("renewal: %w", err)
+		}
+		slot = rotate.Slot{KeySpec: spec, ChainPath: filepath.Join(r.stateDir, OperationalChainFile)}
+		if path != "" {
+			// With path hub, renewals go over the hub connection; the
+			// first operational certificate and every registration still
+			// come from DPS. Both record the path in force.
+			iss = &pathIssuer{r: r, path: renewalPath(path)}
+			r.viaDPS = &pathIssuer{r: r, path: renewalPath(path), dpsOnly: true}
+		}
+	case "est":
+		iss = &rotate.ESTIssuer{URL: r.cfg.Renewal.ESTURL, ServerRoots: r.estRoots(), Transport: r.estTransport}
+	}
+	// With paths dps and hub the agent's own registration fills the
+	// empty slot.
+	r.w.Reconfigure(iss, slot, path == "dps" || path == "hub" || path == "")
+	r.mu.Lock()
+	r.path, r.why, r.slot = path, why, slot
+	r.mu.Unlock()
+	if path != "" {
+		close(r.decided)
+	}
+	return nil
+}
+
+// pathInForce is the path in force ("" while auto is undecided).
+func (r *Renewal) pathInForce() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.path
+}
+
+// PathName is the path in force as renewal.path names it: "dps", "hub",
+// "est" or "none", or "auto" while auto has not decided.
+func (r *Renewal) PathName() string {
+	if p := r.pathInForce(); p != "" {
+		return p
+	}
+	return "auto"
+}
+
+// active says whether an issuance path is in force.
+func (r *Renewal) active() bool {
+	p := r.pathInForce()
+	return p != "none" && p != ""
+}
 
 // IssuesAtRegistration says whether every DPS registration must go
-// through Register (paths dps and hub): DPS issues a new operational
-// certificate with every registration that carries a CSR, so a
-// registration without one would strand the installed operational
-// certificate.
-func (r *Renewal) IssuesAtRegistration() bool { return r.path == "dps" || r.path == "hub" }
+// through Register (paths dps and hub, and auto until it has decided):
+// DPS issues a new operational certificate with every registration that
+// carries a CSR, so a registration without one would strand the
+// installed operational certificate.
+func (r *Renewal) IssuesAtRegistration() bool {
+	p := r.pathInForce()
+	return p == "dps" || p == "hub" || p == ""
+}
+
+// Deciding says whether path auto has yet to decide: the agent then
+// registers with DPS (with a CSR) even when an assignment is cached.
+func (r *Renewal) Deciding() bool { return r.undecided() }
 
 // Run runs the renewal loop until ctx ends, once the device has its
 // factory identity. Without an issuance path it returns at once.
 func (r *Renewal) Run(ctx context.Context) {
+	select {
+	case <-r.decided:
+	case <-ctx.Done():
+		return
+	}
 	if !r.active() {
 		return
 	}
@@ -201,7 +271,18 @@ func (r *Renewal) Run(ctx context.Context) {
 func (r *Renewal) Rotated() <-chan struct{} { return r.rotated }
 
 // Status is the "renewal" section of the agent's status.
-func (r *Renewal) Status() rotate.Status { return r.w.Status() }
+func (r *Renewal) Status() rotate.Status {
+	st := r.w.Status()
+	if r.configured == "auto" {
+		r.mu.Lock()
+		st.Configured, st.Why = "auto", r.why
+		if r.path == "" {
+			st.Path = "auto"
+		}
+		r.mu.Unlock()
+	}
+	return st
+}
 
 // MethodNames are the direct methods Method answers.
 func (r *Renewal) MethodNames() []string {
@@ -257,7 +338,7 @@ func (r *Renewal) Operational() *credential.Credential {
 	if !r.IssuesAtRegistration() {
 		return nil
 	}
-	c, err := rotate.LoadCredential(r.slot, r.stateDir)
+	c, err := rotate.LoadCredential(r.opSlot(), r.stateDir)
 	if err != nil {
 		return nil // no operational certificate yet
 	}
@@ -283,7 +364,7 @@ func (r *Renewal) Stale(hub *credential.Credential) bool {
 	if !r.IssuesAtRegistration() {
 		return false
 	}
-	c, err := rotate.LoadCredential(r.slot, r.stateDir)
+	c, err := rotate.LoadCredential(r.opSlot(), r.stateDir)
 	if err != nil {
 		return false
 	}
@@ -303,6 +384,9 @@ func (r *Renewal) Stale(hub *credential.Credential) bool {
 // A hub that cannot be reached does not undo a registration: the
 // certificate is kept (see probe), so the agent retries the hub, not DPS.
 func (r *Renewal) Register(ctx context.Context, id *credential.Credential) (*statedir.Assignment, error) {
+	if r.undecided() {
+		return r.registerAuto(ctx, id)
+	}
 	r.ensureDeviceID(id.DeviceID())
 	res, err := r.w.RotateSync(ctx, r.viaDPS, false, "registration")
 	if err != nil {
@@ -313,6 +397,12 @@ func (r *Renewal) Register(ctx context.Context, id *credential.Credential) (*sta
 		}
 		return nil, fmt.Errorf("register with certificate issuance: %w", err)
 	}
+	return r.issuedAssignment(res)
+}
+
+// issuedAssignment is the assignment a registration that issued res
+// recorded.
+func (r *Renewal) issuedAssignment(res rotate.Result) (*statedir.Assignment, error) {
 	r.mu.Lock()
 	as := r.assigned
 	r.mu.Unlock()
@@ -327,6 +417,13 @@ func (r *Renewal) Register(ctx context.Context, id *credential.Credential) (*sta
 	}
 	cp := *as
 	return &cp, nil
+}
+
+// opSlot is the slot of the operational credential.
+func (r *Renewal) opSlot() rotate.Slot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.slot
 }
 
 // ensureDeviceID sets the Rotator's device ID once. Every path that

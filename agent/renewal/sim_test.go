@@ -43,7 +43,7 @@ func newSimDevice(t *testing.T, id string) *simDevice {
 	t.Helper()
 	sim := simtest.Start(t)
 	ca := simtest.NewDeviceCA(t)
-	sim.EnrollGroup(t, "g-"+id, ca.Root)
+	sim.EnrollGroup(t, "g-"+id, ca.Root, simtest.IssueCertificates())
 	b, err := os.ReadFile(sim.Ready.ServerCA)
 	if err != nil {
 		t.Fatal(err)

@@ -23,6 +23,11 @@ const maxSleep = time.Hour
 type Status struct {
 	// Path is the issuance path that renews this credential ("" = none).
 	Path string `json:"path"`
+	// Configured is the path as configured when the caller chose Path
+	// itself (the agent's renewal.path "auto"), and Why says why it
+	// chose Path; both are set by that caller, empty otherwise.
+	Configured string `json:"configured,omitempty"`
+	Why        string `json:"why,omitempty"`
 	// Policy is the effective policy, in the grammar.
 	Policy string `json:"policy"`
 	// Next is the next planned attempt (zero without a certificate or path).
@@ -137,6 +142,16 @@ func (w *Renewer) pathLocked() string {
 	return w.Rotator.Issuer.Name()
 }
 
+// Reconfigure sets the issuer, the slot and FirstIssuanceElsewhere once
+// the caller has chosen the path (the agent's renewal.path "auto"). Call
+// it before Run, and while no RotateSync runs.
+func (w *Renewer) Reconfigure(iss Issuer, slot Slot, firstIssuanceElsewhere bool) {
+	w.init()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.Rotator.Issuer, w.Rotator.Slot, w.FirstIssuanceElsewhere = iss, slot, firstIssuanceElsewhere
+}
+
 // RotateNow asks the loop to rotate at once (the rotateCredential direct
 // method). newKey also rotates the key. It returns false if a request is
 // already pending.
@@ -244,6 +259,14 @@ func (w *Renewer) RotateSync(ctx context.Context, iss Issuer, newKey bool, why s
 	return w.do(ctx, iss, newKey, why)
 }
 
+// TrySync is RotateSync for a caller that is finding out whether iss
+// issues at all: a failure that is ErrNotOffered is not recorded (it is
+// an answer, not a renewal failure); any other outcome is.
+func (w *Renewer) TrySync(ctx context.Context, iss Issuer, why string) (Result, error) {
+	w.init()
+	return w.run(ctx, iss, false, why, true)
+}
+
 func (w *Renewer) attempt(ctx context.Context, newKey bool, why string) {
 	if ctx.Err() != nil {
 		return
@@ -255,6 +278,10 @@ func (w *Renewer) attempt(ctx context.Context, newKey bool, why string) {
 }
 
 func (w *Renewer) do(ctx context.Context, iss Issuer, newKey bool, why string) (Result, error) {
+	return w.run(ctx, iss, newKey, why, false)
+}
+
+func (w *Renewer) run(ctx context.Context, iss Issuer, newKey bool, why string, trying bool) (Result, error) {
 	newKey = newKey || w.Rotator.NewKey
 	w.mu.Lock()
 	w.running = true
@@ -265,6 +292,10 @@ func (w *Renewer) do(ctx context.Context, iss Issuer, newKey bool, why string) (
 	now := w.Clock.Now()
 	w.mu.Lock()
 	w.running = false
+	if err != nil && trying && errors.Is(err, ErrNotOffered) {
+		w.mu.Unlock()
+		return res, err
+	}
 	if err != nil {
 		w.rec.LastFailure, w.rec.LastError = now, err.Error()
 		w.rec.Failures++

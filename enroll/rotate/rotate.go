@@ -42,6 +42,10 @@ var (
 	ErrNotReached = errors.New("probe could not reach the service")
 	// ErrNoIssuer: no issuance path is configured, so renewal is impossible.
 	ErrNoIssuer = errors.New("no issuance path configured")
+	// ErrNotOffered: an Issuer wraps it when the service answered but
+	// does not issue for this device (a DPS enrollment without
+	// certificate issuance). It comes wrapped in ErrIssue.
+	ErrNotOffered = errors.New("the service does not issue certificates for this device")
 )
 
 // Slot names one credential in the state directory: the key store spec

@@ -94,7 +94,7 @@ func TestDPSCSR(t *testing.T) {
 	t.Parallel()
 	tg := startSim(t)
 	ca := newTestCA(t, "conformance csr CA")
-	tg.enrollGroup("csr", ca.PEM, nil)
+	tg.enrollGroup("csr", ca.PEM, map[string]any{"x-sim-credentialPolicy": "conformance"})
 	scope := tg.ready.IDScope
 
 	register := func(t *testing.T, dev *deviceCert, api string, csr string) dpsOutcome {
@@ -129,6 +129,17 @@ func TestDPSCSR(t *testing.T) {
 			}
 		})
 	}
+	t.Run("csr for an enrollment without a credential policy is ignored", func(t *testing.T) {
+		t.Parallel()
+		plain := newTestCA(t, "conformance csr CA without a credential policy")
+		tg.enrollGroup("csr-no-policy", plain.PEM, nil)
+		dev := plain.issue(t, "csr-nopolicy", leafOpts{})
+		o := register(t, dev, dpsCSRAPI, makeCSR(t, dev.CN, ecKey(t, elliptic.P384())))
+		r := o.last()
+		if r == nil || r.status != 200 || jstr(r.body, "status") != "assigned" || jget(r.body, "registrationState", "issuedCertificateChain") != nil {
+			t.Errorf("csr for an enrollment without a credential policy: %s; want assigned without an issued chain", o)
+		}
+	})
 	t.Run("csr with an older api-version is ignored", func(t *testing.T) {
 		t.Parallel()
 		dev := ca.issue(t, "csr-oldapi", leafOpts{})

@@ -396,6 +396,13 @@ func Reprovision(updateHub, migrate bool) EnrollmentOption {
 	}
 }
 
+// IssueCertificates links the enrollment to a credential policy: DPS then
+// issues a certificate for a register request's csr (docs/simulator.md).
+// Without it, like on Azure, the enrollment issues nothing.
+func IssueCertificates() EnrollmentOption {
+	return func(m map[string]any) { m["x-sim-credentialPolicy"] = "sim-policy" }
+}
+
 // Field sets any enrollment field.
 func Field(k string, v any) EnrollmentOption { return func(m map[string]any) { m[k] = v } }
 

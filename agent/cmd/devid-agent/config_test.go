@@ -54,6 +54,8 @@ max_clients = "many"
 proxy = "http://user:s3cret@proxy:3128"
 [retry]
 min_delay = "1ms"
+[renewal]
+path = "none"
 `)
 	before := snapshot(t, dir)
 	var out, errOut bytes.Buffer

@@ -25,8 +25,14 @@ func renewalOf(cfg *config.Config, extra map[string]any) rotate.Status {
 // printRenewal adds the renewal rows to `devid-agent status`.
 func printRenewal(row func(k, v string), st rotate.Status) {
 	path := st.Path
-	if path == rotate.PathNone {
+	switch {
+	case st.Configured == "auto" && path == "auto":
+		path = "auto, not decided yet"
+	case path == rotate.PathNone:
 		path = "none (nothing renews this certificate)"
+	}
+	if st.Why != "" {
+		path += "; " + st.Why
 	}
 	if st.Unproven {
 		path += " (the current certificate was installed while the hub could not be reached; it has not connected yet)"

@@ -35,13 +35,14 @@ func TestCLI(t *testing.T) {
 	if err := os.WriteFile(caFile, simtest.PEM(ca.Root), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := run("enroll-group", "cli-g", "--ca", caFile, "--iothub", sim.Hub("").Host, "--twin", `{"properties":{"desired":{"a":1}}}`)
+	out, err := run("enroll-group", "cli-g", "--ca", caFile, "--iothub", sim.Hub("").Host, "--twin", `{"properties":{"desired":{"a":1}}}`,
+		"--credential-policy", "line-policy")
 	if err != nil || !strings.Contains(out, `"enrollmentGroupId": "cli-g"`) {
 		t.Fatalf("enroll-group: %v\n%s", err, out)
 	}
 	var g map[string]any
 	sim.MustDo("GET", "/enrollmentGroups/cli-g", nil, &g)
-	if g["provisioningStatus"] != "enabled" {
+	if g["provisioningStatus"] != "enabled" || g["x-sim-credentialPolicy"] != "line-policy" {
 		t.Fatalf("group %v", g)
 	}
 	if out, err = run("disable", "group", "cli-g"); err != nil || !strings.Contains(out, `"disabled"`) {

@@ -32,7 +32,7 @@ type verb struct {
 }
 
 var (
-	enrollFlags = []string{"hub", "iothub", "policy", "webhook", "disabled", "twin", "no-reprovision", "reset-data"}
+	enrollFlags = []string{"hub", "iothub", "policy", "credential-policy", "webhook", "disabled", "twin", "no-reprovision", "reset-data"}
 	faultFlags  = []string{"scope", "device", "hub", "ops", "status", "retry-after", "delay-ms", "drop-after", "refuse-seconds", "count"}
 )
 
@@ -94,6 +94,7 @@ type flags struct {
 	ca, cert, crlFile, chainFile string
 	deviceID, device             string
 	policy, webhook, twin        string
+	credPolicy                   string
 	disabled, noRepro, reset     bool
 	desired, payload             string
 	timeout                      int
@@ -125,6 +126,7 @@ func bindFlags(fs *flag.FlagSet) *flags {
 	fs.StringVar(&f.deviceID, "device-id", "", "device `ID`")
 	fs.StringVar(&f.device, "device", "", "device or registration `ID`")
 	fs.StringVar(&f.policy, "policy", "", "allocation `POLICY`: hashed | static | geoLatency | custom")
+	fs.StringVar(&f.credPolicy, "credential-policy", "", "credential policy `NAME`: DPS issues a certificate for a register request's csr (x-sim-credentialPolicy; without one it issues nothing)")
 	fs.StringVar(&f.webhook, "webhook", "", "custom allocation webhook `URL`")
 	fs.BoolVar(&f.disabled, "disabled", false, "create disabled")
 	fs.StringVar(&f.twin, "twin", "", "initial twin JSON {\"tags\":{},\"properties\":{\"desired\":{}}}")
@@ -282,6 +284,9 @@ func (x *invocation) enrollment() (map[string]any, error) {
 	}
 	if x.policy != "" {
 		e["allocationPolicy"] = x.policy
+	}
+	if x.credPolicy != "" {
+		e["x-sim-credentialPolicy"] = x.credPolicy
 	}
 	hubs := append([]string{}, x.iothubs...)
 	if x.hub != "" {
