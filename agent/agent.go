@@ -311,11 +311,11 @@ func (a *Agent) handle(ev Event) {
 	case EvAssigned:
 		as := ev.payload.(*statedir.Assignment)
 		a.assignment = as
-		err := a.dir.SaveAssignment(as)
+		written, err := a.dir.WriteAssignment(as)
 		if err != nil {
 			a.log.Error("cannot cache the DPS assignment; continuing with it in memory", "err", err)
 		}
-		a.stateDirWritten(err)
+		a.stateDirWritten(written, err)
 		a.persisted.LastProvision = &statedir.ProvisionResult{At: a.clock.Now().UTC(), Result: "assigned", Hub: as.Hub}
 	case EvDPSRefused, EvDPSError:
 		res := "error"
@@ -487,14 +487,20 @@ func errString(err error) string {
 }
 
 func (a *Agent) persist() {
-	err := a.dir.SaveState(&a.persisted)
-	a.stateDirWritten(err)
+	written, err := a.dir.WriteState(&a.persisted)
+	a.stateDirWritten(written, err)
 }
 
 // stateDirWritten records the outcome of a state write: the first
 // failure is logged and shown in status (the agent runs on with its
-// state in memory), and so is the recovery.
-func (a *Agent) stateDirWritten(err error) {
+// state in memory), and so is the recovery. Only a write that happened
+// (written) shows recovery: a save skipped because the file already held
+// those bytes succeeds on a read-only disk too, so it leaves the error as
+// it was.
+func (a *Agent) stateDirWritten(written bool, err error) {
+	if err == nil && !written {
+		return
+	}
 	a.mu.Lock()
 	was := a.status.StateDirError
 	a.status.StateDirError = ""

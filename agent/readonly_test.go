@@ -2,12 +2,14 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"devid/agent/statedir"
 	"devid/hal/hosttest"
 )
 
@@ -67,4 +69,46 @@ func TestReadOnlyStateDirRunsDegraded(t *testing.T) {
 			return s.Queue.DiskError == "" && s.Queue.Memory == 0 && s.StateDirError == ""
 		})
 	})
+}
+
+// TestStateDirErrorClearsOnlyOnWrite: state_dir_error stays while the
+// disk is read-only, even across a save that is skipped because
+// state.json already holds those bytes (the state went back to what is on
+// disk), and clears only once a save really writes.
+func TestStateDirErrorClearsOnlyOnWrite(t *testing.T) {
+	mnt := hosttest.Tmpfs(t, 1<<20)
+	d, err := statedir.Open(filepath.Join(mnt, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{dir: d, log: slog.New(slog.DiscardHandler)}
+	saveAs := func(name string) string {
+		t.Helper()
+		a.persisted.Name = name
+		a.persist()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.status.StateDirError
+	}
+	if e := saveAs("connected"); e != "" {
+		t.Fatalf("state_dir_error %q after a write to a writable disk", e)
+	}
+
+	hosttest.Remount(t, mnt, "ro")
+	if e := saveAs("backoff"); !strings.Contains(e, "read-only") {
+		t.Fatalf("state_dir_error %q after a failed write, want read-only", e)
+	}
+	// Back to what state.json holds: nothing to write, and the disk is
+	// still read-only.
+	if e := saveAs("connected"); !strings.Contains(e, "read-only") {
+		t.Errorf("state_dir_error %q after an unchanged save on a read-only disk, want it kept", e)
+	}
+
+	hosttest.Remount(t, mnt, "rw")
+	if e := saveAs("connected"); !strings.Contains(e, "read-only") {
+		t.Errorf("state_dir_error %q after an unchanged save (no write happened), want it kept", e)
+	}
+	if e := saveAs("backoff"); e != "" {
+		t.Errorf("state_dir_error %q after a real write to a writable disk, want it cleared", e)
+	}
 }

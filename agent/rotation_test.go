@@ -125,6 +125,13 @@ func TestRenewalOnAgent(t *testing.T) {
 	if st["cert_kind"] != "operational" || st["cert_serial"] != s1 || st["factory_cert_expiry"] == nil || st["cert_expiry"] == st["factory_cert_expiry"] {
 		t.Errorf("status certificate: kind %v serial %v (operational %s), expiry %v, factory %v", st["cert_kind"], st["cert_serial"], s1, st["cert_expiry"], st["factory_cert_expiry"])
 	}
+	// check probes the hub with that certificate too, and says so.
+	out, err := exec.Command(agentBinary(t), "check", "--json", "--only", "hub-reachable", "--config", b.config).Output()
+	var hub []struct{ Result, Detail string }
+	if jerr := json.Unmarshal(out, &hub); jerr != nil || len(hub) != 1 || hub[0].Result != "pass" ||
+		!strings.Contains(hub[0].Detail, "with the operational certificate ("+renewal.OperationalChainFile+", serial "+s1+")") {
+		t.Errorf("check hub-reachable: %s (%v)", out, err)
+	}
 
 	// Direct method: rotate key and certificate now.
 	b.rotateNow(true)

@@ -33,5 +33,6 @@ func (d *Dir) LoadDeviceID() (*DeviceIDRecord, error) {
 // SaveDeviceID stores r (its Schema is set here).
 func (d *Dir) SaveDeviceID(r *DeviceIDRecord) error {
 	r.Schema = DeviceIDSchema
-	return d.writeJSON(DeviceIDFile, DeviceIDSchema, r)
+	_, err := d.writeJSON(DeviceIDFile, DeviceIDSchema, r)
+	return err
 }

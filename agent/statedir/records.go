@@ -76,6 +76,13 @@ func (d *Dir) LoadAssignment() (*Assignment, error) {
 
 // SaveAssignment stores a (its Schema is set here).
 func (d *Dir) SaveAssignment(a *Assignment) error {
+	_, err := d.WriteAssignment(a)
+	return err
+}
+
+// WriteAssignment is SaveAssignment that also says whether it wrote the
+// file: false with a nil error when the file already held this record.
+func (d *Dir) WriteAssignment(a *Assignment) (written bool, err error) {
 	a.Schema = AssignmentSchema
 	return d.writeJSON(AssignmentFile, AssignmentSchema, a)
 }
@@ -97,6 +104,14 @@ func (d *Dir) LoadState() (*State, error) {
 
 // SaveState stores s (its Schema is set here).
 func (d *Dir) SaveState(s *State) error {
+	_, err := d.WriteState(s)
+	return err
+}
+
+// WriteState is SaveState that also says whether it wrote the file:
+// false with a nil error when the file already held this state, which
+// says nothing about whether the directory takes writes.
+func (d *Dir) WriteState(s *State) (written bool, err error) {
 	s.Schema = StateSchema
 	return d.writeJSON(StateFile, StateSchema, s)
 }

@@ -87,21 +87,26 @@ func (d *Dir) File(name string) string { return filepath.Join(d.Path, name) }
 // schema) as name, unless the file already holds exactly these bytes
 // (saves flash wear). A file written by a newer agent is never
 // overwritten: that would destroy what the newer agent recorded.
-func (d *Dir) writeJSON(name string, schema int, v any) error {
+// written says whether the file was written: a skipped write (false, nil)
+// proves nothing about whether the directory takes writes.
+func (d *Dir) writeJSON(name string, schema int, v any) (written bool, err error) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", name, err)
+		return false, fmt.Errorf("encode %s: %w", name, err)
 	}
 	b = append(b, '\n')
 	if old, err := os.ReadFile(d.File(name)); err == nil {
 		if bytes.Equal(old, b) {
-			return nil
+			return false, nil
 		}
 		if n, ok := schemaOf(old); ok && n > schema {
-			return newerError(d.File(name), n, schema)
+			return false, newerError(d.File(name), n, schema)
 		}
 	}
-	return atomicfile.WriteFile(d.File(name), b, 0o600)
+	if err := atomicfile.WriteFile(d.File(name), b, 0o600); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // schemaOf returns the "schema" field of a JSON record, if it has one.

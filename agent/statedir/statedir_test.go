@@ -127,3 +127,28 @@ func TestCorruptRecordReported(t *testing.T) {
 		t.Fatalf("set aside %v, error says %q", got, ce.Aside)
 	}
 }
+
+// TestWriteStateSaysWhetherItWrote: a save of the bytes already on disk
+// writes nothing and says so; a changed one writes.
+func TestWriteStateSaysWhetherItWrote(t *testing.T) {
+	t.Parallel()
+	d, err := Open(filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range []struct {
+		name string
+		want bool
+	}{{"connected", true}, {"connected", false}, {"backoff", true}} {
+		written, err := d.WriteState(&State{Name: c.name})
+		if err != nil || written != c.want {
+			t.Errorf("save %d (%s): written %v, %v; want %v", i, c.name, written, err, c.want)
+		}
+	}
+	as := &Assignment{Hub: "h", DeviceID: "dev1"}
+	for i, want := range []bool{true, false} {
+		if written, err := d.WriteAssignment(as); err != nil || written != want {
+			t.Errorf("assignment save %d: written %v, %v; want %v", i, written, err, want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -10,12 +11,14 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"devid/agent"
 	"devid/agent/config"
+	"devid/agent/renewal"
 	"devid/agent/statedir"
 	"devid/dps"
 	"devid/enroll/certstore"
@@ -407,7 +410,11 @@ func (c *checker) assignment() {
 // reach checks DPS and hub the way the agent connects: through the same
 // dps.Network (resolve overrides, HTTP CONNECT proxy, WebSocket, trust
 // bundle, client certificate always offered), up to the end of the TLS
-// handshake (and the WebSocket upgrade).
+// handshake (and the WebSocket upgrade), each with the credential the
+// agent gives it: DPS always the device (factory) certificate, the hub
+// the operational one when its chain is installed in the state dir (the
+// operational slot, docs/rotation.md), whatever renewal.path says, else
+// the device certificate.
 func (c *checker) reach(ctx context.Context) {
 	if !c.want["dps-reachable"] && !c.want["hub-reachable"] {
 		return
@@ -429,13 +436,15 @@ func (c *checker) reach(ctx context.Context) {
 		return
 	}
 	n := cloud.Network()
-	tc := (&credential.Credential{Signer: c.key, Chain: append([]*x509.Certificate{c.chain.Leaf}, c.chain.Intermediates...)}).TLSCertificate()
-	cred := &tc
+	factory := (&credential.Credential{Signer: c.key, Chain: append([]*x509.Certificate{c.chain.Leaf}, c.chain.Intermediates...)}).TLSCertificate()
+	device := "serial " + c.chain.Serial()
 	via := "direct"
 	if n.Proxy != "" {
 		via = "via proxy " + config.RedactURL(n.Proxy)
 	}
-	try := func(name, endpoint string) {
+	// which names the certificate offered ("device certificate"), about
+	// tells it apart (its serial).
+	try := func(name, endpoint string, cred *tls.Certificate, which, about string) {
 		if !c.want[name] {
 			return
 		}
@@ -453,18 +462,39 @@ func (c *checker) reach(ctx context.Context) {
 				hint = "the server's certificate is not from a trusted root: wrong dps.trust_bundle, or TLS interception"
 			case errors.As(err, &te) && (te.Kind == dps.TLSExpired || te.Kind == dps.TLSNotYetValid):
 				hint = "certificate time check failed: is the clock right?"
+			case errors.As(err, &te) && te.Kind == dps.TLSClientCertRejected:
+				hint = "the network is fine: the server refused the " + which + "; check its DPS enrollment or hub device registration, and that it is not revoked"
 			case errors.As(err, &pe):
 				hint = "the proxy refused or failed the CONNECT tunnel: check network.proxy and its allow list"
 			}
-			c.add(name, "fail", fmt.Sprintf("%s (%s): %v", endpoint, via, err), hint)
+			c.add(name, "fail", fmt.Sprintf("%s (%s) with the %s (%s): %v", endpoint, via, which, about, err), hint)
 			return
 		}
-		c.add(name, "pass", fmt.Sprintf("%s (%s) TLS ok in %s", endpoint, via, time.Since(start).Round(time.Millisecond)), "")
+		c.add(name, "pass", fmt.Sprintf("%s (%s) TLS ok in %s with the %s (%s)", endpoint, via, time.Since(start).Round(time.Millisecond), which, about), "")
 	}
-	try("dps-reachable", c.cfg.DPS.Endpoint)
-	if as, err := (&statedir.Dir{Path: c.cfg.StateDir}).LoadAssignment(); err == nil {
-		try("hub-reachable", as.Hub)
-	} else {
+	try("dps-reachable", c.cfg.DPS.Endpoint, &factory, "device certificate", device)
+	if !c.want["hub-reachable"] {
+		return
+	}
+	as, err := (&statedir.Dir{Path: c.cfg.StateDir}).LoadAssignment()
+	if err != nil {
 		c.add("hub-reachable", "skip", "no hub assigned yet", "")
+		return
+	}
+	op, err := renewal.LoadOperational(c.cfg)
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		c.add("hub-reachable", "skip", "cannot read the operational key or certificate the hub gets (permission denied): run as root to probe with them", "")
+	case err != nil:
+		file := filepath.Join(c.cfg.StateDir, renewal.OperationalChainFile)
+		c.add("hub-reachable", "fail", fmt.Sprintf("%s is installed, but the operational key and certificate the hub gets do not load (%v), so the hub was not probed", file, err),
+			"the agent cannot use them either: see its log; registering with DPS again (renewal) issues a new operational certificate")
+	case op != nil:
+		defer op.Close()
+		tc := op.TLSCertificate()
+		// The serial as cert-expiry and status print it.
+		try("hub-reachable", as.Hub, &tc, "operational certificate", fmt.Sprintf("%s, serial %x", renewal.OperationalChainFile, op.Leaf().SerialNumber))
+	default:
+		try("hub-reachable", as.Hub, &factory, "device certificate", device)
 	}
 }
