@@ -86,7 +86,7 @@ func (c *checker) keyAndCert() {
 func (c *checker) certExpiry(ch *certstore.Chain) {
 	dev := fmt.Sprintf("device certificate expires %s (%s)", ch.NotAfter().Format(time.RFC3339), humanUntil(ch.NotAfter().Sub(c.now)))
 	inUse, detail := ch.Leaf, "the hub uses the "+dev
-	if c.cfg.Renewal.Path == "dps" || c.cfg.Renewal.Path == "hub" {
+	if renewal.UsesOperational(c.cfg) {
 		op, file, err := operationalLeaf(c.cfg)
 		switch {
 		case err == nil:

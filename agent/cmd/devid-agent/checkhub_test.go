@@ -115,12 +115,13 @@ func (b *hubBoard) installOperational(t *testing.T) {
 }
 
 // TestCheckHubUsesOperationalCert: hub-reachable probes the hub with the
-// credential the agent gives it: the operational one once installed
-// (whatever renewal.path says), else the device certificate; the line
+// credential the agent gives it: the operational one once installed,
+// where the path in force uses one (dps, hub, auto), else the device
+// certificate (path none: the agent leaves a stale one alone); the line
 // says which. An operational credential that does not load is reported
 // as such, not as a network problem.
 func TestCheckHubUsesOperationalCert(t *testing.T) {
-	for _, path := range []string{"dps", "hub", "none"} {
+	for _, path := range []string{"dps", "hub", "auto"} {
 		b := newHubBoard(t, "operational", path)
 		b.installOperational(t)
 		out, _, code := b.check(t, nil, "--only", "hub-reachable")
@@ -132,9 +133,17 @@ func TestCheckHubUsesOperationalCert(t *testing.T) {
 		}
 	}
 
+	// Path none: the agent, and so the probe, ignores a leftover
+	// operational certificate.
+	b := newHubBoard(t, "factory", "none")
+	b.installOperational(t)
+	if out, _, code := b.check(t, nil, "--only", "hub-reachable"); code != 0 || !strings.Contains(out, "with the device certificate") {
+		t.Errorf("path none with a leftover operational certificate: exit %d:\n%s", code, out)
+	}
+
 	// Without an operational certificate the agent, and so the probe, uses
 	// the device certificate.
-	b := newHubBoard(t, "factory", "dps")
+	b = newHubBoard(t, "factory", "dps")
 	out, _, code := b.check(t, nil, "--only", "hub-reachable")
 	if code != 0 || !strings.Contains(out, "[PASS] hub-reachable") || !strings.Contains(out, "with the device certificate") {
 		t.Errorf("no operational certificate: exit %d:\n%s", code, out)

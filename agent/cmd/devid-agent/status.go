@@ -16,6 +16,7 @@ import (
 	"devid/agent"
 	"devid/agent/config"
 	"devid/agent/queue"
+	"devid/agent/renewal"
 	"devid/agent/statedir"
 	"devid/enroll/certstore"
 	"devid/enroll/rotate"
@@ -157,8 +158,9 @@ func fileStatus(cfg *config.Config) (*statusOut, error) {
 			out.DeviceID = ch.Leaf.Subject.CommonName
 		}
 		// As the agent shows it (agent/connect.go showCertInUse): with
-		// renewal paths dps and hub the hub gets the operational one.
-		if cfg.Renewal.Path == "dps" || cfg.Renewal.Path == "hub" {
+		// renewal paths dps and hub (and auto choosing dps) the hub gets
+		// the operational one.
+		if renewal.UsesOperational(cfg) {
 			if op, _, err := operationalLeaf(cfg); err == nil {
 				out.FactoryCertExpiry = out.CertExpiry
 				out.CertExpiry, out.CertSerial, out.CertKind = op.NotAfter, fmt.Sprintf("%x", op.SerialNumber), "operational"
