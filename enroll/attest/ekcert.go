@@ -144,10 +144,14 @@ func ekPublicArea(pub any) (*tpm2.TPMTPublic, error) {
 		if k.Curve != elliptic.P256() {
 			return nil, fmt.Errorf("ECC EK on %s: want P-256", k.Curve.Params().Name)
 		}
+		b, err := k.Bytes() // 0x04 ‖ X ‖ Y
+		if err != nil || len(b) != 65 {
+			return nil, fmt.Errorf("ECC EK key: %v", err)
+		}
 		p := tpm2.ECCEKTemplate
 		p.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-			X: tpm2.TPM2BECCParameter{Buffer: k.X.FillBytes(make([]byte, 32))},
-			Y: tpm2.TPM2BECCParameter{Buffer: k.Y.FillBytes(make([]byte, 32))},
+			X: tpm2.TPM2BECCParameter{Buffer: b[1:33]},
+			Y: tpm2.TPM2BECCParameter{Buffer: b[33:]},
 		})
 		return &p, nil
 	}

@@ -180,7 +180,7 @@ func certifyRaw(t testing.TB, b *board, tmpl tpm2.TPMTPublic, n []byte) (*Statem
 
 func asn1Sig(r, s []byte) ([]byte, error) {
 	type sig struct{ R, S *big.Int }
-	return asn1Marshal(sig{new(big.Int).SetBytes(r), new(big.Int).SetBytes(s)})
+	return asn1.Marshal(sig{new(big.Int).SetBytes(r), new(big.Int).SetBytes(s)})
 }
 
 // provisionECCEK gives the board's TPM an ECC P-256 EK certificate at
@@ -206,7 +206,7 @@ func provisionECCEK(t testing.TB, b *board, maker *tpmtest.Maker) {
 			NotBefore:          time.Now().Add(-time.Hour),
 			NotAfter:           time.Now().Add(time.Hour),
 			KeyUsage:           x509.KeyUsageKeyAgreement,
-			UnknownExtKeyUsage: []asn1ObjectIdentifier{oidEKCertificate},
+			UnknownExtKeyUsage: []asn1.ObjectIdentifier{oidEKCertificate},
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, maker.Root, key, maker.Key)
 		if err != nil {
@@ -246,7 +246,3 @@ func provisionECCEK(t testing.TB, b *board, maker *tpmtest.Maker) {
 		t.Fatalf("provision ECC EK certificate: %v", err)
 	}
 }
-
-type asn1ObjectIdentifier = asn1.ObjectIdentifier
-
-func asn1Marshal(v any) ([]byte, error) { return asn1.Marshal(v) }

@@ -31,10 +31,14 @@ func makeCredential(t testing.TB, ekDER, akPub, secret []byte) (blob, enc []byte
 		ek = tpm2.RSAEKTemplate
 		ek.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.Bytes()})
 	case *ecdsa.PublicKey:
+		b, err := k.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
 		ek = tpm2.ECCEKTemplate
 		ek.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-			X: tpm2.TPM2BECCParameter{Buffer: k.X.FillBytes(make([]byte, 32))},
-			Y: tpm2.TPM2BECCParameter{Buffer: k.Y.FillBytes(make([]byte, 32))},
+			X: tpm2.TPM2BECCParameter{Buffer: b[1:33]},
+			Y: tpm2.TPM2BECCParameter{Buffer: b[33:]},
 		})
 	default:
 		t.Fatalf("EK key %T", cert.PublicKey)
