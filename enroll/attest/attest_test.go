@@ -258,6 +258,27 @@ func TestForgeries(t *testing.T) {
 	})
 }
 
+// TestForgeriesLeaveTPMUsable: a refused activation (e.g. a secret
+// encrypted to another TPM's RSA EK, which swtpm answers with
+// TPM_RC_FAILURE) leaves the TPM working: the honest path passes after.
+func TestForgeriesLeaveTPMUsable(t *testing.T) {
+	t.Parallel()
+	maker := tpmtest.NewMaker(t, "maker A")
+	a, b2 := newBoard(t, maker), newBoard(t, maker)
+	v := &Verifier{Roots: maker.Pool()}
+	n := nonce(t)
+	st := b2.attest(t, n)
+	st.X5C = [][]byte{a.ekCert(t)}
+	_, err := roundTrip(t, v, b2, st, n, b2.key.Public())
+	wantRefusal(t, err, ReasonActivation)
+	for _, bd := range []*board{a, b2} {
+		n := nonce(t)
+		if _, err := roundTrip(t, v, bd, bd.attest(t, n), n, bd.key.Public()); err != nil {
+			t.Fatalf("honest path after a forgery: %v", err)
+		}
+	}
+}
+
 func TestParseStatement(t *testing.T) {
 	good, _ := softStatement(t, []byte{0x30, 0}, make([]byte, 32), tpm2.TPMSTAttestCertify)
 	js, err := good.Marshal()
