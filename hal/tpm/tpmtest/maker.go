@@ -35,37 +35,48 @@ type Maker struct {
 func NewMaker(t testing.TB, name string) *Maker {
 	t.Helper()
 	localca := hosttest.LookPath(t, hosttest.SWTPM, "swtpm_localca")
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	m, err := WriteMaker(t.TempDir(), name, localca, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+// WriteMaker makes a maker CA (ECC P-256, valid for validity) and its
+// swtpm_setup and swtpm-localca configuration in dir, for programs that
+// manufacture TPMs outside a test (the QEMU board harness). localca is
+// the swtpm_localca program.
+func WriteMaker(dir, name, localca string, validity time.Duration) (*Maker, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: name, Organization: []string{"devid test TPM maker"}},
 		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
+		NotAfter:              now.Add(validity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	root, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	files := map[string][]byte{
 		"key.pem":  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
@@ -80,16 +91,23 @@ func NewMaker(t testing.TB, name string) *Maker {
 			"create_certs_tool_options = " + filepath.Join(dir, "localca.options") + "\n" +
 			"active_pcr_banks = sha256\n"),
 	}
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return nil, err
 	}
 	for n, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, n), b, 0o600); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
-	return &Maker{Root: root, Key: key, setupConf: filepath.Join(dir, "swtpm_setup.conf")}
+	return &Maker{Root: root, Key: key, setupConf: filepath.Join(dir, "swtpm_setup.conf")}, nil
 }
+
+// SetupConfig is the swtpm_setup.conf file that makes swtpm_setup
+// --create-ek-cert sign with this maker (swtpm_setup --config FILE).
+func (m *Maker) SetupConfig() string { return m.setupConf }
+
+// RootFile is the maker root as PEM, in the maker's directory.
+func (m *Maker) RootFile() string { return filepath.Join(filepath.Dir(m.setupConf), "root.pem") }
 
 // Pool is a certificate pool holding only the maker's root.
 func (m *Maker) Pool() *x509.CertPool {

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"devid/hal/tpm/tpmtest"
 )
 
 // boardSpec says how to boot one board. Disk and TPM state live in Dir and
@@ -107,19 +109,37 @@ func macOpt(mac string) string {
 	return ",mac=" + mac
 }
 
-// manufactureTPM makes the TPM's NV state once, with an EK certificate, as
-// a TPM vendor does.
+// manufactureTPM makes the TPM's NV state once, with an EK certificate
+// from a TPM maker CA of its own, as a TPM vendor does. The maker's root
+// is tpmMakerRoot(dir): the jig's TPM roots for key attestation
+// (docs/attestation.md).
 func manufactureTPM(dir string) error {
 	if err := os.MkdirAll(filepath.Join(dir, "tpm"), 0o700); err != nil {
 		return err
 	}
-	out, err := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", filepath.Join(dir, "tpm"),
+	localca, err := exec.LookPath("swtpm_localca")
+	if err != nil {
+		return err
+	}
+	makerDir := filepath.Join(dir, "tpm-maker")
+	if err := os.MkdirAll(makerDir, 0o700); err != nil {
+		return err
+	}
+	maker, err := tpmtest.WriteMaker(makerDir, "devid QEMU board TPM maker", localca, 30*24*time.Hour)
+	if err != nil {
+		return fmt.Errorf("TPM maker CA: %w", err)
+	}
+	out, err := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", filepath.Join(dir, "tpm"), "--config", maker.SetupConfig(),
 		"--create-ek-cert", "--create-platform-cert", "--lock-nvram", "--overwrite").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("swtpm_setup: %v\n%s", err, out)
 	}
 	return nil
 }
+
+// tpmMakerRoot is the PEM root of the maker CA that manufactureTPM(dir)
+// issued the board TPM's EK certificates from.
+func tpmMakerRoot(dir string) string { return filepath.Join(dir, "tpm-maker", "root.pem") }
 
 // makeFlash formats the flash disk with the given tree as its content.
 func makeFlash(dir, content string, sizeMB int) error {
