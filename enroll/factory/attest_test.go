@@ -233,6 +233,12 @@ func TestAttestRepliesFitMaxLine(t *testing.T) {
 	for off := 0; off < factory.MaxActivate-factory.Chunk; off += factory.Chunk {
 		ask(t, d, 999990+off%7, "ACTIVATE", "DATA", strconv.Itoa(off), full)
 	}
+	// HELLO with the longest device ID (128) and attest=1.
+	long := newAttestDevice(t, &fakeAttester{})
+	long.ID = strings.Repeat("z", 128)
+	if r := ask(t, long, 999999, "HELLO"); r[0] != "OK" || r[len(r)-1] != "attest=1" {
+		t.Fatalf("HELLO with a 128-character ID: %q", r)
+	}
 	// A request padded to MaxLine with an echoed offset.
 	pad := strings.Repeat("9", factory.MaxLine-len("999999 ATTEST READ  *00000000"))
 	line := bytes.TrimSpace(factory.Encode(999999, "ATTEST", "READ", pad))
