@@ -242,6 +242,12 @@ func (n *Network) tlsConfig(host string, cred *tls.Certificate) *tls.Config {
 // dial opens TCP (directly or through the proxy), runs TLS and, if
 // configured, the WebSocket upgrade. Every failure is a typed error.
 func (n *Network) dial(ctx context.Context, endpoint string, cred *tls.Certificate) (net.Conn, error) {
+	return n.dialWith(ctx, endpoint, cred, nil)
+}
+
+// dialWith is dial; serverVerified, if set, is called once the server's
+// certificate has been verified, before the handshake completes.
+func (n *Network) dialWith(ctx context.Context, endpoint string, cred *tls.Certificate, serverVerified func()) (net.Conn, error) {
 	host, port, err := n.splitEndpoint(endpoint)
 	if err != nil {
 		return nil, err
@@ -263,7 +269,12 @@ func (n *Network) dial(ctx context.Context, endpoint string, cred *tls.Certifica
 	if err != nil {
 		return nil, stepTimeout(ctx, "connect "+target, err)
 	}
-	tc := tls.Client(raw, n.tlsConfig(host, cred))
+	cfg := n.tlsConfig(host, cred)
+	if serverVerified != nil {
+		// Called after Go's own verification succeeded.
+		cfg.VerifyConnection = func(tls.ConnectionState) error { serverVerified(); return nil }
+	}
+	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, stepTimeout(ctx, "tls "+target, classifyTLS(host, err, n.bundle(), n.now()))

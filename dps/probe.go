@@ -3,6 +3,7 @@ package dps
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 )
 
 // Probe opens the connection the DPS and hub clients would open to
@@ -17,4 +18,21 @@ func (n *Network) Probe(ctx context.Context, endpoint string, cred *tls.Certific
 		return err
 	}
 	return c.Close()
+}
+
+// ProbeServer is Probe for a device without a client certificate yet:
+// it succeeds once the server's certificate has been verified against
+// the trust bundle, even when the server then ends the TLS handshake for
+// want of a client certificate (as a server that requires one does).
+func (n *Network) ProbeServer(ctx context.Context, endpoint string) error {
+	verified := false
+	c, err := n.dialWith(ctx, endpoint, nil, func() { verified = true })
+	if err == nil {
+		return c.Close()
+	}
+	var te *TLSError
+	if verified && errors.As(err, &te) {
+		return nil
+	}
+	return err
 }

@@ -124,12 +124,9 @@ port = "$W/board-uart"
 root = "$W/ca/root.pem"
 EOF
     sim_config_tables
-    cat <<EOF
-[renewal]
-# DPS certificate issuance: every registration carries a CSR and DPS
-# returns the operational certificate the hub sees (docs/rotation.md).
-path = "dps"
-EOF
+    # No [renewal] path: the default, auto, finds at the first
+    # registration that the demo enrollment (--credential-policy) issues
+    # certificates, and renews through DPS (docs/rotation.md).
   } >"$W/config.toml"
 }
 

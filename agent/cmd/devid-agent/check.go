@@ -413,23 +413,75 @@ func (c *checker) assignment() {
 // handshake (and the WebSocket upgrade), each with the credential the
 // agent gives it: DPS always the device (factory) certificate, the hub
 // the operational one when its chain is installed in the state dir (the
-// operational slot, docs/rotation.md), whatever renewal.path says, else
-// the device certificate.
+// operational slot, docs/rotation.md) and the path in force uses it, else
+// the device certificate. Without a certificate to offer, DPS is probed
+// up to its server certificate only, and the line says so.
 func (c *checker) reach(ctx context.Context) {
 	if !c.want["dps-reachable"] && !c.want["hub-reachable"] {
 		return
 	}
 	if c.chain == nil || c.key == nil {
-		// Without a client certificate the handshake would fail for that
-		// reason alone, and look like a network problem.
 		why := c.noCred
 		if why == "" {
 			why = "no device certificate yet (the device has not been through the factory)"
 		}
-		c.add("dps-reachable", "skip", why, "")
+		c.serverOnly(ctx, why)
 		c.add("hub-reachable", "skip", why, "")
 		return
 	}
+	c.reachWith(ctx)
+}
+
+// serverOnly probes DPS without a client certificate: TCP, the proxy,
+// and the server certificate verified against the trust bundle. DPS
+// refusing the handshake for want of a client certificate is expected
+// then, and comes after the server certificate was verified.
+func (c *checker) serverOnly(ctx context.Context, why string) {
+	if !c.want["dps-reachable"] {
+		return
+	}
+	cloud, err := agent.NewDPSCloud(c.cfg, clock.System, nil, version)
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		c.add("dps-reachable", "skip", fmt.Sprintf("%s; the trust bundle is not readable here either (%v)", why, err), "")
+		return
+	case err != nil:
+		c.add("dps-reachable", "fail", err.Error(), "fix the config (devid-agent config check)")
+		return
+	}
+	n := cloud.Network()
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err = n.ProbeServer(dctx, c.cfg.DPS.Endpoint); err == nil {
+		c.add("dps-reachable", "pass", fmt.Sprintf("%s: TCP and the server certificate only, verified against the trust roots; no client certificate offered: %s", c.cfg.DPS.Endpoint, why), "")
+		return
+	}
+	c.add("dps-reachable", "fail", fmt.Sprintf("%s, without a client certificate (%s): %v", c.cfg.DPS.Endpoint, why, err), reachHint(err, "client certificate"))
+}
+
+// reachHint is the hint for a failed probe; which names the certificate
+// offered.
+func reachHint(err error, which string) string {
+	var te *dps.TLSError
+	var pe *dps.ProxyError
+	switch {
+	case errors.As(err, &te) && te.Interception:
+		return "the server's certificate is from another CA: TLS interception by a proxy or firewall; allow the endpoint through"
+	case errors.As(err, &te) && te.Kind == dps.TLSUnknownAuthority:
+		return "the server's certificate is not from a trusted root: wrong dps.trust_bundle, or TLS interception"
+	case errors.As(err, &te) && (te.Kind == dps.TLSExpired || te.Kind == dps.TLSNotYetValid):
+		return "certificate time check failed: is the clock right?"
+	case errors.As(err, &te) && te.Kind == dps.TLSClientCertRejected:
+		return "the network is fine: the server refused the " + which + "; check its DPS enrollment or hub device registration, and that it is not revoked"
+	case errors.As(err, &pe):
+		return "the proxy refused or failed the CONNECT tunnel: check network.proxy and its allow list"
+	}
+	return "check DNS, firewall (port 8883, or 443 with dps.transport = \"websocket\"), network.proxy and network.resolve"
+}
+
+// reachWith probes DPS and the hub with the credentials the agent gives
+// them.
+func (c *checker) reachWith(ctx context.Context) {
 	cloud, err := agent.NewDPSCloud(c.cfg, clock.System, nil, version)
 	if err != nil {
 		c.add("dps-reachable", "fail", err.Error(), "fix the config (devid-agent config check)")
@@ -452,22 +504,7 @@ func (c *checker) reach(ctx context.Context) {
 		defer cancel()
 		start := time.Now()
 		if err := n.Probe(dctx, endpoint, cred); err != nil {
-			hint := "check DNS, firewall (port 8883, or 443 with dps.transport = \"websocket\"), network.proxy and network.resolve"
-			var te *dps.TLSError
-			var pe *dps.ProxyError
-			switch {
-			case errors.As(err, &te) && te.Interception:
-				hint = "the server's certificate is from another CA: TLS interception by a proxy or firewall; allow the endpoint through"
-			case errors.As(err, &te) && te.Kind == dps.TLSUnknownAuthority:
-				hint = "the server's certificate is not from a trusted root: wrong dps.trust_bundle, or TLS interception"
-			case errors.As(err, &te) && (te.Kind == dps.TLSExpired || te.Kind == dps.TLSNotYetValid):
-				hint = "certificate time check failed: is the clock right?"
-			case errors.As(err, &te) && te.Kind == dps.TLSClientCertRejected:
-				hint = "the network is fine: the server refused the " + which + "; check its DPS enrollment or hub device registration, and that it is not revoked"
-			case errors.As(err, &pe):
-				hint = "the proxy refused or failed the CONNECT tunnel: check network.proxy and its allow list"
-			}
-			c.add(name, "fail", fmt.Sprintf("%s (%s) with the %s (%s): %v", endpoint, via, which, about, err), hint)
+			c.add(name, "fail", fmt.Sprintf("%s (%s) with the %s (%s): %v", endpoint, via, which, about, err), reachHint(err, which))
 			return
 		}
 		c.add(name, "pass", fmt.Sprintf("%s (%s) TLS ok in %s with the %s (%s)", endpoint, via, time.Since(start).Round(time.Millisecond), which, about), "")

@@ -27,12 +27,14 @@ func printRenewal(row func(k, v string), st rotate.Status) {
 	path := st.Path
 	switch {
 	case st.Configured == "auto" && path == "auto":
-		path = "auto, not decided yet"
+		path = st.Why // "auto: decided at the first DPS registration, …"
 	case path == rotate.PathNone:
 		path = "none (nothing renews this certificate)"
-	}
-	if st.Why != "" {
-		path += "; " + st.Why
+		fallthrough
+	default:
+		if st.Why != "" {
+			path += "; " + st.Why
+		}
 	}
 	if st.Unproven {
 		path += " (the current certificate was installed while the hub could not be reached; it has not connected yet)"

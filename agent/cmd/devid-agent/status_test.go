@@ -26,6 +26,8 @@ import (
 	"devid/agent/renewal"
 	"devid/agent/statedir"
 	"devid/enroll/certstore"
+	"devid/enroll/keys"
+	"devid/simulator/simtest"
 )
 
 // These tests run `status` and `check` as the CLI does (runStatus,
@@ -301,13 +303,32 @@ func TestSetAsideReported(t *testing.T) {
 }
 
 // TestCheckBeforeFactory: with no device key or certificate the DPS
-// probe is skipped with the reason, not failed as a network problem.
+// probe goes as far as it can without one (TCP, the server certificate)
+// and says so, rather than failing a client-certificate handshake as a
+// network problem; a server certificate from another root still fails.
 func TestCheckBeforeFactory(t *testing.T) {
-	b := newTestBoard(t, "", "")
+	b := newHubBoard(t, "factory", "auto")
+	for _, f := range []string{keys.DefaultKeyFile, certstore.ChainFile, statedir.AssignmentFile} {
+		os.Remove(filepath.Join(b.state, f))
+	}
+	cfg, _ := os.ReadFile(b.config)
+	os.WriteFile(b.config, []byte(strings.Replace(string(cfg), `endpoint = "127.0.0.1:1"`, `endpoint = "example.com:8883"`, 1)), 0o600)
 	out, _, _ := b.check(t, nil, "--only", "dps-reachable,hub-reachable")
-	if !strings.Contains(out, "[SKIP] dps-reachable") || !strings.Contains(out, "no device certificate yet (the device has not been through the factory)") ||
-		strings.Contains(out, "FAIL") || strings.Contains(out, "DNS") {
+	if !strings.Contains(out, "[PASS] dps-reachable") || !strings.Contains(out, "TCP and the server certificate only") ||
+		!strings.Contains(out, "no device certificate yet (the device has not been through the factory)") ||
+		!strings.Contains(out, "[SKIP] hub-reachable") || strings.Contains(out, "FAIL") {
 		t.Errorf("check before the factory:\n%s", out)
+	}
+	if got := b.lastOffered(); got != "" {
+		t.Errorf("a client certificate %q was offered before the factory", got)
+	}
+	// The same probe against a server the trust bundle does not know.
+	other := writeFile(t, b.dir, "other-root.pem", string(simtest.PEM(simtest.NewDeviceCA(t).Root)))
+	cfg, _ = os.ReadFile(b.config)
+	os.WriteFile(b.config, []byte(strings.Replace(string(cfg), filepath.Join(b.dir, "roots.pem"), other, 1)), 0o600)
+	out, _, _ = b.check(t, nil, "--only", "dps-reachable")
+	if !strings.Contains(out, "[FAIL] dps-reachable") || !strings.Contains(out, "unknown authority") {
+		t.Errorf("check before the factory, unknown server root:\n%s", out)
 	}
 }
 
@@ -387,10 +408,16 @@ func TestCheckPermissionHints(t *testing.T) {
 		}
 	}
 	// The reachability probes cannot use a certificate they cannot read,
-	// and say so: "no device certificate yet" would be false.
-	js, _, _ = b.check(t, nil, "--json", "--only", "cert,dps-reachable")
-	if r := results(t, js)["dps-reachable"]; r.Result != "skip" || !strings.Contains(r.Detail, "permission denied") || strings.Contains(r.Detail, "factory") {
+	// and say so: "no device certificate yet" would be false. DPS is
+	// probed without one (its endpoint here refuses TCP).
+	js, _, _ = b.check(t, nil, "--json", "--only", "cert,dps-reachable,hub-reachable")
+	res := results(t, js)
+	if r := res["dps-reachable"]; r.Result != "fail" || !strings.Contains(r.Detail, "without a client certificate") ||
+		!strings.Contains(r.Detail, "permission denied") || strings.Contains(r.Detail, "factory") {
 		t.Errorf("dps-reachable with an unreadable certificate: %+v", r)
+	}
+	if r := res["hub-reachable"]; r.Result != "skip" || !strings.Contains(r.Detail, "permission denied") {
+		t.Errorf("hub-reachable with an unreadable certificate: %+v", r)
 	}
 }
 

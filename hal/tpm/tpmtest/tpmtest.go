@@ -44,6 +44,7 @@ type SWTPM struct {
 
 type config struct {
 	manufacture bool
+	maker       *Maker
 	tcp         bool
 	dir         string
 }
@@ -54,6 +55,13 @@ type Option func(*config)
 // Manufactured runs swtpm_setup first, as a TPM vendor would: RSA and ECC
 // EKs with certificates in NV (about a second of extra start-up).
 func Manufactured() Option { return func(c *config) { c.manufacture = true } }
+
+// ManufacturedBy is Manufactured with m as the TPM maker: the EK
+// certificates are issued by m's root, so a test knows the root they
+// chain to (m.Pool()). Several TPMs may share one maker.
+func ManufacturedBy(m *Maker) Option {
+	return func(c *config) { c.manufacture, c.maker = true, m }
+}
 
 // TCP serves the data channel on 127.0.0.1 instead of a unix socket.
 func TCP() Option { return func(c *config) { c.tcp = true } }
@@ -78,7 +86,11 @@ func Start(t testing.TB, opts ...Option) *SWTPM {
 	}
 	if c.manufacture {
 		hosttest.LookPath(t, hosttest.SWTPM, "swtpm_setup")
-		out, err := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", dir, "--create-ek-cert", "--overwrite").CombinedOutput()
+		args := []string{"--tpm2", "--tpmstate", dir, "--create-ek-cert", "--overwrite"}
+		if c.maker != nil {
+			args = append(args, "--config", c.maker.setupConf)
+		}
+		out, err := exec.Command("swtpm_setup", args...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("swtpm_setup: %v\n%s", err, out)
 		}
