@@ -67,9 +67,10 @@ func serveBoard(t *testing.T, tty, id, caDir string, att *fakeattest.TPM) {
 // and in the --json object.
 func TestProgramAttestationFlags(t *testing.T) {
 	maker := pkitest.NewCA("tpm maker")
+	oldV, oldSAN := newVerifier, hardwareModuleNameSAN
 	newVerifier = func(roots *x509.CertPool) jig.Verifier { return &fakeattest.Verifier{Roots: roots} }
 	hardwareModuleNameSAN = fakeattest.HardwareModuleNameSAN
-	t.Cleanup(func() { newVerifier, hardwareModuleNameSAN = nil, nil })
+	t.Cleanup(func() { newVerifier, hardwareModuleNameSAN = oldV, oldSAN })
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
 	if err := ca.Init(caDir, ca.InitOptions{}); err != nil {
@@ -152,12 +153,12 @@ func TestProgramAttestationFlags(t *testing.T) {
 	}
 }
 
-// TestTPMRootsWithoutVerifier: a build without enroll/attest refuses
-// --tpm-roots instead of silently not checking.
+// TestTPMRootsWithoutVerifier: without a verifier --tpm-roots is refused
+// instead of silently not checking.
 func TestTPMRootsWithoutVerifier(t *testing.T) {
-	if newVerifier != nil {
-		t.Skip("this build has a verifier")
-	}
+	old := newVerifier
+	newVerifier = nil
+	t.Cleanup(func() { newVerifier = old })
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
 	if err := ca.Init(caDir, ca.InitOptions{}); err != nil {

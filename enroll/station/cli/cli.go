@@ -31,6 +31,7 @@ import (
 	"strings"
 	"time"
 
+	"devid/enroll/attest"
 	"devid/enroll/certstore"
 	"devid/enroll/est"
 	"devid/enroll/station/ca"
@@ -255,14 +256,19 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 	}
 }
 
-// newVerifier makes the attestation verifier for --tpm-roots: an adapter
-// from enroll/attest's Verifier to jig.Verifier. nil in a build without
-// it, where --tpm-roots is refused.
-var newVerifier func(roots *x509.CertPool) jig.Verifier
+// newVerifier makes the attestation verifier for --tpm-roots (enroll/attest
+// behind jig.NewAttestVerifier). A variable, so that tests can put a fake
+// in; nil would refuse --tpm-roots.
+var newVerifier = func(roots *x509.CertPool) jig.Verifier {
+	return jig.NewAttestVerifier(&attest.Verifier{Roots: roots})
+}
 
 // hardwareModuleNameSAN is the local CA's builder of the HardwareModuleName
-// extension for attested keys (enroll/attest's HardwareModuleNameSAN).
-var hardwareModuleNameSAN func(hwType asn1.ObjectIdentifier, hwSerial []byte) (pkix.Extension, error)
+// extension for attested keys. The leaf has a subject (CN = device ID) and
+// no other names, so the extension is not critical.
+var hardwareModuleNameSAN = func(hwType asn1.ObjectIdentifier, hwSerial []byte) (pkix.Extension, error) {
+	return attest.HardwareModuleNameSAN(hwType, hwSerial, attest.SANs{}, false)
+}
 
 func status(fs *flag.FlagSet, out streams) func(context.Context) error {
 	pf := addPortFlags(fs)
