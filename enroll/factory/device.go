@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -36,6 +35,10 @@ type Device struct {
 	Log *slog.Logger
 	// FrameTimeout is DefaultFrameTimeout when zero.
 	FrameTimeout time.Duration
+	// Attester, if set, lets the jig check that the key is in a TPM:
+	// HELLO offers attest=1 and ATTEST and ACTIVATE work. nil (a software
+	// key, or no attestation support) makes them answer NAK unsupported.
+	Attester Attester
 
 	// Session state: reset by RESET and at start.
 	outbox   []byte // last CSR (DER), read with READ
@@ -44,6 +47,8 @@ type Device struct {
 	upDigest []byte
 	upOpen   bool
 	token    string // pending RESET confirmation
+	attOut   []byte // last attestation statement, read with ATTEST READ
+	act      activation
 	lastReq  []byte // last request line executed
 	lastResp []byte // and its response, replayed for a repeat
 }
@@ -61,7 +66,7 @@ func (d *Device) Serve(ctx context.Context, port serial.Port) error {
 		var resp []byte
 		switch {
 		case err == nil:
-			resp = d.Handle(line)
+			resp = d.handle(ctx, line)
 		case errors.Is(err, ErrLineTooLong):
 			resp = Encode(NoSeq, "NAK", ReasonTooLong, "line", "longer", "than", strconv.Itoa(MaxLine), "bytes")
 		case errors.Is(err, ErrPartialLine):
@@ -122,7 +127,10 @@ func (d *Device) ServePort(ctx context.Context, path string, baud int) error {
 // Handle executes one request line and returns the response line, or nil
 // for lines that get no answer (responses echoed back to us). It is the
 // whole command decoder; Serve adds only line framing.
-func (d *Device) Handle(line []byte) []byte {
+func (d *Device) Handle(line []byte) []byte { return d.handle(context.Background(), line) }
+
+// handle is Handle with the context that bounds TPM work (ATTEST, ACTIVATE).
+func (d *Device) handle(ctx context.Context, line []byte) []byte {
 	f, err := ParseFrame(line)
 	if err != nil {
 		var fe *FrameError
@@ -148,20 +156,28 @@ func (d *Device) Handle(line []byte) []byte {
 	if f.Verb != "RESET" {
 		d.token = ""
 	}
-	args := d.exec(f)
+	args := d.exec(ctx, f)
 	// A NAK's reason stays whole, its text may be cut to fit; an OK reply
 	// is built to fit and is never cut.
 	keep := len(args)
 	if args[0] == "NAK" {
 		keep = 1
+		if len(args) > 2 && (args[1] == ReasonCert || args[1] == ReasonAttest) {
+			keep = 2 // and the cause after it
+		}
 	}
 	resp := EncodeFit(f.Seq, args[0], keep, args[1:]...)
 	// Chunk transfers are many and bulky: keep them out of the default log.
 	level := slog.LevelInfo
-	if f.Verb == "READ" || (f.Verb == "INSTALL" && len(f.Args) > 0 && f.Args[0] == "DATA" && args[0] == "OK") {
+	if f.Verb == "READ" || (len(f.Args) > 0 && args[0] == "OK" &&
+		((f.Verb == "INSTALL" || f.Verb == "ACTIVATE") && f.Args[0] == "DATA" || f.Verb == "ATTEST" && f.Args[0] == "READ")) {
 		level = slog.LevelDebug
 	}
-	d.log().Log(context.Background(), level, "command", "seq", f.Seq, "verb", f.Verb, "reply", string(bytes.TrimSpace(resp)))
+	logged := string(bytes.TrimSpace(resp))
+	if f.Verb == "ACTIVATE" && args[0] == "OK" && args[2] == "COMMIT" {
+		logged = "OK ACTIVATE COMMIT (secret not logged)"
+	}
+	d.log().Log(context.Background(), level, "command", "seq", f.Seq, "verb", f.Verb, "reply", logged)
 	d.lastReq, d.lastResp = append([]byte(nil), line...), resp
 	return resp
 }
@@ -171,15 +187,19 @@ func (d *Device) Handle(line []byte) []byte {
 // is always what the device reports.
 func nak(reason string, detail ...string) []string { return append([]string{"NAK", reason}, detail...) }
 
-func (d *Device) exec(f Frame) []string {
+func (d *Device) exec(ctx context.Context, f Frame) []string {
 	switch f.Verb {
 	case "HELLO":
 		if len(f.Args) != 0 {
 			return nak(ReasonArgs, "HELLO", "takes", "no", "arguments")
 		}
 		st, _, _ := d.state()
-		return []string{"OK", "HELLO", "proto=" + strconv.Itoa(ProtocolVersion), "id=" + d.ID,
+		out := []string{"OK", "HELLO", "proto=" + strconv.Itoa(ProtocolVersion), "id=" + d.ID,
 			"key=" + d.Keys.Name(), "state=" + string(st), "chunk=" + strconv.Itoa(Chunk), "max=" + strconv.Itoa(MaxLine)}
+		if d.Attester != nil {
+			out = append(out, "attest=1")
+		}
+		return out
 	case "STATUS":
 		if len(f.Args) != 0 {
 			return nak(ReasonArgs, "STATUS", "takes", "no", "arguments")
@@ -196,6 +216,10 @@ func (d *Device) exec(f Frame) []string {
 		return d.install(f.Args)
 	case "RESET":
 		return d.reset(f.Args)
+	case "ATTEST":
+		return d.attest(ctx, f.Args)
+	case "ACTIVATE":
+		return d.activate(ctx, f.Args)
 	}
 	return nak(ReasonUnknown, f.Verb)
 }
@@ -263,18 +287,7 @@ func (d *Device) read(args []string) []string {
 	if len(args) != 1 {
 		return nak(ReasonArgs, "usage:", "READ", "OFFSET")
 	}
-	off, err := strconv.Atoi(args[0])
-	if err != nil || off < 0 {
-		return nak(ReasonArgs, "offset", args[0], "is", "not", "a", "number")
-	}
-	if d.outbox == nil {
-		return nak(ReasonState, "no", "CSR", "in", "this", "session;", "send", "CSR")
-	}
-	if off >= len(d.outbox) {
-		return nak(ReasonOffset, "offset", args[0], "beyond", "size", strconv.Itoa(len(d.outbox)))
-	}
-	end := min(off+Chunk, len(d.outbox))
-	return []string{"OK", "DATA", strconv.Itoa(off), base64.StdEncoding.EncodeToString(d.outbox[off:end])}
+	return readChunk(d.outbox, args[0], []string{"DATA"}, "CSR")
 }
 
 func (d *Device) install(args []string) []string {
@@ -303,24 +316,9 @@ func (d *Device) install(args []string) []string {
 		if !d.upOpen {
 			return nak(ReasonState, "no", "upload;", "send", "INSTALL", "BEGIN")
 		}
-		off, err := strconv.Atoi(args[1])
-		if err != nil || off < 0 {
-			return nak(ReasonArgs, "offset", args[1], "is", "not", "a", "number")
-		}
-		chunk, err := base64.StdEncoding.DecodeString(args[2])
-		if err != nil || len(chunk) == 0 || len(chunk) > Chunk {
-			return nak(ReasonArgs, "chunk", "is", "not", "1.."+strconv.Itoa(Chunk), "bytes", "of", "base64")
-		}
-		switch {
-		case off == len(d.upload):
-			if off+len(chunk) > d.upSize {
-				return nak(ReasonSize, "upload", "would", "exceed", strconv.Itoa(d.upSize), "bytes")
-			}
-			d.upload = append(d.upload, chunk...)
-		case off+len(chunk) <= len(d.upload) && bytes.Equal(d.upload[off:off+len(chunk)], chunk):
-			// A retransmitted chunk we already have: harmless.
-		default:
-			return nak(ReasonOffset, "have", strconv.Itoa(len(d.upload)), "bytes,", "got", "offset", args[1])
+		var nk []string
+		if d.upload, nk = appendChunk(d.upload, d.upSize, args[1], args[2]); nk != nil {
+			return nk
 		}
 		return []string{"OK", "INSTALL", "DATA", "have=" + strconv.Itoa(len(d.upload))}
 	case "COMMIT":
@@ -386,7 +384,7 @@ func (d *Device) reset(args []string) []string {
 		if err := d.Keys.Destroy(); err != nil {
 			return nak(ReasonInternal, Words(err.Error())...)
 		}
-		d.outbox, d.upload, d.upOpen = nil, nil, false
+		d.outbox, d.upload, d.upOpen, d.attOut, d.act = nil, nil, false, nil, activation{}
 		d.log().Warn("factory reset: key and certificate destroyed")
 		return []string{"OK", "RESET", "done", "state=" + string(StateBlank)}
 	}

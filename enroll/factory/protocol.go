@@ -30,4 +30,10 @@ const (
 	ReasonRefused  = "refused"         // would re-key a device that has a certificate
 	ReasonToken    = "token"           // RESET confirmation token wrong or not requested
 	ReasonInternal = "internal"        // the device failed (key backend, disk)
+	// ReasonUnsupported: ATTEST or ACTIVATE on a device without an
+	// Attester (no TPM key); HELLO did not offer attest=1.
+	ReasonUnsupported = "unsupported"
+	// ReasonAttest: the device could not attest; the next word is one of
+	// the Attest* causes (attest.go).
+	ReasonAttest = "attest"
 )

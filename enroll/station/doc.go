@@ -6,6 +6,9 @@
 //	station/jig  the jig side of the factory bus and the programming pass
 //	station/cli  devid-jig's commands (enroll/cmd/devid-jig is a thin main)
 //
+// This package itself holds what jig and ca share: Attestation, the
+// outcome of the jig's attest step that the CA records.
+//
 // Device-side packages (everything else under enroll, and agent) never
 // import station, and the devid-agent binary never links it;
 // agent/layering_test.go enforces both. The station may import the

@@ -97,6 +97,11 @@ func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 	log.Info("serving factory bus", "port", cfg.Factory.Port, "baud", cfg.Factory.Baud, "device_id", id,
 		"id_source", src, "key", ks.Name(), "state_dir", cfg.StateDir)
 	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(cfg.StateDir, roots), Log: log}
+	// A key backend that can prove its key is in a TPM offers attestation
+	// on the bus (HELLO attest=1; docs/factory-protocol.md, ATTEST).
+	if a, ok := ks.(factory.Attester); ok {
+		d.Attester = a
+	}
 	if err := d.ServePort(ctx, cfg.Factory.Port, cfg.Factory.Baud); err != nil {
 		return err
 	}

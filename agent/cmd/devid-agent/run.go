@@ -272,6 +272,11 @@ func serveFactoryBus(ctx context.Context, cfg *config.Config, clk clock.Clock, l
 	}
 	log.Info("serving factory bus", "port", cfg.Factory.Port, "device_id", id, "id_source", src, "key", ks.Name())
 	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(cfg.StateDir, roots), Log: log}
+	// A key backend that can prove its key is in a TPM offers attestation
+	// on the bus (HELLO attest=1; docs/factory-protocol.md, ATTEST).
+	if a, ok := ks.(factory.Attester); ok {
+		d.Attester = a
+	}
 	for ctx.Err() == nil {
 		p, err := serial.Open(cfg.Factory.Port, cfg.Factory.Baud)
 		if err != nil {

@@ -156,7 +156,8 @@ func TestEndToEndProgramOverPty(t *testing.T) {
 		t.Fatalf("program: %v\n%s%s", err, out, errOut)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 6 || !strings.HasPrefix(lines[0], "[1/5] hello") || !strings.HasPrefix(lines[5], "OK device e2e-board-1 serial ") {
+	if len(lines) != 7 || !strings.HasPrefix(lines[0], "[1/6] hello") || lines[2] != "[3/6] attest  not offered by the board (key file)" ||
+		!strings.HasPrefix(lines[6], "OK device e2e-board-1 serial ") {
 		t.Fatalf("program output:\n%s", out)
 	}
 
@@ -259,6 +260,8 @@ func TestUsageErrors(t *testing.T) {
 		{"ca", []string{"program", "--port", pair.TTY, "--ca-dir", "/nonexistent", "--json"}, 1},
 		{"port", []string{"program", "--port", "/nonexistent-tty", "--ca-dir", caDir, "--json"}, 1},
 		{"setup", []string{"program", "--port", pair.TTY, "--json", "--ca-dir", caDir, "--est", "https://est.example"}, 2},
+		{"setup", []string{"program", "--port", pair.TTY, "--json", "--ca-dir", caDir, "--require-attestation"}, 2},
+		{"setup", []string{"program", "--port", pair.TTY, "--json", "--ca-dir", caDir, "--tpm-roots", "/nonexistent-roots.pem"}, 1},
 	} {
 		out, _, err := runJig(t, jig, tc.args...)
 		var obj struct {

@@ -17,6 +17,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -33,6 +34,7 @@ import (
 
 	"devid/enroll/certstore"
 	"devid/enroll/csr"
+	"devid/enroll/station"
 	"devid/hal/atomicfile"
 	"devid/hal/board"
 )
@@ -74,6 +76,9 @@ type Policy struct {
 	CRLValidity time.Duration
 	// CRLURL, if set, goes into each leaf as its CRL distribution point.
 	CRLURL string
+	// RequireTPMAttestation refuses every CSR whose key was not proven
+	// to be in a TPM by the jig's attest step (docs/factory-protocol.md).
+	RequireTPMAttestation bool
 }
 
 // policyFile is policy.toml as written (durations as Go duration strings).
@@ -83,6 +88,8 @@ type policyFile struct {
 	AllowedID   string `toml:"allowed_id"`
 	CRLValidity string `toml:"crl_validity"`
 	CRLURL      string `toml:"crl_url"`
+	// A pointer: a policy file from before attestation has no such key.
+	RequireTPMAttestation *bool `toml:"require_tpm_attestation"`
 }
 
 const defaultPolicy = `# Issuing policy of the devid-jig local CA (see docs/ca.md).
@@ -97,6 +104,8 @@ allowed_id = '^[a-z0-9][a-z0-9._:-]*$'
 crl_validity = "168h"
 # Optional CRL distribution point URL put into every leaf.
 crl_url = ""
+# Sign only keys the jig proved to be in a TPM (devid-jig program --tpm-roots).
+require_tpm_attestation = false
 `
 
 // LoadPolicy reads and checks a policy file.
@@ -110,7 +119,7 @@ func LoadPolicy(path string) (*Policy, error) {
 	if err := dec.Decode(&pf); err != nil {
 		return nil, fmt.Errorf("CA policy %s: %w", path, err)
 	}
-	p := &Policy{CRLURL: pf.CRLURL}
+	p := &Policy{CRLURL: pf.CRLURL, RequireTPMAttestation: pf.RequireTPMAttestation != nil && *pf.RequireTPMAttestation}
 	for _, d := range []struct {
 		name string
 		s    string
@@ -248,10 +257,17 @@ type Local struct {
 	ledger  *ledger
 	// Now is the clock (tests replace it).
 	Now func() time.Time
+	// HardwareModuleNameSAN builds the subjectAltName extension that
+	// names the TPM of an attested key (enroll/attest's
+	// HardwareModuleNameSAN). IssueAttested refuses an attested request
+	// while it is nil, rather than issue a certificate without it.
+	HardwareModuleNameSAN func(hwType asn1.ObjectIdentifier, hwSerial []byte) (pkix.Extension, error)
 }
 
 var _ interface {
 	Issue(context.Context, *x509.CertificateRequest) ([]*x509.Certificate, error)
+	IssueAttested(context.Context, *x509.CertificateRequest, station.Attestation) ([]*x509.Certificate, error)
+	RecordRefusal(context.Context, *x509.CertificateRequest, station.Attestation) error
 } = (*Local)(nil)
 
 // Open opens the CA in dir. station names this jig in ledger records.
@@ -338,10 +354,52 @@ func readKey(path string) (crypto.Signer, error) {
 }
 
 // Issue signs req for its CN (the device ID) and returns leaf then issuing
-// intermediate. The ledger record is durable before Issue returns.
+// intermediate. The ledger record is durable before Issue returns. A
+// policy with require_tpm_attestation refuses it: the request carries no
+// attestation.
 func (l *Local) Issue(ctx context.Context, req *x509.CertificateRequest) ([]*x509.Certificate, error) {
+	return l.issue(ctx, req, nil)
+}
+
+// IssueAttested is Issue with the outcome of the jig's attest step: an
+// attested key gets the HardwareModuleName in its certificate, and the
+// ledger records the outcome and the EK certificate's SHA-256. Under
+// require_tpm_attestation anything but "attested" is refused, and the
+// refusal recorded.
+func (l *Local) IssueAttested(ctx context.Context, req *x509.CertificateRequest, a station.Attestation) ([]*x509.Certificate, error) {
+	return l.issue(ctx, req, &a)
+}
+
+// RecordRefusal appends a "refuse" record for a board refused at the
+// attest step (no certificate was issued).
+func (l *Local) RecordRefusal(ctx context.Context, req *x509.CertificateRequest, a station.Attestation) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	fp, _ := csr.KeyFingerprint(req.PublicKey)
+	if err := l.ledger.lock(); err != nil {
+		return err
+	}
+	defer l.ledger.unlock()
+	return l.ledger.append(Record{Op: OpRefuse, Time: l.Now().UTC(), Serial: NoSerial, DeviceID: req.Subject.CommonName,
+		KeySHA256: fp, Station: l.station, Attestation: a.Outcome, EKSHA256: a.EKSHA256, Reason: a.Detail})
+}
+
+func (l *Local) issue(ctx context.Context, req *x509.CertificateRequest, a *station.Attestation) ([]*x509.Certificate, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if l.policy.RequireTPMAttestation && (a == nil || !a.IsAttested()) {
+		outcome := "no attestation"
+		if a != nil {
+			outcome = a.Outcome
+			r := *a
+			r.Outcome, r.Detail = station.RefusedPrefix+"policy", "require_tpm_attestation; attest step: "+a.Outcome
+			if err := l.RecordRefusal(ctx, req, r); err != nil {
+				return nil, err
+			}
+		}
+		return nil, fmt.Errorf("%w: require_tpm_attestation is set and the key was not attested (%s)", ErrPolicy, outcome)
 	}
 	if err := req.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: CSR signature does not verify: %v", ErrPolicy, err)
@@ -381,6 +439,20 @@ func (l *Local) Issue(ctx context.Context, req *x509.CertificateRequest) ([]*x50
 	if l.policy.CRLURL != "" {
 		tmpl.CRLDistributionPoints = []string{l.policy.CRLURL}
 	}
+	var rec Record
+	if a != nil {
+		rec.Attestation, rec.EKSHA256 = a.Outcome, a.EKSHA256
+		if a.IsAttested() {
+			if l.HardwareModuleNameSAN == nil {
+				return nil, fmt.Errorf("certificate for %s: the key is attested, but this CA cannot write the HardwareModuleName (no HardwareModuleNameSAN builder)", id)
+			}
+			ext, err := l.HardwareModuleNameSAN(a.HWType, a.HWSerialNum)
+			if err != nil {
+				return nil, fmt.Errorf("certificate for %s: HardwareModuleName: %w", id, err)
+			}
+			tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, ext)
+		}
+	}
 	der, err := sign(tmpl, l.issuer, req.PublicKey, l.key)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate for %s: %w", id, err)
@@ -389,10 +461,9 @@ func (l *Local) Issue(ctx context.Context, req *x509.CertificateRequest) ([]*x50
 	if err != nil {
 		return nil, err
 	}
-	if err := l.ledger.append(Record{
-		Op: OpIssue, Time: now.UTC(), Serial: hex.EncodeToString(leaf.SerialNumber.Bytes()), DeviceID: id,
-		KeySHA256: fp, Station: l.station, NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(),
-	}); err != nil {
+	rec.Op, rec.Time, rec.Serial, rec.DeviceID = OpIssue, now.UTC(), hex.EncodeToString(leaf.SerialNumber.Bytes()), id
+	rec.KeySHA256, rec.Station, rec.NotBefore, rec.NotAfter = fp, l.station, leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
+	if err := l.ledger.append(rec); err != nil {
 		return nil, fmt.Errorf("certificate for %s not released: %w", id, err)
 	}
 	return []*x509.Certificate{leaf, l.issuer}, nil
@@ -409,6 +480,16 @@ func (l *Local) Issued(deviceID string) ([]Record, error) {
 		out = append(out, e.Record)
 	}
 	return out, nil
+}
+
+// Refused returns the ledger's refuse records for a device ID (boards
+// refused at the attest step), oldest first.
+func (l *Local) Refused(deviceID string) ([]Record, error) {
+	if err := l.ledger.lock(); err != nil {
+		return nil, err
+	}
+	defer l.ledger.unlock()
+	return append([]Record(nil), l.ledger.refused[deviceID]...), nil
 }
 
 // Revoke marks every unrevoked certificate of deviceID revoked in the

@@ -218,6 +218,7 @@ func FuzzLedger(f *testing.F) {
 	f.Add([]byte(good + `{"v":1,"op":"iss`))
 	f.Add([]byte("\x00\x00\x00"))
 	f.Add([]byte(`{"v":2,"op":"issue","serial":"1"}` + "\n"))
+	f.Add([]byte(good + `{"v":1,"op":"refuse","time":"2026-01-01T00:00:00Z","serial":"-","device_id":"d","attestation":"refused:nonce","ek_sha256":"ab"}` + "\n"))
 	ledger := filepath.Join(dir, ca.LedgerFile)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if err := os.WriteFile(ledger, b, 0o600); err != nil {

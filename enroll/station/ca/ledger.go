@@ -20,7 +20,14 @@ const LedgerVersion = 1
 const (
 	OpIssue  = "issue"
 	OpRevoke = "revoke"
+	// OpRefuse: a board refused at the attest step; no certificate.
+	OpRefuse = "refuse"
 )
+
+// NoSerial is the serial of a refuse record, which has no certificate.
+// Readers from before attestation require a serial on every line and
+// skip operations they do not know, so they still read such a ledger.
+const NoSerial = "-"
 
 // ErrLedgerCorrupt means a ledger line other than the last cannot be read:
 // the ledger was edited or the disk is failing, and the CA stops rather
@@ -40,6 +47,12 @@ type Record struct {
 	NotBefore time.Time `json:"not_before,omitzero"`
 	NotAfter  time.Time `json:"not_after,omitzero"`
 	Reason    string    `json:"reason,omitempty"`
+	// Attestation is the outcome of the jig's attest step (attested,
+	// not-offered, not-checked, refused:<reason>); "" in records written
+	// without one (before attestation existed, or by Issue).
+	Attestation string `json:"attestation,omitempty"`
+	// EKSHA256 is the hex SHA-256 of the board's EK certificate (DER).
+	EKSHA256 string `json:"ek_sha256,omitempty"`
 }
 
 // issued is the index entry for one issued certificate.
@@ -62,6 +75,7 @@ type ledger struct {
 	line     int   // lines indexed so far
 	bySerial map[string]*issued
 	byDevice map[string][]*issued
+	refused  map[string][]Record
 	now      func() time.Time
 }
 
@@ -70,7 +84,7 @@ func openLedger(path string, now func() time.Time) (*ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
-	l := &ledger{path: path, f: f, bySerial: map[string]*issued{}, byDevice: map[string][]*issued{}, now: now}
+	l := &ledger{path: path, f: f, bySerial: map[string]*issued{}, byDevice: map[string][]*issued{}, refused: map[string][]Record{}, now: now}
 	if err := l.lock(); err != nil {
 		f.Close()
 		return nil, err
@@ -173,6 +187,8 @@ func (l *ledger) index(r Record) {
 		if e := l.bySerial[r.Serial]; e != nil && !e.Revoked {
 			e.Revoked, e.RevokedAt, e.RevokReason = true, r.Time, r.Reason
 		}
+	case OpRefuse:
+		l.refused[r.DeviceID] = append(l.refused[r.DeviceID], r)
 	}
 }
 

@@ -26,6 +26,8 @@ func FuzzLoadPolicy(f *testing.F) {
 	f.Add([]byte(`validity = "-1h"`))
 	f.Add([]byte(`allowed_id = "("`))
 	f.Add([]byte(`bogus = 1`))
+	f.Add([]byte(`validity = "1h"` + "\n" + `backdate = "0s"` + "\n" + `crl_validity = "1h"` + "\n" + `allowed_id = "x"` + "\n" + `require_tpm_attestation = true`))
+	f.Add([]byte(`require_tpm_attestation = 1`))
 	f.Add([]byte("\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p := filepath.Join(t.TempDir(), "policy.toml")

@@ -3,7 +3,7 @@
 // binary, enroll/cmd/devid-jig, is a thin main around Main.
 //
 //	devid-jig ca init --dir DIR [--name NAME]
-//	devid-jig program --port PATH (--ca-dir DIR | --est URL ...) [--json]
+//	devid-jig program --port PATH (--ca-dir DIR | --est URL ...) [--tpm-roots FILE [--require-attestation]] [--json]
 //	devid-jig status  --port PATH
 //	devid-jig reset   --port PATH --yes
 //	devid-jig revoke  --ca-dir DIR --device-id ID [--reason TEXT]
@@ -19,6 +19,9 @@ package cli
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -28,6 +31,7 @@ import (
 	"strings"
 	"time"
 
+	"devid/enroll/attest"
 	"devid/enroll/certstore"
 	"devid/enroll/est"
 	"devid/enroll/station/ca"
@@ -62,7 +66,7 @@ var commands = []command{
 		purpose: "create a local CA (root + issuing intermediate) in a new directory",
 		example: "devid-jig ca init --dir /srv/devid-ca --name 'ACME line 1'"},
 	{name: "program", args: "--port DEVICE (--ca-dir DIR | --est URL --est-cert FILE --est-key FILE --est-ca FILE) [flags]", required: []string{"port"}, bind: program,
-		purpose: "program one device: HELLO, CSR, sign, INSTALL, STATUS",
+		purpose: "program one device: HELLO, CSR, attest, sign, INSTALL, STATUS",
 		example: "devid-jig program --port /dev/ttyUSB0 --ca-dir /srv/devid-ca"},
 	{name: "status", args: "--port DEVICE [flags]", required: []string{"port"}, bind: status,
 		purpose: "print a device's identity state (key, certificate) as the device reports it",
@@ -143,6 +147,8 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 	estCert := fs.String("est-cert", "", "station client certificate PEM `FILE` for EST")
 	estKey := fs.String("est-key", "", "station client key PEM `FILE` for EST")
 	estCA := fs.String("est-ca", "", "PEM `FILE` with the roots that verify the EST server")
+	tpmRoots := fs.String("tpm-roots", "", "PEM `FILE` of TPM maker roots: boards that offer attestation must prove their key is in such a TPM")
+	requireAtt := fs.Bool("require-attestation", false, "refuse boards that do not prove a TPM key (needs --tpm-roots; also set by the CA's require_tpm_attestation)")
 	asJSON := fs.Bool("json", false, "print one JSON object (also for a failure: ok false, step, error) instead of the result line")
 	return func(ctx context.Context) error {
 		stdout, stderr := out.stdout, out.stderr
@@ -151,8 +157,13 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 		// stdout gets it as an object too, whatever step it came from.
 		fail := func(step string, err error) error {
 			if *asJSON {
-				_ = json.NewEncoder(stdout).Encode(map[string]any{"ok": false, "step": step, "error": err.Error(),
-					"usage": cmdline.IsUsage(err), "elapsed_ms": time.Since(start).Milliseconds()})
+				obj := map[string]any{"ok": false, "step": step, "error": err.Error(),
+					"usage": cmdline.IsUsage(err), "elapsed_ms": time.Since(start).Milliseconds()}
+				var r *jig.Refusal
+				if errors.As(err, &r) {
+					obj["reason"], obj["detail"] = r.Reason, r.Detail
+				}
+				_ = json.NewEncoder(stdout).Encode(obj)
 			}
 			return err
 		}
@@ -162,6 +173,10 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 		if *station == "" {
 			*station, _ = os.Hostname()
 		}
+		if *requireAtt && *tpmRoots == "" {
+			return fail("setup", cmdline.Usage(errors.New("--require-attestation needs --tpm-roots")))
+		}
+		opts := jig.Options{RequireAttestation: *requireAtt}
 		var iss jig.Issuer
 		if *caDir != "" {
 			local, err := ca.Open(*caDir, *station)
@@ -169,6 +184,13 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 				return fail("ca", err)
 			}
 			defer local.Close()
+			local.HardwareModuleNameSAN = hardwareModuleNameSAN
+			if local.Policy().RequireTPMAttestation {
+				if *tpmRoots == "" {
+					return fail("setup", cmdline.Usage(fmt.Errorf("the CA policy (%s) sets require_tpm_attestation: give --tpm-roots", ca.PolicyFile)))
+				}
+				opts.RequireAttestation = true
+			}
 			iss = local
 		} else {
 			if *estCert == "" || *estKey == "" || *estCA == "" {
@@ -184,6 +206,16 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 			}
 			iss = &est.Client{URL: *estURL, HTTP: est.NewHTTPClient(roots, cert)}
 		}
+		if *tpmRoots != "" {
+			roots, err := certstore.LoadRoots(*tpmRoots)
+			if err != nil {
+				return fail("setup", fmt.Errorf("--tpm-roots: %w", err))
+			}
+			if newVerifier == nil {
+				return fail("setup", errors.New("--tpm-roots: this devid-jig cannot verify TPM attestation (built without enroll/attest)"))
+			}
+			opts.Verifier = newVerifier(roots)
+		}
 		port, j, err := pf.open()
 		if err != nil {
 			return fail("port", err)
@@ -195,9 +227,9 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 			progressOut = stderr // stdout carries exactly one JSON object
 		}
 		n := 0
-		res, err := jig.Program(ctx, j, iss, func(s jig.Step, msg string) {
+		res, err := jig.ProgramWith(ctx, j, iss, opts, func(s jig.Step, msg string) {
 			n++
-			fmt.Fprintf(progressOut, "[%d/5] %-7s %s\n", n, s, msg)
+			fmt.Fprintf(progressOut, "[%d/6] %-7s %s\n", n, s, msg)
 		})
 		elapsed := time.Since(start)
 		if err != nil {
@@ -214,6 +246,7 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 				"device_id": res.DeviceID, "serial": res.Serial, "chain_pem": string(res.ChainPEM),
 				"not_after": res.NotAfter.UTC().Format(time.RFC3339), "key_backend": res.Key, "station": *station,
 				"elapsed_ms": elapsed.Milliseconds(), "bytes_sent": res.BytesSent, "bytes_received": res.BytesReceived,
+				"attestation": res.Attestation.Outcome, "ek_sha256": res.Attestation.EKSHA256,
 			})
 		}
 		fmt.Fprintf(stdout, "OK device %s serial %s not_after %s in %v (%d bytes on the wire)\n",
@@ -221,6 +254,20 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 			res.BytesSent+res.BytesReceived)
 		return nil
 	}
+}
+
+// newVerifier makes the attestation verifier for --tpm-roots (enroll/attest
+// behind jig.NewAttestVerifier). A variable, so that tests can put a fake
+// in; nil would refuse --tpm-roots.
+var newVerifier = func(roots *x509.CertPool) jig.Verifier {
+	return jig.NewAttestVerifier(&attest.Verifier{Roots: roots})
+}
+
+// hardwareModuleNameSAN is the local CA's builder of the HardwareModuleName
+// extension for attested keys. The leaf has a subject (CN = device ID) and
+// no other names, so the extension is not critical.
+var hardwareModuleNameSAN = func(hwType asn1.ObjectIdentifier, hwSerial []byte) (pkix.Extension, error) {
+	return attest.HardwareModuleNameSAN(hwType, hwSerial, attest.SANs{}, false)
 }
 
 func status(fs *flag.FlagSet, out streams) func(context.Context) error {

@@ -34,7 +34,8 @@ func replies(frames ...[]string) []byte {
 }
 
 // FuzzJigReplies feeds arbitrary device output to every jig command in
-// turn (HELLO, CSR with its READs, STATUS, INSTALL, RESET): the jig must
+// turn (HELLO, CSR with its READs, STATUS, INSTALL, RESET, ATTEST with
+// its READs, ACTIVATE): the jig must
 // never panic or hang, and what it accepts must be consistent: a HELLO
 // with an id and a usable chunk size, a CSR that matches its announced
 // size and SHA-256.
@@ -51,7 +52,16 @@ func FuzzJigReplies(f *testing.F) {
 		[]string{"OK", "INSTALL", "COMMIT", "serial=01", "not_after=2036-01-01T00:00:00Z"},
 		[]string{"OK", "RESET", "token=0a1b2c3d"},
 		[]string{"OK", "RESET"},
+		[]string{"OK", "ATTEST", "size=3", "sha256=" + hex.EncodeToString(sum[:])},
+		[]string{"OK", "ATTEST", "DATA", "0", "QUJD"},
+		[]string{"OK", "ACTIVATE", "BEGIN", "size=2"},
+		[]string{"OK", "ACTIVATE", "DATA", "have=2"},
+		[]string{"OK", "ACTIVATE", "COMMIT", "secret=c2VjcmV0"},
 	))
+	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b", "attest=1"}, []string{"NAK", "state"}, []string{"OK", "STATUS"},
+		[]string{"NAK", "x"}, []string{"NAK", "x"}, []string{"NAK", "x"}, []string{"NAK", "x"}, []string{"NAK", "x"},
+		[]string{"OK", "ATTEST", "size=3", "sha256=" + hex.EncodeToString(sum[:])}, []string{"OK", "DATA", "0", "QUJD"},
+		[]string{"NAK", "attest", "no-ek-cert", "none"}, []string{"OK", "ACTIVATE", "COMMIT", "secret="}))
 	f.Add(replies([]string{"NAK", "unknown-command", "HELLO"}))
 	f.Add(append([]byte("- NAK crc computed 1 *00000000\n- NAK timeout x\n"), replies([]string{"OK", "HELLO", "proto=2", "id=x"})...))
 	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b", "chunk=-5"}, []string{"OK", "CSR", "size=99999999", "sha256=zz"}))
@@ -75,6 +85,12 @@ func FuzzJigReplies(f *testing.F) {
 		_, _ = j.Status(ctx)
 		_, _ = j.Install(ctx, []byte("chain"), 0)
 		_ = j.Reset(ctx)
+		if st, err := j.Attest(ctx, make([]byte, factory.NonceSize)); err == nil && (len(st) == 0 || len(st) > factory.MaxPayload) {
+			t.Fatalf("accepted a statement of %d bytes", len(st))
+		}
+		if sec, err := j.Activate(ctx, []byte("blob"), []byte("secret"), 0); err == nil && (len(sec) == 0 || len(sec) > factory.MaxSecret) {
+			t.Fatalf("accepted a secret of %d bytes", len(sec))
+		}
 		if j.Received > len(stream)+1 {
 			t.Fatalf("received %d bytes from a %d-byte stream", j.Received, len(stream))
 		}

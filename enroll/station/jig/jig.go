@@ -192,6 +192,8 @@ type Hello struct {
 	Key      string
 	State    factory.State
 	Chunk    int
+	// Attest: the board offers TPM key attestation (attest=1).
+	Attest bool
 }
 
 // Hello sends HELLO. A protocol version other than ours is an error.
@@ -205,6 +207,7 @@ func (j *Jig) Hello(ctx context.Context) (*Hello, error) {
 	h := &Hello{DeviceID: rep.Fields["id"], Key: rep.Fields["key"], State: factory.State(rep.Fields["state"])}
 	h.Proto, _ = strconv.Atoi(rep.Fields["proto"])
 	h.Chunk, _ = strconv.Atoi(rep.Fields["chunk"])
+	h.Attest = rep.Fields["attest"] == "1"
 	if h.Proto != factory.ProtocolVersion {
 		return nil, fmt.Errorf("device speaks factory protocol %q, this jig speaks %d", rep.Fields["proto"], factory.ProtocolVersion)
 	}
@@ -224,34 +227,94 @@ func (j *Jig) CSR(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return j.readout(ctx, rep, "CSR", []string{"READ"}, []string{"DATA"})
+}
+
+// readout reads the payload announced by rep ("size=N sha256=H") in
+// chunks: request words read + OFFSET, reply words data + OFFSET BASE64;
+// what names the payload in errors.
+func (j *Jig) readout(ctx context.Context, rep *Reply, what string, read, data []string) ([]byte, error) {
 	size, err := strconv.Atoi(rep.Fields["size"])
 	if err != nil || size <= 0 || size > factory.MaxPayload {
-		return nil, fmt.Errorf("CSR reply: bad size %q", rep.Fields["size"])
+		return nil, fmt.Errorf("%s reply: bad size %q", what, rep.Fields["size"])
 	}
 	want, err := hex.DecodeString(rep.Fields["sha256"])
 	if err != nil || len(want) != sha256.Size {
-		return nil, fmt.Errorf("CSR reply: bad sha256 %q", rep.Fields["sha256"])
+		return nil, fmt.Errorf("%s reply: bad sha256 %q", what, rep.Fields["sha256"])
 	}
-	der := make([]byte, 0, size)
-	for len(der) < size {
-		rep, err := j.Do(ctx, false, "READ", strconv.Itoa(len(der)))
+	readName := strings.Join(read, " ")
+	out := make([]byte, 0, size)
+	for len(out) < size {
+		off := strconv.Itoa(len(out))
+		rep, err := j.Do(ctx, false, read[0], append(append([]string(nil), read[1:]...), off)...)
 		if err != nil {
 			return nil, err
 		}
 		// Positional: base64 may end in "=", so DATA is not key=value.
-		if len(rep.Args) != 3 || rep.Args[0] != "DATA" || rep.Args[1] != strconv.Itoa(len(der)) {
-			return nil, fmt.Errorf("READ reply: want DATA %d BASE64, got %q", len(der), rep.Args)
+		n := len(data)
+		if len(rep.Args) != n+2 || strings.Join(rep.Args[:n], " ") != strings.Join(data, " ") || rep.Args[n] != off {
+			return nil, fmt.Errorf("%s reply: want %s %s BASE64, got %q", readName, strings.Join(data, " "), off, rep.Args)
 		}
-		chunk, err := base64.StdEncoding.DecodeString(rep.Args[2])
-		if err != nil || len(chunk) == 0 || len(der)+len(chunk) > size {
-			return nil, fmt.Errorf("READ reply at %d: bad chunk", len(der))
+		chunk, err := base64.StdEncoding.DecodeString(rep.Args[n+1])
+		if err != nil || len(chunk) == 0 || len(out)+len(chunk) > size {
+			return nil, fmt.Errorf("%s reply at %s: bad chunk", readName, off)
 		}
-		der = append(der, chunk...)
+		out = append(out, chunk...)
 	}
-	if sum := sha256.Sum256(der); !bytes.Equal(sum[:], want) {
-		return nil, fmt.Errorf("CSR: SHA-256 %x does not match the announced %x", sum, want)
+	if sum := sha256.Sum256(out); !bytes.Equal(sum[:], want) {
+		return nil, fmt.Errorf("%s: SHA-256 %x does not match the announced %x", what, sum, want)
 	}
-	return der, nil
+	return out, nil
+}
+
+// Attest sends ATTEST with nonce (factory.NonceSize bytes) and reads the
+// board's attestation statement (JSON), checked against the announced
+// size and SHA-256.
+func (j *Jig) Attest(ctx context.Context, nonce []byte) ([]byte, error) {
+	if len(nonce) != factory.NonceSize {
+		return nil, fmt.Errorf("ATTEST: nonce is %d bytes, want %d", len(nonce), factory.NonceSize)
+	}
+	rep, err := j.Do(ctx, true, "ATTEST", hex.EncodeToString(nonce))
+	if err != nil {
+		return nil, err
+	}
+	if len(rep.Args) < 1 || rep.Args[0] != "ATTEST" {
+		return nil, fmt.Errorf("ATTEST reply: want OK ATTEST size=N sha256=H, got %q", rep.Args)
+	}
+	return j.readout(ctx, rep, "ATTEST", []string{"ATTEST", "READ"}, []string{"ATTEST", "DATA"})
+}
+
+// Activate uploads the credential challenge (ACTIVATE BEGIN, DATA...)
+// in chunks of at most chunk bytes, has the board activate it (ACTIVATE
+// COMMIT) and returns the secret its TPM recovered.
+func (j *Jig) Activate(ctx context.Context, credentialBlob, encryptedSecret []byte, chunk int) ([]byte, error) {
+	bn, sn := len(credentialBlob), len(encryptedSecret)
+	if bn == 0 || sn == 0 || bn+sn > factory.MaxActivate {
+		return nil, fmt.Errorf("ACTIVATE: challenge of %d+%d bytes, want both non-empty and at most %d together", bn, sn, factory.MaxActivate)
+	}
+	if chunk <= 0 || chunk > factory.Chunk {
+		chunk = factory.Chunk
+	}
+	up := append(append(make([]byte, 0, bn+sn), credentialBlob...), encryptedSecret...)
+	sum := sha256.Sum256(up)
+	if _, err := j.Do(ctx, false, "ACTIVATE", "BEGIN", strconv.Itoa(bn), strconv.Itoa(sn), hex.EncodeToString(sum[:])); err != nil {
+		return nil, err
+	}
+	for off := 0; off < len(up); off += chunk {
+		end := min(off+chunk, len(up))
+		if _, err := j.Do(ctx, false, "ACTIVATE", "DATA", strconv.Itoa(off), base64.StdEncoding.EncodeToString(up[off:end])); err != nil {
+			return nil, err
+		}
+	}
+	rep, err := j.Do(ctx, true, "ACTIVATE", "COMMIT")
+	if err != nil {
+		return nil, err
+	}
+	secret, err := base64.StdEncoding.DecodeString(rep.Fields["secret"])
+	if len(rep.Args) != 3 || rep.Args[0] != "ACTIVATE" || rep.Args[1] != "COMMIT" || err != nil || len(secret) == 0 || len(secret) > factory.MaxSecret {
+		return nil, fmt.Errorf("ACTIVATE COMMIT reply: want secret=BASE64 of 1..%d bytes, got %q", factory.MaxSecret, rep.Args)
+	}
+	return secret, nil
 }
 
 // Installed is the device's answer to INSTALL COMMIT.

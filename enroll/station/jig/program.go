@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"devid/enroll/certstore"
 	"devid/enroll/csr"
 	"devid/enroll/factory"
+	"devid/enroll/station"
 )
 
 // Issuer signs a device CSR and returns the chain, leaf first, without the
@@ -27,6 +29,7 @@ type Step string
 const (
 	StepHello   Step = "hello"
 	StepCSR     Step = "csr"
+	StepAttest  Step = "attest"
 	StepSign    Step = "sign"
 	StepInstall Step = "install"
 	StepStatus  Step = "status"
@@ -39,6 +42,8 @@ type Result struct {
 	Serial   string
 	NotAfter time.Time
 	ChainPEM []byte
+	// Attestation is the outcome of the attest step.
+	Attestation station.Attestation
 	// BytesSent and BytesReceived count the wire traffic of the run.
 	BytesSent, BytesReceived int
 }
@@ -60,10 +65,20 @@ func (e *StepError) Error() string {
 }
 func (e *StepError) Unwrap() error { return e.Err }
 
-// Program runs HELLO, CSR, sign, INSTALL and STATUS. progress, if not nil,
-// is called once after each step with a one-line summary. Every step is
-// idempotent on the device, so a failed run can simply be run again.
+// Program is ProgramWith without a Verifier: boards are not asked to
+// attest.
 func Program(ctx context.Context, j *Jig, iss Issuer, progress func(Step, string)) (*Result, error) {
+	return ProgramWith(ctx, j, iss, Options{}, progress)
+}
+
+// ProgramWith runs HELLO, CSR, attest, sign, INSTALL and STATUS.
+// progress, if not nil, is called once after each step with a one-line
+// summary. The attest step asks a board that offers attestation when
+// o.Verifier is set, and refuses a board without it when
+// o.RequireAttestation; a refusal is a *Refusal inside the StepError,
+// and an AttestingIssuer records it. Every step is idempotent on the
+// device, so a failed run can simply be run again.
+func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress func(Step, string)) (*Result, error) {
 	if progress == nil {
 		progress = func(Step, string) {}
 	}
@@ -89,7 +104,25 @@ func Program(ctx context.Context, j *Jig, iss Issuer, progress func(Step, string
 	fp, _ := csr.KeyFingerprint(req.PublicKey)
 	progress(StepCSR, fmt.Sprintf("%d bytes, key sha256:%s", len(der), fp))
 
-	chain, err := iss.Issue(ctx, req)
+	att, msg, err := attestStep(ctx, j, h, o, req.PublicKey)
+	ai, attesting := iss.(AttestingIssuer)
+	var refusal *Refusal
+	if errors.As(err, &refusal) && attesting {
+		if rerr := ai.RecordRefusal(ctx, req, att); rerr != nil {
+			err = fmt.Errorf("%w (and the ledger did not record it: %v)", err, rerr)
+		}
+	}
+	if err != nil {
+		return fail(StepAttest, err)
+	}
+	progress(StepAttest, msg)
+
+	var chain []*x509.Certificate
+	if attesting {
+		chain, err = ai.IssueAttested(ctx, req, att)
+	} else {
+		chain, err = iss.Issue(ctx, req)
+	}
 	if err != nil {
 		return fail(StepSign, err)
 	}
@@ -118,7 +151,7 @@ func Program(ctx context.Context, j *Jig, iss Issuer, progress func(Step, string
 	}
 	progress(StepStatus, "programmed")
 	return &Result{
-		DeviceID: h.DeviceID, Key: h.Key, Serial: serial, NotAfter: chain[0].NotAfter, ChainPEM: chainPEM,
+		DeviceID: h.DeviceID, Key: h.Key, Serial: serial, NotAfter: chain[0].NotAfter, ChainPEM: chainPEM, Attestation: att,
 		BytesSent: j.Sent, BytesReceived: j.Received,
 	}, nil
 }

@@ -36,6 +36,13 @@ type device struct {
 // startDevice serves a device on tty until the test ends.
 func startDevice(t testing.TB, tty, id string, roots *x509.CertPool) *device {
 	t.Helper()
+	return startDeviceWith(t, tty, id, roots, nil)
+}
+
+// startDeviceWith is startDevice with setup, if not nil, applied to the
+// device before it serves (an Attester).
+func startDeviceWith(t testing.TB, tty, id string, roots *x509.CertPool, setup func(*device)) *device {
+	t.Helper()
 	state := filepath.Join(t.TempDir(), "state")
 	ks, err := keys.Open("file:", state)
 	if err != nil {
@@ -45,6 +52,9 @@ func startDevice(t testing.TB, tty, id string, roots *x509.CertPool) *device {
 		Device: &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(state, roots),
 			Log: slog.New(slog.DiscardHandler), FrameTimeout: 300 * time.Millisecond},
 		state: state, done: make(chan error, 1),
+	}
+	if setup != nil {
+		setup(d)
 	}
 	p, err := serial.Open(tty, 115200)
 	if err != nil {
@@ -125,7 +135,7 @@ func TestProgramOverPty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []jig.Step{jig.StepHello, jig.StepCSR, jig.StepSign, jig.StepInstall, jig.StepStatus}; fmt.Sprint(steps) != fmt.Sprint(want) {
+	if want := []jig.Step{jig.StepHello, jig.StepCSR, jig.StepAttest, jig.StepSign, jig.StepInstall, jig.StepStatus}; fmt.Sprint(steps) != fmt.Sprint(want) {
 		t.Fatalf("steps %v, want %v", steps, want)
 	}
 	if res.DeviceID != "board-0001" || res.Key != "file" || res.Serial == "" {

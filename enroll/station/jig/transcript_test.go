@@ -16,17 +16,26 @@ import (
 
 var updateDoc = flag.Bool("update-doc", false, "regenerate the example transcript in docs/factory-protocol.md")
 
-const (
-	docPath   = "../../../docs/factory-protocol.md"
-	beginMark = "<!-- transcript:begin -->"
-	endMark   = "<!-- transcript:end -->"
-)
+const docPath = "../../../docs/factory-protocol.md"
 
-// TestDocTranscript keeps the example in docs/factory-protocol.md true:
-// every frame in it must parse with a correct CRC, and every reply must
-// carry its request's sequence number. With -update-doc it records a
-// fresh programming run over a pty and writes it into the doc.
+// TestDocTranscript keeps the examples in docs/factory-protocol.md true:
+// every frame in them must parse with a correct CRC, and every reply must
+// carry its request's sequence number. With -update-doc it records fresh
+// programming runs over a pty and writes them into the doc: a software-key
+// board (transcript), and a board that attests with the test fake
+// (attest-transcript).
 func TestDocTranscript(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		attest bool
+		min    int
+	}{{"transcript", false, 20}, {"attest-transcript", true, 30}} {
+		t.Run(tc.name, func(t *testing.T) { checkTranscript(t, tc.name, tc.attest, tc.min) })
+	}
+}
+
+func checkTranscript(t *testing.T, name string, attest bool, minFrames int) {
+	beginMark, endMark := "<!-- "+name+":begin -->", "<!-- "+name+":end -->"
 	doc, err := os.ReadFile(docPath)
 	if err != nil {
 		t.Skipf("no protocol doc: %v", err)
@@ -34,10 +43,10 @@ func TestDocTranscript(t *testing.T) {
 	before, rest, ok1 := strings.Cut(string(doc), beginMark)
 	body, after, ok2 := strings.Cut(rest, endMark)
 	if !ok1 || !ok2 {
-		t.Fatalf("%s lacks the transcript markers", docPath)
+		t.Fatalf("%s lacks the %s markers", docPath, name)
 	}
 	if *updateDoc {
-		body = "\n```text\n" + record(t) + "```\n"
+		body = "\n```text\n" + record(t, attest) + "```\n"
 		if err := os.WriteFile(docPath, []byte(before+beginMark+body+endMark+after), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -60,17 +69,24 @@ func TestDocTranscript(t *testing.T) {
 		}
 		n++
 	}
-	if n < 20 {
-		t.Errorf("doc transcript has only %d frames", n)
+	if n < minFrames {
+		t.Errorf("doc %s has only %d frames", name, n)
 	}
 }
 
 // record programs a device over a link and returns the traffic, one frame
-// per line: "> " jig to device, "< " device to jig.
-func record(t *testing.T) string {
-	l := newCA(t)
+// per line: "> " jig to device, "< " device to jig. With attest the
+// device has the fake TPM and the jig its verifier.
+func record(t *testing.T, attest bool) string {
+	l := attestCA(t)
 	link := serialtest.NewLink(t)
-	startDevice(t, link.DeviceTTY, "board-0001", rootPool(l))
+	o := jig.Options{}
+	if attest {
+		startTPMDevice(t, link.DeviceTTY, "board-0002", l, nil)
+		o = attestOpts()
+	} else {
+		startDevice(t, link.DeviceTTY, "board-0001", rootPool(l))
+	}
 	var mu sync.Mutex
 	var out strings.Builder
 	var partial [2][]byte
@@ -99,7 +115,7 @@ func record(t *testing.T) string {
 	defer p.Close()
 	j := jig.New(p)
 	j.SetSeq(0)
-	if _, err := jig.Program(testCtx(t), j, l, nil); err != nil {
+	if _, err := jig.ProgramWith(testCtx(t), j, l, o, nil); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
