@@ -19,6 +19,13 @@ main() {
   go test -run '^$' -bench BenchmarkProgramOverPty -benchtime 50x -count 3 ./enroll/station/jig/ 2>&1 | grep -E '^Benchmark' || true
   echo '```'
   echo
+  echo "A board with its key in swtpm, without and with TPM key attestation (docs/attestation.md):"
+  echo "the difference is what attestation costs; its wire bytes are what it adds on a UART."
+  echo
+  echo '```'
+  go test -run '^$' -bench BenchmarkProgramTPM -benchtime 20x -count 3 ./enroll/station/jig/ 2>&1 | grep -E '^Benchmark' || true
+  echo '```'
+  echo
 
   command -v socat >/dev/null || { echo "_socat missing: binary run skipped_"; return 0; }
   tmp=$(mktemp -d)

@@ -2,7 +2,11 @@ package conformance
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -175,14 +179,54 @@ func TestNodeSDK(t *testing.T) {
 		t.Run(transport, func(t *testing.T) {
 			tg := tg.on(t)
 			t.Parallel()
-			nodeFlow(t, node, tg, ca, group, transport)
+			nodeFlow(t, node, tg, ca, group, transport, "node-sdk-"+transport+"-1")
 		})
+	}
+	// An IEEE 802.1AR DevID certificate, as devid's factory CA issues
+	// after TPM key attestation (docs/attestation.md): its subjectAltName
+	// names the TPM (HardwareModuleName). DPS and the hub accept it.
+	t.Run("mqtt with an 802.1AR DevID certificate", func(t *testing.T) {
+		tg := tg.on(t)
+		t.Parallel()
+		nodeFlow(t, node, tg, ca, group, "mqtt", "node-sdk-devid-1", hardwareModuleName(t))
+	})
+}
+
+// hardwareModuleName is a subjectAltName holding only an otherName
+// id-on-hardwareModuleName (RFC 4108): {hwType = TPM 2.0
+// (2.23.133.1.2), hwSerialNum = 32 bytes}, encoded here independently of
+// the factory CA's code.
+func hardwareModuleName(t *testing.T) simtest.CertOption {
+	type hwModuleName struct {
+		HWType      asn1.ObjectIdentifier
+		HWSerialNum []byte
+	}
+	inner, err := asn1.Marshal(hwModuleName{asn1.ObjectIdentifier{2, 23, 133, 1, 2}, bytes.Repeat([]byte{0xa5}, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// OtherName ::= SEQUENCE { type-id OID, value [0] EXPLICIT ANY }, as
+	// GeneralName [0] IMPLICIT: the SEQUENCE's contents under tag [0].
+	oid, err := asn1.Marshal(asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 8, 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	value, err := asn1.Marshal(asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: inner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	san, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: append(oid, value...)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(c *x509.Certificate) {
+		c.ExtraExtensions = append(c.ExtraExtensions, pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: san})
 	}
 }
 
 // nodeFlow is one full SDK device life on one transport.
-func nodeFlow(t *testing.T, node string, tg *target, ca *simtest.DeviceCA, group, transport string) {
-	leaf := ca.Issue(t, "node-sdk-"+transport+"-1")
+func nodeFlow(t *testing.T, node string, tg *target, ca *simtest.DeviceCA, group, transport, cn string, opts ...simtest.CertOption) {
+	leaf := ca.Issue(t, cn, opts...)
 	dir := filepath.Join(t.TempDir(), "device")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)

@@ -6,9 +6,11 @@ package jig_test
 
 import (
 	"context"
+	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"testing"
@@ -122,5 +124,65 @@ func TestAttestTPMWithoutEKCert(t *testing.T) {
 	o := jig.Options{Verifier: jig.NewAttestVerifier(&attest.Verifier{Roots: tpmtest.NewMaker(t, "maker A").Pool()})}
 	if _, err := jig.ProgramWith(testCtx(t), jig.New(pair.Master), l, o, nil); !isRefusal(err, attest.ReasonNoEKCert) {
 		t.Fatalf("TPM without EK certificate: %v", err)
+	}
+}
+
+// serveTPMBoard serves a fresh board (its own state dir) with its key in
+// the swtpm at addr over a new pty, until the test or benchmark ends, and
+// returns the jig's end.
+func serveTPMBoard(tb testing.TB, addr, id string, roots *x509.CertPool) *jig.Jig {
+	tb.Helper()
+	pair := serialtest.Pty(tb)
+	state := filepath.Join(tb.TempDir(), "state")
+	ks, err := keys.Open("tpm:"+addr, state)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(state, roots), Attester: ks.(factory.Attester),
+		Log: slog.New(slog.DiscardHandler), FrameTimeout: 300 * time.Millisecond}
+	p, err := serial.Open(pair.TTY, 115200)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, p) }()
+	tb.Cleanup(func() { cancel(); <-done; p.Close() })
+	return jig.New(pair.Master)
+}
+
+// BenchmarkProgramTPM is the programming time of a board whose key is
+// made in a swtpm (RSA EK certificate from a test maker), over a pty,
+// without and with attestation: the difference is what attestation costs
+// (scripts/bench.d/factory.sh reports it).
+func BenchmarkProgramTPM(b *testing.B) {
+	maker := tpmtest.NewMaker(b, "bench maker")
+	sw := tpmtest.Start(b, tpmtest.ManufacturedBy(maker))
+	l := newCA(b)
+	l.HardwareModuleNameSAN = func(hwType asn1.ObjectIdentifier, serial []byte) (pkix.Extension, error) {
+		return attest.HardwareModuleNameSAN(hwType, serial, attest.SANs{}, false)
+	}
+	for _, tc := range []struct {
+		name string
+		o    jig.Options
+	}{
+		{"without-attestation", jig.Options{}},
+		{"attested", jig.Options{Verifier: jig.NewAttestVerifier(&attest.Verifier{Roots: maker.Pool()}), RequireAttestation: true}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			wire := 0
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				j := serveTPMBoard(b, sw.Addr(), fmt.Sprintf("bench-%s-%d", tc.name, i), rootPool(l))
+				b.StartTimer()
+				res, err := jig.ProgramWith(context.Background(), j, l, tc.o, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				wire = res.BytesSent + res.BytesReceived
+			}
+			b.ReportMetric(float64(wire), "wire-bytes/op")
+			b.ReportMetric(float64(wire)/11520*1000, "floor-ms@115200/op")
+		})
 	}
 }

@@ -85,7 +85,9 @@ func WriteMaker(dir, name, localca string, validity time.Duration) (*Maker, erro
 			"signingkey = " + filepath.Join(dir, "key.pem") + "\n" +
 			"issuercert = " + filepath.Join(dir, "root.pem") + "\n" +
 			"certserial = " + filepath.Join(state, "certserial") + "\n"),
-		"localca.options": nil,
+		// Platform certificates (swtpm_setup --create-platform-cert)
+		// need these three.
+		"localca.options": []byte("--platform-manufacturer devid\n--platform-version 2.1\n--platform-model QEMU\n"),
 		"swtpm_setup.conf": []byte("create_certs_tool = " + localca + "\n" +
 			"create_certs_tool_config = " + filepath.Join(dir, "localca.conf") + "\n" +
 			"create_certs_tool_options = " + filepath.Join(dir, "localca.options") + "\n" +

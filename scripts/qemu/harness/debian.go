@@ -309,7 +309,7 @@ func debianFactory(ctx context.Context, o options, g *guest, s *sim, dir, caDir 
 		return "", nil, err
 	}
 	defer link.close()
-	out, err := runJig(ctx, o.jigBin, link.portPath(), caDir, nil)
+	out, err := runJig(ctx, o.jigBin, link.portPath(), caDir, tpmMakerRoot(dir), nil)
 	if err != nil {
 		return "", nil, fmt.Errorf("devid-jig program: %v\n%s", err, out)
 	}
@@ -317,6 +317,7 @@ func debianFactory(ctx context.Context, o options, g *guest, s *sim, dir, caDir 
 	if err := json.Unmarshal(lastJSON(out), &res); err != nil {
 		return "", nil, fmt.Errorf("devid-jig --json output: %v\n%s", err, out)
 	}
+	logf("debian: factory: %s", attestLine(out))
 	if err := checkChain(&res, rootPEM); err != nil {
 		return "", nil, err
 	}

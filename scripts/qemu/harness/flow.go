@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"devid/agent/config"
+	"devid/enroll/attest"
 	"devid/hal/tpm"
 
 	"github.com/google/go-tpm/tpm2"
@@ -38,6 +39,10 @@ type jigResult struct {
 	ChainPEM   string `json:"chain_pem"`
 	KeyBackend string `json:"key_backend"`
 	ElapsedMs  int64  `json:"elapsed_ms"`
+	// Attestation is the TPM key attestation outcome ("attested"), and
+	// EKSHA256 the fingerprint of the EK certificate it checked.
+	Attestation string `json:"attestation"`
+	EKSHA256    string `json:"ek_sha256"`
 }
 
 // flow is the board's life: factory programming over the UART (the cable is
@@ -303,7 +308,7 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 		return nil, err
 	}
 	cut := link.cutAfter("INSTALL DATA", 1)
-	out, err := runJig(ctx, o.jigBin, link.portPath(), caDir, cut)
+	out, err := runJig(ctx, o.jigBin, link.portPath(), caDir, tpmMakerRoot(dir), cut)
 	select {
 	case <-cut:
 		logf("flow: factory: UART cut during INSTALL at +%.1fs; jig: %v", b.since().Seconds(), firstLine(err, out))
@@ -327,7 +332,7 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 		return nil, fmt.Errorf("after the cut the board says %q; want state blank or keyed", st)
 	}
 	logf("flow: factory: after the cut the board reports: %s", st)
-	out, err = runJig(ctx, o.jigBin, link2.portPath(), caDir, nil)
+	out, err = runJig(ctx, o.jigBin, link2.portPath(), caDir, tpmMakerRoot(dir), nil)
 	if err != nil {
 		return nil, fmt.Errorf("devid-jig program after reconnecting: %v\n%s\nconsole: %s", err, out, b.tail(10))
 	}
@@ -335,14 +340,17 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 	if err := json.Unmarshal(lastJSON(out), &res); err != nil {
 		return nil, fmt.Errorf("devid-jig --json output: %v\n%s", err, out)
 	}
-	logf("flow: factory: programmed in %d ms after reconnecting (board up %.1fs)", res.ElapsedMs, b.since().Seconds())
+	logf("flow: factory: programmed in %d ms after reconnecting (board up %.1fs); %s", res.ElapsedMs, b.since().Seconds(), attestLine(out))
 	return &res, nil
 }
 
-func runJig(ctx context.Context, bin, port, caDir string, cut <-chan struct{}) ([]byte, error) {
+// runJig programs the board with attestation required: the jig trusts
+// the EK certificates of tpmRoots (the board TPM's maker) only.
+func runJig(ctx context.Context, bin, port, caDir, tpmRoots string, cut <-chan struct{}) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	cmd := exec.Command(bin, "program", "--port", port, "--ca-dir", caDir, "--station", "qemu-harness", "--json")
+	cmd := exec.Command(bin, "program", "--port", port, "--ca-dir", caDir, "--station", "qemu-harness", "--json",
+		"--tpm-roots", tpmRoots, "--require-attestation")
 	cmd.SysProcAttr = childAttr()
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
@@ -441,6 +449,14 @@ func checkChain(res *jigResult, rootPEM []byte) error {
 	if !strings.EqualFold(certs[0].Subject.CommonName, res.DeviceID) {
 		return fmt.Errorf("leaf CN %q is not the device ID %q", certs[0].Subject.CommonName, res.DeviceID)
 	}
+	// Attestation was required: the key was proven to be in the board's
+	// TPM, and the DevID certificate names that TPM (802.1AR).
+	if res.Attestation != "attested" || res.EKSHA256 == "" {
+		return fmt.Errorf("jig result: attestation %q, EK %q; want attested", res.Attestation, res.EKSHA256)
+	}
+	if _, _, ok, err := attest.ParseHardwareModuleName(certs[0]); err != nil || !ok {
+		return fmt.Errorf("leaf has no HardwareModuleName in subjectAltName (%v)", err)
+	}
 	return nil
 }
 
@@ -529,4 +545,15 @@ func checkTPMKey(dir string, res *jigResult) error {
 	}
 	logf("flow: the certified key is the TPM object on flash (fixedTPM, fixedParent, sensitiveDataOrigin)")
 	return nil
+}
+
+// attestLine is the jig's progress line of the attestation step (its TPM
+// time on the board), for the log.
+func attestLine(out []byte) string {
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "] attest") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return "no attest step in the jig output"
 }
