@@ -35,36 +35,11 @@ func TestAttestOverPtyTPM(t *testing.T) {
 	l.HardwareModuleNameSAN = func(hwType asn1.ObjectIdentifier, serial []byte) (pkix.Extension, error) {
 		return attest.HardwareModuleNameSAN(hwType, serial, attest.SANs{}, false)
 	}
-	pair := serialtest.Pty(t)
-	state := filepath.Join(t.TempDir(), "state")
-	ks, err := keys.Open("tpm:"+sw.Addr(), state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	att, ok := ks.(factory.Attester)
-	if !ok {
-		t.Fatalf("the tpm key store %T is not a factory.Attester", ks)
-	}
-	d := &factory.Device{ID: "board-tpm-att", Keys: ks, Certs: certstore.Open(state, rootPool(l)), Attester: att,
-		Log: slog.New(slog.DiscardHandler), FrameTimeout: 300 * time.Millisecond}
-	p, err := serial.Open(pair.TTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, p) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Serve returned %v, want context.Canceled", err)
-		}
-		p.Close()
-	})
+	j, d, _ := serveTPMBoard(t, sw.Addr(), "board-tpm-att", rootPool(l), true)
 
 	// A line that trusts another maker refuses the board.
 	other := jig.Options{Verifier: jig.NewAttestVerifier(&attest.Verifier{Roots: tpmtest.NewMaker(t, "maker B").Pool()}), RequireAttestation: true}
-	if _, err := jig.ProgramWith(testCtx(t), jig.New(pair.Master), l, other, nil); !isRefusal(err, attest.ReasonEKUntrusted) {
+	if _, err := jig.ProgramWith(testCtx(t), j, l, other, nil); !isRefusal(err, attest.ReasonEKUntrusted) {
 		t.Fatalf("EK from an untrusted maker: %v", err)
 	}
 	if r, _ := l.Refused("board-tpm-att"); len(r) != 1 || r[0].Attestation != station.RefusedPrefix+attest.ReasonEKUntrusted || r[0].EKSHA256 == "" {
@@ -73,7 +48,7 @@ func TestAttestOverPtyTPM(t *testing.T) {
 
 	o := jig.Options{Verifier: jig.NewAttestVerifier(&attest.Verifier{Roots: maker.Pool()}), RequireAttestation: true}
 	var msg string
-	res, err := jig.ProgramWith(testCtx(t), jig.New(pair.Master), l, o, func(s jig.Step, m string) {
+	res, err := jig.ProgramWith(testCtx(t), j, l, o, func(s jig.Step, m string) {
 		if s == jig.StepAttest {
 			msg = m
 		}
@@ -105,32 +80,18 @@ func TestAttestTPMWithoutEKCert(t *testing.T) {
 	t.Parallel()
 	sw := tpmtest.Start(t)
 	l := newCA(t)
-	pair := serialtest.Pty(t)
-	state := filepath.Join(t.TempDir(), "state")
-	ks, err := keys.Open("tpm:"+sw.Addr(), state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &factory.Device{ID: "board-tpm-noek", Keys: ks, Certs: certstore.Open(state, rootPool(l)), Attester: ks.(factory.Attester),
-		Log: slog.New(slog.DiscardHandler), FrameTimeout: 300 * time.Millisecond}
-	p, err := serial.Open(pair.TTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, p) }()
-	t.Cleanup(func() { cancel(); <-done; p.Close() })
+	j, _, _ := serveTPMBoard(t, sw.Addr(), "board-tpm-noek", rootPool(l), true)
 	o := jig.Options{Verifier: jig.NewAttestVerifier(&attest.Verifier{Roots: tpmtest.NewMaker(t, "maker A").Pool()})}
-	if _, err := jig.ProgramWith(testCtx(t), jig.New(pair.Master), l, o, nil); !isRefusal(err, attest.ReasonNoEKCert) {
+	if _, err := jig.ProgramWith(testCtx(t), j, l, o, nil); !isRefusal(err, attest.ReasonNoEKCert) {
 		t.Fatalf("TPM without EK certificate: %v", err)
 	}
 }
 
 // serveTPMBoard serves a fresh board (its own state dir) with its key in
 // the swtpm at addr over a new pty, until the test or benchmark ends, and
-// returns the jig's end.
-func serveTPMBoard(tb testing.TB, addr, id string, roots *x509.CertPool) *jig.Jig {
+// returns the jig's end, the device and its state dir. With attester the
+// board offers TPM key attestation.
+func serveTPMBoard(tb testing.TB, addr, id string, roots *x509.CertPool, attester bool) (*jig.Jig, *factory.Device, string) {
 	tb.Helper()
 	pair := serialtest.Pty(tb)
 	state := filepath.Join(tb.TempDir(), "state")
@@ -138,8 +99,15 @@ func serveTPMBoard(tb testing.TB, addr, id string, roots *x509.CertPool) *jig.Ji
 	if err != nil {
 		tb.Fatal(err)
 	}
-	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(state, roots), Attester: ks.(factory.Attester),
+	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(state, roots),
 		Log: slog.New(slog.DiscardHandler), FrameTimeout: 300 * time.Millisecond}
+	if attester {
+		att, ok := ks.(factory.Attester)
+		if !ok {
+			tb.Fatalf("the tpm key store %T is not a factory.Attester", ks)
+		}
+		d.Attester = att
+	}
 	p, err := serial.Open(pair.TTY, 115200)
 	if err != nil {
 		tb.Fatal(err)
@@ -147,8 +115,14 @@ func serveTPMBoard(tb testing.TB, addr, id string, roots *x509.CertPool) *jig.Ji
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Serve(ctx, p) }()
-	tb.Cleanup(func() { cancel(); <-done; p.Close() })
-	return jig.New(pair.Master)
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			tb.Errorf("Serve returned %v, want context.Canceled", err)
+		}
+		p.Close()
+	})
+	return jig.New(pair.Master), d, state
 }
 
 // BenchmarkProgramTPM is the programming time of a board whose key is
@@ -173,7 +147,7 @@ func BenchmarkProgramTPM(b *testing.B) {
 			wire := 0
 			for i := 0; b.Loop(); i++ {
 				b.StopTimer()
-				j := serveTPMBoard(b, sw.Addr(), fmt.Sprintf("bench-%s-%d", tc.name, i), rootPool(l))
+				j, _, _ := serveTPMBoard(b, sw.Addr(), fmt.Sprintf("bench-%s-%d", tc.name, i), rootPool(l), true)
 				b.StartTimer()
 				res, err := jig.ProgramWith(context.Background(), j, l, tc.o, nil)
 				if err != nil {

@@ -2,27 +2,18 @@ package jig_test
 
 // The factory programming flow with the device key in a TPM (swtpm),
 // over the same pty and real tarm/serial port as the software-key tests.
-// Owned by the tpm helper; it uses this package's test helpers (newCA,
-// rootPool, testCtx).
+// It uses this package's test helpers (newCA, rootPool, testCtx,
+// serveTPMBoard).
 
 import (
-	"context"
 	"crypto/ecdsa"
-	"errors"
 	"io"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"devid/enroll/certstore"
-	"devid/enroll/factory"
-	"devid/enroll/keys"
 	"devid/enroll/keys/tpmkey"
 	"devid/enroll/station/jig"
-	"devid/hal/serial"
-	"devid/hal/serial/serialtest"
 	"devid/hal/tpm/tpmtest"
 )
 
@@ -30,30 +21,10 @@ func TestProgramOverPtyTPM(t *testing.T) {
 	t.Parallel()
 	sw := tpmtest.Start(t)
 	l := newCA(t)
-	pair := serialtest.Pty(t)
-	state := filepath.Join(t.TempDir(), "state")
-	ks, err := keys.Open("tpm:"+sw.Addr(), state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &factory.Device{ID: "board-tpm-0001", Keys: ks, Certs: certstore.Open(state, rootPool(l)),
-		Log: slog.New(slog.DiscardHandler), FrameTimeout: 300 * time.Millisecond}
-	p, err := serial.Open(pair.TTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, p) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Serve returned %v, want context.Canceled", err)
-		}
-		p.Close()
-	})
+	j, d, state := serveTPMBoard(t, sw.Addr(), "board-tpm-0001", rootPool(l), false)
+	ks := d.Keys
 
-	res, err := jig.Program(testCtx(t), jig.New(pair.Master), l, nil)
+	res, err := jig.Program(testCtx(t), j, l, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
