@@ -4,11 +4,17 @@ package ca
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/ThalesGroup/crypto11"
@@ -194,4 +200,46 @@ func TestPKCS11PINSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
+}
+
+// TestPKCS11ConcurrentSigning: a station signs for many slots at once;
+// the token signer (crypto11's session pool) must give each caller a
+// valid signature of its own digest.
+func TestPKCS11ConcurrentSigning(t *testing.T) {
+	tok := softhsmtest.New(t, "devid-ca", "1234")
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := Init(dir, InitOptions{PKCS11: tok.URI("conc")}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(PINEnv, tok.PIN)
+	l, err := Open(dir, "st")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	pub := l.issuer.PublicKey.(*ecdsa.PublicKey)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*10)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				digest := sha256.Sum256([]byte(fmt.Sprintf("slot %d board %d", g, i)))
+				sig, err := l.key.Sign(rand.Reader, digest[:], crypto.SHA256)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !ecdsa.VerifyASN1(pub, digest[:], sig) {
+					errs <- fmt.Errorf("slot %d board %d: signature does not verify", g, i)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }
