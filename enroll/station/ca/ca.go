@@ -286,7 +286,11 @@ func Open(dir, station string) (*Local, error) {
 	if err != nil {
 		return nil, err
 	}
-	l, err := open(dir, station, root, issuer, key)
+	keyFile := IssuingKeyFile
+	if keyCloser != nil {
+		keyFile = IssuingKeyURIFile
+	}
+	l, err := open(dir, station, root, issuer, key, keyFile)
 	if err != nil && keyCloser != nil {
 		keyCloser.Close()
 	}
@@ -296,9 +300,9 @@ func Open(dir, station string) (*Local, error) {
 	return l, err
 }
 
-func open(dir, station string, root, issuer *x509.Certificate, key crypto.Signer) (*Local, error) {
+func open(dir, station string, root, issuer *x509.Certificate, key crypto.Signer, keyFile string) (*Local, error) {
 	if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(issuer.PublicKey) {
-		return nil, fmt.Errorf("CA %s: %s does not match %s", dir, IssuingKeyFile, IssuingCertFile)
+		return nil, fmt.Errorf("CA %s: %s does not match %s", dir, keyFile, IssuingCertFile)
 	}
 	if err := issuer.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("CA %s: %s is not signed by %s: %w", dir, IssuingCertFile, RootCertFile, err)

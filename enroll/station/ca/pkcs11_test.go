@@ -157,6 +157,20 @@ func TestPKCS11Errors(t *testing.T) {
 	}
 	tk.Close()
 
+	// The key of another CA in the same token: refused by Open.
+	other := filepath.Join(t.TempDir(), "ca")
+	if err := Init(other, InitOptions{PKCS11: tok.URI("other")}); err != nil {
+		t.Fatal(err)
+	}
+	swapped := filepath.Join(t.TempDir(), "ca")
+	os.CopyFS(swapped, os.DirFS(dir))
+	b, _ := os.ReadFile(filepath.Join(other, IssuingKeyURIFile))
+	os.WriteFile(filepath.Join(swapped, IssuingKeyURIFile), b, 0o644)
+	t.Setenv(PINEnv, tok.PIN)
+	if _, err := Open(swapped, "st"); err == nil || !strings.Contains(err.Error(), IssuingKeyURIFile+" does not match "+IssuingCertFile) {
+		t.Errorf("Open with another CA's token key: %v", err)
+	}
+
 	// Open with a wrong PIN, and with the key gone from the token.
 	t.Setenv(PINEnv, "0000")
 	if _, err := Open(dir, "st"); err == nil || !strings.Contains(err.Error(), "wrong user PIN") || !strings.Contains(err.Error(), IssuingKeyURIFile) {
