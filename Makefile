@@ -12,6 +12,12 @@ DATE ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 NFPM := .build/tools/nfpm
 TOOLSMOD := -modfile=agent/dist/tools.mod
 BINARIES := agent/cmd/devid-agent enroll/cmd/devid-jig simulator/cmd/devid-sim
+# devid-jig as `make build` makes it for the station PC: with the PKCS#11
+# CA key back-end, which loads the token's module with dlopen and so needs
+# cgo (docs/ca.md, "The CA key in an HSM"). Everything else, and the jig
+# of `make cross` and the packages, stays static (CGO_ENABLED=0).
+PKCS11_BUILD := CGO_ENABLED=1 $(GO) build -tags pkcs11
+PKCS11_PKGS := ./enroll/station/ca/... ./enroll/station/cli/...
 # TEST_TIMEOUT bounds the whole go test run; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m
 KEY ?= file
@@ -30,9 +36,10 @@ help: ## List the targets.
 deps: ## Install everything tests and the demo need (idempotent).
 	@scripts/deps.sh
 
-build: ## Build the three binaries into .build/bin.
+build: ## Build the three binaries into .build/bin (devid-jig with cgo and PKCS#11, the others static).
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./,$(BINARIES))
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./,$(filter-out enroll/cmd/devid-jig,$(BINARIES)))
+	$(PKCS11_BUILD) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./enroll/cmd/devid-jig
 
 test: deps ## Install deps, then run lint, every test, the packages (lintian) and the QEMU boards.
 	@$(MAKE) --no-print-directory lint
@@ -40,8 +47,9 @@ test: deps ## Install deps, then run lint, every test, the packages (lintian) an
 	@$(MAKE) --no-print-directory package
 	@$(MAKE) --no-print-directory qemu-test
 
-unit-test: ## Run go test ./... (no dependency install).
+unit-test: ## Run go test ./... (no dependency install), and the PKCS#11 (SoftHSM2) tests with cgo.
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	CGO_ENABLED=1 $(GO) test -tags pkcs11 -count=1 -timeout $(TEST_TIMEOUT) $(PKCS11_PKGS)
 
 # The packages that start goroutines of their own, and their helpers.
 RACE_PKGS := ./agent/... ./dps/... ./simulator/... ./enroll/factory ./enroll/rotate ./hal/... ./scripts/qemu/boardinit
@@ -58,9 +66,11 @@ bench: deps build ## Run the benchmarks and write .build/bench-report.md.
 lint: ## gofmt, go vet, go mod tidy -diff (also of the packaging tools), staticcheck, govulncheck, size limits, generated files and notices.
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	CGO_ENABLED=1 $(GO) vet -tags pkcs11 $(PKCS11_PKGS)
 	$(GO) mod tidy -diff
 	$(GO) mod tidy $(TOOLSMOD) -diff
 	$(GO) tool staticcheck ./...
+	CGO_ENABLED=1 $(GO) tool staticcheck -tags pkcs11 $(PKCS11_PKGS)
 	@scripts/vulncheck.sh
 	@scripts/structure.sh
 	$(GO) test -count=1 -run 'UpToDate' ./agent/dist

@@ -22,6 +22,7 @@ declare -A APT=(
   [/usr/bin/mmdebstrap]=mmdebstrap
   [/usr/bin/arch-test]=arch-test
   [/usr/sbin/debugfs]=e2fsprogs
+  [/usr/bin/softhsm2-util]=softhsm2
 )
 
 need=()

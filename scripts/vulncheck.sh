@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make lint`: govulncheck (pinned in go.mod) on every package.
+# `make lint`: govulncheck (pinned in go.mod) on every package, and on
+# devid-jig as `make build` makes it (with the pkcs11 tag).
 #
 # govulncheck needs the Go vulnerability database. When the database
 # cannot be reached at all (DNS, no route, refused, timeout), this prints
@@ -16,6 +17,12 @@ args=()
 [ -n "${VULNDB:-}" ] && args=(-db "$VULNDB")
 out=$(go tool govulncheck "${args[@]}" ./... 2>&1)
 rc=$?
+# The devid-jig of `make build` also links the PKCS#11 CA key back-end
+# (cgo, build tag pkcs11: docs/ca.md); check that build too.
+if [ $rc -eq 0 ]; then
+  out=$(CGO_ENABLED=1 go tool govulncheck "${args[@]}" -tags pkcs11 ./enroll/cmd/devid-jig 2>&1)
+  rc=$?
+fi
 if [ $rc -eq 0 ]; then
   echo "govulncheck: no known vulnerabilities reach devid's code"
   exit 0

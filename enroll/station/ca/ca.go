@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -22,6 +21,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
 	"os"
@@ -150,6 +150,10 @@ type InitOptions struct {
 	Name string
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
+	// PKCS11, if set, is a PKCS#11 URI (RFC 7512, ParsePKCS11URI): the
+	// root and issuing keys are made in that token and never leave it
+	// (keysource.go, docs/ca.md). Empty: PEM key files.
+	PKCS11 string
 }
 
 // Init creates a CA in dir: a P-256 root (20 years), an issuing
@@ -171,50 +175,45 @@ func Init(dir string, o InitOptions) error {
 		return fmt.Errorf("ca init: %w", err)
 	}
 	t := now().Add(-time.Hour)
-	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keys, err := newInitKeys(o)
 	if err != nil {
-		return err
+		return fmt.Errorf("ca init: %w", err)
 	}
+	defer keys.close()
+	rootKey, issKey := keys.root, keys.issuing
 	root := &x509.Certificate{
 		Subject:   pkix.Name{CommonName: o.Name + " Root CA"},
 		NotBefore: t, NotAfter: t.AddDate(20, 0, 0),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 1,
 	}
-	rootDER, err := sign(root, root, &rootKey.PublicKey, rootKey)
+	rootDER, err := sign(root, root, rootKey.Public(), rootKey)
 	if err != nil {
+		keys.abort()
 		return fmt.Errorf("ca init: root: %w", err)
 	}
 	rootCert, _ := x509.ParseCertificate(rootDER)
-	issKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
 	iss := &x509.Certificate{
 		Subject:   pkix.Name{CommonName: o.Name + " Issuing CA"},
 		NotBefore: t, NotAfter: t.AddDate(10, 0, 0),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true,
 	}
-	issDER, err := sign(iss, rootCert, &issKey.PublicKey, rootKey)
+	issDER, err := sign(iss, rootCert, issKey.Public(), rootKey)
 	if err != nil {
+		keys.abort()
 		return fmt.Errorf("ca init: issuing: %w", err)
 	}
-	files := []struct {
-		name string
-		data []byte
-		perm os.FileMode
-	}{
-		{RootKeyFile, keyPEM(rootKey), 0o600},
-		{IssuingKeyFile, keyPEM(issKey), 0o600},
+	files := append(keys.files, []caFile{
 		{IssuingCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: issDER}), 0o644},
 		{PolicyFile, []byte(defaultPolicy), 0o644},
 		{LedgerFile, nil, 0o600},
 		// root.pem last: its presence marks a complete CA.
 		{RootCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER}), 0o644},
-	}
+	}...)
 	for _, f := range files {
 		if err := atomicfile.CreateExclusive(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+			keys.abort()
 			return fmt.Errorf("ca init: write %s: %w", f.name, err)
 		}
 	}
@@ -255,6 +254,9 @@ type Local struct {
 	key     crypto.Signer
 	policy  *Policy
 	ledger  *ledger
+	// keyCloser releases the PKCS#11 token of the issuing key (nil for a
+	// key file).
+	keyCloser io.Closer
 	// Now is the clock (tests replace it).
 	Now func() time.Time
 	// HardwareModuleNameSAN builds the subjectAltName extension that
@@ -280,12 +282,27 @@ func Open(dir, station string) (*Local, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := readKey(filepath.Join(dir, IssuingKeyFile))
+	key, keyCloser, err := openIssuingKey(dir)
 	if err != nil {
 		return nil, err
 	}
+	keyFile := IssuingKeyFile
+	if keyCloser != nil {
+		keyFile = IssuingKeyURIFile
+	}
+	l, err := open(dir, station, root, issuer, key, keyFile)
+	if err != nil && keyCloser != nil {
+		keyCloser.Close()
+	}
+	if l != nil {
+		l.keyCloser = keyCloser
+	}
+	return l, err
+}
+
+func open(dir, station string, root, issuer *x509.Certificate, key crypto.Signer, keyFile string) (*Local, error) {
 	if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(issuer.PublicKey) {
-		return nil, fmt.Errorf("CA %s: %s does not match %s", dir, IssuingKeyFile, IssuingCertFile)
+		return nil, fmt.Errorf("CA %s: %s does not match %s", dir, keyFile, IssuingCertFile)
 	}
 	if err := issuer.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("CA %s: %s is not signed by %s: %w", dir, IssuingCertFile, RootCertFile, err)
@@ -302,8 +319,16 @@ func Open(dir, station string) (*Local, error) {
 	return l, nil
 }
 
-// Close releases the ledger.
-func (l *Local) Close() error { return l.ledger.close() }
+// Close releases the ledger and the issuing key's token.
+func (l *Local) Close() error {
+	err := l.ledger.close()
+	if l.keyCloser != nil {
+		if cerr := l.keyCloser.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
 
 // Root is the CA's root certificate (the devices' factory trust anchor).
 func (l *Local) Root() *x509.Certificate { return l.root }

@@ -2,7 +2,7 @@
 // runs the local CA and programs boards over the factory serial bus. The
 // binary, enroll/cmd/devid-jig, is a thin main around Main.
 //
-//	devid-jig ca init --dir DIR [--name NAME]
+//	devid-jig ca init --dir DIR [--name NAME] [--pkcs11 URI]
 //	devid-jig program --port PATH (--ca-dir DIR | --est URL ...) [--tpm-roots FILE [--require-attestation]] [--json]
 //	devid-jig status  --port PATH
 //	devid-jig reset   --port PATH --yes
@@ -62,7 +62,7 @@ type streams struct {
 // commands is the command line, in the order help lists it ("help" is
 // handled before it: it lists the table).
 var commands = []command{
-	{name: "ca init", args: "--dir DIR [--name NAME]", required: []string{"dir"}, bind: caInit,
+	{name: "ca init", args: "--dir DIR [--name NAME] [--pkcs11 URI]", required: []string{"dir"}, bind: caInit,
 		purpose: "create a local CA (root + issuing intermediate) in a new directory",
 		example: "devid-jig ca init --dir /srv/devid-ca --name 'ACME line 1'"},
 	{name: "program", args: "--port DEVICE (--ca-dir DIR | --est URL --est-cert FILE --est-key FILE --est-ca FILE) [flags]", required: []string{"port"}, bind: program,
@@ -88,12 +88,18 @@ var commands = []command{
 func caInit(fs *flag.FlagSet, out streams) func(context.Context) error {
 	dir := fs.String("dir", "", "`DIR`, the CA directory to create")
 	name := fs.String("name", "devid factory", "`NAME` used in the CA subjects")
+	p11 := fs.String("pkcs11", "", "make the root and issuing keys in the PKCS#11 token named by `URI` "+
+		"(RFC 7512: pkcs11:token=LABEL;object=LABEL?module-path=LIB&pin-source=FILE; docs/ca.md) instead of key files")
 	return func(context.Context) error {
-		if err := ca.Init(*dir, ca.InitOptions{Name: *name}); err != nil {
+		if err := ca.Init(*dir, ca.InitOptions{Name: *name, PKCS11: *p11}); err != nil {
 			return err
 		}
 		fmt.Fprintf(out.stdout, "CA created in %s: root %s (give this to devices as factory.root), policy %s\n",
 			*dir, ca.RootCertFile, ca.PolicyFile)
+		if *p11 != "" {
+			fmt.Fprintf(out.stdout, "keys in the PKCS#11 token: %s, %s (the PIN is not recorded: give pin-source in the URI or set $%s)\n",
+				ca.IssuingKeyURIFile, ca.RootKeyURIFile, ca.PINEnv)
+		}
 		return nil
 	}
 }
