@@ -129,6 +129,21 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 	fp, _ := csr.KeyFingerprint(req.PublicKey)
 	progress(StepCSR, fmt.Sprintf("%d bytes, key sha256:%s", len(der), fp))
 
+	att, msg, err := attestStep(ctx, j, h, o, req.PublicKey)
+	ai, attesting := iss.(AttestingIssuer)
+	var refusal *Refusal
+	if errors.As(err, &refusal) && attesting {
+		if rerr := ai.RecordRefusal(ctx, req, att); rerr != nil {
+			err = fmt.Errorf("%w (and the ledger did not record it: %v)", err, rerr)
+		}
+	}
+	if err != nil {
+		return fail(StepAttest, err)
+	}
+	progress(StepAttest, msg)
+
+	// After the attest step, so that a line that requires attestation
+	// refuses an unattested board whether or not it is programmed.
 	if o.Reissue {
 		if _, ok := iss.(Revoker); !ok {
 			return fail(StepSign, fmt.Errorf("reissue: the issuer (%T) cannot revoke the certificate it would replace", iss))
@@ -144,25 +159,12 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 			serial := hex.EncodeToString(old[0].SerialNumber.Bytes())
 			progress(StepStatus, fmt.Sprintf("programmed already: serial %s, valid until %s; left alone", serial, old[0].NotAfter.UTC().Format(time.RFC3339)))
 			return &Result{DeviceID: h.DeviceID, Key: h.Key, Serial: serial, NotAfter: old[0].NotAfter,
-				ChainPEM: certstore.EncodePEM(old...), AlreadyProgrammed: true,
+				ChainPEM: certstore.EncodePEM(old...), AlreadyProgrammed: true, Attestation: att,
 				BytesSent: j.Sent, BytesReceived: j.Received}, nil
 		case why == "":
 			replace = hex.EncodeToString(old[0].SerialNumber.Bytes())
 		}
 	}
-
-	att, msg, err := attestStep(ctx, j, h, o, req.PublicKey)
-	ai, attesting := iss.(AttestingIssuer)
-	var refusal *Refusal
-	if errors.As(err, &refusal) && attesting {
-		if rerr := ai.RecordRefusal(ctx, req, att); rerr != nil {
-			err = fmt.Errorf("%w (and the ledger did not record it: %v)", err, rerr)
-		}
-	}
-	if err != nil {
-		return fail(StepAttest, err)
-	}
-	progress(StepAttest, msg)
 
 	var chain []*x509.Certificate
 	if attesting {
