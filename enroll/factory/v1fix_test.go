@@ -97,7 +97,8 @@ func TestEveryReplyFits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(state, good.Pool()), Log: slog.New(slog.DiscardHandler)}
+	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(state, good.Pool()), Log: slog.New(slog.DiscardHandler),
+		Attester: &fakeAttester{}}
 	n := factory.MaxSeq - 900 // six digits, the longest sequence number
 	seq := &n
 	okReply := func(what string, r []string) {
@@ -119,6 +120,8 @@ func TestEveryReplyFits(t *testing.T) {
 	status(factory.StateBlank)
 	pub := csrKey(t, d, seq)
 	status(factory.StateKeyed)
+	okReply("ATTEST", ask(t, d, next(seq), "ATTEST", nonceHex))
+	okReply("ATTEST READ", ask(t, d, next(seq), "ATTEST", "READ", "0"))
 
 	// A chain from a CA with a long name that the device does not trust.
 	bad := certstore.EncodePEM(other.Leaf(pub, id, nil), other.Issuer)
@@ -145,6 +148,10 @@ func TestEveryReplyFits(t *testing.T) {
 	}
 	if r := status(factory.StateInconsistent); !strings.Contains(strings.Join(r, " "), "serial="+strings.Repeat("7f", 20)) {
 		t.Fatalf("STATUS dropped the serial: %q", r)
+	}
+	if r := ask(t, d, next(seq), "HELLO"); r[0] != "OK" || !strings.Contains(strings.Join(r, " "), "id="+id+" ") ||
+		!strings.Contains(strings.Join(r, " "), "attest=1") {
+		t.Fatalf("HELLO with the longest ID: %q", r)
 	}
 	// error: a chain file that does not parse, under a long path.
 	if err := os.WriteFile(d.Certs.Path(), []byte("garbage"), 0o600); err != nil {
