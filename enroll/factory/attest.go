@@ -100,7 +100,7 @@ func (d *Device) needKey() []string {
 	case err == nil:
 		return nil
 	case errors.Is(err, keys.ErrNoKey):
-		return nak(ReasonState, "no", "device", "key;", "send", "CSR", "first")
+		return d.stateNAK(ReasonState)
 	}
 	return nak(ReasonInternal, Words(err.Error())...)
 }

@@ -22,6 +22,11 @@ import (
 // new byte before dropping it (and NAKing "timeout").
 const DefaultFrameTimeout = 2 * time.Second
 
+// DefaultBusyInterval is how often Serve sends "SEQ BUSY" while a command
+// is still running (key generation on a discrete TPM, disk syncs), so
+// that the jig can tell a working board from a dead one.
+const DefaultBusyInterval = 500 * time.Millisecond
+
 // Device serves the factory protocol on one port. Fields must be set
 // before Serve; Serve is not safe to call twice at once.
 type Device struct {
@@ -39,6 +44,8 @@ type Device struct {
 	// HELLO offers attest=1 and ATTEST and ACTIVATE work. nil (a software
 	// key, or no attestation support) makes them answer NAK unsupported.
 	Attester Attester
+	// BusyInterval is DefaultBusyInterval when zero.
+	BusyInterval time.Duration
 
 	// Session state: reset by RESET and at start.
 	outbox   []byte // last CSR (DER), read with READ
@@ -49,7 +56,8 @@ type Device struct {
 	token    string // pending RESET confirmation
 	attOut   []byte // last attestation statement, read with ATTEST READ
 	act      activation
-	lastReq  []byte // last request line executed
+	chainOut []byte // installed chain as CHAIN announced it, read with CHAIN READ
+	lastReq  *Frame // last request executed (parsed: CRC case does not matter)
 	lastResp []byte // and its response, replayed for a repeat
 }
 
@@ -60,13 +68,23 @@ func (d *Device) Serve(ctx context.Context, port serial.Port) error {
 	if idle <= 0 {
 		idle = DefaultFrameTimeout
 	}
+	// A power cut during COMMIT or key creation leaves temp files; at
+	// start nothing else can be writing them.
+	d.removeTemps()
 	r := NewLineReader(port)
 	for {
 		line, err := r.Next(ctx, time.Time{}, idle)
 		var resp []byte
 		switch {
 		case err == nil:
-			resp = d.handle(ctx, line)
+			var werr error
+			resp, werr = d.handleBusy(ctx, port, line)
+			if werr != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("factory bus: %w", werr)
+			}
 		case errors.Is(err, ErrLineTooLong):
 			resp = Encode(NoSeq, "NAK", ReasonTooLong, "line", "longer", "than", strconv.Itoa(MaxLine), "bytes")
 		case errors.Is(err, ErrPartialLine):
@@ -138,15 +156,16 @@ func (d *Device) handle(ctx context.Context, line []byte) []byte {
 		d.log().Warn("bad frame", "reason", fe.Reason, "detail", fe.Detail)
 		return EncodeFit(fe.Seq, "NAK", 1, append([]string{fe.Reason}, Words(fe.Detail)...)...)
 	}
-	if f.Verb == "OK" || f.Verb == "NAK" {
+	if isReply(f.Verb) {
 		return nil // our own replies looped back: answering would start a storm
 	}
 	if !f.CRC && f.Verb != "HELLO" && f.Verb != "STATUS" {
 		return EncodeFit(f.Seq, "NAK", 1, ReasonCRCMissing, f.Verb, "needs", "a", "CRC")
 	}
-	// A repeat of the last request (same bytes, so same seq) means our
-	// reply was lost: send it again without executing twice.
-	if d.lastResp != nil && bytes.Equal(line, d.lastReq) {
+	// A repeat of the last request (same sequence number, verb and
+	// arguments, however the CRC digits were cased) means our reply was
+	// lost: send it again without executing twice.
+	if d.lastResp != nil && sameRequest(d.lastReq, f) {
 		d.log().Debug("repeat", "seq", f.Seq, "verb", f.Verb)
 		return d.lastResp
 	}
@@ -169,7 +188,7 @@ func (d *Device) handle(ctx context.Context, line []byte) []byte {
 	resp := EncodeFit(f.Seq, args[0], keep, args[1:]...)
 	// Chunk transfers are many and bulky: keep them out of the default log.
 	level := slog.LevelInfo
-	if f.Verb == "READ" || (len(f.Args) > 0 && args[0] == "OK" &&
+	if f.Verb == "READ" || f.Verb == "CHAIN" && len(f.Args) > 0 || (len(f.Args) > 0 && args[0] == "OK" &&
 		((f.Verb == "INSTALL" || f.Verb == "ACTIVATE") && f.Args[0] == "DATA" || f.Verb == "ATTEST" && f.Args[0] == "READ")) {
 		level = slog.LevelDebug
 	}
@@ -178,8 +197,23 @@ func (d *Device) handle(ctx context.Context, line []byte) []byte {
 		logged = "OK ACTIVATE COMMIT (secret not logged)"
 	}
 	d.log().Log(context.Background(), level, "command", "seq", f.Seq, "verb", f.Verb, "reply", logged)
-	d.lastReq, d.lastResp = append([]byte(nil), line...), resp
+	d.lastReq, d.lastResp = &f, resp
 	return resp
+}
+
+// sameRequest reports whether f repeats last: the parsed request, not its
+// bytes, so "1 RESET *ABCDEF12" repeats "1 RESET *abcdef12" and "1 hello"
+// repeats "1 HELLO".
+func sameRequest(last *Frame, f Frame) bool {
+	if last == nil || last.Seq != f.Seq || last.Verb != f.Verb || len(last.Args) != len(f.Args) {
+		return false
+	}
+	for i := range f.Args {
+		if last.Args[i] != f.Args[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // release closes a key that holds a resource (a TPM key holds one of the
@@ -212,6 +246,8 @@ func (d *Device) exec(ctx context.Context, f Frame) []string {
 		return d.csr()
 	case "READ":
 		return d.read(f.Args)
+	case "CHAIN":
+		return d.chainCmd(f.Args)
 	case "INSTALL":
 		return d.install(f.Args)
 	case "RESET":
@@ -257,7 +293,7 @@ func (d *Device) status() []string {
 	if why != "" {
 		out = append(out, "detail="+sanitize(why))
 	}
-	return out
+	return fitStatus(out)
 }
 
 func (d *Device) csr() []string {
@@ -267,7 +303,7 @@ func (d *Device) csr() []string {
 		// Making a key while a certificate is stored would orphan that
 		// certificate: only RESET may start a new identity.
 		if _, cerr := d.Certs.Load(); cerr == nil {
-			return nak(ReasonRefused, "device", "has", "a", "certificate", "but", "no", "key;", "RESET", "first")
+			return d.stateNAK(ReasonRefused)
 		}
 		key, err = d.Keys.Create()
 	}
@@ -344,7 +380,7 @@ func (d *Device) commit() []string {
 	key, err := d.Keys.Load()
 	defer keys.Close(key)
 	if errors.Is(err, keys.ErrNoKey) {
-		return nak(ReasonState, "no", "device", "key;", "send", "CSR", "first")
+		return d.stateNAK(ReasonState)
 	}
 	if err != nil {
 		return nak(ReasonInternal, Words(err.Error())...)
@@ -384,7 +420,8 @@ func (d *Device) reset(args []string) []string {
 		if err := d.Keys.Destroy(); err != nil {
 			return nak(ReasonInternal, Words(err.Error())...)
 		}
-		d.outbox, d.upload, d.upOpen, d.attOut, d.act = nil, nil, false, nil, activation{}
+		d.outbox, d.upload, d.upOpen, d.attOut, d.act, d.chainOut = nil, nil, false, nil, activation{}, nil
+		d.removeTemps()
 		d.log().Warn("factory reset: key and certificate destroyed")
 		return []string{"OK", "RESET", "done", "state=" + string(StateBlank)}
 	}

@@ -10,9 +10,12 @@
 // bytes; the device answers each request with "SEQ OK ..." or
 // "SEQ NAK REASON DETAIL...". Payloads (the CSR, the certificate chain)
 // move in base64 chunks of at most Chunk bytes, one stop-and-wait request
-// each, so they fit small UART buffers. Every command is idempotent, and a
-// request repeated with the same bytes gets the same reply without being
-// executed twice, so the jig can always time out and retry.
+// each, so they fit small UART buffers. Every reply fits MaxLine too.
+// Every command is idempotent, and a repeated request (the same sequence
+// number, verb and arguments, however its CRC is cased) gets the same
+// reply without being executed twice, so the jig can always time out and
+// retry. While a command runs long the device sends "SEQ BUSY", so that
+// the jig can tell a working board from a dead one.
 //
 // docs/factory-protocol.md is the normative description.
 package factory

@@ -86,6 +86,8 @@ func FuzzHandle(f *testing.F) {
 		factory.Encode(7, "INSTALL", "DATA", "0", "QUJD"), factory.Encode(8, "INSTALL", "COMMIT"),
 		factory.Encode(9, "RESET"), factory.Encode(10, "RESET", "00000000"), factory.Encode(11, "INSTALL", "DATA", "-1", "===="),
 		[]byte("12 status"), []byte("13 OK HELLO"),
+		factory.Encode(14, "CHAIN"), factory.Encode(15, "CHAIN", "READ", "0"), factory.Encode(16, "CHAIN", "READ", "-7"),
+		[]byte("17 BUSY *00000000"), bytes.ToUpper(factory.Encode(9, "RESET")),
 		// Requests whose echo made a reply over MaxLine.
 		factory.Encode(999999, strings.Repeat("Z", factory.MaxLine-17)),
 		[]byte("999999 " + strings.Repeat("z", factory.MaxLine-7)),

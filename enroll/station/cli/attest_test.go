@@ -170,3 +170,56 @@ func TestTPMRootsWithoutVerifier(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, errOut.String())
 	}
 }
+
+// TestProgramReissueFlags: a second `devid-jig program` leaves a board
+// with a valid certificate alone; --reissue replaces it and revokes the
+// old serial; `status --chain` prints the installed chain.
+func TestProgramReissueFlags(t *testing.T) {
+	t.Parallel()
+	caDir := filepath.Join(t.TempDir(), "ca")
+	if err := ca.Init(caDir, ca.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	link := serialtest.NewLink(t)
+	serveBoard(t, link.DeviceTTY, "cli-again-1", caDir, nil)
+	run := func(args ...string) (string, string, int) {
+		var out, errOut bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		code := Main(ctx, Build{}, args, &out, &errOut)
+		return out.String(), errOut.String(), code
+	}
+	type result struct {
+		OK                bool
+		Serial            string
+		AlreadyProgrammed bool   `json:"already_programmed"`
+		ReplacedSerial    string `json:"replaced_serial"`
+	}
+	program := func(args ...string) result {
+		t.Helper()
+		out, errOut, code := run(append([]string{"program", "--ca-dir", caDir, "--station", "t", "--port", link.JigTTY, "--json"}, args...)...)
+		var r result
+		if code != 0 || json.Unmarshal([]byte(out), &r) != nil || !r.OK {
+			t.Fatalf("program %q: exit %d\n%s%s", args, code, out, errOut)
+		}
+		return r
+	}
+	first := program()
+	again := program()
+	if first.AlreadyProgrammed || !again.AlreadyProgrammed || again.Serial != first.Serial {
+		t.Fatalf("second run: %+v after %+v", again, first)
+	}
+	re := program("--reissue")
+	if re.AlreadyProgrammed || re.Serial == first.Serial || re.ReplacedSerial != first.Serial {
+		t.Fatalf("--reissue: %+v after %+v", re, first)
+	}
+	out, errOut, code := run("status", "--port", link.JigTTY, "--chain")
+	certs, err := certstore.ParsePEM([]byte(out[strings.Index(out, "-----BEGIN"):]))
+	if code != 0 || err != nil || len(certs) != 2 || !strings.Contains(out, "serial "+re.Serial) {
+		t.Fatalf("status --chain: exit %d %v\n%s%s", code, err, out, errOut)
+	}
+	if _, errOut, code := run("program", "--est", "https://127.0.0.1:1", "--est-cert", "c", "--est-key", "k", "--est-ca", "r",
+		"--port", link.JigTTY, "--reissue"); code != 2 || !strings.Contains(errOut, "--reissue needs --ca-dir") {
+		t.Fatalf("--reissue with EST: exit %d %s", code, errOut)
+	}
+}

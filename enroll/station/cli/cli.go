@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -116,7 +117,7 @@ func addPortFlags(fs *flag.FlagSet) portFlags {
 	return portFlags{
 		port:    fs.String("port", "", "serial `DEVICE` the board is on"),
 		baud:    fs.Int("baud", 115200, "serial line rate in `BAUD`"),
-		timeout: fs.Duration("timeout", jig.DefaultReplyTimeout, "wait `DURATION` for one reply before re-sending"),
+		timeout: fs.Duration("timeout", jig.DefaultReplyTimeout, "wait `DURATION` of silence for one reply before re-sending (a board that answers BUSY is waited for longer)"),
 		retries: fs.Int("retries", jig.DefaultRetries, "`N` re-sends per request"),
 	}
 }
@@ -156,6 +157,8 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 	tpmRoots := fs.String("tpm-roots", "", "PEM `FILE` of TPM maker roots: boards that offer attestation must prove their key is in such a TPM")
 	requireAtt := fs.Bool("require-attestation", false, "refuse boards that do not prove a TPM key (needs --tpm-roots; also set by the CA's require_tpm_attestation)")
 	asJSON := fs.Bool("json", false, "print one JSON object (also for a failure: ok false, step, error) instead of the result line")
+	reissue := fs.Bool("reissue", false, "give a board that holds a valid certificate from this CA a new one and revoke the old serial (local CA only)")
+	factoryRoot := fs.String("factory-root", "", "PEM `FILE` of the root the EST CA issues under: a board holding a valid certificate from it is left alone (default with --ca-dir: its root.pem)")
 	return func(ctx context.Context) error {
 		stdout, stderr := out.stdout, out.stderr
 		start := time.Now()
@@ -182,7 +185,21 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 		if *requireAtt && *tpmRoots == "" {
 			return fail("setup", cmdline.Usage(errors.New("--require-attestation needs --tpm-roots")))
 		}
-		opts := jig.Options{RequireAttestation: *requireAtt}
+		if *reissue && *caDir == "" {
+			return fail("setup", cmdline.Usage(errors.New("--reissue needs --ca-dir: revoking the replaced certificate needs the local CA's ledger")))
+		}
+		opts := jig.Options{RequireAttestation: *requireAtt, Reissue: *reissue}
+		rootFile := *factoryRoot
+		if rootFile == "" && *caDir != "" {
+			rootFile = filepath.Join(*caDir, ca.RootCertFile)
+		}
+		if rootFile != "" {
+			roots, err := certstore.LoadRoots(rootFile)
+			if err != nil {
+				return fail("setup", fmt.Errorf("factory root: %w", err))
+			}
+			opts.Roots = roots
+		}
 		var iss jig.Issuer
 		if *caDir != "" {
 			local, err := ca.Open(*caDir, *station)
@@ -232,10 +249,16 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 		if *asJSON {
 			progressOut = stderr // stdout carries exactly one JSON object
 		}
-		n := 0
+		n, total := 0, 6
 		res, err := jig.ProgramWith(ctx, j, iss, opts, func(s jig.Step, msg string) {
 			n++
-			fmt.Fprintf(progressOut, "[%d/6] %-7s %s\n", n, s, msg)
+			switch {
+			case s == jig.StepStatus && n == 4:
+				total = 4 // programmed already and left alone: hello, csr, attest, status
+			case s == jig.StepRevoke:
+				total = 7 // a --reissue revokes the certificate it replaced
+			}
+			fmt.Fprintf(progressOut, "[%d/%d] %-7s %s\n", n, total, s, msg)
 		})
 		elapsed := time.Since(start)
 		if err != nil {
@@ -253,7 +276,14 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 				"not_after": res.NotAfter.UTC().Format(time.RFC3339), "key_backend": res.Key, "station": *station,
 				"elapsed_ms": elapsed.Milliseconds(), "bytes_sent": res.BytesSent, "bytes_received": res.BytesReceived,
 				"attestation": res.Attestation.Outcome, "ek_sha256": res.Attestation.EKSHA256,
+				"already_programmed": res.AlreadyProgrammed, "replaced_serial": res.Replaced,
 			})
+		}
+		if res.AlreadyProgrammed {
+			fmt.Fprintf(stdout, "OK device %s serial %s not_after %s programmed already, left alone (--reissue for a new certificate) in %v (%d bytes on the wire)\n",
+				res.DeviceID, res.Serial, res.NotAfter.UTC().Format(time.RFC3339), elapsed.Round(time.Millisecond),
+				res.BytesSent+res.BytesReceived)
+			return nil
 		}
 		fmt.Fprintf(stdout, "OK device %s serial %s not_after %s in %v (%d bytes on the wire)\n",
 			res.DeviceID, res.Serial, res.NotAfter.UTC().Format(time.RFC3339), elapsed.Round(time.Millisecond),
@@ -278,6 +308,7 @@ var hardwareModuleNameSAN = func(hwType asn1.ObjectIdentifier, hwSerial []byte) 
 
 func status(fs *flag.FlagSet, out streams) func(context.Context) error {
 	pf := addPortFlags(fs)
+	chain := fs.Bool("chain", false, "then print the installed certificate chain (PEM, leaf first) as the board reads it back")
 	return func(ctx context.Context) error {
 		stdout := out.stdout
 		port, j, h, err := pf.hello(ctx)
@@ -297,6 +328,14 @@ func status(fs *flag.FlagSet, out streams) func(context.Context) error {
 			fmt.Fprintf(stdout, " detail %q", st.Detail)
 		}
 		fmt.Fprintln(stdout)
+		if *chain {
+			b, err := j.Chain(ctx)
+			if err != nil {
+				return fmt.Errorf("read the chain: %w", err)
+			}
+			_, err = stdout.Write(b)
+			return err
+		}
 		return nil
 	}
 }

@@ -98,6 +98,15 @@ type Options struct {
 	RequireAttestation bool
 	// Rand is the nonce source; nil means crypto/rand.
 	Rand io.Reader
+	// Roots are the roots of the issuing CA. With them, a board that
+	// reports state programmed is asked for its chain (CHAIN), and one
+	// that holds a valid certificate from this CA for its key is left
+	// alone (Result.AlreadyProgrammed). nil: every board is issued a
+	// certificate, as a jig from before CHAIN.
+	Roots *x509.CertPool
+	// Reissue issues a new certificate to a board that holds a valid one
+	// and then revokes the old serial; the Issuer must be a Revoker.
+	Reissue bool
 }
 
 // attestStep runs the attest step for a board whose HELLO is h and whose

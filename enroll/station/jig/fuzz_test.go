@@ -34,7 +34,7 @@ func replies(frames ...[]string) []byte {
 }
 
 // FuzzJigReplies feeds arbitrary device output to every jig command in
-// turn (HELLO, CSR with its READs, STATUS, INSTALL, RESET, ATTEST with
+// turn (HELLO, CSR with its READs, CHAIN with its READs, STATUS, INSTALL, RESET, ATTEST with
 // its READs, ACTIVATE): the jig must
 // never panic or hang, and what it accepts must be consistent: a HELLO
 // with an id and a usable chunk size, a CSR that matches its announced
@@ -63,6 +63,8 @@ func FuzzJigReplies(f *testing.F) {
 		[]string{"OK", "ATTEST", "size=3", "sha256=" + hex.EncodeToString(sum[:])}, []string{"OK", "DATA", "0", "QUJD"},
 		[]string{"NAK", "attest", "no-ek-cert", "none"}, []string{"OK", "ACTIVATE", "COMMIT", "secret="}))
 	f.Add(replies([]string{"NAK", "unknown-command", "HELLO"}))
+	f.Add(append(factory.Encode(1, "BUSY"), replies([]string{"OK", "HELLO", "proto=1", "id=b"})...))
+	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b"}, []string{"OK", "CHAIN", "size=3", "sha256=" + hex.EncodeToString(sum[:])}, []string{"OK", "CHAIN", "DATA", "0", "QUJD"}))
 	f.Add(append([]byte("- NAK crc computed 1 *00000000\n- NAK timeout x\n"), replies([]string{"OK", "HELLO", "proto=2", "id=x"})...))
 	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b", "chunk=-5"}, []string{"OK", "CSR", "size=99999999", "sha256=zz"}))
 	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b"}, []string{"OK", "CSR", "size=3", "sha256=" + hex.EncodeToString(sum[:])}, []string{"OK", "DATA", "0", "QUJDRA=="}))
@@ -81,6 +83,9 @@ func FuzzJigReplies(f *testing.F) {
 			if len(der) == 0 || len(der) > factory.MaxPayload {
 				t.Fatalf("accepted a CSR of %d bytes", len(der))
 			}
+		}
+		if c, err := j.Chain(ctx); err == nil && (len(c) == 0 || len(c) > factory.MaxPayload) {
+			t.Fatalf("accepted a chain of %d bytes", len(c))
 		}
 		_, _ = j.Status(ctx)
 		_, _ = j.Install(ctx, []byte("chain"), 0)

@@ -18,13 +18,18 @@ import (
 	"devid/hal/serial"
 )
 
-// Jig defaults.
+// Jig defaults. A dead board is given up after (DefaultRetries+1) ×
+// DefaultReplyTimeout = 9 s of silence, whatever the command; a board
+// that answers "SEQ BUSY" is working and is waited for, up to
+// DefaultSlowTimeout (docs/factory-protocol.md, section 7).
 const (
-	// DefaultReplyTimeout bounds the wait for a reply to a quick command.
-	DefaultReplyTimeout = 2 * time.Second
-	// DefaultSlowTimeout bounds CSR (a discrete TPM can take seconds to
-	// make a key), INSTALL COMMIT and RESET (disk syncs).
-	DefaultSlowTimeout = 30 * time.Second
+	// DefaultReplyTimeout bounds the silence after a request (or after
+	// the device's last BUSY frame for it) before the request is re-sent.
+	DefaultReplyTimeout = 1500 * time.Millisecond
+	// DefaultSlowTimeout bounds the whole wait for one reply while the
+	// device keeps sending BUSY (key generation on a discrete TPM,
+	// TPM attestation, disk syncs).
+	DefaultSlowTimeout = 2 * time.Minute
 	// DefaultRetries is how many times a request is re-sent after a
 	// timeout, a corrupt reply or a frame-level NAK.
 	DefaultRetries = 5
@@ -67,6 +72,8 @@ type Jig struct {
 	r    *factory.LineReader
 	seq  int
 	// ReplyTimeout, SlowTimeout and Retries default to the constants.
+	// ReplyTimeout is the silence allowed per attempt; SlowTimeout caps
+	// one attempt while the device sends BUSY.
 	ReplyTimeout time.Duration
 	SlowTimeout  time.Duration
 	Retries      int
@@ -94,16 +101,21 @@ func (j *Jig) nextSeq() int {
 }
 
 // Do sends one request and waits for its reply, re-sending on timeouts,
-// corrupt replies and frame-level NAKs. slow selects SlowTimeout.
+// corrupt replies and frame-level NAKs. Each attempt waits ReplyTimeout
+// for the reply; a "SEQ BUSY" frame from the device restarts that wait,
+// up to SlowTimeout for the attempt. slow marks the commands that may
+// keep a device busy (CSR, COMMITs, ATTEST, RESET TOKEN); BUSY frames
+// extend the wait for them only.
 func (j *Jig) Do(ctx context.Context, slow bool, verb string, args ...string) (*Reply, error) {
 	timeout, retries := j.ReplyTimeout, j.Retries
 	if timeout <= 0 {
 		timeout = DefaultReplyTimeout
 	}
+	limit := time.Duration(0)
 	if slow {
-		timeout = j.SlowTimeout
-		if timeout <= 0 {
-			timeout = DefaultSlowTimeout
+		limit = j.SlowTimeout
+		if limit <= 0 {
+			limit = DefaultSlowTimeout
 		}
 	}
 	if retries <= 0 {
@@ -125,7 +137,7 @@ func (j *Jig) Do(ctx context.Context, slow bool, verb string, args ...string) (*
 			return nil, fmt.Errorf("%s: %w", verb, err)
 		}
 		j.Sent += len(frame)
-		rep, err := j.await(ctx, seq, verb, time.Now().Add(timeout))
+		rep, err := j.await(ctx, seq, verb, timeout, limit)
 		if err == nil {
 			return rep, nil
 		}
@@ -139,8 +151,12 @@ func (j *Jig) Do(ctx context.Context, slow bool, verb string, args ...string) (*
 }
 
 // await reads lines until the reply to seq, a frame-level NAK (retry), or
-// the deadline. Replies to other sequence numbers are stale and skipped.
-func (j *Jig) await(ctx context.Context, seq int, verb string, deadline time.Time) (*Reply, error) {
+// timeout of silence; a BUSY for seq restarts the timeout, up to limit
+// after the start (zero: BUSY is ignored). Replies to other sequence
+// numbers are stale and skipped.
+func (j *Jig) await(ctx context.Context, seq int, verb string, timeout, limit time.Duration) (*Reply, error) {
+	start := time.Now()
+	deadline := start.Add(timeout)
 	for {
 		line, err := j.r.Next(ctx, deadline, 0)
 		if err != nil {
@@ -163,6 +179,14 @@ func (j *Jig) await(ctx context.Context, seq int, verb string, deadline time.Tim
 			}
 			return nil, fmt.Errorf("device could not read the frame: %s", strings.Join(f.Args, " "))
 		case f.Seq != seq:
+			continue
+		case f.Verb == "BUSY":
+			if limit > 0 {
+				deadline = time.Now().Add(timeout)
+				if end := start.Add(limit); deadline.After(end) {
+					deadline = end
+				}
+			}
 			continue
 		case f.Verb == "NAK":
 			if len(f.Args) == 0 {
@@ -381,4 +405,18 @@ func (j *Jig) Reset(ctx context.Context) error {
 	}
 	_, err = j.Do(ctx, true, "RESET", tok)
 	return err
+}
+
+// Chain reads the chain installed on the device back (CHAIN, then CHAIN
+// READ...) as PEM, leaf first, checked against the announced size and
+// SHA-256. A device without a chain answers NAK state.
+func (j *Jig) Chain(ctx context.Context) ([]byte, error) {
+	rep, err := j.Do(ctx, false, "CHAIN")
+	if err != nil {
+		return nil, err
+	}
+	if len(rep.Args) < 1 || rep.Args[0] != "CHAIN" {
+		return nil, fmt.Errorf("CHAIN reply: want OK CHAIN size=N sha256=H, got %q", rep.Args)
+	}
+	return j.readout(ctx, rep, "CHAIN", []string{"CHAIN", "READ"}, []string{"CHAIN", "DATA"})
 }

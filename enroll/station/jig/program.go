@@ -2,6 +2,7 @@ package jig
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -33,7 +34,26 @@ const (
 	StepSign    Step = "sign"
 	StepInstall Step = "install"
 	StepStatus  Step = "status"
+	// StepRevoke revokes the certificate a --reissue replaced.
+	StepRevoke Step = "revoke"
 )
+
+// Revoker is an Issuer that can revoke one certificate by serial (the
+// local CA, enroll/station/ca). Options.Reissue needs one.
+type Revoker interface {
+	RevokeSerial(serial, reason string) error
+}
+
+// RevocationChecker is an Issuer that knows whether a serial it issued is
+// revoked; a programmed board whose certificate is revoked is not left
+// alone.
+type RevocationChecker interface {
+	SerialRevoked(serial string) (bool, error)
+}
+
+// ReissueReason is the ledger's revocation reason for a certificate that
+// --reissue replaced.
+const ReissueReason = "superseded"
 
 // Result is what a programming run produced.
 type Result struct {
@@ -46,6 +66,11 @@ type Result struct {
 	Attestation station.Attestation
 	// BytesSent and BytesReceived count the wire traffic of the run.
 	BytesSent, BytesReceived int
+	// AlreadyProgrammed: the board held a valid certificate from this CA
+	// and was left alone; Serial, NotAfter and ChainPEM are that one.
+	AlreadyProgrammed bool
+	// Replaced is the serial a reissue revoked ("" if none).
+	Replaced string
 }
 
 // StepError says which step of a programming run failed.
@@ -117,6 +142,30 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 	}
 	progress(StepAttest, msg)
 
+	// After the attest step, so that a line that requires attestation
+	// refuses an unattested board whether or not it is programmed.
+	if o.Reissue {
+		if _, ok := iss.(Revoker); !ok {
+			return fail(StepSign, fmt.Errorf("reissue: the issuer (%T) cannot revoke the certificate it would replace", iss))
+		}
+	}
+	var replace string // serial of a valid certificate to revoke after a reissue
+	if h.State == factory.StateProgrammed && o.Roots != nil {
+		old, why, err := installedValid(ctx, j, iss, h.DeviceID, req.PublicKey, o.Roots)
+		switch {
+		case err != nil:
+			return fail(StepStatus, err)
+		case why == "" && !o.Reissue:
+			serial := hex.EncodeToString(old[0].SerialNumber.Bytes())
+			progress(StepStatus, fmt.Sprintf("programmed already: serial %s, valid until %s; left alone", serial, old[0].NotAfter.UTC().Format(time.RFC3339)))
+			return &Result{DeviceID: h.DeviceID, Key: h.Key, Serial: serial, NotAfter: old[0].NotAfter,
+				ChainPEM: certstore.EncodePEM(old...), AlreadyProgrammed: true, Attestation: att,
+				BytesSent: j.Sent, BytesReceived: j.Received}, nil
+		case why == "":
+			replace = hex.EncodeToString(old[0].SerialNumber.Bytes())
+		}
+	}
+
 	var chain []*x509.Certificate
 	if attesting {
 		chain, err = ai.IssueAttested(ctx, req, att)
@@ -150,8 +199,62 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 		return fail(StepStatus, fmt.Errorf("device reports state %s serial %s after install (detail %q)", st.State, st.Serial, st.Detail))
 	}
 	progress(StepStatus, "programmed")
+	if replace != "" && replace != serial {
+		if err := iss.(Revoker).RevokeSerial(replace, ReissueReason); err != nil {
+			return fail(StepRevoke, fmt.Errorf("the board holds the new serial %s, but the replaced %s is not revoked: %w", serial, replace, err))
+		}
+		progress(StepRevoke, fmt.Sprintf("replaced serial %s revoked (%s)", replace, ReissueReason))
+	}
 	return &Result{
 		DeviceID: h.DeviceID, Key: h.Key, Serial: serial, NotAfter: chain[0].NotAfter, ChainPEM: chainPEM, Attestation: att,
-		BytesSent: j.Sent, BytesReceived: j.Received,
+		BytesSent: j.Sent, BytesReceived: j.Received, Replaced: replace,
 	}, nil
+}
+
+// installedValid reads the board's installed chain (CHAIN) and checks it
+// as a certificate from this CA: it verifies to roots through its
+// intermediates now, for client authentication; the leaf carries the
+// device key (pub, from the CSR) and the device ID; and, when iss keeps a
+// ledger, it is not revoked. why says what is wrong ("" when valid);
+// err is a bus failure. A board whose firmware predates CHAIN (NAK
+// unknown-command) cannot be checked: why says so and it is programmed
+// as before.
+func installedValid(ctx context.Context, j *Jig, iss Issuer, deviceID string, pub crypto.PublicKey, roots *x509.CertPool) ([]*x509.Certificate, string, error) {
+	b, err := j.Chain(ctx)
+	var nk *NAKError
+	if errors.As(err, &nk) {
+		return nil, "the board cannot send its chain: " + nk.Error(), nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	certs, err := certstore.ParsePEM(b)
+	if err != nil {
+		return nil, "installed chain: " + err.Error(), nil
+	}
+	leaf := certs[0]
+	if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(leaf.PublicKey) {
+		return certs, "installed certificate is for another key", nil
+	}
+	if leaf.Subject.CommonName != deviceID {
+		return certs, fmt.Sprintf("installed certificate is for %q", leaf.Subject.CommonName), nil
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return certs, "installed certificate is not valid from this CA: " + err.Error(), nil
+	}
+	if rc, ok := iss.(RevocationChecker); ok {
+		revoked, err := rc.SerialRevoked(hex.EncodeToString(leaf.SerialNumber.Bytes()))
+		switch {
+		case err != nil:
+			return certs, "installed certificate: " + err.Error(), nil
+		case revoked:
+			return certs, "installed certificate is revoked", nil
+		}
+	}
+	return certs, "", nil
 }

@@ -22,19 +22,19 @@ const docPath = "../../../docs/factory-protocol.md"
 // every frame in them must parse with a correct CRC, and every reply must
 // carry its request's sequence number. With -update-doc it records fresh
 // programming runs over a pty and writes them into the doc: a software-key
-// board (transcript), and a board that attests with the test fake
-// (attest-transcript).
+// board (transcript), a board that attests with the test fake
+// (attest-transcript), and the second run on a programmed board, which
+// reads the chain back and leaves the board alone (programmed-transcript).
 func TestDocTranscript(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		attest bool
-		min    int
-	}{{"transcript", false, 20}, {"attest-transcript", true, 30}} {
-		t.Run(tc.name, func(t *testing.T) { checkTranscript(t, tc.name, tc.attest, tc.min) })
+		name string
+		min  int
+	}{{"transcript", 20}, {"attest-transcript", 30}, {"programmed-transcript", 16}} {
+		t.Run(tc.name, func(t *testing.T) { checkTranscript(t, tc.name, tc.min) })
 	}
 }
 
-func checkTranscript(t *testing.T, name string, attest bool, minFrames int) {
+func checkTranscript(t *testing.T, name string, minFrames int) {
 	beginMark, endMark := "<!-- "+name+":begin -->", "<!-- "+name+":end -->"
 	doc, err := os.ReadFile(docPath)
 	if err != nil {
@@ -46,7 +46,7 @@ func checkTranscript(t *testing.T, name string, attest bool, minFrames int) {
 		t.Fatalf("%s lacks the %s markers", docPath, name)
 	}
 	if *updateDoc {
-		body = "\n```text\n" + record(t, attest) + "```\n"
+		body = "\n```text\n" + record(t, name) + "```\n"
 		if err := os.WriteFile(docPath, []byte(before+beginMark+body+endMark+after), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -75,16 +75,22 @@ func checkTranscript(t *testing.T, name string, attest bool, minFrames int) {
 }
 
 // record programs a device over a link and returns the traffic, one frame
-// per line: "> " jig to device, "< " device to jig. With attest the
-// device has the fake TPM and the jig its verifier.
-func record(t *testing.T, attest bool) string {
+// per line: "> " jig to device, "< " device to jig. For
+// attest-transcript the device has the fake TPM and the jig its verifier;
+// for programmed-transcript the board is programmed first, unrecorded,
+// and the jig runs again with the CA's roots.
+func record(t *testing.T, name string) string {
 	l := attestCA(t)
 	link := serialtest.NewLink(t)
 	o := jig.Options{}
-	if attest {
+	switch name {
+	case "attest-transcript":
 		startTPMDevice(t, link.DeviceTTY, "board-0002", l, nil)
 		o = attestOpts()
-	} else {
+	case "programmed-transcript":
+		startDevice(t, link.DeviceTTY, "board-0003", rootPool(l))
+		o.Roots = rootPool(l)
+	default:
 		startDevice(t, link.DeviceTTY, "board-0001", rootPool(l))
 	}
 	var mu sync.Mutex
@@ -114,9 +120,21 @@ func record(t *testing.T, attest bool) string {
 	}
 	defer p.Close()
 	j := jig.New(p)
+	if name == "programmed-transcript" {
+		if _, err := jig.ProgramWith(testCtx(t), j, l, o, nil); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		out.Reset()
+		mu.Unlock()
+	}
 	j.SetSeq(0)
-	if _, err := jig.ProgramWith(testCtx(t), j, l, o, nil); err != nil {
+	res, err := jig.ProgramWith(testCtx(t), j, l, o, nil)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if name == "programmed-transcript" && !res.AlreadyProgrammed {
+		t.Fatal("the second run did not leave the board alone")
 	}
 	mu.Lock()
 	defer mu.Unlock()
