@@ -69,6 +69,7 @@ var commands = []command{
 	{name: "program", args: "--port DEVICE (--ca-dir DIR | --est URL --est-cert FILE --est-key FILE --est-ca FILE) [flags]", required: []string{"port"}, bind: program,
 		purpose: "program one device: HELLO, CSR, attest, sign, INSTALL, STATUS",
 		example: "devid-jig program --port /dev/ttyUSB0 --ca-dir /srv/devid-ca"},
+	stationCommand, // station.go
 	{name: "status", args: "--port DEVICE [flags]", required: []string{"port"}, bind: status,
 		purpose: "print a device's identity state (key, certificate) as the device reports it",
 		example: "devid-jig status --port /dev/ttyUSB0"},

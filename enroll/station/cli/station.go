@@ -1,0 +1,105 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"devid/enroll/certstore"
+	"devid/enroll/station/ca"
+	"devid/enroll/station/jig"
+	"devid/enroll/station/line"
+	"devid/hal/cmdline"
+)
+
+// stationCommand runs a station of many slots (enroll/station/line,
+// docs/station.md).
+var stationCommand = command{name: "station", args: "--config FILE [--json-events FILE|-] [--listen ADDR] [--boards N]",
+	required: []string{"config"}, bind: stationCmd,
+	purpose: "run a station: program every board that arrives on its serial slots, many at once",
+	example: "devid-jig station --config /etc/devid/station.toml --listen 127.0.0.1:8080"}
+
+func stationCmd(fs *flag.FlagSet, out streams) func(context.Context) error {
+	config := fs.String("config", "", "station configuration `FILE` (TOML: CA, slots; docs/station.md)")
+	events := fs.String("json-events", "", "write one JSON object per event to `FILE` (appended; - for standard output)")
+	listen := fs.String("listen", "", "serve the web page and /metrics on `ADDR` (overrides listen in the configuration)")
+	boards := fs.Int("boards", 0, "exit after `N` boards have finished (programmed, left alone or failed); 0: run until SIGINT or SIGTERM")
+	reissue := fs.Bool("reissue", false, "give boards that hold a valid certificate from this CA a new one and revoke the old serial")
+	return func(ctx context.Context) error {
+		if *boards < 0 {
+			return cmdline.Usage(errors.New("--boards must be 0 or more"))
+		}
+		cfg, err := line.LoadConfig(*config)
+		if err != nil {
+			return cmdline.Usage(err)
+		}
+		if cfg.CADir == "" {
+			return cmdline.Usage(fmt.Errorf("%s: no ca_dir: the station signs with a local CA (devid-jig ca init)", *config))
+		}
+		if cfg.Station == "" {
+			cfg.Station, _ = os.Hostname()
+		}
+		if *listen != "" {
+			cfg.Listen = *listen
+		}
+		local, err := ca.Open(cfg.CADir, cfg.Station)
+		if err != nil {
+			return err
+		}
+		defer local.Close()
+		local.HardwareModuleNameSAN = hardwareModuleNameSAN
+		if local.Policy().RequireTPMAttestation {
+			return fmt.Errorf("the CA policy (%s) sets require_tpm_attestation, which the station does not offer yet: use devid-jig program --tpm-roots", ca.PolicyFile)
+		}
+		roots, err := certstore.LoadRoots(cfg.CADir + "/" + ca.RootCertFile)
+		if err != nil {
+			return fmt.Errorf("factory root: %w", err)
+		}
+		o := line.Options{CA: local, Ledger: local, Jig: jig.Options{Roots: roots, Reissue: *reissue},
+			Terminal: out.stdout, TTY: line.IsTerminal(out.stdout), Boards: *boards}
+		switch *events {
+		case "":
+		case "-":
+			o.Events = out.stdout
+			o.Terminal = out.stderr // stdout carries the events only
+			o.TTY = line.IsTerminal(out.stderr)
+		default:
+			f, err := os.OpenFile(*events, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+			if err != nil {
+				return fmt.Errorf("--json-events: %w", err)
+			}
+			defer f.Close()
+			o.Events = f
+		}
+		st, err := line.New(cfg, o)
+		if err != nil {
+			return err
+		}
+		if cfg.Listen != "" {
+			ln, err := net.Listen("tcp", cfg.Listen)
+			if err != nil {
+				return fmt.Errorf("listen: %w", err)
+			}
+			srv := &http.Server{Handler: st.Handler(), ReadHeaderTimeout: 10 * time.Second}
+			go srv.Serve(ln)
+			defer srv.Close()
+			fmt.Fprintf(o.Terminal, "station %s: web page on http://%s/, metrics on /metrics\n", cfg.Station, ln.Addr())
+		}
+		y, err := st.Run(ctx)
+		if err != nil {
+			return err
+		}
+		summaryOut := io.Writer(out.stdout)
+		if *events == "-" {
+			summaryOut = out.stderr
+		}
+		fmt.Fprint(summaryOut, y.Summary(cfg.Station))
+		return nil
+	}
+}
