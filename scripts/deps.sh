@@ -23,6 +23,7 @@ declare -A APT=(
   [/usr/bin/arch-test]=arch-test
   [/usr/sbin/debugfs]=e2fsprogs
   [/usr/bin/softhsm2-util]=softhsm2
+  [/usr/bin/chromium]=chromium
 )
 
 need=()

@@ -1,6 +1,6 @@
 // Package hosttest decides what a test does when something it needs from
 // the host is missing: a program (swtpm, tpm2-tools, socat, openssl, node,
-// softhsm2) or root, to mount a small tmpfs.
+// softhsm2, chromium) or root, to mount a small tmpfs.
 //
 // Under a plain `go test` the test is skipped, with the reason. When the
 // environment variable DEVID_REQUIRE names the requirement, or is "all",
@@ -35,11 +35,14 @@ const (
 	// SoftHSM2: softhsm2-util and the libsofthsm2.so PKCS#11 module
 	// (Debian's softhsm2), for the CA key in a token.
 	SoftHSM2 = "softhsm2"
+	// Chromium: Debian's chromium, the headless browser the station's
+	// web page is tested in.
+	Chromium = "chromium"
 	// Root: the test mounts its own file system (a small tmpfs to fill).
 	Root = "root"
 )
 
-var known = []string{SWTPM, TPM2Tools, Socat, OpenSSL, Node, SoftHSM2, Root}
+var known = []string{SWTPM, TPM2Tools, Socat, OpenSSL, Node, SoftHSM2, Chromium, Root}
 
 // LookPath returns the path of the program bin, which requirement req
 // provides. If bin is not on PATH, t is skipped, or fails when
