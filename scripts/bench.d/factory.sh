@@ -2,7 +2,9 @@
 # Factory programming time against the 115200-baud wire floor.
 #   1. BenchmarkProgramOverPty (enroll/station/jig): one fresh device per
 #      iteration, in-process, over a real pty and tarm/serial.
-#   2. The real binaries: devid-agent factory and devid-jig program --json
+#   2. BenchmarkStation (enroll/station/line): 1, 4 and 8 slots at once,
+#      through a relay throttled to 115200 baud, and unthrottled.
+#   3. The real binaries: devid-agent factory and devid-jig program --json
 #      over a socat pty pair, N boards (one state dir each).
 # Prints a markdown section on stdout. Measures only; never fails on a figure.
 set -euo pipefail
@@ -24,6 +26,15 @@ main() {
   echo
   echo '```'
   go test -run '^$' -bench BenchmarkProgramTPM -benchtime 20x -count 3 ./enroll/station/jig/ 2>&1 | grep -E '^Benchmark' || true
+  echo '```'
+  echo
+
+  echo "A station (devid-jig station, enroll/station/line) programming 1, 4 and 8 boards at once: each"
+  echo "slot's pty pair joined by a relay that throttles each way to 11,520 B/s (115200 baud), then"
+  echo "unthrottled (pty). boards/min is the line's rate; wire-floor-ms/board is one board at 115200 baud."
+  echo
+  echo '```'
+  go test -run '^$' -bench BenchmarkStation -benchtime 5x ./enroll/station/line/ 2>&1 | grep -E '^Benchmark' || true
   echo '```'
   echo
 
