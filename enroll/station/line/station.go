@@ -271,6 +271,8 @@ func (s *Station) Run(ctx context.Context) (Yield, error) {
 
 // ScanNow looks at every slot once: a board that appeared starts a run, a
 // board that left ends its run. Run calls it on every tick and uevent.
+// Outside Run it only records (and reports) what is plugged: those boards
+// count as seen, and are programmed once they leave and come back.
 func (s *Station) ScanNow() {
 	s.scanMu.Lock()
 	defer s.scanMu.Unlock()

@@ -80,6 +80,11 @@ func fire(c chan struct{}) {
 // KEY=VALUE\0..."; udev: a binary header, then the same KEY=VALUE pairs)
 // is about the tty subsystem or a USB serial interface.
 func isTTYUevent(msg []byte) bool {
-	return bytes.Contains(msg, []byte("\x00SUBSYSTEM=tty\x00")) || bytes.Contains(msg, []byte("\x00SUBSYSTEM=usb-serial\x00")) ||
-		bytes.HasSuffix(msg, []byte("\x00SUBSYSTEM=tty")) || bytes.Contains(msg, []byte("\x00SUBSYSTEM=usb\x00"))
+	for _, kv := range bytes.Split(msg, []byte{0}) {
+		switch string(kv) {
+		case "SUBSYSTEM=tty", "SUBSYSTEM=usb-serial", "SUBSYSTEM=usb":
+			return true
+		}
+	}
+	return false
 }
