@@ -52,7 +52,7 @@ unit-test: ## Run go test ./... (no dependency install), and the PKCS#11 (SoftHS
 	CGO_ENABLED=1 $(GO) test -tags pkcs11 -count=1 -timeout $(TEST_TIMEOUT) $(PKCS11_PKGS)
 
 # The packages that start goroutines of their own, and their helpers.
-RACE_PKGS := ./agent/... ./dps/... ./simulator/... ./enroll/factory ./enroll/rotate ./hal/... ./scripts/qemu/boardinit
+RACE_PKGS := ./agent/... ./dps/... ./simulator/... ./enroll/factory ./enroll/rotate ./enroll/station/line ./hal/... ./scripts/qemu/boardinit
 
 race: ## Run the tests of the packages that own goroutines under the race detector.
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_PKGS)

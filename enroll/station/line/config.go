@@ -97,6 +97,9 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("station config %s: %w", path, err)
 	}
 	base := filepath.Dir(path)
+	if abs, err := filepath.Abs(base); err == nil {
+		base = abs
+	}
 	if c.CADir != "" && !filepath.IsAbs(c.CADir) {
 		c.CADir = filepath.Join(base, c.CADir)
 	}
