@@ -297,3 +297,27 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestTerminalRewritesLinesOnATTY: on a terminal each event redraws one
+// line per slot and the yield line in place (cursor up, clear line).
+func TestTerminalRewritesLinesOnATTY(t *testing.T) {
+	l := newCA(t)
+	dir := t.TempDir()
+	a := serialtest.Pty(t)
+	plug(t, filepath.Join(dir, "by-id"), "a", a.TTY)
+	term := &syncBuffer{}
+	st, err := line.New(slotsConfig(dir, "by-id/a", "by-id/b"), line.Options{CA: l, Terminal: term, TTY: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.ScanNow() // plugged
+	os.Remove(filepath.Join(dir, "by-id", "a"))
+	st.ScanNow() // unplugged
+	out := term.String()
+	// One draw per event: the first has no cursor-up, the next moves up 3 lines
+	// (two slots and the yield line).
+	if !strings.Contains(out, "\x1b[3A") || !strings.Contains(out, "\r\x1b[2Ks1       plugged") ||
+		!strings.Contains(out, "\r\x1b[2Ks2       empty") || !strings.Contains(out, "0 programmed, 0 left alone, 0 failed") {
+		t.Fatalf("terminal output %q", out)
+	}
+}
