@@ -179,7 +179,7 @@ func (e *events) drain() []line.Event {
 
 func slotsConfig(serialDir string, ports ...string) *line.Config {
 	c := &line.Config{Station: "test-station", SerialDir: serialDir, Watch: line.WatchPoll,
-		ScanInterval: 20 * time.Millisecond, ReplyTimeout: time.Second, Retries: 2}
+		ScanInterval: 20 * time.Millisecond, ReplyTimeout: 3 * time.Second, Retries: 2}
 	for i, p := range ports {
 		c.Slots = append(c.Slots, line.SlotConfig{Name: fmt.Sprintf("s%d", i+1), Port: p})
 	}
