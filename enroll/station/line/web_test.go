@@ -77,7 +77,7 @@ func TestWebPageInChromium(t *testing.T) {
 		chromedp.WindowSize(1280, 800),
 	)
 	defer cancelAlloc()
-	browser, cancelBrowser := chromedp.NewContext(alloc, chromedp.WithErrorf(t.Logf))
+	browser, cancelBrowser := chromedp.NewContext(alloc)
 	defer cancelBrowser()
 
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
