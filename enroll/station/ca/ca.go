@@ -15,6 +15,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -60,6 +61,9 @@ var (
 	ErrIDTaken = errors.New("device ID already issued to a different key")
 	// ErrNotIssued: revoke named a device ID with no live certificate.
 	ErrNotIssued = errors.New("no unrevoked certificate for device ID")
+	// ErrSerialTaken: the ledger already holds the serial (a new random
+	// serial is drawn once before giving up).
+	ErrSerialTaken = errors.New("serial number already in the ledger")
 )
 
 // Policy is the issuing policy, read from policy.toml.
@@ -79,6 +83,9 @@ type Policy struct {
 	// RequireTPMAttestation refuses every CSR whose key was not proven
 	// to be in a TPM by the jig's attest step (docs/factory-protocol.md).
 	RequireTPMAttestation bool
+	// Ledger, if set, is the PostgreSQL URL of a shared ledger
+	// (postgres://...); "" is the ledger.jsonl of the CA directory.
+	Ledger string
 }
 
 // policyFile is policy.toml as written (durations as Go duration strings).
@@ -89,7 +96,8 @@ type policyFile struct {
 	CRLValidity string `toml:"crl_validity"`
 	CRLURL      string `toml:"crl_url"`
 	// A pointer: a policy file from before attestation has no such key.
-	RequireTPMAttestation *bool `toml:"require_tpm_attestation"`
+	RequireTPMAttestation *bool  `toml:"require_tpm_attestation"`
+	Ledger                string `toml:"ledger"`
 }
 
 const defaultPolicy = `# Issuing policy of the devid-jig local CA (see docs/ca.md).
@@ -106,6 +114,9 @@ crl_validity = "168h"
 crl_url = ""
 # Sign only keys the jig proved to be in a TPM (devid-jig program --tpm-roots).
 require_tpm_attestation = false
+# Issuance ledger: "" is ledger.jsonl in this directory (one station host);
+# a postgres:// URL puts every station of the line on one database.
+ledger = ""
 `
 
 // LoadPolicy reads and checks a policy file.
@@ -119,7 +130,10 @@ func LoadPolicy(path string) (*Policy, error) {
 	if err := dec.Decode(&pf); err != nil {
 		return nil, fmt.Errorf("CA policy %s: %w", path, err)
 	}
-	p := &Policy{CRLURL: pf.CRLURL, RequireTPMAttestation: pf.RequireTPMAttestation != nil && *pf.RequireTPMAttestation}
+	p := &Policy{CRLURL: pf.CRLURL, RequireTPMAttestation: pf.RequireTPMAttestation != nil && *pf.RequireTPMAttestation, Ledger: pf.Ledger}
+	if err := checkLedgerURL(pf.Ledger); err != nil {
+		return nil, fmt.Errorf("CA policy %s: ledger = %q: %w", path, pf.Ledger, err)
+	}
 	for _, d := range []struct {
 		name string
 		s    string
@@ -254,7 +268,9 @@ type Local struct {
 	issuer  *x509.Certificate
 	key     crypto.Signer
 	policy  *Policy
-	ledger  *ledger
+	ledger  Ledger
+	// afterSign, if set (tests), runs between signing and finalizing.
+	afterSign func(der []byte)
 	// Now is the clock (tests replace it).
 	Now func() time.Time
 	// HardwareModuleNameSAN builds the subjectAltName extension that
@@ -270,8 +286,27 @@ var _ interface {
 	RecordRefusal(context.Context, *x509.CertificateRequest, station.Attestation) error
 } = (*Local)(nil)
 
-// Open opens the CA in dir. station names this jig in ledger records.
+// Open opens the CA in dir with the ledger its policy names. station
+// names this jig in ledger records.
 func Open(dir, station string) (*Local, error) {
+	return OpenWith(dir, OpenOptions{Station: station})
+}
+
+// OpenOptions tune OpenWith.
+type OpenOptions struct {
+	// Station names this jig in ledger records.
+	Station string
+	// Ledger overrides the policy's ledger: a postgres:// URL, or "file"
+	// for ledger.jsonl in the CA directory. "" keeps the policy's.
+	Ledger string
+	// LedgerRetry bounds how long a PostgreSQL ledger operation waits
+	// for the database to come back (0: DefaultLedgerRetry).
+	LedgerRetry time.Duration
+}
+
+// OpenWith opens the CA in dir.
+func OpenWith(dir string, o OpenOptions) (*Local, error) {
+	station := o.Station
 	root, err := readCert(filepath.Join(dir, RootCertFile))
 	if err != nil {
 		return nil, err
@@ -295,15 +330,33 @@ func Open(dir, station string) (*Local, error) {
 		return nil, err
 	}
 	l := &Local{dir: dir, station: station, root: root, issuer: issuer, key: key, policy: policy, Now: time.Now}
-	l.ledger, err = openLedger(filepath.Join(dir, LedgerFile), func() time.Time { return l.Now() })
-	if err != nil {
-		return nil, err
+	url := policy.Ledger
+	if o.Ledger != "" {
+		url = o.Ledger
+	}
+	switch url {
+	case "", "file":
+		fl, err := openLedger(filepath.Join(dir, LedgerFile), func() time.Time { return l.Now() })
+		if err != nil {
+			return nil, err
+		}
+		l.ledger = fileLedger{fl}
+	default:
+		if err := checkLedgerURL(url); err != nil {
+			return nil, fmt.Errorf("ledger %q: %w", url, err)
+		}
+		sum := sha256.Sum256(issuer.Raw)
+		pl, err := openPGLedger(context.Background(), url, hex.EncodeToString(sum[:]), o.LedgerRetry)
+		if err != nil {
+			return nil, err
+		}
+		l.ledger = pl
 	}
 	return l, nil
 }
 
 // Close releases the ledger.
-func (l *Local) Close() error { return l.ledger.close() }
+func (l *Local) Close() error { return l.ledger.Close() }
 
 // Root is the CA's root certificate (the devices' factory trust anchor).
 func (l *Local) Root() *x509.Certificate { return l.root }
@@ -377,11 +430,7 @@ func (l *Local) RecordRefusal(ctx context.Context, req *x509.CertificateRequest,
 		return err
 	}
 	fp, _ := csr.KeyFingerprint(req.PublicKey)
-	if err := l.ledger.lock(); err != nil {
-		return err
-	}
-	defer l.ledger.unlock()
-	return l.ledger.append(Record{Op: OpRefuse, Time: l.Now().UTC(), Serial: NoSerial, DeviceID: req.Subject.CommonName,
+	return l.ledger.Refuse(ctx, Record{Op: OpRefuse, Time: l.Now().UTC(), Serial: NoSerial, DeviceID: req.Subject.CommonName,
 		KeySHA256: fp, Station: l.station, Attestation: a.Outcome, EKSHA256: a.EKSHA256, Reason: a.Detail})
 }
 
@@ -415,15 +464,6 @@ func (l *Local) issue(ctx context.Context, req *x509.CertificateRequest, a *stat
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
 	}
-	if err := l.ledger.lock(); err != nil {
-		return nil, err
-	}
-	defer l.ledger.unlock()
-	for _, e := range l.ledger.byDevice[id] {
-		if e.KeySHA256 != fp && !e.Revoked {
-			return nil, fmt.Errorf("%w: %s has serial %s for key sha256:%s; revoke it first", ErrIDTaken, id, e.Serial, e.KeySHA256)
-		}
-	}
 	now := l.Now()
 	notAfter := now.Add(l.policy.Validity)
 	if notAfter.After(l.issuer.NotAfter) {
@@ -453,92 +493,95 @@ func (l *Local) issue(ctx context.Context, req *x509.CertificateRequest, a *stat
 			tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, ext)
 		}
 	}
-	der, err := sign(tmpl, l.issuer, req.PublicKey, l.key)
-	if err != nil {
-		return nil, fmt.Errorf("sign certificate for %s: %w", id, err)
+	// The serial is drawn before signing, so that the ledger records it
+	// (reserved) before any certificate with it exists.
+	var leaf *x509.Certificate
+	for try := 0; ; try++ {
+		sn, err := newSerial()
+		if err != nil {
+			return nil, err
+		}
+		tmpl.SerialNumber = sn
+		rec.Op, rec.Time, rec.Serial, rec.DeviceID = OpIssue, now.UTC(), hex.EncodeToString(sn.Bytes()), id
+		// x509 writes validity at second precision.
+		rec.KeySHA256, rec.Station = fp, l.station
+		rec.NotBefore, rec.NotAfter = tmpl.NotBefore.UTC().Truncate(time.Second), tmpl.NotAfter.UTC().Truncate(time.Second)
+		err = l.ledger.Issue(ctx, rec, func() error {
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, l.issuer, req.PublicKey, l.key)
+			if err != nil {
+				return fmt.Errorf("sign certificate for %s: %w", id, err)
+			}
+			if leaf, err = x509.ParseCertificate(der); err != nil {
+				return err
+			}
+			if l.afterSign != nil {
+				l.afterSign(der)
+			}
+			return nil
+		})
+		if errors.Is(err, ErrSerialTaken) && try == 0 {
+			continue
+		}
+		if err != nil {
+			if leaf != nil {
+				return nil, fmt.Errorf("certificate for %s not released: %w", id, err)
+			}
+			return nil, err
+		}
+		return []*x509.Certificate{leaf, l.issuer}, nil
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	rec.Op, rec.Time, rec.Serial, rec.DeviceID = OpIssue, now.UTC(), hex.EncodeToString(leaf.SerialNumber.Bytes()), id
-	rec.KeySHA256, rec.Station, rec.NotBefore, rec.NotAfter = fp, l.station, leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
-	if err := l.ledger.append(rec); err != nil {
-		return nil, fmt.Errorf("certificate for %s not released: %w", id, err)
-	}
-	return []*x509.Certificate{leaf, l.issuer}, nil
 }
 
 // Issued returns the ledger's issue records for a device ID, oldest first.
 func (l *Local) Issued(deviceID string) ([]Record, error) {
-	if err := l.ledger.lock(); err != nil {
-		return nil, err
-	}
-	defer l.ledger.unlock()
-	var out []Record
-	for _, e := range l.ledger.byDevice[deviceID] {
-		out = append(out, e.Record)
-	}
-	return out, nil
+	return l.ledger.Issued(context.Background(), deviceID)
+}
+
+// Pending returns issuances reserved in the ledger and never finalized
+// (a station stopped between reserving and releasing; docs/ca.md). Their
+// certificates were never released, but may exist: Revoke lists them on
+// the CRL.
+func (l *Local) Pending() ([]Record, error) {
+	return l.ledger.Pending(context.Background())
 }
 
 // Refused returns the ledger's refuse records for a device ID (boards
 // refused at the attest step), oldest first.
 func (l *Local) Refused(deviceID string) ([]Record, error) {
-	if err := l.ledger.lock(); err != nil {
-		return nil, err
-	}
-	defer l.ledger.unlock()
-	return append([]Record(nil), l.ledger.refused[deviceID]...), nil
+	return l.ledger.Refused(context.Background(), deviceID)
 }
 
 // Revoke marks every unrevoked certificate of deviceID revoked in the
 // ledger and rewrites the CRL. It returns the revoked serials.
 func (l *Local) Revoke(deviceID, reason string) ([]string, error) {
-	if err := l.ledger.lock(); err != nil {
-		return nil, err
+	serials, err := l.ledger.Revoke(context.Background(), deviceID, l.station, reason, l.Now().UTC())
+	if err != nil {
+		return serials, err
 	}
-	defer l.ledger.unlock()
-	var serials []string
-	now := l.Now().UTC()
-	for _, e := range l.ledger.byDevice[deviceID] {
-		if e.Revoked {
-			continue
-		}
-		if err := l.ledger.append(Record{Op: OpRevoke, Time: now, Serial: e.Serial, DeviceID: deviceID, Station: l.station, Reason: reason}); err != nil {
-			return serials, err
-		}
-		serials = append(serials, e.Serial)
-	}
-	if len(serials) == 0 {
-		return nil, fmt.Errorf("revoke %s: %w", deviceID, ErrNotIssued)
-	}
-	return serials, l.writeCRLLocked()
+	return serials, l.WriteCRL()
 }
 
-// WriteCRL re-signs the CRL from the ledger (for a fresh nextUpdate).
+// WriteCRL re-signs the CRL from the ledger (for a fresh nextUpdate). With
+// a PostgreSQL ledger it lists the revocations of every station.
 func (l *Local) WriteCRL() error {
-	if err := l.ledger.lock(); err != nil {
-		return err
+	revoked, err := l.ledger.Revoked(context.Background())
+	if err != nil {
+		return fmt.Errorf("CRL: %w", err)
 	}
-	defer l.ledger.unlock()
-	return l.writeCRLLocked()
+	return l.writeCRL(revoked)
 }
 
 // CRLPath is where the CRL is written.
 func (l *Local) CRLPath() string { return filepath.Join(l.dir, CRLFile) }
 
-func (l *Local) writeCRLLocked() error {
+func (l *Local) writeCRL(revoked []Revocation) error {
 	var entries []x509.RevocationListEntry
-	for _, e := range l.ledger.bySerial {
-		if !e.Revoked {
-			continue
-		}
+	for _, e := range revoked {
 		sn, ok := new(big.Int).SetString(e.Serial, 16)
 		if !ok {
 			return fmt.Errorf("%w: serial %q is not hex", ErrLedgerCorrupt, e.Serial)
 		}
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: e.RevokedAt})
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: e.Time})
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].SerialNumber.Cmp(entries[j].SerialNumber) < 0 })
 	now := l.Now()
