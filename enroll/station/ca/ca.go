@@ -132,7 +132,7 @@ func LoadPolicy(path string) (*Policy, error) {
 	}
 	p := &Policy{CRLURL: pf.CRLURL, RequireTPMAttestation: pf.RequireTPMAttestation != nil && *pf.RequireTPMAttestation, Ledger: pf.Ledger}
 	if err := checkLedgerURL(pf.Ledger); err != nil {
-		return nil, fmt.Errorf("CA policy %s: ledger = %q: %w", path, pf.Ledger, err)
+		return nil, fmt.Errorf("CA policy %s: ledger = %q: %w", path, redact(pf.Ledger), err)
 	}
 	for _, d := range []struct {
 		name string
@@ -343,7 +343,7 @@ func OpenWith(dir string, o OpenOptions) (*Local, error) {
 		l.ledger = fileLedger{fl}
 	default:
 		if err := checkLedgerURL(url); err != nil {
-			return nil, fmt.Errorf("ledger %q: %w", url, err)
+			return nil, fmt.Errorf("ledger %q: %w", redact(url), err)
 		}
 		sum := sha256.Sum256(issuer.Raw)
 		pl, err := openPGLedger(context.Background(), url, hex.EncodeToString(sum[:]), o.LedgerRetry)

@@ -30,7 +30,9 @@ var migrations embed.FS
 // fail-over), before the station gives up on that board.
 const DefaultLedgerRetry = 60 * time.Second
 
-// checkLedgerURL accepts "", "file" and postgres:// or postgresql:// URLs.
+// checkLedgerURL accepts "", "file" and postgres:// or postgresql:// URLs
+// without a password: policy.toml is world-readable and a flag shows in
+// ps, so the password comes from PGPASSWORD or ~/.pgpass (PGPASSFILE).
 func checkLedgerURL(s string) error {
 	if s == "" || s == "file" {
 		return nil
@@ -41,6 +43,9 @@ func checkLedgerURL(s string) error {
 	}
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		return fmt.Errorf("want \"file\" or a postgres:// URL, not scheme %q", u.Scheme)
+	}
+	if _, ok := u.User.Password(); ok || u.Query().Has("password") {
+		return errors.New("the URL holds a password: give it in PGPASSWORD or ~/.pgpass (PGPASSFILE) instead")
 	}
 	return nil
 }
@@ -92,15 +97,20 @@ func openPGLedger(ctx context.Context, dsn, issuerSHA256 string, retryFor time.D
 	return p, nil
 }
 
-// redact drops a password from a URL for messages.
+// redact hides a password in a URL, for messages.
 func redact(dsn string) string {
-	if u, err := url.Parse(dsn); err == nil && u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			return u.String()
-		}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "(a ledger URL that does not parse)"
 	}
-	return dsn
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
 }
 
 // migrationLock is the advisory lock that serialises stations migrating

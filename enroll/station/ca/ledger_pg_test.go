@@ -241,6 +241,11 @@ func testPGRules(t *testing.T, srv *pgtest.Server) {
 	if _, err := ca.OpenWith(dir2, ca.OpenOptions{Ledger: url}); err == nil || !strings.Contains(err.Error(), "another issuing CA") {
 		t.Fatalf("other CA on the same ledger: %v", err)
 	}
+	for _, bad := range []string{"postgres://devid:secret@db/ledger", "postgres:///ledger?password=secret", "mysql://db/ledger"} {
+		if _, err := ca.OpenWith(dir, ca.OpenOptions{Ledger: bad}); err == nil || strings.Contains(err.Error(), "secret") {
+			t.Errorf("ledger %q: %v", bad, err)
+		}
+	}
 	if p, err := l.Pending(); err != nil || len(p) != 0 {
 		t.Fatalf("pending %v %v", p, err)
 	}
