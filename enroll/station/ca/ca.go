@@ -561,6 +561,22 @@ func (l *Local) Revoke(deviceID, reason string) ([]string, error) {
 	return serials, l.WriteCRL()
 }
 
+// RevokeSerial marks one certificate revoked in the ledger (serial in
+// lowercase hex, as Record.Serial and jig results give it) and rewrites
+// the CRL; ErrNotIssued if the serial is unknown or already revoked.
+func (l *Local) RevokeSerial(serial, reason string) error {
+	sn, ok := new(big.Int).SetString(serial, 16)
+	if !ok || sn.Sign() <= 0 {
+		return fmt.Errorf("revoke serial %q: not a positive hexadecimal serial number", serial)
+	}
+	// The ledger keeps the serial's bytes in hex (even length).
+	serial = hex.EncodeToString(sn.Bytes())
+	if err := l.ledger.RevokeSerial(context.Background(), serial, l.station, reason, l.Now().UTC()); err != nil {
+		return err
+	}
+	return l.WriteCRL()
+}
+
 // WriteCRL re-signs the CRL from the ledger (for a fresh nextUpdate). With
 // a PostgreSQL ledger it lists the revocations of every station.
 func (l *Local) WriteCRL() error {

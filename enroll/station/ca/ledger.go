@@ -29,6 +29,9 @@ type Ledger interface {
 	// Revoke marks every live certificate of deviceID revoked, recording
 	// station and reason, and returns their serials; ErrNotIssued if none.
 	Revoke(ctx context.Context, deviceID, station, reason string, at time.Time) ([]string, error)
+	// RevokeSerial marks one live certificate revoked; ErrNotIssued if the
+	// serial is not in the ledger or already revoked.
+	RevokeSerial(ctx context.Context, serial, station, reason string, at time.Time) error
 	// Refuse records a board refused at the attest step (no certificate).
 	Refuse(ctx context.Context, r Record) error
 	// Issued returns the issue records of a device ID, oldest first.
@@ -317,6 +320,18 @@ func (l fileLedger) Revoke(ctx context.Context, deviceID, station, reason string
 		return nil, fmt.Errorf("revoke %s: %w", deviceID, ErrNotIssued)
 	}
 	return serials, nil
+}
+
+func (l fileLedger) RevokeSerial(ctx context.Context, serial, station, reason string, at time.Time) error {
+	if err := l.lock(); err != nil {
+		return err
+	}
+	defer l.unlock()
+	e := l.bySerial[serial]
+	if e == nil || e.Revoked {
+		return fmt.Errorf("revoke serial %s: %w", serial, ErrNotIssued)
+	}
+	return l.append(Record{Op: OpRevoke, Time: at, Serial: serial, DeviceID: e.DeviceID, Station: station, Reason: reason})
 }
 
 func (l fileLedger) Refuse(ctx context.Context, r Record) error {

@@ -354,6 +354,31 @@ func (p *pgLedger) Revoke(ctx context.Context, deviceID, station, reason string,
 	return serials, nil
 }
 
+func (p *pgLedger) RevokeSerial(ctx context.Context, serial, station, reason string, at time.Time) error {
+	return p.retry(ctx, "revoke", func(attempt int) error {
+		tag, err := p.pool.Exec(ctx, `UPDATE certificates SET status = 'revoked', revoked_at = $2, revoked_by = $3, reason = $4
+			WHERE serial = $1 AND status IN ('reserved', 'issued')`, serial, at, station, reason)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 1 {
+			return nil
+		}
+		if attempt > 0 {
+			// An earlier attempt may have committed before its reply was lost.
+			var n int
+			if err := p.pool.QueryRow(ctx, `SELECT count(*) FROM certificates WHERE serial = $1 AND status = 'revoked'
+				AND revoked_at = $2 AND revoked_by = $3`, serial, at, station).Scan(&n); err != nil {
+				return err
+			}
+			if n == 1 {
+				return nil
+			}
+		}
+		return fmt.Errorf("revoke serial %s: %w", serial, ErrNotIssued)
+	})
+}
+
 func (p *pgLedger) Refuse(ctx context.Context, r Record) error {
 	return p.retry(ctx, "refuse", func(int) error {
 		_, err := p.pool.Exec(ctx, `INSERT INTO refusals (time, device_id, key_sha256, station, reason, attestation, ek_sha256)

@@ -176,6 +176,11 @@ func TestPGLedger(t *testing.T) {
 	t.Run("constraints", func(t *testing.T) { t.Parallel(); testPGConstraints(t, srv) })
 	t.Run("stations", func(t *testing.T) { t.Parallel(); testPGStations(t, srv) })
 	t.Run("kill", func(t *testing.T) { t.Parallel(); testPGKill(t, srv) })
+	t.Run("revoke-serial", func(t *testing.T) {
+		t.Parallel()
+		dir, _, l := pgCA(t, srv)
+		testRevokeSerial(t, dir, l)
+	})
 }
 
 // testPGRules: the issuance rules of TestIssueRecordsFirst on PostgreSQL,
