@@ -4,8 +4,10 @@
 // issuing intermediate, the issuing policy, the issuance ledger and the
 // CRL; docs/ca.md describes the layout. Local.Issue checks the CSR and the
 // policy, refuses a device ID already issued to a different (unrevoked)
-// key, and records every certificate in the ledger, fsynced, before
-// returning it, so nothing issued goes unrecorded.
+// key, and records every certificate in the ledger, durably, before
+// returning it, so nothing issued goes unrecorded. The ledger (Ledger) is
+// ledger.jsonl in the directory, or a PostgreSQL database shared by every
+// station of a line (ledger_pg.go), where the same rules are constraints.
 package ca
 
 import (
@@ -260,7 +262,8 @@ func newSerial() (*big.Int, error) {
 }
 
 // Local is an open CA directory. It is safe for concurrent use, and
-// several processes may share the directory: ledger access is locked.
+// several processes may share the directory (the file ledger is locked),
+// or, with a PostgreSQL ledger, the database from many hosts.
 type Local struct {
 	dir     string
 	station string

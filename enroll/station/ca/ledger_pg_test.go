@@ -251,6 +251,11 @@ func testPGRules(t *testing.T, srv *pgtest.Server) {
 			t.Errorf("ledger %q: %v", bad, err)
 		}
 	}
+	// A database migrated by a newer devid-jig is refused.
+	pgtest.Query(t, url, `INSERT INTO schema_migrations (version, name) VALUES (9999, 'future') RETURNING version`)
+	if _, err := ca.OpenWith(dir, ca.OpenOptions{Ledger: url}); err == nil || !strings.Contains(err.Error(), "newer than this devid-jig") {
+		t.Fatalf("newer schema: %v", err)
+	}
 	if p, err := l.Pending(); err != nil || len(p) != 0 {
 		t.Fatalf("pending %v %v", p, err)
 	}
