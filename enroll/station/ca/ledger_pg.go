@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -56,6 +57,8 @@ func checkLedgerURL(s string) error {
 type pgLedger struct {
 	pool     *pgxpool.Pool
 	retryFor time.Duration
+	// retries counts attempts repeated because the database did not answer.
+	retries atomic.Int64
 }
 
 var _ Ledger = (*pgLedger)(nil)
@@ -218,6 +221,7 @@ func (p *pgLedger) retry(ctx context.Context, what string, f func(attempt int) e
 		if err == nil || !retryable(err) {
 			return err
 		}
+		p.retries.Add(1)
 		if time.Now().After(deadline) {
 			return fmt.Errorf("ledger %s: database unreachable for %v: %w", what, p.retryFor, err)
 		}

@@ -483,12 +483,14 @@ func TestPGRestart(t *testing.T) {
 	var wg sync.WaitGroup
 	serials := make([][]string, stations)
 	errs := make([]error, stations)
+	var locals []*ca.Local
 	for s := range stations {
 		l, err := ca.OpenWith(dir, ca.OpenOptions{Station: fmt.Sprintf("st%d", s), LedgerRetry: 45 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Close()
+		locals = append(locals, l)
 		ca.SetAfterSign(l, func([]byte) {
 			if done.Add(1) == restartAt {
 				restartErr = srv.Restart()
@@ -518,6 +520,16 @@ func TestPGRestart(t *testing.T) {
 	if done.Load() < restartAt {
 		t.Fatal("the restart never ran")
 	}
+	// The other station issues on while the server is down, and pooled
+	// connections are cut by the restart: operations paused and retried.
+	var retried int64
+	for _, l := range locals {
+		retried += ca.LedgerRetries(l)
+	}
+	if retried == 0 {
+		t.Fatal("no ledger operation was retried across the restart")
+	}
+	t.Logf("%d ledger attempts retried across the restart", retried)
 	all := slices.Concat(serials...)
 	slices.Sort(all)
 	if got := pgtest.Query(t, url, `SELECT serial FROM certificates WHERE status = 'issued' ORDER BY serial`); !slices.Equal(got, all) || len(all) != stations*boards {
