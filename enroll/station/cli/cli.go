@@ -364,6 +364,9 @@ func crl(fs *flag.FlagSet, out streams) func(context.Context) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "CRL written to %s\n", local.CRLPath())
+		if pend, err := local.Pending(); err == nil && len(pend) > 0 {
+			fmt.Fprintf(out.stderr, "warning: %d issuance(s) reserved and never finalized (devid-jig ledger pending)\n", len(pend))
+		}
 		return nil
 	}
 }
