@@ -32,6 +32,9 @@ for f in "${!APT[@]}"; do
   case "$f" in */node|*/npm) command -v "$(basename "$f")" >/dev/null 2>&1 && continue ;; esac
   [ -e "$f" ] || need+=("${APT[$f]}")
 done
+# PostgreSQL's server programs live under a versioned directory; the ledger
+# tests start their own server with them (enroll/station/ca/pgtest).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
   echo "deps: apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

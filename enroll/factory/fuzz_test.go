@@ -96,23 +96,28 @@ func FuzzHandle(f *testing.F) {
 	} {
 		f.Add(bytes.TrimSpace(s))
 	}
-	f.Fuzz(func(t *testing.T, line []byte) {
-		if len(line) > factory.MaxLine || bytes.ContainsAny(line, "\r\n") {
-			return // the line reader never hands these to Handle
-		}
-		resp := d.Handle(line)
-		if resp == nil {
-			return
-		}
-		if len(resp)-1 > factory.MaxLine {
-			t.Fatalf("reply to %q is %d bytes, over MaxLine: %q", line, len(resp)-1, resp)
-		}
-		fr, err := factory.ParseFrame(bytes.TrimSuffix(resp, []byte("\n")))
-		if err != nil || !fr.CRC || (fr.Verb != "OK" && fr.Verb != "NAK") {
-			t.Fatalf("reply to %q is not a valid frame: %q (%v)", line, resp, err)
-		}
-		if req, err := factory.ParseFrame(line); err == nil && req.Seq != fr.Seq {
-			t.Fatalf("reply seq %d to request seq %d", fr.Seq, req.Seq)
-		}
-	})
+	f.Fuzz(func(t *testing.T, line []byte) { checkHandled(t, d, line) })
+}
+
+// checkHandled hands line to d as the line reader would, and checks the
+// reply: at most MaxLine bytes, a valid OK or NAK frame with a CRC, and
+// the request's sequence number.
+func checkHandled(t *testing.T, d *factory.Device, line []byte) {
+	if len(line) > factory.MaxLine || bytes.ContainsAny(line, "\r\n") {
+		return // the line reader never hands these to Handle
+	}
+	resp := d.Handle(line)
+	if resp == nil {
+		return
+	}
+	if len(resp)-1 > factory.MaxLine {
+		t.Fatalf("reply to %q is %d bytes, over MaxLine: %q", line, len(resp)-1, resp)
+	}
+	fr, err := factory.ParseFrame(bytes.TrimSuffix(resp, []byte("\n")))
+	if err != nil || !fr.CRC || (fr.Verb != "OK" && fr.Verb != "NAK") {
+		t.Fatalf("reply to %q is not a valid frame: %q (%v)", line, resp, err)
+	}
+	if req, err := factory.ParseFrame(line); err == nil && req.Seq != fr.Seq {
+		t.Fatalf("reply seq %d to request seq %d", fr.Seq, req.Seq)
+	}
 }

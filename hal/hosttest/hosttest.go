@@ -1,6 +1,7 @@
 // Package hosttest decides what a test does when something it needs from
 // the host is missing: a program (swtpm, tpm2-tools, socat, openssl, node,
-// softhsm2, chromium) or root, to mount a small tmpfs.
+// softhsm2, chromium) or root, to mount a small tmpfs, or a PostgreSQL
+// server to start.
 //
 // Under a plain `go test` the test is skipped, with the reason. When the
 // environment variable DEVID_REQUIRE names the requirement, or is "all",
@@ -40,9 +41,12 @@ const (
 	Chromium = "chromium"
 	// Root: the test mounts its own file system (a small tmpfs to fill).
 	Root = "root"
+	// PostgreSQL: initdb, pg_ctl and postgres (Debian's postgresql), for
+	// servers the tests start themselves (enroll/station/ca/pgtest).
+	PostgreSQL = "postgresql"
 )
 
-var known = []string{SWTPM, TPM2Tools, Socat, OpenSSL, Node, SoftHSM2, Chromium, Root}
+var known = []string{SWTPM, TPM2Tools, Socat, OpenSSL, Node, SoftHSM2, Chromium, Root, PostgreSQL}
 
 // LookPath returns the path of the program bin, which requirement req
 // provides. If bin is not on PATH, t is skipped, or fails when

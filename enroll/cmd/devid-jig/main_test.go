@@ -161,7 +161,9 @@ func TestEndToEndProgramOverPty(t *testing.T) {
 		t.Fatalf("program output:\n%s", out)
 	}
 
-	// Kill the jig mid-INSTALL with SIGKILL, then rerun with --json.
+	// The board is programmed now: a plain run leaves it alone, so the
+	// next runs reissue. Kill the jig mid-INSTALL with SIGKILL, then rerun
+	// with --json.
 	var killOnce sync.Once
 	var victim *exec.Cmd
 	var mu sync.Mutex
@@ -177,7 +179,7 @@ func TestEndToEndProgramOverPty(t *testing.T) {
 		return b
 	})
 	mu.Lock()
-	victim = exec.Command(jig, "program", "--port", link.JigTTY, "--ca-dir", caDir, "--json")
+	victim = exec.Command(jig, "program", "--port", link.JigTTY, "--ca-dir", caDir, "--json", "--reissue")
 	victim.Stdout, victim.Stderr = io.Discard, io.Discard
 	if err := victim.Start(); err != nil {
 		t.Fatal(err)
@@ -188,7 +190,7 @@ func TestEndToEndProgramOverPty(t *testing.T) {
 	}
 	link.SetTamper(nil)
 
-	out, errOut, err = runJig(t, jig, "program", "--port", link.JigTTY, "--ca-dir", caDir, "--json")
+	out, errOut, err = runJig(t, jig, "program", "--port", link.JigTTY, "--ca-dir", caDir, "--json", "--reissue")
 	if err != nil {
 		t.Fatalf("rerun after kill: %v\n%s", err, errOut)
 	}

@@ -4,8 +4,10 @@
 // issuing intermediate, the issuing policy, the issuance ledger and the
 // CRL; docs/ca.md describes the layout. Local.Issue checks the CSR and the
 // policy, refuses a device ID already issued to a different (unrevoked)
-// key, and records every certificate in the ledger, fsynced, before
-// returning it, so nothing issued goes unrecorded.
+// key, and records every certificate in the ledger, durably, before
+// returning it, so nothing issued goes unrecorded. The ledger (Ledger) is
+// ledger.jsonl in the directory, or a PostgreSQL database shared by every
+// station of a line (ledger_pg.go), where the same rules are constraints.
 package ca
 
 import (
@@ -14,6 +16,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -60,6 +63,9 @@ var (
 	ErrIDTaken = errors.New("device ID already issued to a different key")
 	// ErrNotIssued: revoke named a device ID with no live certificate.
 	ErrNotIssued = errors.New("no unrevoked certificate for device ID")
+	// ErrSerialTaken: the ledger already holds the serial (a new random
+	// serial is drawn once before giving up).
+	ErrSerialTaken = errors.New("serial number already in the ledger")
 )
 
 // Policy is the issuing policy, read from policy.toml.
@@ -79,6 +85,9 @@ type Policy struct {
 	// RequireTPMAttestation refuses every CSR whose key was not proven
 	// to be in a TPM by the jig's attest step (docs/factory-protocol.md).
 	RequireTPMAttestation bool
+	// Ledger, if set, is the PostgreSQL URL of a shared ledger
+	// (postgres://...); "" is the ledger.jsonl of the CA directory.
+	Ledger string
 }
 
 // policyFile is policy.toml as written (durations as Go duration strings).
@@ -89,7 +98,8 @@ type policyFile struct {
 	CRLValidity string `toml:"crl_validity"`
 	CRLURL      string `toml:"crl_url"`
 	// A pointer: a policy file from before attestation has no such key.
-	RequireTPMAttestation *bool `toml:"require_tpm_attestation"`
+	RequireTPMAttestation *bool  `toml:"require_tpm_attestation"`
+	Ledger                string `toml:"ledger"`
 }
 
 const defaultPolicy = `# Issuing policy of the devid-jig local CA (see docs/ca.md).
@@ -106,6 +116,9 @@ crl_validity = "168h"
 crl_url = ""
 # Sign only keys the jig proved to be in a TPM (devid-jig program --tpm-roots).
 require_tpm_attestation = false
+# Issuance ledger: "" is ledger.jsonl in this directory (one station host);
+# a postgres:// URL puts every station of the line on one database.
+ledger = ""
 `
 
 // LoadPolicy reads and checks a policy file.
@@ -119,7 +132,10 @@ func LoadPolicy(path string) (*Policy, error) {
 	if err := dec.Decode(&pf); err != nil {
 		return nil, fmt.Errorf("CA policy %s: %w", path, err)
 	}
-	p := &Policy{CRLURL: pf.CRLURL, RequireTPMAttestation: pf.RequireTPMAttestation != nil && *pf.RequireTPMAttestation}
+	p := &Policy{CRLURL: pf.CRLURL, RequireTPMAttestation: pf.RequireTPMAttestation != nil && *pf.RequireTPMAttestation, Ledger: pf.Ledger}
+	if err := checkLedgerURL(pf.Ledger); err != nil {
+		return nil, fmt.Errorf("CA policy %s: ledger = %q: %w", path, redact(pf.Ledger), err)
+	}
 	for _, d := range []struct {
 		name string
 		s    string
@@ -245,7 +261,8 @@ func newSerial() (*big.Int, error) {
 }
 
 // Local is an open CA directory. It is safe for concurrent use, and
-// several processes may share the directory: ledger access is locked.
+// several processes may share the directory (the file ledger is locked),
+// or, with a PostgreSQL ledger, the database from many hosts.
 type Local struct {
 	dir     string
 	station string
@@ -253,10 +270,12 @@ type Local struct {
 	issuer  *x509.Certificate
 	key     crypto.Signer
 	policy  *Policy
-	ledger  *ledger
+	ledger  Ledger
 	// keyCloser releases the PKCS#11 token of the issuing key (nil for a
 	// key file).
 	keyCloser io.Closer
+	// afterSign, if set (tests), runs between signing and finalizing.
+	afterSign func(der []byte)
 	// Now is the clock (tests replace it).
 	Now func() time.Time
 	// HardwareModuleNameSAN builds the subjectAltName extension that
@@ -272,8 +291,27 @@ var _ interface {
 	RecordRefusal(context.Context, *x509.CertificateRequest, station.Attestation) error
 } = (*Local)(nil)
 
-// Open opens the CA in dir. station names this jig in ledger records.
+// Open opens the CA in dir with the ledger its policy names. station
+// names this jig in ledger records.
 func Open(dir, station string) (*Local, error) {
+	return OpenWith(dir, OpenOptions{Station: station})
+}
+
+// OpenOptions tune OpenWith.
+type OpenOptions struct {
+	// Station names this jig in ledger records.
+	Station string
+	// Ledger overrides the policy's ledger: a postgres:// URL, or "file"
+	// for ledger.jsonl in the CA directory. "" keeps the policy's.
+	Ledger string
+	// LedgerRetry bounds how long a PostgreSQL ledger operation waits
+	// for the database to come back (0: DefaultLedgerRetry).
+	LedgerRetry time.Duration
+}
+
+// OpenWith opens the CA in dir.
+func OpenWith(dir string, o OpenOptions) (*Local, error) {
+	station := o.Station
 	root, err := readCert(filepath.Join(dir, RootCertFile))
 	if err != nil {
 		return nil, err
@@ -290,7 +328,7 @@ func Open(dir, station string) (*Local, error) {
 	if keyCloser != nil {
 		keyFile = IssuingKeyURIFile
 	}
-	l, err := open(dir, station, root, issuer, key, keyFile)
+	l, err := open(dir, station, root, issuer, key, keyFile, o)
 	if err != nil && keyCloser != nil {
 		keyCloser.Close()
 	}
@@ -300,7 +338,7 @@ func Open(dir, station string) (*Local, error) {
 	return l, err
 }
 
-func open(dir, station string, root, issuer *x509.Certificate, key crypto.Signer, keyFile string) (*Local, error) {
+func open(dir, station string, root, issuer *x509.Certificate, key crypto.Signer, keyFile string, o OpenOptions) (*Local, error) {
 	if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(issuer.PublicKey) {
 		return nil, fmt.Errorf("CA %s: %s does not match %s", dir, keyFile, IssuingCertFile)
 	}
@@ -312,16 +350,34 @@ func open(dir, station string, root, issuer *x509.Certificate, key crypto.Signer
 		return nil, err
 	}
 	l := &Local{dir: dir, station: station, root: root, issuer: issuer, key: key, policy: policy, Now: time.Now}
-	l.ledger, err = openLedger(filepath.Join(dir, LedgerFile), func() time.Time { return l.Now() })
-	if err != nil {
-		return nil, err
+	url := policy.Ledger
+	if o.Ledger != "" {
+		url = o.Ledger
+	}
+	switch url {
+	case "", "file":
+		fl, err := openLedger(filepath.Join(dir, LedgerFile), func() time.Time { return l.Now() })
+		if err != nil {
+			return nil, err
+		}
+		l.ledger = fileLedger{fl}
+	default:
+		if err := checkLedgerURL(url); err != nil {
+			return nil, fmt.Errorf("ledger %q: %w", redact(url), err)
+		}
+		sum := sha256.Sum256(issuer.Raw)
+		pl, err := openPGLedger(context.Background(), url, hex.EncodeToString(sum[:]), o.LedgerRetry)
+		if err != nil {
+			return nil, err
+		}
+		l.ledger = pl
 	}
 	return l, nil
 }
 
 // Close releases the ledger and the issuing key's token.
 func (l *Local) Close() error {
-	err := l.ledger.close()
+	err := l.ledger.Close()
 	if l.keyCloser != nil {
 		if cerr := l.keyCloser.Close(); err == nil {
 			err = cerr
@@ -402,11 +458,7 @@ func (l *Local) RecordRefusal(ctx context.Context, req *x509.CertificateRequest,
 		return err
 	}
 	fp, _ := csr.KeyFingerprint(req.PublicKey)
-	if err := l.ledger.lock(); err != nil {
-		return err
-	}
-	defer l.ledger.unlock()
-	return l.ledger.append(Record{Op: OpRefuse, Time: l.Now().UTC(), Serial: NoSerial, DeviceID: req.Subject.CommonName,
+	return l.ledger.Refuse(ctx, Record{Op: OpRefuse, Time: l.Now().UTC(), Serial: NoSerial, DeviceID: req.Subject.CommonName,
 		KeySHA256: fp, Station: l.station, Attestation: a.Outcome, EKSHA256: a.EKSHA256, Reason: a.Detail})
 }
 
@@ -440,15 +492,6 @@ func (l *Local) issue(ctx context.Context, req *x509.CertificateRequest, a *stat
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
 	}
-	if err := l.ledger.lock(); err != nil {
-		return nil, err
-	}
-	defer l.ledger.unlock()
-	for _, e := range l.ledger.byDevice[id] {
-		if e.KeySHA256 != fp && !e.Revoked {
-			return nil, fmt.Errorf("%w: %s has serial %s for key sha256:%s; revoke it first", ErrIDTaken, id, e.Serial, e.KeySHA256)
-		}
-	}
 	now := l.Now()
 	notAfter := now.Add(l.policy.Validity)
 	if notAfter.After(l.issuer.NotAfter) {
@@ -478,92 +521,114 @@ func (l *Local) issue(ctx context.Context, req *x509.CertificateRequest, a *stat
 			tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, ext)
 		}
 	}
-	der, err := sign(tmpl, l.issuer, req.PublicKey, l.key)
-	if err != nil {
-		return nil, fmt.Errorf("sign certificate for %s: %w", id, err)
+	// The serial is drawn before signing, so that the ledger records it
+	// (reserved) before any certificate with it exists.
+	var leaf *x509.Certificate
+	for try := 0; ; try++ {
+		sn, err := newSerial()
+		if err != nil {
+			return nil, err
+		}
+		tmpl.SerialNumber = sn
+		rec.Op, rec.Time, rec.Serial, rec.DeviceID = OpIssue, now.UTC(), hex.EncodeToString(sn.Bytes()), id
+		// x509 writes validity at second precision.
+		rec.KeySHA256, rec.Station = fp, l.station
+		rec.NotBefore, rec.NotAfter = tmpl.NotBefore.UTC().Truncate(time.Second), tmpl.NotAfter.UTC().Truncate(time.Second)
+		err = l.ledger.Issue(ctx, rec, func() error {
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, l.issuer, req.PublicKey, l.key)
+			if err != nil {
+				return fmt.Errorf("sign certificate for %s: %w", id, err)
+			}
+			if leaf, err = x509.ParseCertificate(der); err != nil {
+				return err
+			}
+			if l.afterSign != nil {
+				l.afterSign(der)
+			}
+			return nil
+		})
+		if errors.Is(err, ErrSerialTaken) && try == 0 {
+			continue
+		}
+		if err != nil {
+			if leaf != nil {
+				return nil, fmt.Errorf("certificate for %s not released: %w", id, err)
+			}
+			return nil, err
+		}
+		return []*x509.Certificate{leaf, l.issuer}, nil
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	rec.Op, rec.Time, rec.Serial, rec.DeviceID = OpIssue, now.UTC(), hex.EncodeToString(leaf.SerialNumber.Bytes()), id
-	rec.KeySHA256, rec.Station, rec.NotBefore, rec.NotAfter = fp, l.station, leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
-	if err := l.ledger.append(rec); err != nil {
-		return nil, fmt.Errorf("certificate for %s not released: %w", id, err)
-	}
-	return []*x509.Certificate{leaf, l.issuer}, nil
 }
 
 // Issued returns the ledger's issue records for a device ID, oldest first.
 func (l *Local) Issued(deviceID string) ([]Record, error) {
-	if err := l.ledger.lock(); err != nil {
-		return nil, err
-	}
-	defer l.ledger.unlock()
-	var out []Record
-	for _, e := range l.ledger.byDevice[deviceID] {
-		out = append(out, e.Record)
-	}
-	return out, nil
+	return l.ledger.Issued(context.Background(), deviceID)
+}
+
+// Pending returns issuances reserved in the ledger and never finalized
+// (a station stopped between reserving and releasing; docs/ca.md). Their
+// certificates were never released, but may exist: Revoke lists them on
+// the CRL.
+func (l *Local) Pending() ([]Record, error) {
+	return l.ledger.Pending(context.Background())
 }
 
 // Refused returns the ledger's refuse records for a device ID (boards
 // refused at the attest step), oldest first.
 func (l *Local) Refused(deviceID string) ([]Record, error) {
-	if err := l.ledger.lock(); err != nil {
-		return nil, err
-	}
-	defer l.ledger.unlock()
-	return append([]Record(nil), l.ledger.refused[deviceID]...), nil
+	return l.ledger.Refused(context.Background(), deviceID)
 }
 
 // Revoke marks every unrevoked certificate of deviceID revoked in the
 // ledger and rewrites the CRL. It returns the revoked serials.
 func (l *Local) Revoke(deviceID, reason string) ([]string, error) {
-	if err := l.ledger.lock(); err != nil {
-		return nil, err
+	serials, err := l.ledger.Revoke(context.Background(), deviceID, l.station, reason, l.Now().UTC())
+	if err != nil {
+		return serials, err
 	}
-	defer l.ledger.unlock()
-	var serials []string
-	now := l.Now().UTC()
-	for _, e := range l.ledger.byDevice[deviceID] {
-		if e.Revoked {
-			continue
-		}
-		if err := l.ledger.append(Record{Op: OpRevoke, Time: now, Serial: e.Serial, DeviceID: deviceID, Station: l.station, Reason: reason}); err != nil {
-			return serials, err
-		}
-		serials = append(serials, e.Serial)
-	}
-	if len(serials) == 0 {
-		return nil, fmt.Errorf("revoke %s: %w", deviceID, ErrNotIssued)
-	}
-	return serials, l.writeCRLLocked()
+	return serials, l.WriteCRL()
 }
 
-// WriteCRL re-signs the CRL from the ledger (for a fresh nextUpdate).
-func (l *Local) WriteCRL() error {
-	if err := l.ledger.lock(); err != nil {
+// RevokeSerial marks one certificate revoked in the ledger (serial in
+// hex, as Record.Serial and jig results give it) and rewrites the CRL:
+// `devid-jig program --reissue` revokes the certificate it replaced, and
+// only that one (Revoke takes every certificate of a device ID). A serial
+// already revoked is not an error (a rerun); an unknown one is
+// ErrNotIssued.
+func (l *Local) RevokeSerial(serial, reason string) error {
+	if revoked, err := l.SerialRevoked(serial); err != nil {
+		return fmt.Errorf("revoke serial: %w", err)
+	} else if revoked {
+		return nil
+	}
+	serial, _ = normSerial(serial) // valid: SerialRevoked checked it
+	if err := l.ledger.RevokeSerial(context.Background(), serial, l.station, reason, l.Now().UTC()); err != nil {
 		return err
 	}
-	defer l.ledger.unlock()
-	return l.writeCRLLocked()
+	return l.WriteCRL()
+}
+
+// WriteCRL re-signs the CRL from the ledger (for a fresh nextUpdate). With
+// a PostgreSQL ledger it lists the revocations of every station.
+func (l *Local) WriteCRL() error {
+	revoked, err := l.ledger.Revoked(context.Background())
+	if err != nil {
+		return fmt.Errorf("CRL: %w", err)
+	}
+	return l.writeCRL(revoked)
 }
 
 // CRLPath is where the CRL is written.
 func (l *Local) CRLPath() string { return filepath.Join(l.dir, CRLFile) }
 
-func (l *Local) writeCRLLocked() error {
+func (l *Local) writeCRL(revoked []Revocation) error {
 	var entries []x509.RevocationListEntry
-	for _, e := range l.ledger.bySerial {
-		if !e.Revoked {
-			continue
-		}
+	for _, e := range revoked {
 		sn, ok := new(big.Int).SetString(e.Serial, 16)
 		if !ok {
 			return fmt.Errorf("%w: serial %q is not hex", ErrLedgerCorrupt, e.Serial)
 		}
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: e.RevokedAt})
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: e.Time})
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].SerialNumber.Cmp(entries[j].SerialNumber) < 0 })
 	now := l.Now()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -234,4 +235,48 @@ func FuzzLedger(f *testing.F) {
 			t.Fatalf("ledger left without a final newline: %q", after)
 		}
 	})
+}
+
+func TestRevokeSerial(t *testing.T) {
+	t.Parallel()
+	dir, l := newCA(t)
+	testRevokeSerial(t, dir, l)
+}
+
+// testRevokeSerial revokes one of a device's two certificates by serial
+// (the file and the PostgreSQL ledger run it).
+func testRevokeSerial(t *testing.T, dir string, l *ca.Local) {
+	t.Helper()
+	req := request(t, "dev-rs")
+	c1, err := l.Issue(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := l.Issue(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RevokeSerial(c1[0].SerialNumber.Text(16), "superseded"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RevokeSerial(c1[0].SerialNumber.Text(16), "again"); err != nil {
+		t.Fatalf("second revoke of the serial (a rerun is not an error): %v", err)
+	}
+	if err := l.RevokeSerial("zz", "x"); err == nil || !strings.Contains(err.Error(), "hexadecimal") {
+		t.Fatalf("bad serial: %v", err)
+	}
+	recs, _ := l.Issued("dev-rs")
+	if len(recs) != 2 || recs[0].Status != ca.StatusRevoked && recs[1].Status != ca.StatusRevoked {
+		t.Fatalf("records %+v", recs)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, ca.CRLFile))
+	blk, _ := pem.Decode(b)
+	crl, err := x509.ParseRevocationList(blk.Bytes)
+	if err != nil || len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(c1[0].SerialNumber) != 0 {
+		t.Fatalf("CRL %v", err)
+	}
+	// The other certificate stays live: the ID keeps its key.
+	if serials, err := l.Revoke("dev-rs", "rma"); err != nil || len(serials) != 1 || serials[0] != fmt.Sprintf("%x", c2[0].SerialNumber.Bytes()) {
+		t.Fatalf("revoke the rest: %v %v", serials, err)
+	}
 }

@@ -3,6 +3,7 @@ package ca
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,54 @@ import (
 	"sync"
 	"syscall"
 	"time"
+)
+
+// Ledger is the issuance ledger behind a Local CA. Two back-ends
+// implement it: the embedded file ledger (ledger.jsonl in the CA
+// directory, the default, for one station host) and PostgreSQL
+// (ledger_pg.go, for every station of a line on one database). The rules
+// are the same for both; docs/ca.md ("Ledger") states them.
+type Ledger interface {
+	// Issue records one issuance around sign. It checks the rules for r
+	// (a device ID is bound to one key while it has a live certificate;
+	// serials are unique), records r (Op issue, Serial set) before sign
+	// runs, calls sign, and marks the record final after sign returns.
+	// An error from Issue means the certificate must not be released.
+	Issue(ctx context.Context, r Record, sign func() error) error
+	// Revoke marks every live certificate of deviceID revoked, recording
+	// station and reason, and returns their serials; ErrNotIssued if none.
+	Revoke(ctx context.Context, deviceID, station, reason string, at time.Time) ([]string, error)
+	// RevokeSerial marks one live certificate revoked; ErrNotIssued if the
+	// serial is not in the ledger or already revoked.
+	RevokeSerial(ctx context.Context, serial, station, reason string, at time.Time) error
+	// Refuse records a board refused at the attest step (no certificate).
+	Refuse(ctx context.Context, r Record) error
+	// Issued returns the issue records of a device ID, oldest first.
+	Issued(ctx context.Context, deviceID string) ([]Record, error)
+	// Refused returns the refuse records of a device ID, oldest first.
+	Refused(ctx context.Context, deviceID string) ([]Record, error)
+	// Revoked lists every revoked serial, the input of the CRL.
+	Revoked(ctx context.Context) ([]Revocation, error)
+	// Pending lists issuances reserved and never finalized: a station
+	// stopped between reserving and releasing the certificate. The file
+	// ledger has none (it records after signing, under its lock).
+	Pending(ctx context.Context) ([]Record, error)
+	Close() error
+}
+
+// Revocation is one revoked serial (lowercase hex, as in Record).
+type Revocation struct {
+	Serial   string
+	DeviceID string
+	Time     time.Time
+	Reason   string
+}
+
+// Status values of Record.Status (set on read; not part of ledger.jsonl).
+const (
+	StatusReserved = "reserved" // recorded before signing, never finalized
+	StatusIssued   = "issued"
+	StatusRevoked  = "revoked"
 )
 
 // LedgerVersion is the schema version written in every ledger record.
@@ -53,6 +102,9 @@ type Record struct {
 	Attestation string `json:"attestation,omitempty"`
 	// EKSHA256 is the hex SHA-256 of the board's EK certificate (DER).
 	EKSHA256 string `json:"ek_sha256,omitempty"`
+	// Status is filled in by Issued and Pending (StatusReserved,
+	// StatusIssued or StatusRevoked); it is not written to ledger.jsonl.
+	Status string `json:"-"`
 }
 
 // issued is the index entry for one issued certificate.
@@ -218,3 +270,116 @@ func (l *ledger) append(r Record) error {
 	l.index(r)
 	return nil
 }
+
+// fileLedger adapts the embedded ledger to the Ledger interface.
+type fileLedger struct{ *ledger }
+
+var _ Ledger = fileLedger{}
+
+func (l fileLedger) Close() error { return l.close() }
+
+// Issue holds the lock across the check, sign and the fsynced append: the
+// certificate exists only in memory until its line is on disk, so a crash
+// at any point leaves no released certificate without a line.
+func (l fileLedger) Issue(ctx context.Context, r Record, sign func() error) error {
+	if err := l.lock(); err != nil {
+		return err
+	}
+	defer l.unlock()
+	for _, e := range l.byDevice[r.DeviceID] {
+		if e.KeySHA256 != r.KeySHA256 && !e.Revoked {
+			return fmt.Errorf("%w: %s has serial %s for key sha256:%s; revoke it first", ErrIDTaken, r.DeviceID, e.Serial, e.KeySHA256)
+		}
+	}
+	if _, dup := l.bySerial[r.Serial]; dup {
+		return fmt.Errorf("%w: serial %s", ErrSerialTaken, r.Serial)
+	}
+	if err := sign(); err != nil {
+		return err
+	}
+	r.Op = OpIssue
+	return l.append(r)
+}
+
+func (l fileLedger) Revoke(ctx context.Context, deviceID, station, reason string, at time.Time) ([]string, error) {
+	if err := l.lock(); err != nil {
+		return nil, err
+	}
+	defer l.unlock()
+	var serials []string
+	for _, e := range l.byDevice[deviceID] {
+		if e.Revoked {
+			continue
+		}
+		if err := l.append(Record{Op: OpRevoke, Time: at, Serial: e.Serial, DeviceID: deviceID, Station: station, Reason: reason}); err != nil {
+			return serials, err
+		}
+		serials = append(serials, e.Serial)
+	}
+	if len(serials) == 0 {
+		return nil, fmt.Errorf("revoke %s: %w", deviceID, ErrNotIssued)
+	}
+	return serials, nil
+}
+
+func (l fileLedger) RevokeSerial(ctx context.Context, serial, station, reason string, at time.Time) error {
+	if err := l.lock(); err != nil {
+		return err
+	}
+	defer l.unlock()
+	e := l.bySerial[serial]
+	if e == nil || e.Revoked {
+		return fmt.Errorf("revoke serial %s: %w", serial, ErrNotIssued)
+	}
+	return l.append(Record{Op: OpRevoke, Time: at, Serial: serial, DeviceID: e.DeviceID, Station: station, Reason: reason})
+}
+
+func (l fileLedger) Refuse(ctx context.Context, r Record) error {
+	if err := l.lock(); err != nil {
+		return err
+	}
+	defer l.unlock()
+	r.Op, r.Serial = OpRefuse, NoSerial
+	return l.append(r)
+}
+
+func (l fileLedger) Issued(ctx context.Context, deviceID string) ([]Record, error) {
+	if err := l.lock(); err != nil {
+		return nil, err
+	}
+	defer l.unlock()
+	var out []Record
+	for _, e := range l.byDevice[deviceID] {
+		r := e.Record
+		r.Status = StatusIssued
+		if e.Revoked {
+			r.Status = StatusRevoked
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (l fileLedger) Refused(ctx context.Context, deviceID string) ([]Record, error) {
+	if err := l.lock(); err != nil {
+		return nil, err
+	}
+	defer l.unlock()
+	return append([]Record(nil), l.refused[deviceID]...), nil
+}
+
+func (l fileLedger) Revoked(ctx context.Context) ([]Revocation, error) {
+	if err := l.lock(); err != nil {
+		return nil, err
+	}
+	defer l.unlock()
+	var out []Revocation
+	for _, e := range l.bySerial {
+		if e.Revoked {
+			out = append(out, Revocation{Serial: e.Serial, DeviceID: e.DeviceID, Time: e.RevokedAt, Reason: e.RevokReason})
+		}
+	}
+	return out, nil
+}
+
+func (l fileLedger) Pending(ctx context.Context) ([]Record, error) { return nil, nil }

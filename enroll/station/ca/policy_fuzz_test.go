@@ -28,6 +28,8 @@ func FuzzLoadPolicy(f *testing.F) {
 	f.Add([]byte(`bogus = 1`))
 	f.Add([]byte(`validity = "1h"` + "\n" + `backdate = "0s"` + "\n" + `crl_validity = "1h"` + "\n" + `allowed_id = "x"` + "\n" + `require_tpm_attestation = true`))
 	f.Add([]byte(`require_tpm_attestation = 1`))
+	f.Add([]byte(`validity = "1h"` + "\n" + `backdate = "0s"` + "\n" + `crl_validity = "1h"` + "\n" + `allowed_id = "x"` + "\n" + `ledger = "postgres://devid@db/ledger"`))
+	f.Add([]byte(`validity = "1h"` + "\n" + `backdate = "0s"` + "\n" + `crl_validity = "1h"` + "\n" + `allowed_id = "x"` + "\n" + `ledger = "mysql://db"`))
 	f.Add([]byte("\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p := filepath.Join(t.TempDir(), "policy.toml")
@@ -41,7 +43,8 @@ func FuzzLoadPolicy(f *testing.F) {
 			}
 			return
 		}
-		if pol.Validity <= 0 || pol.CRLValidity <= 0 || pol.Backdate < 0 || pol.AllowedID == nil {
+		if pol.Validity <= 0 || pol.CRLValidity <= 0 || pol.Backdate < 0 || pol.AllowedID == nil ||
+			pol.Ledger != "" && pol.Ledger != "file" && !strings.HasPrefix(pol.Ledger, "postgres") {
 			t.Fatalf("accepted an unusable policy: %+v", pol)
 		}
 	})

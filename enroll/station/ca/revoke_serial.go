@@ -1,41 +1,38 @@
 package ca
 
-import "fmt"
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+)
 
-// RevokeSerial marks one certificate revoked in the ledger and rewrites
-// the CRL: `devid-jig program --reissue` revokes the certificate it
-// replaced on the board, and only that one (Revoke takes every
-// certificate of a device ID, the new one included). Revoking a serial
-// that is already revoked is not an error; one the ledger does not hold
-// is ErrNotIssued.
-func (l *Local) RevokeSerial(serial, reason string) error {
-	if err := l.ledger.lock(); err != nil {
-		return err
+// normSerial is serial (hex) as the ledger keeps it: the serial's bytes
+// in lowercase hex, even length.
+func normSerial(serial string) (string, error) {
+	sn, ok := new(big.Int).SetString(serial, 16)
+	if !ok || sn.Sign() <= 0 {
+		return "", fmt.Errorf("serial %q: not a positive hexadecimal serial number", serial)
 	}
-	defer l.ledger.unlock()
-	e := l.ledger.bySerial[serial]
-	if e == nil {
-		return fmt.Errorf("revoke serial %s: %w", serial, ErrNotIssued)
-	}
-	if e.Revoked {
-		return nil
-	}
-	if err := l.ledger.append(Record{Op: OpRevoke, Time: l.Now().UTC(), Serial: serial, DeviceID: e.DeviceID, Station: l.station, Reason: reason}); err != nil {
-		return err
-	}
-	return l.writeCRLLocked()
+	return hex.EncodeToString(sn.Bytes()), nil
 }
 
-// SerialRevoked reports whether the ledger marks serial revoked; a serial
-// the ledger does not hold is ErrNotIssued.
+// SerialRevoked reports whether the ledger marks serial revoked (a
+// serial it does not list as revoked is not). `devid-jig program` asks
+// before it leaves a programmed board alone.
 func (l *Local) SerialRevoked(serial string) (bool, error) {
-	if err := l.ledger.lock(); err != nil {
+	serial, err := normSerial(serial)
+	if err != nil {
 		return false, err
 	}
-	defer l.ledger.unlock()
-	e := l.ledger.bySerial[serial]
-	if e == nil {
-		return false, fmt.Errorf("serial %s: %w", serial, ErrNotIssued)
+	revoked, err := l.ledger.Revoked(context.Background())
+	if err != nil {
+		return false, err
 	}
-	return e.Revoked, nil
+	for _, r := range revoked {
+		if r.Serial == serial {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -8,6 +8,11 @@
 //	devid-jig reset   --port PATH --yes
 //	devid-jig revoke  --ca-dir DIR --device-id ID [--reason TEXT]
 //	devid-jig crl     --ca-dir DIR
+//	devid-jig ledger pending --ca-dir DIR
+//
+// program, revoke, crl and ledger pending take --ledger URL: the issuance
+// ledger on PostgreSQL shared by every station (docs/ca.md), overriding
+// the CA policy's ledger key.
 //
 // The command table (commands) is the whole command line: help, help
 // --json and the man page devid-jig(1) are made from it (help.go).
@@ -28,7 +33,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -79,9 +83,12 @@ var commands = []command{
 	{name: "revoke", args: "--ca-dir DIR --device-id ID [--reason TEXT]", required: []string{"ca-dir", "device-id"}, bind: revoke,
 		purpose: "revoke every certificate of a device and rewrite the CRL",
 		example: "devid-jig revoke --ca-dir /srv/devid-ca --device-id board-0042 --reason keyCompromise"},
-	{name: "crl", args: "--ca-dir DIR", required: []string{"ca-dir"}, bind: crl,
-		purpose: "re-sign the CRL with a fresh nextUpdate",
+	{name: "crl", args: "--ca-dir DIR [--ledger URL]", required: []string{"ca-dir"}, bind: crl,
+		purpose: "re-sign the CRL with a fresh nextUpdate (from the shared ledger with --ledger)",
 		example: "devid-jig crl --ca-dir /srv/devid-ca"},
+	{name: "ledger pending", args: "--ca-dir DIR [--ledger URL]", required: []string{"ca-dir"}, bind: ledgerPending,
+		purpose: "list issuances reserved and never finalized (a station stopped mid-issue); exit 1 if any",
+		example: "devid-jig ledger pending --ca-dir /srv/devid-ca --ledger postgres://devid@db/devid_ledger"},
 	{name: "version", args: "[--json]", bind: versionCmd,
 		purpose: "print the version, commit, Go version and platform",
 		example: "devid-jig version --json"},
@@ -150,6 +157,7 @@ func (p portFlags) hello(ctx context.Context) (*serial.TarmPort, *jig.Jig, *jig.
 func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 	pf := addPortFlags(fs)
 	caDir := fs.String("ca-dir", "", "local CA `DIR` (devid-jig ca init)")
+	ledger := addLedgerFlag(fs)
 	station := fs.String("station", "", "station `NAME` for the ledger (default: host name)")
 	estURL := fs.String("est", "", "sign through the EST server at `URL` instead of a local CA")
 	estCert := fs.String("est-cert", "", "station client certificate PEM `FILE` for EST")
@@ -190,24 +198,25 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 			return fail("setup", cmdline.Usage(errors.New("--reissue needs --ca-dir: revoking the replaced certificate needs the local CA's ledger")))
 		}
 		opts := jig.Options{RequireAttestation: *requireAtt, Reissue: *reissue}
-		rootFile := *factoryRoot
-		if rootFile == "" && *caDir != "" {
-			rootFile = filepath.Join(*caDir, ca.RootCertFile)
-		}
-		if rootFile != "" {
-			roots, err := certstore.LoadRoots(rootFile)
+		if *factoryRoot != "" {
+			roots, err := certstore.LoadRoots(*factoryRoot)
 			if err != nil {
-				return fail("setup", fmt.Errorf("factory root: %w", err))
+				return fail("setup", fmt.Errorf("--factory-root: %w", err))
 			}
 			opts.Roots = roots
 		}
 		var iss jig.Issuer
 		if *caDir != "" {
-			local, err := ca.Open(*caDir, *station)
+			local, err := ca.OpenWith(*caDir, ca.OpenOptions{Station: *station, Ledger: *ledger})
 			if err != nil {
 				return fail("ca", err)
 			}
 			defer local.Close()
+			if opts.Roots == nil {
+				// A board with a valid certificate from this CA is left alone.
+				opts.Roots = x509.NewCertPool()
+				opts.Roots.AddCert(local.Root())
+			}
 			local.HardwareModuleNameSAN = hardwareModuleNameSAN
 			if local.Policy().RequireTPMAttestation {
 				if *tpmRoots == "" {
@@ -367,12 +376,13 @@ func revoke(fs *flag.FlagSet, out streams) func(context.Context) error {
 	id := fs.String("device-id", "", "`ID` of the device whose certificates to revoke")
 	reason := fs.String("reason", "unspecified", "`TEXT` recorded in the ledger as the reason")
 	station := fs.String("station", "", "station `NAME` for the ledger (default: host name)")
+	ledger := addLedgerFlag(fs)
 	return func(context.Context) error {
 		stdout := out.stdout
 		if *station == "" {
 			*station, _ = os.Hostname()
 		}
-		local, err := ca.Open(*caDir, *station)
+		local, err := ca.OpenWith(*caDir, ca.OpenOptions{Station: *station, Ledger: *ledger})
 		if err != nil {
 			return err
 		}
@@ -388,9 +398,10 @@ func revoke(fs *flag.FlagSet, out streams) func(context.Context) error {
 
 func crl(fs *flag.FlagSet, out streams) func(context.Context) error {
 	caDir := fs.String("ca-dir", "", "local CA `DIR`")
+	ledger := addLedgerFlag(fs)
 	return func(context.Context) error {
 		stdout := out.stdout
-		local, err := ca.Open(*caDir, "")
+		local, err := ca.OpenWith(*caDir, ca.OpenOptions{Ledger: *ledger})
 		if err != nil {
 			return err
 		}
@@ -399,6 +410,40 @@ func crl(fs *flag.FlagSet, out streams) func(context.Context) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "CRL written to %s\n", local.CRLPath())
+		if pend, err := local.Pending(); err == nil && len(pend) > 0 {
+			fmt.Fprintf(out.stderr, "warning: %d issuance(s) reserved and never finalized (devid-jig ledger pending)\n", len(pend))
+		}
+		return nil
+	}
+}
+
+// addLedgerFlag defines --ledger, which overrides the CA policy's ledger.
+func addLedgerFlag(fs *flag.FlagSet) *string {
+	return fs.String("ledger", "", "issuance ledger `URL`: postgres://... shared by every station, or file (ledger.jsonl in --ca-dir); default: the CA policy's ledger key")
+}
+
+func ledgerPending(fs *flag.FlagSet, out streams) func(context.Context) error {
+	caDir := fs.String("ca-dir", "", "local CA `DIR`")
+	ledger := addLedgerFlag(fs)
+	return func(context.Context) error {
+		local, err := ca.OpenWith(*caDir, ca.OpenOptions{Ledger: *ledger})
+		if err != nil {
+			return err
+		}
+		defer local.Close()
+		pend, err := local.Pending()
+		if err != nil {
+			return err
+		}
+		for _, r := range pend {
+			fmt.Fprintf(out.stdout, "reserved %s device %s key sha256:%s station %q at %s\n",
+				r.Serial, r.DeviceID, r.KeySHA256, r.Station, r.Time.UTC().Format(time.RFC3339))
+		}
+		if len(pend) > 0 {
+			return fmt.Errorf("%d issuance(s) reserved and never finalized: their certificates were not released; "+
+				"revoke the device (devid-jig revoke) if the certificate may exist, or reprogram it with the same key", len(pend))
+		}
+		fmt.Fprintln(out.stdout, "no pending issuances")
 		return nil
 	}
 }

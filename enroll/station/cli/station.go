@@ -20,7 +20,7 @@ import (
 
 // stationCommand runs a station of many slots (enroll/station/line,
 // docs/station.md).
-var stationCommand = command{name: "station", args: "--config FILE [--json-events FILE|-] [--listen ADDR] [--boards N]",
+var stationCommand = command{name: "station", args: "--config FILE [--json-events FILE|-] [--listen ADDR] [--boards N] [--ledger URL]",
 	required: []string{"config"}, bind: stationCmd,
 	purpose: "run a station: program every board that arrives on its serial slots, many at once",
 	example: "devid-jig station --config /etc/devid/station.toml --listen 127.0.0.1:8080"}
@@ -30,6 +30,7 @@ func stationCmd(fs *flag.FlagSet, out streams) func(context.Context) error {
 	events := fs.String("json-events", "", "write one JSON object per event to `FILE` (appended; - for standard output)")
 	listen := fs.String("listen", "", "serve the web page and /metrics on `ADDR` (overrides listen in the configuration)")
 	boards := fs.Int("boards", 0, "exit after `N` boards have finished (programmed, left alone or failed); 0: run until SIGINT or SIGTERM")
+	ledger := addLedgerFlag(fs)
 	reissue := fs.Bool("reissue", false, "give boards that hold a valid certificate from this CA a new one and revoke the old serial")
 	return func(ctx context.Context) error {
 		if *boards < 0 {
@@ -48,7 +49,10 @@ func stationCmd(fs *flag.FlagSet, out streams) func(context.Context) error {
 		if *listen != "" {
 			cfg.Listen = *listen
 		}
-		local, err := ca.Open(cfg.CADir, cfg.Station)
+		if *ledger != "" {
+			cfg.Ledger = *ledger
+		}
+		local, err := ca.OpenWith(cfg.CADir, ca.OpenOptions{Station: cfg.Station, Ledger: cfg.Ledger})
 		if err != nil {
 			return err
 		}

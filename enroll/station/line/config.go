@@ -44,6 +44,10 @@ type Config struct {
 	Station string
 	// CADir is the local CA directory (devid-jig ca init).
 	CADir string
+	// Ledger overrides the CA policy's ledger: a postgres:// URL shared
+	// by every station of a line, or "file" ("" keeps the policy's;
+	// docs/ca.md).
+	Ledger string
 	// SerialDir is the root relative slot ports are resolved against.
 	SerialDir string
 	// Watch is WatchAuto, WatchNetlink or WatchPoll.
@@ -75,6 +79,7 @@ type SlotConfig struct {
 type configFile struct {
 	Station      string       `toml:"station"`
 	CADir        string       `toml:"ca_dir"`
+	Ledger       string       `toml:"ledger"`
 	SerialDir    string       `toml:"serial_dir"`
 	Watch        string       `toml:"watch"`
 	ScanInterval string       `toml:"scan_interval"`
@@ -124,7 +129,7 @@ func ParseConfig(b []byte) (*Config, error) {
 		}
 		return nil, err
 	}
-	c := &Config{Station: f.Station, CADir: f.CADir, SerialDir: f.SerialDir, Watch: f.Watch, Baud: f.Baud,
+	c := &Config{Station: f.Station, CADir: f.CADir, Ledger: f.Ledger, SerialDir: f.SerialDir, Watch: f.Watch, Baud: f.Baud,
 		Retries: f.Retries, Listen: f.Listen, Slots: f.Slots}
 	for _, d := range []struct {
 		name, s string
