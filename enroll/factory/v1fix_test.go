@@ -23,6 +23,7 @@ import (
 	"devid/enroll/certstore"
 	"devid/enroll/csr"
 	"devid/enroll/factory"
+	"devid/enroll/factory/factorytest"
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
 	"devid/hal/serial"
@@ -315,16 +316,7 @@ func serveOnPty(t *testing.T, d *factory.Device) *busKit {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, p) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Serve: %v", err)
-		}
-		p.Close()
-	})
+	factorytest.Serve(t, d, p)
 	return &busKit{d: d, state: filepath.Dir(d.Certs.Path()), master: pair.Master, r: factory.NewLineReader(pair.Master)}
 }
 

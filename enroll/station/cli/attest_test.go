@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
+	"devid/enroll/factory/factorytest"
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
 	"devid/enroll/station/ca"
@@ -49,16 +49,7 @@ func serveBoard(t *testing.T, tty, id, caDir string, att *fakeattest.TPM) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, p) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Serve: %v", err)
-		}
-		p.Close()
-	})
+	factorytest.Serve(t, d, p)
 }
 
 // TestProgramAttestationFlags runs `devid-jig program` with --tpm-roots

@@ -17,6 +17,7 @@ import (
 
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
+	"devid/enroll/factory/factorytest"
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
 	"devid/enroll/station/ca"
@@ -30,7 +31,6 @@ import (
 type device struct {
 	*factory.Device
 	state string
-	done  chan error
 }
 
 // startDevice serves a device on tty until the test ends.
@@ -51,7 +51,7 @@ func startDeviceWith(t testing.TB, tty, id string, roots *x509.CertPool, setup f
 	d := &device{
 		Device: &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(state, roots),
 			Log: slog.New(slog.DiscardHandler), FrameTimeout: 300 * time.Millisecond},
-		state: state, done: make(chan error, 1),
+		state: state,
 	}
 	if setup != nil {
 		setup(d)
@@ -60,15 +60,7 @@ func startDeviceWith(t testing.TB, tty, id string, roots *x509.CertPool, setup f
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { d.done <- d.Serve(ctx, p) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-d.done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Serve returned %v, want context.Canceled", err)
-		}
-		p.Close()
-	})
+	factorytest.Serve(t, d.Device, p)
 	return d
 }
 

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"devid/enroll/attest"
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
+	"devid/enroll/factory/factorytest"
 	"devid/enroll/keys"
 	"devid/enroll/station"
 	"devid/enroll/station/jig"
@@ -112,16 +112,7 @@ func serveTPMBoard(tb testing.TB, addr, id string, roots *x509.CertPool, atteste
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, p) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			tb.Errorf("Serve returned %v, want context.Canceled", err)
-		}
-		p.Close()
-	})
+	factorytest.Serve(tb, d, p)
 	return jig.New(pair.Master), d, state
 }
 
