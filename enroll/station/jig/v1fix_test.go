@@ -30,8 +30,10 @@ func TestDeadBoardGivenUpWithin10s(t *testing.T) {
 			j := jig.New(pair.Master)
 			start := time.Now()
 			_, err := j.Do(testCtx(t), tc.slow, tc.verb, "COMMIT")
-			if took := time.Since(start); !errors.Is(err, jig.ErrNoReply) || took > 11*time.Second {
-				t.Fatalf("%s to a dead board: %v after %v, want ErrNoReply within 10 s", tc.verb, err, took)
+			// The 10 s budget is checked above; the bound here leaves
+			// a loaded machine slack, and still fails a wait of minutes.
+			if took := time.Since(start); !errors.Is(err, jig.ErrNoReply) || took > 30*time.Second {
+				t.Fatalf("%s to a dead board: %v after %v, want ErrNoReply within the 10 s budget", tc.verb, err, took)
 			}
 		})
 	}
@@ -55,10 +57,12 @@ func TestBusyBoardIsWaitedFor(t *testing.T) {
 	t.Parallel()
 	l := newCA(t)
 	pair := serialtest.Pty(t)
-	const reply = 200 * time.Millisecond
+	// BUSY every 50 ms against a 500 ms reply timeout: a loaded machine
+	// would have to stall ten intervals in a row to fail this.
+	const reply = 500 * time.Millisecond
 	startDeviceWith(t, pair.TTY, "board-busy", rootPool(l), func(d *device) {
 		d.Keys = slowKeys{d.Keys, 5 * reply}
-		d.BusyInterval = reply / 5
+		d.BusyInterval = reply / 10
 	})
 	j := jig.New(pair.Master)
 	j.ReplyTimeout, j.Retries = reply, 1
