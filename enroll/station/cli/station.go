@@ -58,14 +58,29 @@ func stationCmd(fs *flag.FlagSet, out streams) func(context.Context) error {
 		}
 		defer local.Close()
 		local.HardwareModuleNameSAN = hardwareModuleNameSAN
+		jo := jig.Options{Reissue: *reissue, RequireAttestation: cfg.RequireAttestation}
 		if local.Policy().RequireTPMAttestation {
-			return fmt.Errorf("the CA policy (%s) sets require_tpm_attestation, which the station does not offer yet: use devid-jig program --tpm-roots", ca.PolicyFile)
+			if cfg.TPMRoots == "" {
+				return cmdline.Usage(fmt.Errorf("%s: the CA policy (%s) sets require_tpm_attestation: give tpm_roots", *config, ca.PolicyFile))
+			}
+			jo.RequireAttestation = true
+		}
+		if cfg.TPMRoots != "" {
+			tpmRoots, err := certstore.LoadRoots(cfg.TPMRoots)
+			if err != nil {
+				return fmt.Errorf("%s: tpm_roots: %w", *config, err)
+			}
+			if newVerifier == nil {
+				return errors.New("tpm_roots: this devid-jig cannot verify TPM attestation (built without enroll/attest)")
+			}
+			jo.Verifier = newVerifier(tpmRoots)
 		}
 		roots, err := certstore.LoadRoots(cfg.CADir + "/" + ca.RootCertFile)
 		if err != nil {
 			return fmt.Errorf("factory root: %w", err)
 		}
-		o := line.Options{CA: local, Ledger: local, Jig: jig.Options{Roots: roots, Reissue: *reissue},
+		jo.Roots = roots
+		o := line.Options{CA: local, Ledger: local, Jig: jo,
 			Terminal: out.stdout, TTY: line.IsTerminal(out.stdout), Boards: *boards}
 		switch *events {
 		case "":

@@ -61,6 +61,13 @@ type Config struct {
 	Retries      int
 	// Listen is the address of the web page and /metrics ("" none).
 	Listen string
+	// TPMRoots is a PEM file of TPM maker roots: boards that offer
+	// attestation must prove their key is in such a TPM ("": boards are
+	// not asked; outcome not-checked).
+	TPMRoots string
+	// RequireAttestation refuses boards that do not prove a TPM key. It
+	// needs TPMRoots; a CA policy with require_tpm_attestation sets it.
+	RequireAttestation bool
 	// Slots are the station's slots, in display order.
 	Slots []SlotConfig
 }
@@ -87,6 +94,8 @@ type configFile struct {
 	ReplyTimeout string       `toml:"reply_timeout"`
 	Retries      int          `toml:"retries"`
 	Listen       string       `toml:"listen"`
+	TPMRoots     string       `toml:"tpm_roots"`
+	RequireAtt   bool         `toml:"require_attestation"`
 	Slots        []SlotConfig `toml:"slot"`
 }
 
@@ -107,6 +116,9 @@ func LoadConfig(path string) (*Config, error) {
 	}
 	if c.CADir != "" && !filepath.IsAbs(c.CADir) {
 		c.CADir = filepath.Join(base, c.CADir)
+	}
+	if c.TPMRoots != "" && !filepath.IsAbs(c.TPMRoots) {
+		c.TPMRoots = filepath.Join(base, c.TPMRoots)
 	}
 	if !filepath.IsAbs(c.SerialDir) {
 		c.SerialDir = filepath.Join(base, c.SerialDir)
@@ -130,7 +142,7 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, err
 	}
 	c := &Config{Station: f.Station, CADir: f.CADir, Ledger: f.Ledger, SerialDir: f.SerialDir, Watch: f.Watch, Baud: f.Baud,
-		Retries: f.Retries, Listen: f.Listen, Slots: f.Slots}
+		Retries: f.Retries, Listen: f.Listen, TPMRoots: f.TPMRoots, RequireAttestation: f.RequireAtt, Slots: f.Slots}
 	for _, d := range []struct {
 		name, s string
 		dst     *time.Duration
@@ -179,6 +191,9 @@ func (c *Config) check() error {
 	}
 	if c.Retries < 0 {
 		return fmt.Errorf("retries = %d: want 0 (the jig's default) or more", c.Retries)
+	}
+	if c.RequireAttestation && c.TPMRoots == "" {
+		return errors.New("require_attestation = true needs tpm_roots (a PEM file of TPM maker roots)")
 	}
 	if len(c.Slots) == 0 {
 		return errors.New("no [[slot]]: a station needs at least one slot")
