@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"devid/enroll/csr"
+	"devid/enroll/station"
 	"devid/hal/board"
 )
 
@@ -55,6 +56,42 @@ type Recorded struct {
 
 // Issue checks the CSR's device ID, asks the signer and records the leaf.
 func (e *Recorded) Issue(ctx context.Context, req *x509.CertificateRequest) ([]*x509.Certificate, error) {
+	return e.issue(ctx, req, nil)
+}
+
+// IssueAttested is Issue with the outcome of the jig's attest step,
+// which the record keeps (outcome, EK certificate SHA-256). The external
+// CA gets the CSR alone: it cannot put the HardwareModuleName into the
+// certificate (docs/ca.md, "EST and the shared ledger").
+func (e *Recorded) IssueAttested(ctx context.Context, req *x509.CertificateRequest, a station.Attestation) ([]*x509.Certificate, error) {
+	return e.issue(ctx, req, &a)
+}
+
+// RecordRefusal records a board refused at the attest step.
+func (e *Recorded) RecordRefusal(ctx context.Context, req *x509.CertificateRequest, a station.Attestation) error {
+	fp, _ := csr.KeyFingerprint(req.PublicKey)
+	return e.Ledger.Refuse(ctx, Record{Op: OpRefuse, Time: e.now().UTC(), Serial: NoSerial, DeviceID: req.Subject.CommonName,
+		KeySHA256: fp, Station: e.Station, Attestation: a.Outcome, EKSHA256: a.EKSHA256, Reason: a.Detail})
+}
+
+// ErrExternalRevoke: the certificates of an external CA are revoked at
+// that CA, not by the station.
+var ErrExternalRevoke = errors.New("the EST CA's certificates are revoked at the EST CA, not by the station")
+
+// RevokeSerial refuses: a certificate of the external CA is revoked
+// there (its CRL is not this ledger's), so --reissue does not apply.
+func (e *Recorded) RevokeSerial(serial, reason string) error {
+	return fmt.Errorf("revoke serial %s: %w", serial, ErrExternalRevoke)
+}
+
+func (e *Recorded) now() time.Time {
+	if e.Now != nil {
+		return e.Now()
+	}
+	return time.Now()
+}
+
+func (e *Recorded) issue(ctx context.Context, req *x509.CertificateRequest, a *station.Attestation) ([]*x509.Certificate, error) {
 	id := req.Subject.CommonName
 	if err := board.Validate(id); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
@@ -63,12 +100,11 @@ func (e *Recorded) Issue(ctx context.Context, req *x509.CertificateRequest) ([]*
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
 	}
-	now := time.Now
-	if e.Now != nil {
-		now = e.Now
-	}
 	var chain []*x509.Certificate
-	rec := Record{Op: OpIssue, Time: now().UTC(), DeviceID: id, KeySHA256: fp, Station: e.Station}
+	rec := Record{Op: OpIssue, Time: e.now().UTC(), DeviceID: id, KeySHA256: fp, Station: e.Station}
+	if a != nil {
+		rec.Attestation, rec.EKSHA256 = a.Outcome, a.EKSHA256
+	}
 	err = e.Ledger.IssueExternal(ctx, rec, func() (*x509.Certificate, error) {
 		c, err := e.Signer.Issue(ctx, req)
 		if err != nil {

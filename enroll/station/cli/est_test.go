@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log"
 	"net/http/httptest"
@@ -23,11 +24,16 @@ import (
 	simest "devid/simulator/est"
 )
 
-// TestProgramESTLedger: `devid-jig program --est URL --ledger URL` records
-// each EST issuance in the shared PostgreSQL ledger, and refuses a board
-// whose device ID the ledger binds to another key before the EST server
-// is asked.
-func TestProgramESTLedger(t *testing.T) {
+// estFixture is the simulator's EST server over TLS and the station's
+// files to reach it.
+type estFixture struct {
+	url, certFile, keyFile, rootFile string
+	ca                               *pkitest.CA
+	sim                              *simest.Server
+}
+
+func newESTFixture(t *testing.T) *estFixture {
+	t.Helper()
 	dir := t.TempDir()
 	estCA, stations := pkitest.NewCA("est"), pkitest.NewCA("stations")
 	sim, err := simest.New(simest.Config{Issuer: estCA.Issuer, Key: estCA.IssuerKey, CACerts: []*x509.Certificate{estCA.Issuer, estCA.Root}})
@@ -60,6 +66,16 @@ func TestProgramESTLedger(t *testing.T) {
 		&pem.Block{Type: "CERTIFICATE", Bytes: stations.Issuer.Raw})
 	keyFile := write("station.key", &pem.Block{Type: "PRIVATE KEY", Bytes: ckDER})
 	rootFile := write("est-root.pem", &pem.Block{Type: "CERTIFICATE", Bytes: estCA.Root.Raw})
+	return &estFixture{url: srv.URL, certFile: certFile, keyFile: keyFile, rootFile: rootFile, ca: estCA, sim: sim}
+}
+
+// TestProgramESTLedger: `devid-jig program --est URL --ledger URL` records
+// each EST issuance in the shared PostgreSQL ledger, and refuses a board
+// whose device ID the ledger binds to another key before the EST server
+// is asked.
+func TestProgramESTLedger(t *testing.T) {
+	f := newESTFixture(t)
+	estCA, sim, srv, certFile, keyFile, rootFile := f.ca, f.sim, struct{ URL string }{f.url}, f.certFile, f.keyFile, f.rootFile
 	url := pgtest.Start(t).NewDatabase(t)
 
 	run := func(args ...string) (string, string, int) {
@@ -150,5 +166,71 @@ func TestLedgerPendingIssuer(t *testing.T) {
 	}
 	if _, errOut, code := run("--issuer", issFile); code != 2 || !strings.Contains(errOut, "--ledger") {
 		t.Fatalf("--issuer without --ledger: exit %d %q", code, errOut)
+	}
+}
+
+// TestStationEST: a station whose station.toml names an EST server signs
+// through it and records every board in the shared PostgreSQL ledger.
+func TestStationEST(t *testing.T) {
+	f := newESTFixture(t)
+	url := pgtest.Start(t).NewDatabase(t)
+	dir := t.TempDir()
+	byID := filepath.Join(dir, "serial", "by-id")
+	if err := os.MkdirAll(byID, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 2; i++ {
+		link := serialtest.NewLink(t)
+		serveBoardRoots(t, link.DeviceTTY, fmt.Sprintf("est-st-%d", i), f.ca.Pool(), nil)
+		if err := os.Symlink(link.JigTTY, filepath.Join(byID, fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conf := filepath.Join(dir, "station.toml")
+	write := func(ledger string) {
+		if err := os.WriteFile(conf, []byte(fmt.Sprintf(`station = "est-line"
+est_url = %q
+est_cert = %q
+est_key = %q
+est_ca = %q
+ledger = %q
+serial_dir = "serial"
+watch = "poll"
+scan_interval = "50ms"
+[[slot]]
+port = "by-id/1"
+[[slot]]
+port = "by-id/2"
+`, f.url, f.certFile, f.keyFile, f.rootFile, ledger)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	write("")
+	if code := Main(ctx, Build{}, []string{"station", "--config", conf, "--boards", "2"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "est_url needs ledger") {
+		t.Fatalf("EST station without a ledger: exit %d %s", code, stderr.String())
+	}
+	write(url)
+	stdout.Reset()
+	stderr.Reset()
+	if code := Main(ctx, Build{}, []string{"station", "--config", conf, "--boards", "2"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stdout.String(), "2 boards: 2 programmed") {
+		t.Fatalf("EST station: exit %d %s\n%s", code, stderr.String(), stdout.String())
+	}
+	l, err := ca.OpenLedger(ctx, url, f.ca.Issuer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 1; i <= 2; i++ {
+		recs, err := l.Issued(ctx, fmt.Sprintf("est-st-%d", i))
+		if err != nil || len(recs) != 1 || recs[0].Station != "est-line" || recs[0].Status != ca.StatusIssued || recs[0].Attestation != "not-offered" {
+			t.Fatalf("ledger for est-st-%d: %+v, %v", i, recs, err)
+		}
+	}
+	if len(f.sim.Issued()) != 2 {
+		t.Fatalf("the EST server issued %d certificates, want 2", len(f.sim.Issued()))
 	}
 }

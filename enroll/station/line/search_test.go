@@ -62,3 +62,28 @@ func checkSerialSearch(t *testing.T, st *line.Station, other *ca.Local) {
 
 // caDirOf is the directory of a local CA.
 func caDirOf(t *testing.T, l *ca.Local) string { t.Helper(); return filepath.Dir(l.CRLPath()) }
+
+// TestParseConfigESTAndAttestation: the keys of an EST signer and of
+// attestation, and the errors that name what is wrong.
+func TestParseConfigESTAndAttestation(t *testing.T) {
+	const slot = "\n[[slot]]\nport = \"/dev/ttyUSB0\"\n"
+	c, err := line.ParseConfig([]byte(`est_url = "https://est:8443"
+est_cert = "c.pem"
+est_key = "k.pem"
+est_ca = "r.pem"
+ledger = "postgres://db/l"
+tpm_roots = "t.pem"
+require_attestation = true` + slot))
+	if err != nil || c.ESTURL != "https://est:8443" || c.ESTKey != "k.pem" || c.TPMRoots != "t.pem" || !c.RequireAttestation {
+		t.Fatalf("%+v, %v", c, err)
+	}
+	for conf, want := range map[string]string{
+		`ca_dir = "ca"` + "\n" + `est_url = "https://x"`:  "both set",
+		`est_url = "https://x"` + "\n" + `est_cert = "c"`: "needs est_cert, est_key and est_ca",
+		`require_attestation = true`:                      "needs tpm_roots",
+	} {
+		if _, err := line.ParseConfig([]byte(conf + slot)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", conf, err, want)
+		}
+	}
+}
