@@ -1,17 +1,26 @@
 package ca_test
 
 import (
+	"bufio"
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"devid/enroll/csr"
 	"devid/enroll/est"
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/station/ca"
@@ -220,4 +229,132 @@ func TestIssuedSerial(t *testing.T) {
 	}
 	t.Run("file", func(t *testing.T) { _, l := newCA(t); check(t, l) })
 	t.Run("pg", func(t *testing.T) { _, _, l := pgCA(t, pgtest.Start(t)); check(t, l) })
+}
+
+// estKillChild records an external issuance whose signer (standing for
+// the EST server) answers, prints "answered" and waits for SIGKILL: the
+// station dies between the EST answer and the ledger record.
+func estKillChild() int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, err); return 1 }
+	certPEM, err := os.ReadFile(os.Getenv("ISSUER_CERT"))
+	if err != nil {
+		return fail(err)
+	}
+	keyPEM, err := os.ReadFile(os.Getenv("ISSUER_KEY"))
+	if err != nil {
+		return fail(err)
+	}
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return fail(errors.New("issuer PEM files"))
+	}
+	iss, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return fail(err)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return fail(err)
+	}
+	l, err := ca.OpenLedger(context.Background(), os.Getenv("LEDGER"), iss, 0)
+	if err != nil {
+		return fail(err)
+	}
+	b, err := os.ReadFile(os.Getenv("CSR_FILE"))
+	if err != nil {
+		return fail(err)
+	}
+	req, err := csr.Parse(b)
+	if err != nil {
+		return fail(err)
+	}
+	signer := answerThenHang{ca: &pkitest.CA{Issuer: iss, IssuerKey: key.(*ecdsa.PrivateKey)}}
+	_, err = (&ca.Recorded{Signer: signer, Ledger: l, Issuer: iss, Station: "est-victim"}).Issue(context.Background(), req)
+	fmt.Fprintln(os.Stderr, "not killed:", err)
+	return 1
+}
+
+type answerThenHang struct{ ca *pkitest.CA }
+
+func (a answerThenHang) Issue(_ context.Context, req *x509.CertificateRequest) ([]*x509.Certificate, error) {
+	a.ca.Leaf(req.PublicKey, req.Subject.CommonName, nil)
+	fmt.Println("answered")
+	select {} // SIGKILL arrives here
+}
+
+// TestExternalKill: a station killed (SIGKILL) between the EST answer and
+// the ledger record leaves the placeholder reserved, which Pending
+// reports; the board's rerun with the same key is recorded, another key
+// is refused until the device is revoked.
+func TestExternalKill(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	estCA := pkitest.NewCA("est")
+	tmp := t.TempDir()
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(estCA.IssuerKey)
+	files := map[string][]byte{
+		"iss.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: estCA.Issuer.Raw}),
+		"iss.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	}
+	k := pkitest.Key()
+	der, _ := csr.Create(k, "est-victim-1")
+	files["csr.der"] = der
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(tmp, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=estkill", "LEDGER="+url, "ISSUER_CERT="+filepath.Join(tmp, "iss.pem"),
+		"ISSUER_KEY="+filepath.Join(tmp, "iss.key"), "CSR_FILE="+filepath.Join(tmp, "csr.der"))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	cmd.Process.Kill() // SIGKILL
+	cmd.Wait()
+	if line != "answered\n" {
+		t.Fatalf("estkill child: %q %v\n%s", line, err, stderr.String())
+	}
+	l, err := ca.OpenLedger(context.Background(), url, estCA.Issuer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	pend, err := l.Pending(ctx)
+	if err != nil || len(pend) != 1 || pend[0].DeviceID != "est-victim-1" || pend[0].Station != "est-victim" ||
+		pend[0].Reason != ca.ExternalPending || pend[0].Status != ca.StatusReserved {
+		t.Fatalf("pending after the kill: %+v, %v", pend, err)
+	}
+	sign := func(req *x509.CertificateRequest) ([]*x509.Certificate, error) {
+		return []*x509.Certificate{estCA.Leaf(req.PublicKey, req.Subject.CommonName, nil)}, nil
+	}
+	rec := &ca.Recorded{Signer: signerFunc(sign), Ledger: l, Issuer: estCA.Issuer, Station: "est-2"}
+	req, _ := csr.Parse(der)
+	if _, err := rec.Issue(ctx, req); err != nil {
+		t.Fatalf("rerun with the same key after the kill: %v", err)
+	}
+	other, _ := newRequest("est-victim-1")
+	if _, err := rec.Issue(ctx, other); !errors.Is(err, ca.ErrIDTaken) {
+		t.Fatalf("another key while the placeholder is reserved: %v", err)
+	}
+	if _, err := l.Revoke(ctx, "est-victim-1", "est-2", "station crashed", time.Now().UTC()); err != nil {
+		t.Fatal(err)
+	}
+	if pend, _ := l.Pending(ctx); len(pend) != 0 {
+		t.Fatalf("pending after revoking the device: %+v", pend)
+	}
+	if _, err := rec.Issue(ctx, other); err != nil {
+		t.Fatalf("another key after revocation: %v", err)
+	}
+}
+
+type signerFunc func(*x509.CertificateRequest) ([]*x509.Certificate, error)
+
+func (f signerFunc) Issue(_ context.Context, req *x509.CertificateRequest) ([]*x509.Certificate, error) {
+	return f(req)
 }
