@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +34,19 @@ type Ledger interface {
 	// RevokeSerial marks one live certificate revoked; ErrNotIssued if the
 	// serial is not in the ledger or already revoked.
 	RevokeSerial(ctx context.Context, serial, station, reason string, at time.Time) error
+	// IssueExternal records one issuance by another CA (an EST server),
+	// whose serial is known only once sign returns the leaf. It checks
+	// the device/key rule for r before sign runs (sign is not called if
+	// the device ID is bound to another live key), then records the leaf
+	// (r with its serial and validity) as issued. The PostgreSQL ledger
+	// first reserves a placeholder row (Pending lists it until the
+	// answer is recorded), so that a crash while the EST server answers
+	// stays visible; the file ledger holds its lock across sign instead.
+	// An error means the leaf must not be released.
+	IssueExternal(ctx context.Context, r Record, sign func() (*x509.Certificate, error)) error
+	// IssuedSerial returns the record of one serial (lowercase hex, as
+	// Record.Serial) with its Status; ErrNotIssued if the ledger has none.
+	IssuedSerial(ctx context.Context, serial string) (Record, error)
 	// Refuse records a board refused at the attest step (no certificate).
 	Refuse(ctx context.Context, r Record) error
 	// Issued returns the issue records of a device ID, oldest first.
@@ -286,10 +301,8 @@ func (l fileLedger) Issue(ctx context.Context, r Record, sign func() error) erro
 		return err
 	}
 	defer l.unlock()
-	for _, e := range l.byDevice[r.DeviceID] {
-		if e.KeySHA256 != r.KeySHA256 && !e.Revoked {
-			return fmt.Errorf("%w: %s has serial %s for key sha256:%s; revoke it first", ErrIDTaken, r.DeviceID, e.Serial, e.KeySHA256)
-		}
+	if err := l.checkKey(r); err != nil {
+		return err
 	}
 	if _, dup := l.bySerial[r.Serial]; dup {
 		return fmt.Errorf("%w: serial %s", ErrSerialTaken, r.Serial)
@@ -383,3 +396,52 @@ func (l fileLedger) Revoked(ctx context.Context) ([]Revocation, error) {
 }
 
 func (l fileLedger) Pending(ctx context.Context) ([]Record, error) { return nil, nil }
+
+func (l fileLedger) IssueExternal(ctx context.Context, r Record, sign func() (*x509.Certificate, error)) error {
+	if err := l.lock(); err != nil {
+		return err
+	}
+	defer l.unlock()
+	if err := l.checkKey(r); err != nil {
+		return err
+	}
+	leaf, err := sign()
+	if err != nil {
+		return err
+	}
+	r.Serial = hex.EncodeToString(leaf.SerialNumber.Bytes())
+	r.NotBefore, r.NotAfter = leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
+	if _, dup := l.bySerial[r.Serial]; dup {
+		return fmt.Errorf("%w: serial %s (from the external CA)", ErrSerialTaken, r.Serial)
+	}
+	r.Op = OpIssue
+	return l.append(r)
+}
+
+// checkKey refuses r if its device ID has a live certificate for another
+// key. The caller holds the lock.
+func (l fileLedger) checkKey(r Record) error {
+	for _, e := range l.byDevice[r.DeviceID] {
+		if e.KeySHA256 != r.KeySHA256 && !e.Revoked {
+			return fmt.Errorf("%w: %s has serial %s for key sha256:%s; revoke it first", ErrIDTaken, r.DeviceID, e.Serial, e.KeySHA256)
+		}
+	}
+	return nil
+}
+
+func (l fileLedger) IssuedSerial(ctx context.Context, serial string) (Record, error) {
+	if err := l.lock(); err != nil {
+		return Record{}, err
+	}
+	defer l.unlock()
+	e := l.bySerial[serial]
+	if e == nil {
+		return Record{}, fmt.Errorf("serial %s: %w", serial, ErrNotIssued)
+	}
+	r := e.Record
+	r.Status = StatusIssued
+	if e.Revoked {
+		r.Status = StatusRevoked
+	}
+	return r, nil
+}

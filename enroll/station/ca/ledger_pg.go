@@ -2,7 +2,9 @@ package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -273,6 +275,80 @@ func (p *pgLedger) Issue(ctx context.Context, r Record, sign func() error) error
 	})
 }
 
+// ExternalPending is the reason of the placeholder row an external
+// issuance (IssueExternal: an EST server) reserves before asking the
+// server; Pending lists such a row until the answer is recorded.
+const ExternalPending = "awaiting the EST server: the serial is not known yet"
+
+// IssueExternal: reserve a placeholder row (a random serial, status
+// reserved, reason ExternalPending) binding the device to the key, ask
+// sign (the EST server), then in one transaction void the placeholder
+// and insert the leaf's serial as issued. A crash while the server
+// answers leaves the placeholder reserved: Pending (devid-jig ledger
+// pending) reports it, and the certificate the server may have issued is
+// found at the EST CA by device ID.
+func (p *pgLedger) IssueExternal(ctx context.Context, r Record, sign func() (*x509.Certificate, error)) error {
+	sn, err := newSerial()
+	if err != nil {
+		return err
+	}
+	ph := hex.EncodeToString(sn.Bytes())
+	rv := r
+	rv.Serial, rv.NotBefore, rv.NotAfter, rv.Reason = ph, r.Time, r.Time, ExternalPending
+	if err := p.reserve(ctx, rv); err != nil {
+		return err
+	}
+	leaf, err := sign()
+	if err != nil {
+		_ = p.retry(ctx, "void", func(int) error {
+			_, err := p.pool.Exec(ctx, `UPDATE certificates SET status = 'void', reason = $2 WHERE serial = $1 AND status = 'reserved'`, ph, truncateStr(err.Error(), 200))
+			return err
+		})
+		return err
+	}
+	serial := hex.EncodeToString(leaf.SerialNumber.Bytes())
+	err = p.retry(ctx, "record", func(attempt int) error {
+		return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+			tag, err := tx.Exec(ctx, `UPDATE certificates SET status = 'void', reason = $2 WHERE serial = $1 AND status = 'reserved'`,
+				ph, "placeholder: the EST server issued serial "+serial)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				var dev, key, status string
+				if attempt > 0 && tx.QueryRow(ctx, `SELECT device_id, key_sha256, status FROM certificates WHERE serial = $1`, serial).
+					Scan(&dev, &key, &status) == nil && dev == r.DeviceID && key == r.KeySHA256 && status == StatusIssued {
+					return nil // an earlier attempt committed; its reply was lost
+				}
+				_ = tx.QueryRow(ctx, `SELECT status FROM certificates WHERE serial = $1`, ph).Scan(&status)
+				return fmt.Errorf("ledger: the reservation %s of %s is %s, not reserved (revoked meanwhile?): serial %s from the EST server is not recorded; revoke it at the EST CA",
+					ph, r.DeviceID, status, serial)
+			}
+			_, err = tx.Exec(ctx, `INSERT INTO certificates (serial, device_id, key_sha256, status, station, reserved_at, issued_at,
+				not_before, not_after, attestation, ek_sha256) VALUES ($1, $2, $3, 'issued', $4, $5, $6, $7, $8, $9, $10)`,
+				serial, r.DeviceID, r.KeySHA256, r.Station, r.Time, time.Now().UTC(), leaf.NotBefore.UTC(), leaf.NotAfter.UTC(), r.Attestation, r.EKSHA256)
+			return err
+		})
+	})
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == "certificates_pkey" {
+		return fmt.Errorf("%w: serial %s from the EST server (the reservation %s stays reserved: devid-jig ledger pending)", ErrSerialTaken, serial, ph)
+	}
+	return err
+}
+
+// IssuedSerial returns the row of serial (void placeholders excluded).
+func (p *pgLedger) IssuedSerial(ctx context.Context, serial string) (Record, error) {
+	recs, err := p.records(ctx, "read", `SELECT `+certColumns+` FROM certificates WHERE serial = $1 AND status <> 'void'`, serial)
+	if err != nil {
+		return Record{}, err
+	}
+	if len(recs) == 0 {
+		return Record{}, fmt.Errorf("serial %s: %w", serial, ErrNotIssued)
+	}
+	return recs[0], nil
+}
+
 func truncateStr(s string, n int) string {
 	if len(s) > n {
 		return s[:n]
@@ -291,8 +367,8 @@ func (p *pgLedger) reserve(ctx context.Context, r Record) error {
 				return err
 			}
 			_, err := tx.Exec(ctx, `INSERT INTO certificates (serial, device_id, key_sha256, status, station, reserved_at,
-				not_before, not_after, attestation, ek_sha256) VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9)`,
-				r.Serial, r.DeviceID, r.KeySHA256, r.Station, r.Time, r.NotBefore, r.NotAfter, r.Attestation, r.EKSHA256)
+				not_before, not_after, attestation, ek_sha256, reason) VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9, $10)`,
+				r.Serial, r.DeviceID, r.KeySHA256, r.Station, r.Time, r.NotBefore, r.NotAfter, r.Attestation, r.EKSHA256, r.Reason)
 			return err
 		})
 		var pe *pgconn.PgError
@@ -391,7 +467,7 @@ func (p *pgLedger) Refuse(ctx context.Context, r Record) error {
 	})
 }
 
-const certColumns = `serial, device_id, key_sha256, status, station, reserved_at, not_before, not_after, attestation, ek_sha256`
+const certColumns = `serial, device_id, key_sha256, status, station, reserved_at, not_before, not_after, attestation, ek_sha256, reason`
 
 func (p *pgLedger) records(ctx context.Context, what, query string, args ...any) ([]Record, error) {
 	var out []Record
@@ -402,7 +478,7 @@ func (p *pgLedger) records(ctx context.Context, what, query string, args ...any)
 		}
 		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) {
 			r := Record{V: LedgerVersion, Op: OpIssue}
-			err := row.Scan(&r.Serial, &r.DeviceID, &r.KeySHA256, &r.Status, &r.Station, &r.Time, &r.NotBefore, &r.NotAfter, &r.Attestation, &r.EKSHA256)
+			err := row.Scan(&r.Serial, &r.DeviceID, &r.KeySHA256, &r.Status, &r.Station, &r.Time, &r.NotBefore, &r.NotAfter, &r.Attestation, &r.EKSHA256, &r.Reason)
 			r.Time, r.NotBefore, r.NotAfter = r.Time.UTC(), r.NotBefore.UTC(), r.NotAfter.UTC()
 			return r, err
 		})

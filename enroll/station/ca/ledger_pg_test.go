@@ -38,6 +38,8 @@ func TestMain(m *testing.M) {
 		os.Exit(stationChild())
 	case "kill":
 		os.Exit(killChild())
+	case "estkill":
+		os.Exit(estKillChild())
 	default:
 		fmt.Fprintf(os.Stderr, "%s=%q: unknown role\n", childEnv, os.Getenv(childEnv))
 		os.Exit(2)

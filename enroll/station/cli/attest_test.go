@@ -35,6 +35,12 @@ func serveBoard(t *testing.T, tty, id, caDir string, att *fakeattest.TPM) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveBoardRoots(t, tty, id, roots, att)
+}
+
+// serveBoardRoots serves a factory device whose factory root is roots.
+func serveBoardRoots(t *testing.T, tty, id string, roots *x509.CertPool, att *fakeattest.TPM) {
+	t.Helper()
 	state := filepath.Join(t.TempDir(), "state")
 	ks, err := keys.Open("file:", state)
 	if err != nil {

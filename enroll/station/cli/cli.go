@@ -8,7 +8,7 @@
 //	devid-jig reset   --port PATH --yes
 //	devid-jig revoke  --ca-dir DIR --device-id ID [--reason TEXT]
 //	devid-jig crl     --ca-dir DIR
-//	devid-jig ledger pending --ca-dir DIR
+//	devid-jig ledger pending (--ca-dir DIR | --issuer FILE --ledger URL)
 //
 // program, revoke, crl and ledger pending take --ledger URL: the issuance
 // ledger on PostgreSQL shared by every station (docs/ca.md), overriding
@@ -22,6 +22,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -86,7 +87,7 @@ var commands = []command{
 	{name: "crl", args: "--ca-dir DIR [--ledger URL]", required: []string{"ca-dir"}, bind: crl,
 		purpose: "re-sign the CRL with a fresh nextUpdate (from the shared ledger with --ledger)",
 		example: "devid-jig crl --ca-dir /srv/devid-ca"},
-	{name: "ledger pending", args: "--ca-dir DIR [--ledger URL]", required: []string{"ca-dir"}, bind: ledgerPending,
+	{name: "ledger pending", args: "(--ca-dir DIR [--ledger URL] | --issuer FILE --ledger URL)", bind: ledgerPending,
 		purpose: "list issuances reserved and never finalized (a station stopped mid-issue); exit 1 if any",
 		example: "devid-jig ledger pending --ca-dir /srv/devid-ca --ledger postgres://devid@db/devid_ledger"},
 	{name: "version", args: "[--json]", bind: versionCmd,
@@ -157,7 +158,8 @@ func (p portFlags) hello(ctx context.Context) (*serial.TarmPort, *jig.Jig, *jig.
 func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 	pf := addPortFlags(fs)
 	caDir := fs.String("ca-dir", "", "local CA `DIR` (devid-jig ca init)")
-	ledger := addLedgerFlag(fs)
+	ledger := fs.String("ledger", "", "issuance ledger `URL`: postgres://... shared by every station, or file (ledger.jsonl in --ca-dir); "+
+		"default: the CA policy's ledger key; with --est, record each EST issuance in the postgres:// ledger (default: none)")
 	station := fs.String("station", "", "station `NAME` for the ledger (default: host name)")
 	estURL := fs.String("est", "", "sign through the EST server at `URL` instead of a local CA")
 	estCert := fs.String("est-cert", "", "station client certificate PEM `FILE` for EST")
@@ -237,7 +239,16 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 			if err != nil {
 				return fail("ca", fmt.Errorf("EST server roots: %w", err))
 			}
-			iss = &est.Client{URL: *estURL, HTTP: est.NewHTTPClient(roots, cert)}
+			client := &est.Client{URL: *estURL, HTTP: est.NewHTTPClient(roots, cert)}
+			iss = client
+			if *ledger != "" {
+				rec, err := recordedEST(ctx, client, *ledger, *station)
+				if err != nil {
+					return fail("ca", err)
+				}
+				defer rec.Ledger.Close()
+				iss = rec
+			}
 		}
 		if *tpmRoots != "" {
 			roots, err := certstore.LoadRoots(*tpmRoots)
@@ -300,6 +311,46 @@ func program(fs *flag.FlagSet, out streams) func(context.Context) error {
 			res.BytesSent+res.BytesReceived)
 		return nil
 	}
+}
+
+// recordedEST puts the EST client behind the shared ledger at url: the
+// issuing CA the ledger is bound to is the one intermediate (or, without
+// one, the one certificate) the server's /cacerts lists (docs/ca.md,
+// "EST and the shared ledger").
+func recordedEST(ctx context.Context, c *est.Client, url, station string) (*ca.Recorded, error) {
+	if url == "file" {
+		return nil, cmdline.Usage(errors.New("--est with --ledger: the EST path records in a shared ledger: give a postgres:// URL, not file"))
+	}
+	cas, err := c.CACerts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("--ledger: the EST server's issuing CA: %w", err)
+	}
+	issuer, err := estIssuingCA(cas)
+	if err != nil {
+		return nil, fmt.Errorf("--ledger: %w", err)
+	}
+	l, err := ca.OpenLedger(ctx, url, issuer, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &ca.Recorded{Signer: c, Ledger: l, Issuer: issuer, Station: station}, nil
+}
+
+// estIssuingCA picks the issuing CA from an EST server's /cacerts.
+func estIssuingCA(cas []*x509.Certificate) (*x509.Certificate, error) {
+	var inter []*x509.Certificate
+	for _, c := range cas {
+		if c.IsCA && !bytes.Equal(c.RawSubject, c.RawIssuer) {
+			inter = append(inter, c)
+		}
+	}
+	switch {
+	case len(inter) == 1:
+		return inter[0], nil
+	case len(inter) == 0 && len(cas) == 1 && cas[0].IsCA:
+		return cas[0], nil
+	}
+	return nil, fmt.Errorf("the EST server's /cacerts lists %d CA certificates (%d intermediates): the ledger needs exactly one issuing CA", len(cas), len(inter))
 }
 
 // newVerifier makes the attestation verifier for --tpm-roots (enroll/attest
@@ -425,19 +476,49 @@ func addLedgerFlag(fs *flag.FlagSet) *string {
 func ledgerPending(fs *flag.FlagSet, out streams) func(context.Context) error {
 	caDir := fs.String("ca-dir", "", "local CA `DIR`")
 	ledger := addLedgerFlag(fs)
-	return func(context.Context) error {
-		local, err := ca.OpenWith(*caDir, ca.OpenOptions{Ledger: *ledger})
-		if err != nil {
-			return err
-		}
-		defer local.Close()
-		pend, err := local.Pending()
-		if err != nil {
-			return err
+	issuerFile := fs.String("issuer", "", "PEM `FILE` of the issuing CA a postgres:// --ledger is bound to, instead of --ca-dir (the EST path's ledger)")
+	return func(ctx context.Context) error {
+		var pend []ca.Record
+		switch {
+		case (*caDir == "") == (*issuerFile == ""):
+			return cmdline.Usage(errors.New("give exactly one of --ca-dir and --issuer"))
+		case *issuerFile != "":
+			if *ledger == "" {
+				return cmdline.Usage(errors.New("--issuer needs --ledger postgres://..."))
+			}
+			b, err := os.ReadFile(*issuerFile)
+			if err != nil {
+				return fmt.Errorf("--issuer: %w", err)
+			}
+			parsed, err := certstore.ParsePEM(b)
+			if err != nil {
+				return fmt.Errorf("--issuer %s: %w", *issuerFile, err)
+			}
+			l, err := ca.OpenLedger(ctx, *ledger, parsed[0], 0)
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			if pend, err = l.Pending(ctx); err != nil {
+				return err
+			}
+		default:
+			local, err := ca.OpenWith(*caDir, ca.OpenOptions{Ledger: *ledger})
+			if err != nil {
+				return err
+			}
+			defer local.Close()
+			if pend, err = local.Pending(); err != nil {
+				return err
+			}
 		}
 		for _, r := range pend {
-			fmt.Fprintf(out.stdout, "reserved %s device %s key sha256:%s station %q at %s\n",
+			fmt.Fprintf(out.stdout, "reserved %s device %s key sha256:%s station %q at %s",
 				r.Serial, r.DeviceID, r.KeySHA256, r.Station, r.Time.UTC().Format(time.RFC3339))
+			if r.Reason != "" {
+				fmt.Fprintf(out.stdout, " (%s)", r.Reason)
+			}
+			fmt.Fprintln(out.stdout)
 		}
 		if len(pend) > 0 {
 			return fmt.Errorf("%d issuance(s) reserved and never finalized: their certificates were not released; "+

@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,9 +12,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"devid/enroll/certstore"
+	"devid/enroll/est"
 	"devid/enroll/station/ca"
 	"devid/enroll/station/jig"
 	"devid/enroll/station/line"
@@ -40,8 +45,8 @@ func stationCmd(fs *flag.FlagSet, out streams) func(context.Context) error {
 		if err != nil {
 			return cmdline.Usage(err)
 		}
-		if cfg.CADir == "" {
-			return cmdline.Usage(fmt.Errorf("%s: no ca_dir: the station signs with a local CA (devid-jig ca init)", *config))
+		if cfg.CADir == "" && cfg.ESTURL == "" {
+			return cmdline.Usage(fmt.Errorf("%s: no ca_dir nor est_url: the station signs with a local CA (devid-jig ca init) or an EST server", *config))
 		}
 		if cfg.Station == "" {
 			cfg.Station, _ = os.Hostname()
@@ -52,21 +57,50 @@ func stationCmd(fs *flag.FlagSet, out streams) func(context.Context) error {
 		if *ledger != "" {
 			cfg.Ledger = *ledger
 		}
-		local, err := ca.OpenWith(cfg.CADir, ca.OpenOptions{Station: cfg.Station, Ledger: cfg.Ledger})
-		if err != nil {
-			return err
+		jo := jig.Options{Reissue: *reissue, RequireAttestation: cfg.RequireAttestation}
+		var o line.Options
+		if cfg.ESTURL != "" {
+			if *reissue {
+				return cmdline.Usage(errors.New("--reissue needs a local CA (ca_dir): the EST CA revokes its own certificates"))
+			}
+			rec, roots, err := stationEST(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer rec.Ledger.Close()
+			jo.Roots = roots
+			o.CA, o.Ledger = rec, rec
+		} else {
+			local, err := ca.OpenWith(cfg.CADir, ca.OpenOptions{Station: cfg.Station, Ledger: cfg.Ledger})
+			if err != nil {
+				return err
+			}
+			defer local.Close()
+			local.HardwareModuleNameSAN = hardwareModuleNameSAN
+			if local.Policy().RequireTPMAttestation {
+				if cfg.TPMRoots == "" {
+					return cmdline.Usage(fmt.Errorf("%s: the CA policy (%s) sets require_tpm_attestation: give tpm_roots", *config, ca.PolicyFile))
+				}
+				jo.RequireAttestation = true
+			}
+			roots, err := certstore.LoadRoots(cfg.CADir + "/" + ca.RootCertFile)
+			if err != nil {
+				return fmt.Errorf("factory root: %w", err)
+			}
+			jo.Roots = roots
+			o.CA, o.Ledger = local, local
 		}
-		defer local.Close()
-		local.HardwareModuleNameSAN = hardwareModuleNameSAN
-		if local.Policy().RequireTPMAttestation {
-			return fmt.Errorf("the CA policy (%s) sets require_tpm_attestation, which the station does not offer yet: use devid-jig program --tpm-roots", ca.PolicyFile)
+		if cfg.TPMRoots != "" {
+			tpmRoots, err := certstore.LoadRoots(cfg.TPMRoots)
+			if err != nil {
+				return fmt.Errorf("%s: tpm_roots: %w", *config, err)
+			}
+			if newVerifier == nil {
+				return errors.New("tpm_roots: this devid-jig cannot verify TPM attestation (built without enroll/attest)")
+			}
+			jo.Verifier = newVerifier(tpmRoots)
 		}
-		roots, err := certstore.LoadRoots(cfg.CADir + "/" + ca.RootCertFile)
-		if err != nil {
-			return fmt.Errorf("factory root: %w", err)
-		}
-		o := line.Options{CA: local, Ledger: local, Jig: jig.Options{Roots: roots, Reissue: *reissue},
-			Terminal: out.stdout, TTY: line.IsTerminal(out.stdout), Boards: *boards}
+		o.Jig, o.Terminal, o.TTY, o.Boards = jo, out.stdout, line.IsTerminal(out.stdout), *boards
 		switch *events {
 		case "":
 		case "-":
@@ -106,4 +140,42 @@ func stationCmd(fs *flag.FlagSet, out streams) func(context.Context) error {
 		fmt.Fprint(summaryOut, y.Summary(cfg.Station))
 		return nil
 	}
+}
+
+// stationEST is the station's signer when station.toml names an EST
+// server: the EST client behind the shared ledger (recordedEST), and the
+// roots of programmed boards, the self-signed certificates the server's
+// /cacerts lists (nil if none: every board is issued a certificate).
+func stationEST(ctx context.Context, cfg *line.Config) (*ca.Recorded, *x509.CertPool, error) {
+	if !strings.HasPrefix(cfg.Ledger, "postgres://") && !strings.HasPrefix(cfg.Ledger, "postgresql://") {
+		return nil, nil, cmdline.Usage(errors.New("est_url needs ledger = \"postgres://...\" (or --ledger): the EST path records in the shared ledger"))
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.ESTCert, cfg.ESTKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("EST station certificate (est_cert, est_key): %w", err)
+	}
+	serverRoots, err := certstore.LoadRoots(cfg.ESTCA)
+	if err != nil {
+		return nil, nil, fmt.Errorf("est_ca: %w", err)
+	}
+	client := &est.Client{URL: cfg.ESTURL, HTTP: est.NewHTTPClient(serverRoots, cert)}
+	rec, err := recordedEST(ctx, client, cfg.Ledger, cfg.Station)
+	if err != nil {
+		return nil, nil, err
+	}
+	cas, err := client.CACerts(ctx)
+	if err != nil {
+		rec.Ledger.Close()
+		return nil, nil, err
+	}
+	var roots *x509.CertPool
+	for _, c := range cas {
+		if c.IsCA && bytes.Equal(c.RawSubject, c.RawIssuer) {
+			if roots == nil {
+				roots = x509.NewCertPool()
+			}
+			roots.AddCert(c)
+		}
+	}
+	return rec, roots, nil
 }

@@ -44,6 +44,12 @@ type Config struct {
 	Station string
 	// CADir is the local CA directory (devid-jig ca init).
 	CADir string
+	// ESTURL, instead of CADir, signs through an EST server; ESTCert and
+	// ESTKey are the station's client certificate and key, ESTCA the
+	// roots that verify the server (PEM files). Issuances are recorded
+	// in Ledger, which must then be a postgres:// URL (docs/ca.md, "EST
+	// and the shared ledger").
+	ESTURL, ESTCert, ESTKey, ESTCA string
 	// Ledger overrides the CA policy's ledger: a postgres:// URL shared
 	// by every station of a line, or "file" ("" keeps the policy's;
 	// docs/ca.md).
@@ -61,6 +67,13 @@ type Config struct {
 	Retries      int
 	// Listen is the address of the web page and /metrics ("" none).
 	Listen string
+	// TPMRoots is a PEM file of TPM maker roots: boards that offer
+	// attestation must prove their key is in such a TPM ("": boards are
+	// not asked; outcome not-checked).
+	TPMRoots string
+	// RequireAttestation refuses boards that do not prove a TPM key. It
+	// needs TPMRoots; a CA policy with require_tpm_attestation sets it.
+	RequireAttestation bool
 	// Slots are the station's slots, in display order.
 	Slots []SlotConfig
 }
@@ -80,6 +93,10 @@ type configFile struct {
 	Station      string       `toml:"station"`
 	CADir        string       `toml:"ca_dir"`
 	Ledger       string       `toml:"ledger"`
+	ESTURL       string       `toml:"est_url"`
+	ESTCert      string       `toml:"est_cert"`
+	ESTKey       string       `toml:"est_key"`
+	ESTCA        string       `toml:"est_ca"`
 	SerialDir    string       `toml:"serial_dir"`
 	Watch        string       `toml:"watch"`
 	ScanInterval string       `toml:"scan_interval"`
@@ -87,6 +104,8 @@ type configFile struct {
 	ReplyTimeout string       `toml:"reply_timeout"`
 	Retries      int          `toml:"retries"`
 	Listen       string       `toml:"listen"`
+	TPMRoots     string       `toml:"tpm_roots"`
+	RequireAtt   bool         `toml:"require_attestation"`
 	Slots        []SlotConfig `toml:"slot"`
 }
 
@@ -107,6 +126,11 @@ func LoadConfig(path string) (*Config, error) {
 	}
 	if c.CADir != "" && !filepath.IsAbs(c.CADir) {
 		c.CADir = filepath.Join(base, c.CADir)
+	}
+	for _, p := range []*string{&c.TPMRoots, &c.ESTCert, &c.ESTKey, &c.ESTCA} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
 	}
 	if !filepath.IsAbs(c.SerialDir) {
 		c.SerialDir = filepath.Join(base, c.SerialDir)
@@ -130,7 +154,14 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, err
 	}
 	c := &Config{Station: f.Station, CADir: f.CADir, Ledger: f.Ledger, SerialDir: f.SerialDir, Watch: f.Watch, Baud: f.Baud,
-		Retries: f.Retries, Listen: f.Listen, Slots: f.Slots}
+		Retries: f.Retries, Listen: f.Listen, TPMRoots: f.TPMRoots, RequireAttestation: f.RequireAtt, Slots: f.Slots,
+		ESTURL: f.ESTURL, ESTCert: f.ESTCert, ESTKey: f.ESTKey, ESTCA: f.ESTCA}
+	switch {
+	case c.CADir != "" && c.ESTURL != "":
+		return nil, errors.New("ca_dir and est_url are both set: a station signs with one (a local CA or an EST server)")
+	case c.ESTURL != "" && (c.ESTCert == "" || c.ESTKey == "" || c.ESTCA == ""):
+		return nil, errors.New("est_url needs est_cert, est_key and est_ca (the station's client certificate, its key, the roots of the EST server)")
+	}
 	for _, d := range []struct {
 		name, s string
 		dst     *time.Duration
@@ -179,6 +210,9 @@ func (c *Config) check() error {
 	}
 	if c.Retries < 0 {
 		return fmt.Errorf("retries = %d: want 0 (the jig's default) or more", c.Retries)
+	}
+	if c.RequireAttestation && c.TPMRoots == "" {
+		return errors.New("require_attestation = true needs tpm_roots (a PEM file of TPM maker roots)")
 	}
 	if len(c.Slots) == 0 {
 		return errors.New("no [[slot]]: a station needs at least one slot")

@@ -185,3 +185,13 @@ func slotsConfig(serialDir string, ports ...string) *line.Config {
 	}
 	return c
 }
+
+// drainWait returns the final event (programmed or failed) of n runs.
+func (e *events) drainWait(ctx context.Context, n int) []line.Event {
+	e.t.Helper()
+	var out []line.Event
+	for len(out) < n {
+		out = append(out, e.next(ctx, line.EventProgrammed, line.EventFailed))
+	}
+	return out
+}

@@ -31,6 +31,7 @@ func TestTwoStationsOnePostgresLedger(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	cas := make([]*ca.Local, stations)
+	sts := make([]*line.Station, stations)
 	for s := range stations {
 		l, err := ca.OpenWith(dir, ca.OpenOptions{Station: fmt.Sprintf("st%d", s+1), Ledger: url})
 		if err != nil {
@@ -54,6 +55,7 @@ func TestTwoStationsOnePostgresLedger(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		sts[s] = st
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -79,4 +81,7 @@ func TestTwoStationsOnePostgresLedger(t *testing.T) {
 	if len(serials) != stations*boards {
 		t.Fatalf("%d distinct serials, want %d", len(serials), stations*boards)
 	}
+	// Station 1's page finds serials station 2 issued: the search goes
+	// to the shared ledger.
+	checkSerialSearch(t, sts[0], cas[1])
 }

@@ -416,11 +416,14 @@ const (
 	CauseStopped   = "stopped"   // the station stopped during the run
 	CauseNoReply   = "no-reply"  // no valid reply after every retry (dead board, garbage on the line)
 	CausePort      = "port"      // the port could not be opened or failed
-	CauseRefused   = "refused"   // the attest step refused the board
-	CausePolicy    = "policy"    // the CA policy refused the CSR
-	CauseIDTaken   = "id-taken"  // the device ID holds a certificate for another key
-	CausePanic     = "panic"     // a bug: the slot's run panicked
-	CauseError     = "error"     // anything else (the message says what)
+	// CauseAttest starts the cause of a board the attest step refused:
+	// "attest:" and the refusal reason (jig.Refusal: not-offered,
+	// no-ek-cert, ek-untrusted, nonce, activation-failed, ...).
+	CauseAttest  = "attest:"
+	CausePolicy  = "policy"   // the CA policy refused the CSR
+	CauseIDTaken = "id-taken" // the device ID holds a certificate for another key
+	CausePanic   = "panic"    // a bug: the slot's run panicked
+	CauseError   = "error"    // anything else (the message says what)
 )
 
 var nakReasons = map[string]bool{
@@ -440,7 +443,7 @@ func causeOf(ctx context.Context, err error) string {
 	case ctx.Err() != nil:
 		return CauseStopped
 	case errors.As(err, &r):
-		return CauseRefused
+		return CauseAttest + attestReason(r.Reason)
 	case errors.Is(err, ca.ErrPolicy):
 		return CausePolicy
 	case errors.Is(err, ca.ErrIDTaken):
@@ -456,6 +459,16 @@ func causeOf(ctx context.Context, err error) string {
 		return CausePort
 	}
 	return CauseError
+}
+
+// attestReason keeps the reason of an attest refusal a short word, as it
+// becomes a metric label: the reasons are stable codes, but a Verifier
+// is outside code.
+func attestReason(r string) string {
+	if r == "" || len(r) > 32 || strings.ContainsFunc(r, func(c rune) bool { return !(c == '-' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') }) {
+		return "other"
+	}
+	return r
 }
 
 // finish records a run's final event.

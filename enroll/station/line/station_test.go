@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"devid/enroll/station/ca"
 	"devid/enroll/station/jig"
 	"devid/enroll/station/line"
 	"devid/hal/serial"
@@ -169,6 +170,14 @@ func TestEightBoardsAtOnce(t *testing.T) {
 	if e := ev.next(ctx, line.EventProgrammed, line.EventFailed); e.Type != line.EventProgrammed || !e.AlreadyProgrammed || e.Serial != programmed["board-0001"] {
 		t.Fatalf("replugged programmed board: %+v", e)
 	}
+
+	// The page's ledger search finds a serial the station did not issue.
+	other, err := ca.Open(caDirOf(t, l), "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSerialSearch(t, st, other)
+	other.Close()
 
 	// /metrics has the counters.
 	srv := httptest.NewServer(st.Handler())

@@ -2,7 +2,6 @@ package line
 
 import (
 	"embed"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -111,6 +110,17 @@ type SerialLookup interface {
 	IssuedSerial(serial string) (*ca.Record, error)
 }
 
+// isHex reports whether q is hexadecimal digits only (a serial, with or
+// without its leading zero).
+func isHex(q string) bool {
+	for _, c := range q {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", c) {
+			return false
+		}
+	}
+	return q != ""
+}
+
 func (s *Station) serveLedger(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	q := strings.TrimSpace(r.URL.Query().Get("q"))
@@ -123,7 +133,7 @@ func (s *Station) serveLedger(w http.ResponseWriter, r *http.Request) {
 		res.Error, status = "give a device ID or a certificate serial (hex) in q, at most 128 characters", http.StatusBadRequest
 	default:
 		id := q
-		if _, err := hex.DecodeString(strings.ToLower(q)); err == nil && len(q) >= 16 {
+		if isHex(q) && len(q) >= 16 {
 			// A serial: which device is it?
 			if sl, ok := s.o.Ledger.(SerialLookup); ok {
 				if rec, err := sl.IssuedSerial(strings.ToLower(q)); err == nil && rec != nil {
