@@ -484,7 +484,7 @@ func ledgerPending(fs *flag.FlagSet, out streams) func(context.Context) error {
 			return cmdline.Usage(errors.New("give exactly one of --ca-dir and --issuer"))
 		case *issuerFile != "":
 			if *ledger == "" {
-				return cmdline.Usage(errors.New("--issuer needs --ledger postgres://..."))
+				return cmdline.Usage(errors.New("--issuer needs --ledger (a postgres:// URL)"))
 			}
 			b, err := os.ReadFile(*issuerFile)
 			if err != nil {
