@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -46,8 +47,12 @@ type Device struct {
 	Attester Attester
 	// BusyInterval is DefaultBusyInterval when zero.
 	BusyInterval time.Duration
+	// NoV2 makes the device speak protocol 1 only, as firmware from
+	// before v2: HELLO does not offer v2=1 and "HELLO 2" is NAK bad-args.
+	NoV2 bool
 
 	// Session state: reset by RESET and at start.
+	proto    int    // protocol of this session (HELLO or HELLO 2); 0 is 1
 	outbox   []byte // last CSR (DER), read with READ
 	upload   []byte // INSTALL DATA so far
 	upSize   int
@@ -224,12 +229,23 @@ func nak(reason string, detail ...string) []string { return append([]string{"NAK
 func (d *Device) exec(ctx context.Context, f Frame) []string {
 	switch f.Verb {
 	case "HELLO":
-		if len(f.Args) != 0 {
+		// A bare HELLO starts a v1 session (what every jig from before v2
+		// sends); "HELLO 2" a v2 one. A device with NoV2 answers "HELLO 2"
+		// as a device from before v2 does: NAK bad-args.
+		switch {
+		case len(f.Args) == 0:
+			d.proto = ProtocolVersion
+		case len(f.Args) == 1 && f.Args[0] == strconv.Itoa(ProtocolV2) && !d.NoV2:
+			d.proto = ProtocolV2
+		default:
 			return nak(ReasonArgs, "HELLO", "takes", "no", "arguments")
 		}
 		st, _, _ := d.state()
-		out := []string{"OK", "HELLO", "proto=" + strconv.Itoa(ProtocolVersion), "id=" + d.ID,
-			"key=" + d.Keys.Name(), "state=" + string(st), "chunk=" + strconv.Itoa(Chunk), "max=" + strconv.Itoa(MaxLine)}
+		out := []string{"OK", "HELLO", "proto=" + strconv.Itoa(d.proto), "id=" + d.ID,
+			"key=" + d.Keys.Name(), "state=" + string(st), "chunk=" + strconv.Itoa(d.chunk()), "max=" + strconv.Itoa(MaxLine)}
+		if !d.NoV2 && d.proto == ProtocolVersion {
+			out = append(out, "v2=1")
+		}
 		if d.Attester != nil {
 			out = append(out, "attest=1")
 		}
@@ -323,7 +339,7 @@ func (d *Device) read(args []string) []string {
 	if len(args) != 1 {
 		return nak(ReasonArgs, "usage:", "READ", "OFFSET")
 	}
-	return readChunk(d.outbox, args[0], []string{"DATA"}, "CSR")
+	return readChunk(d.outbox, args[0], []string{"DATA"}, "CSR", d.chunk())
 }
 
 func (d *Device) install(args []string) []string {
@@ -353,7 +369,7 @@ func (d *Device) install(args []string) []string {
 			return nak(ReasonState, "no", "upload;", "send", "INSTALL", "BEGIN")
 		}
 		var nk []string
-		if d.upload, nk = appendChunk(d.upload, d.upSize, args[1], args[2]); nk != nil {
+		if d.upload, nk = appendChunk(d.upload, d.upSize, args[1], args[2], d.chunk()); nk != nil {
 			return nk
 		}
 		return []string{"OK", "INSTALL", "DATA", "have=" + strconv.Itoa(len(d.upload))}
@@ -385,7 +401,17 @@ func (d *Device) commit() []string {
 	if err != nil {
 		return nak(ReasonInternal, Words(err.Error())...)
 	}
-	chain, err := d.Certs.Install(d.upload, key.Public(), d.ID)
+	up := d.upload
+	if d.v2() {
+		// v2 uploads the chain as DER certificates back to back; the
+		// store keeps PEM, as v1 sends it.
+		certs, err := x509.ParseCertificates(up)
+		if err != nil || len(certs) == 0 {
+			return nak(ReasonCert, append([]string{string(certstore.ReasonMalformed)}, Words(fmt.Sprint("DER chain: ", err))...)...)
+		}
+		up = certstore.EncodePEM(certs...)
+	}
+	chain, err := d.Certs.Install(up, key.Public(), d.ID)
 	var rej *certstore.RejectError
 	if errors.As(err, &rej) {
 		return nak(ReasonCert, append([]string{string(rej.Reason)}, Words(rej.Detail)...)...)
