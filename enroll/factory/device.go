@@ -421,8 +421,15 @@ func (d *Device) commit() []string {
 	}
 	// The upload stays open, so repeating COMMIT re-installs the same
 	// chain and succeeds again (idempotent).
-	return []string{"OK", "INSTALL", "COMMIT", "serial=" + chain.Serial(),
+	out := []string{"OK", "INSTALL", "COMMIT", "serial=" + chain.Serial(),
 		"not_after=" + chain.NotAfter().UTC().Format(time.RFC3339)}
+	if d.v2() {
+		// v2: the state as STATUS would report it, read back from disk,
+		// so that the jig needs no STATUS after COMMIT.
+		st, _, _ := d.state()
+		out = append(out, "state="+string(st))
+	}
+	return out
 }
 
 func (d *Device) reset(args []string) []string {

@@ -386,6 +386,9 @@ func (j *Jig) Activate(ctx context.Context, credentialBlob, encryptedSecret []by
 type Installed struct {
 	Serial   string
 	NotAfter string
+	// State is the device's state after COMMIT, as STATUS would report
+	// it; v2 devices send it (state=), v1 devices leave it empty.
+	State factory.State
 }
 
 // Install uploads chainPEM in chunks and commits it. In a v2 session the
@@ -418,7 +421,7 @@ func (j *Jig) Install(ctx context.Context, chainPEM []byte, chunk int) (*Install
 	if err != nil {
 		return nil, err
 	}
-	return &Installed{Serial: rep.Fields["serial"], NotAfter: rep.Fields["not_after"]}, nil
+	return &Installed{Serial: rep.Fields["serial"], NotAfter: rep.Fields["not_after"], State: factory.State(rep.Fields["state"])}, nil
 }
 
 // Status is the device's answer to STATUS.

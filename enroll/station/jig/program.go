@@ -191,14 +191,23 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 	}
 	progress(StepInstall, fmt.Sprintf("%d bytes installed", len(chainPEM)))
 
-	st, err := j.Status(ctx)
-	if err != nil {
-		return fail(StepStatus, err)
+	if j.V2() && inst.State != "" {
+		// v2: COMMIT read the state back from the device's disk; a
+		// STATUS would say the same again.
+		if inst.State != factory.StateProgrammed {
+			return fail(StepStatus, fmt.Errorf("device reports state %s after install", inst.State))
+		}
+		progress(StepStatus, "programmed (state from INSTALL COMMIT)")
+	} else {
+		st, err := j.Status(ctx)
+		if err != nil {
+			return fail(StepStatus, err)
+		}
+		if st.State != factory.StateProgrammed || st.Serial != serial {
+			return fail(StepStatus, fmt.Errorf("device reports state %s serial %s after install (detail %q)", st.State, st.Serial, st.Detail))
+		}
+		progress(StepStatus, "programmed")
 	}
-	if st.State != factory.StateProgrammed || st.Serial != serial {
-		return fail(StepStatus, fmt.Errorf("device reports state %s serial %s after install (detail %q)", st.State, st.Serial, st.Detail))
-	}
-	progress(StepStatus, "programmed")
 	if replace != "" && replace != serial {
 		if err := iss.(Revoker).RevokeSerial(replace, ReissueReason); err != nil {
 			return fail(StepRevoke, fmt.Errorf("the board holds the new serial %s, but the replaced %s is not revoked: %w", serial, replace, err))

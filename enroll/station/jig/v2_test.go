@@ -2,7 +2,9 @@ package jig_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -256,5 +258,55 @@ func TestV2AttestRetransmissions(t *testing.T) {
 	}
 	if !j.V2() || res.Attestation.Outcome != station.Attested || tpm.Attests.Load() != 1 || tpm.Activations.Load() != 1 {
 		t.Fatalf("v2 %v outcome %q after %d attestations, %d activations", j.V2(), res.Attestation.Outcome, tpm.Attests.Load(), tpm.Activations.Load())
+	}
+}
+
+// BenchmarkProgramV1VsV2 programs one fresh board per iteration with a v1
+// jig and with a v2 jig, through a relay that throttles each way to
+// 11,520 B/s (115200 baud 8N1, serialtest.Throttled). It reports per
+// version the wire bytes of one board, its wire floor (those bytes at
+// 11,520 B/s, as if the line carried one direction at a time, which
+// stop-and-wait does) and the measured time over that floor.
+func BenchmarkProgramV1VsV2(b *testing.B) {
+	for _, v := range []struct {
+		name   string
+		v1Only bool
+	}{{"v1", true}, {"v2", false}} {
+		b.Run(v.name, func(b *testing.B) {
+			l := newCA(b)
+			var wire int
+			var total time.Duration
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				link := serialtest.NewLink(b)
+				link.SetTamper(serialtest.Throttled(serialtest.UARTBytesPerSecond))
+				startDevice(b, link.DeviceTTY, fmt.Sprintf("bench-%s-%d", v.name, i), rootPool(l))
+				p, err := serial.Open(link.JigTTY, 115200)
+				if err != nil {
+					b.Fatal(err)
+				}
+				j := jig.New(p)
+				j.V1Only = v.v1Only
+				b.StartTimer()
+				start := time.Now()
+				res, err := jig.Program(context.Background(), j, l, nil)
+				total += time.Since(start)
+				b.StopTimer()
+				p.Close()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if j.V2() == v.v1Only {
+					b.Fatalf("%s run with V2() %v", v.name, j.V2())
+				}
+				wire = res.BytesSent + res.BytesReceived
+				b.StartTimer()
+			}
+			floor := float64(wire) / serialtest.UARTBytesPerSecond * 1000
+			ms := float64(total.Milliseconds()) / float64(b.N)
+			b.ReportMetric(float64(wire), "wire-bytes/op")
+			b.ReportMetric(floor, "floor-ms/op")
+			b.ReportMetric(ms/floor, "x-floor")
+		})
 	}
 }
