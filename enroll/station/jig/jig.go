@@ -245,28 +245,94 @@ type Hello struct {
 
 // Hello sends HELLO. A protocol version other than ours is an error.
 func (j *Jig) Hello(ctx context.Context) (*Hello, error) {
+	h, _, _, err := j.hello(ctx, false)
+	return h, err
+}
+
+// HelloCSR is Hello then CSR. In v2 it sends "HELLO 2" and CSR back to
+// back (docs/factory-protocol.md, section 12), so that the device makes
+// its key while the HELLO reply is on the wire; on a device without v2 it
+// runs HELLO, then CSR. csrErr is the CSR's failure, err HELLO's.
+func (j *Jig) HelloCSR(ctx context.Context) (h *Hello, der []byte, csrErr, err error) {
+	h, rep, csrErr, err := j.hello(ctx, true)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if csrErr != nil {
+		return h, nil, csrErr, nil
+	}
+	if rep == nil {
+		der, csrErr = j.CSR(ctx)
+		return h, der, csrErr, nil
+	}
+	der, csrErr = j.readout(ctx, rep, "CSR", []string{"READ"}, []string{"DATA"})
+	return h, der, csrErr, nil
+}
+
+// hello is Hello; with csr, a v2 jig pipelines CSR behind "HELLO 2" and
+// returns its reply (or its failure in csrErr).
+func (j *Jig) hello(ctx context.Context, csr bool) (h *Hello, csrRep *Reply, csrErr, err error) {
 	// Drop anything a previous run left in the receive buffer.
 	j.r.Reset()
 	j.proto = 0
 	var rep *Reply
-	var err error
-	if !j.V1Only {
+	if !j.V1Only && csr {
+		reqs := [][]string{{"HELLO", strconv.Itoa(factory.ProtocolV2)}, {"CSR"}}
+		werr := j.window(ctx, "HELLO", reqs, func(i int, r *Reply) error {
+			if i == 0 {
+				rep = r
+			} else {
+				csrRep = r
+			}
+			return nil
+		})
+		var nk *NAKError
+		switch {
+		case rep != nil && werr != nil:
+			if errors.As(werr, &nk) {
+				nk.Verb = "CSR"
+			}
+			csrErr = werr
+		case errors.As(werr, &nk) && nk.Reason == factory.ReasonArgs:
+			// A device without v2: its CSR reply (if any) is stale now.
+		case werr != nil:
+			return nil, nil, nil, werr
+		}
+		if rep != nil {
+			h, err := j.parseHello(rep)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			if h.Proto != factory.ProtocolV2 {
+				return h, nil, nil, nil // the CSR was answered in v1: send it again
+			}
+			return h, csrRep, csrErr, nil
+		}
+	}
+	var err2 error
+	if !j.V1Only && rep == nil && !csr {
 		// A device from before v2 (or with v2 off) refuses the argument;
 		// then a bare HELLO opens a v1 session.
-		rep, err = j.Do(ctx, false, "HELLO", strconv.Itoa(factory.ProtocolV2))
+		rep, err2 = j.Do(ctx, false, "HELLO", strconv.Itoa(factory.ProtocolV2))
 		var nk *NAKError
-		if errors.As(err, &nk) && nk.Reason == factory.ReasonArgs {
-			rep, err = nil, nil
+		if errors.As(err2, &nk) && nk.Reason == factory.ReasonArgs {
+			rep, err2 = nil, nil
 		}
-		if err != nil {
-			return nil, err
+		if err2 != nil {
+			return nil, nil, nil, err2
 		}
 	}
 	if rep == nil {
-		if rep, err = j.Do(ctx, false, "HELLO"); err != nil {
-			return nil, err
+		if rep, err2 = j.Do(ctx, false, "HELLO"); err2 != nil {
+			return nil, nil, nil, err2
 		}
 	}
+	h, err = j.parseHello(rep)
+	return h, nil, nil, err
+}
+
+// parseHello checks a HELLO reply and opens the session it names.
+func (j *Jig) parseHello(rep *Reply) (*Hello, error) {
 	h := &Hello{DeviceID: rep.Fields["id"], Key: rep.Fields["key"], State: factory.State(rep.Fields["state"])}
 	h.Proto, _ = strconv.Atoi(rep.Fields["proto"])
 	h.Chunk, _ = strconv.Atoi(rep.Fields["chunk"])

@@ -109,15 +109,14 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 	}
 	fail := func(s Step, err error) (*Result, error) { return nil, &StepError{Step: s, Err: err} }
 
-	h, err := j.Hello(ctx)
+	// v2 pipelines CSR behind HELLO 2; the steps are reported as before.
+	h, der, csrErr, err := j.HelloCSR(ctx)
 	if err != nil {
 		return fail(StepHello, err)
 	}
 	progress(StepHello, fmt.Sprintf("device %s, protocol %d, key %s, state %s", h.DeviceID, h.Proto, h.Key, h.State))
-
-	der, err := j.CSR(ctx)
-	if err != nil {
-		return fail(StepCSR, err)
+	if csrErr != nil {
+		return fail(StepCSR, csrErr)
 	}
 	req, err := csr.Parse(der)
 	if err != nil {

@@ -27,7 +27,8 @@ const DefaultWindow = 4
 //     offset) and is dropped: request i is re-sent with the gap;
 //   - a device NAK for the first unanswered request is final (*NAKError).
 //
-// Each re-send is preceded by a lone LF, as in Do. After Retries rounds
+// A BUSY for an unanswered request extends the wait as in Do (up to
+// SlowTimeout in all). Each re-send is preceded by a lone LF, as in Do. After Retries rounds
 // of re-sending without the first unanswered request being answered,
 // window gives up with ErrNoReply.
 func (j *Jig) window(ctx context.Context, verb string, reqs [][]string, accept func(i int, rep *Reply) error) error {
@@ -92,7 +93,12 @@ func (j *Jig) window(ctx context.Context, verb string, reqs [][]string, accept f
 		}
 		return nil
 	}
-	deadline := time.Now().Add(timeout)
+	slow := j.SlowTimeout
+	if slow <= 0 {
+		slow = DefaultSlowTimeout
+	}
+	start := time.Now()
+	deadline := start.Add(timeout)
 	for base < n {
 		for ; next < n && next < base+w; next++ {
 			if err := send(next, false); err != nil {
@@ -137,8 +143,16 @@ func (j *Jig) window(ctx context.Context, verb string, reqs [][]string, accept f
 				return err
 			}
 			continue
-		case !ours || done[i] || f.Verb == "BUSY":
-			continue // stale, a duplicate, or a device at work
+		case !ours || done[i]:
+			continue // stale or a duplicate
+		case f.Verb == "BUSY":
+			// The device works on request i (a CSR making a key): wait
+			// on, up to SlowTimeout from the start, as Do does.
+			deadline = time.Now().Add(timeout)
+			if end := start.Add(slow); deadline.After(end) {
+				deadline = end
+			}
+			continue
 		}
 		// Copies of earlier requests sent before this one's first copy
 		// were answered; the unanswered ones lost their reply.
