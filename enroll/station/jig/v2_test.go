@@ -3,6 +3,7 @@ package jig_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"errors"
 	"fmt"
 	"strings"
@@ -308,5 +309,61 @@ func BenchmarkProgramV1VsV2(b *testing.B) {
 			b.ReportMetric(floor, "floor-ms/op")
 			b.ReportMetric(ms/floor, "x-floor")
 		})
+	}
+}
+
+// TestV2HelloCSRWindowRecovers: the replies to HELLO 2 and to the CSR
+// sent behind it are lost in turn; the jig resends and programs, and
+// the device made one key.
+func TestV2HelloCSRWindowRecovers(t *testing.T) {
+	t.Parallel()
+	l := newCA(t)
+	link := serialtest.NewLink(t)
+	d := startDevice(t, link.DeviceTTY, "board-v2-hello", rootPool(l))
+	hits := map[string]bool{}
+	drop := func(b []byte, name, what string) []byte {
+		if hits[name] || !bytes.Contains(b, []byte(what)) {
+			return b
+		}
+		hits[name] = true
+		var keep [][]byte
+		for _, ln := range bytes.SplitAfter(b, []byte("\n")) {
+			if !bytes.Contains(ln, []byte(what)) {
+				keep = append(keep, ln)
+			}
+		}
+		return bytes.Join(keep, nil)
+	}
+	link.SetTamper(func(dir serialtest.Direction, _ int, b []byte) []byte {
+		if dir != serialtest.ToJig {
+			return b
+		}
+		b = drop(b, "hello", " OK HELLO proto=2 ")
+		if hits["hello"] {
+			b = drop(b, "csr", " OK CSR ")
+		}
+		return b
+	})
+	p, err := serial.Open(link.JigTTY, 115200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	j := jig.New(p)
+	j.ReplyTimeout = 300 * time.Millisecond
+	first, err := jig.Program(testCtx(t), j, l, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hits["hello"] || !hits["csr"] || !j.V2() {
+		t.Fatalf("tampers %v, v2 %v", hits, j.V2())
+	}
+	certs, err := certstore.ParsePEM(first.ChainPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := d.Keys.Load()
+	if err != nil || !key.Public().(*ecdsa.PublicKey).Equal(certs[0].PublicKey) {
+		t.Fatalf("device key does not match the issued certificate: %v", err)
 	}
 }
