@@ -146,7 +146,7 @@ func (d *Device) activate(ctx context.Context, args []string) []string {
 		if nk != nil {
 			return nk
 		}
-		return []string{"OK", "ACTIVATE", "DATA", "have=" + strconv.Itoa(len(a.buf))}
+		return d.dataAck("ACTIVATE", len(a.buf))
 	case "COMMIT":
 		if len(args) != 1 {
 			return nak(ReasonArgs, "ACTIVATE", "COMMIT", "takes", "no", "arguments")

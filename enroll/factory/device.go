@@ -198,7 +198,7 @@ func (d *Device) handle(ctx context.Context, line []byte) []byte {
 		level = slog.LevelDebug
 	}
 	logged := string(bytes.TrimSpace(resp))
-	if f.Verb == "ACTIVATE" && args[0] == "OK" && args[2] == "COMMIT" {
+	if f.Verb == "ACTIVATE" && args[0] == "OK" && len(args) > 2 && args[2] == "COMMIT" {
 		logged = "OK ACTIVATE COMMIT (secret not logged)"
 	}
 	d.log().Log(context.Background(), level, "command", "seq", f.Seq, "verb", f.Verb, "reply", logged)
@@ -372,7 +372,7 @@ func (d *Device) install(args []string) []string {
 		if d.upload, nk = appendChunk(d.upload, d.upSize, args[1], args[2], d.chunk()); nk != nil {
 			return nk
 		}
-		return []string{"OK", "INSTALL", "DATA", "have=" + strconv.Itoa(len(d.upload))}
+		return d.dataAck("INSTALL", len(d.upload))
 	case "COMMIT":
 		if len(args) != 1 {
 			return nak(ReasonArgs, "INSTALL", "COMMIT", "takes", "no", "arguments")

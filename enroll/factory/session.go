@@ -87,6 +87,16 @@ func (d *Device) chunk() int {
 	return Chunk
 }
 
+// dataAck answers an upload chunk (INSTALL or ACTIVATE DATA) with the
+// bytes held: "OK VERB DATA have=N" in v1, the short "OK have=N" in v2,
+// where it is the most frequent reply.
+func (d *Device) dataAck(verb string, have int) []string {
+	if d.v2() {
+		return []string{"OK", "have=" + strconv.Itoa(have)}
+	}
+	return []string{"OK", verb, "DATA", "have=" + strconv.Itoa(have)}
+}
+
 // isReply reports whether verb is one the device sends (a looped-back
 // reply must not be answered).
 func isReply(verb string) bool { return verb == "OK" || verb == "NAK" || verb == "BUSY" }

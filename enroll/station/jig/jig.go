@@ -571,8 +571,9 @@ func (j *Jig) upload(ctx context.Context, verb string, up []byte, chunk int) err
 		// A re-sent chunk may be answered after later ones arrived: have
 		// is then beyond its end, never before it.
 		have, err := strconv.Atoi(rep.Fields["have"])
-		if len(rep.Args) < 2 || rep.Args[0] != verb || rep.Args[1] != "DATA" || err != nil || have < ends[i] || have > len(up) {
-			return fmt.Errorf("%s DATA reply: want have=N of at least %d, got %q", verb, ends[i], rep.Args)
+		// v2 acknowledges with the short "OK have=N".
+		if len(rep.Args) != 1 || err != nil || have < ends[i] || have > len(up) {
+			return fmt.Errorf("%s DATA reply: want OK have=N of at least %d, got %q", verb, ends[i], rep.Args)
 		}
 		return nil
 	})
