@@ -367,3 +367,53 @@ func TestV2HelloCSRWindowRecovers(t *testing.T) {
 		t.Fatalf("device key does not match the issued certificate: %v", err)
 	}
 }
+
+// TestV2GapWithoutTimeout: an INSTALL DATA request is damaged and the
+// device's "- NAK crc" for it is lost too, so the next chunk is answered
+// NAK offset. The jig reads that as a gap (the reply before it is
+// missing), resends the damaged chunk and the refused one at once, and
+// finishes without waiting out a reply timeout (set far beyond the
+// test's deadline).
+func TestV2GapWithoutTimeout(t *testing.T) {
+	t.Parallel()
+	l := newCA(t)
+	link := serialtest.NewLink(t)
+	startDevice(t, link.DeviceTTY, "board-v2-gap", rootPool(l))
+	hits := map[string]bool{}
+	link.SetTamper(func(dir serialtest.Direction, _ int, b []byte) []byte {
+		switch {
+		case dir == serialtest.ToDevice && !hits["flip"] && bytes.Contains(b, []byte(" INSTALL DATA 324 ")):
+			hits["flip"] = true
+			b[bytes.Index(b, []byte(" INSTALL DATA 324 "))+30] ^= 0x08
+		case dir == serialtest.ToJig && hits["flip"] && !hits["nak-lost"] && bytes.Contains(b, []byte("- NAK crc")):
+			hits["nak-lost"] = true
+			var keep [][]byte
+			for _, ln := range bytes.SplitAfter(b, []byte("\n")) {
+				if !bytes.HasPrefix(ln, []byte("- NAK crc")) {
+					keep = append(keep, ln)
+				}
+			}
+			return bytes.Join(keep, nil)
+		case dir == serialtest.ToJig && bytes.Contains(b, []byte(" NAK offset ")):
+			hits["offset"] = true
+		}
+		return b
+	})
+	p, err := serial.Open(link.JigTTY, 115200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	j := jig.New(p)
+	j.ReplyTimeout = 5 * time.Minute
+	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
+	defer cancel()
+	if _, err := jig.Program(ctx, j, l, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"flip", "nak-lost", "offset"} {
+		if !hits[h] {
+			t.Errorf("tamper %q never fired", h)
+		}
+	}
+}

@@ -156,14 +156,16 @@ func (j *Jig) window(ctx context.Context, verb string, reqs [][]string, accept f
 		}
 		// Copies of earlier requests sent before this one's first copy
 		// were answered; the unanswered ones lost their reply.
-		gap := false
+		gap, resent := false, false
 		for k := base; k < i; k++ {
 			gap = gap || !done[k]
 		}
 		if gap {
+			r0 := sent
 			if err := resend(i, first[i], errors.New("reply lost")); err != nil {
 				return err
 			}
+			resent = sent > r0
 		}
 		if f.Verb == "NAK" {
 			if len(f.Args) == 0 {
@@ -177,7 +179,15 @@ func (j *Jig) window(ctx context.Context, verb string, reqs [][]string, accept f
 				continue
 			}
 			if gap {
-				continue // caused by the gap; re-sent with it
+				// Caused by the gap. If the gap was re-sent just now,
+				// request i follows it; otherwise a re-send round that
+				// already went out after request i's first copy carries it.
+				if resent {
+					if err := send(i, true); err != nil {
+						return err
+					}
+				}
+				continue
 			}
 			return &NAKError{Verb: verb, Reason: f.Args[0], Detail: strings.Join(f.Args[1:], " ")}
 		}
