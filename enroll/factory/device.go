@@ -3,6 +3,7 @@ package factory
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -52,18 +53,19 @@ type Device struct {
 	NoV2 bool
 
 	// Session state: reset by RESET and at start.
-	proto    int    // protocol of this session (HELLO or HELLO 2); 0 is 1
-	outbox   []byte // last CSR (DER), read with READ
-	upload   []byte // INSTALL DATA so far
-	upSize   int
-	upDigest []byte
-	upOpen   bool
-	token    string // pending RESET confirmation
-	attOut   []byte // last attestation statement, read with ATTEST READ
-	act      activation
-	chainOut []byte // installed chain as CHAIN announced it, read with CHAIN READ
-	lastReq  *Frame // last request executed (parsed: CRC case does not matter)
-	lastResp []byte // and its response, replayed for a repeat
+	proto     int              // protocol of this session (HELLO or HELLO 2); 0 is 1
+	outbox    []byte           // last CSR (DER), read with READ
+	outboxPub crypto.PublicKey // the key outbox is for
+	upload    []byte           // INSTALL DATA so far
+	upSize    int
+	upDigest  []byte
+	upOpen    bool
+	token     string // pending RESET confirmation
+	attOut    []byte // last attestation statement, read with ATTEST READ
+	act       activation
+	chainOut  []byte // installed chain as CHAIN announced it, read with CHAIN READ
+	lastReq   *Frame // last request executed (parsed: CRC case does not matter)
+	lastResp  []byte // and its response, replayed for a repeat
 }
 
 // Serve answers frames on port until ctx is done (returning ctx.Err()) or
@@ -326,11 +328,17 @@ func (d *Device) csr() []string {
 	if err != nil {
 		return nak(ReasonInternal, Words(err.Error())...)
 	}
-	der, err := csr.Create(key, d.ID)
-	if err != nil {
-		return nak(ReasonInternal, Words(err.Error())...)
+	// The same key gets the same CSR again within a session, so that a
+	// CSR executed twice (a v2 jig resends a window that held it: docs/
+	// factory-protocol.md, section 12) leaves what the first reply
+	// announced readable. ECDSA signatures differ on every signing.
+	der := d.outbox
+	if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || der == nil || !k.Equal(d.outboxPub) {
+		if der, err = csr.Create(key, d.ID); err != nil {
+			return nak(ReasonInternal, Words(err.Error())...)
+		}
 	}
-	d.outbox = der
+	d.outbox, d.outboxPub = der, key.Public()
 	sum := sha256.Sum256(der)
 	return []string{"OK", "CSR", "size=" + strconv.Itoa(len(der)), "sha256=" + hex.EncodeToString(sum[:])}
 }
@@ -453,7 +461,7 @@ func (d *Device) reset(args []string) []string {
 		if err := d.Keys.Destroy(); err != nil {
 			return nak(ReasonInternal, Words(err.Error())...)
 		}
-		d.outbox, d.upload, d.upOpen, d.attOut, d.act, d.chainOut = nil, nil, false, nil, activation{}, nil
+		d.outbox, d.outboxPub, d.upload, d.upOpen, d.attOut, d.act, d.chainOut = nil, nil, nil, false, nil, activation{}, nil
 		d.removeTemps()
 		d.log().Warn("factory reset: key and certificate destroyed")
 		return []string{"OK", "RESET", "done", "state=" + string(StateBlank)}

@@ -84,3 +84,15 @@ func TestV2RepliesFitMaxLine(t *testing.T) {
 		t.Fatalf("%q", r)
 	}
 }
+
+// TestCSRRepeatIsStable: a second CSR (a new sequence number, so executed
+// again) announces the same bytes, so READ after either reply matches.
+func TestCSRRepeatIsStable(t *testing.T) {
+	t.Parallel()
+	d := newAttestDevice(t, nil)
+	a := ask(t, d, 1, "CSR")
+	b := ask(t, d, 2, "CSR")
+	if !slices.Equal(a, b) || a[0] != "OK" {
+		t.Fatalf("CSR twice: %q then %q", a, b)
+	}
+}
