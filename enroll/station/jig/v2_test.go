@@ -417,3 +417,36 @@ func TestV2GapWithoutTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestV2DamagedHelloResendsCSR: the first HELLO 2 is damaged, so the jig
+// resends it and the CSR behind it, which the device then executes twice;
+// the readout must still match what the accepted CSR reply announced.
+func TestV2DamagedHelloResendsCSR(t *testing.T) {
+	t.Parallel()
+	l := newCA(t)
+	link := serialtest.NewLink(t)
+	startDevice(t, link.DeviceTTY, "board-v2-csr2", rootPool(l))
+	csrs, flipped := 0, false
+	link.SetTamper(func(dir serialtest.Direction, _ int, b []byte) []byte {
+		if dir == serialtest.ToDevice {
+			if i := bytes.Index(b, []byte(" HELLO 2 ")); i >= 0 && !flipped {
+				flipped = true
+				b[i+2] ^= 0x01
+			}
+			csrs += bytes.Count(b, []byte(" CSR *"))
+		}
+		return b
+	})
+	p, err := serial.Open(link.JigTTY, 115200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	j := jig.New(p)
+	if _, err := jig.Program(testCtx(t), j, l, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !flipped || csrs < 2 || !j.V2() {
+		t.Fatalf("flipped %v, %d CSR frames sent, v2 %v", flipped, csrs, j.V2())
+	}
+}
