@@ -66,7 +66,7 @@ func (d *Device) attest(ctx context.Context, args []string) []string {
 		return nak(ReasonUnsupported, "this", "device", "has", "no", "TPM", "attestation")
 	}
 	if len(args) == 2 && args[0] == "READ" {
-		return readChunk(d.attOut, args[1], []string{"ATTEST", "DATA"}, "ATTEST")
+		return readChunk(d.attOut, args[1], []string{"ATTEST", "DATA"}, "ATTEST", d.chunk())
 	}
 	if len(args) != 1 {
 		return nak(ReasonArgs, "usage:", "ATTEST", "NONCE", "or", "ATTEST", "READ", "OFFSET")
@@ -142,11 +142,11 @@ func (d *Device) activate(ctx context.Context, args []string) []string {
 			return nak(ReasonState, "no", "upload;", "send", "ACTIVATE", "BEGIN")
 		}
 		var nk []string
-		a.buf, nk = appendChunk(a.buf, a.blobN+a.secretN, args[1], args[2])
+		a.buf, nk = appendChunk(a.buf, a.blobN+a.secretN, args[1], args[2], d.chunk())
 		if nk != nil {
 			return nk
 		}
-		return []string{"OK", "ACTIVATE", "DATA", "have=" + strconv.Itoa(len(a.buf))}
+		return d.dataAck("ACTIVATE", len(a.buf))
 	case "COMMIT":
 		if len(args) != 1 {
 			return nak(ReasonArgs, "ACTIVATE", "COMMIT", "takes", "no", "arguments")
@@ -178,7 +178,7 @@ func (d *Device) activate(ctx context.Context, args []string) []string {
 // readChunk answers a chunked readout of out (READ, ATTEST READ): at most
 // Chunk bytes from the offset in off, as reply words after the prefix.
 // what names the command that makes out.
-func readChunk(out []byte, off string, prefix []string, what string) []string {
+func readChunk(out []byte, off string, prefix []string, what string, chunk int) []string {
 	n, err := strconv.Atoi(off)
 	if err != nil || n < 0 {
 		return nak(ReasonArgs, "offset", off, "is", "not", "a", "number")
@@ -189,7 +189,7 @@ func readChunk(out []byte, off string, prefix []string, what string) []string {
 	if n >= len(out) {
 		return nak(ReasonOffset, "offset", off, "beyond", "size", strconv.Itoa(len(out)))
 	}
-	end := min(n+Chunk, len(out))
+	end := min(n+chunk, len(out))
 	return append(append([]string{"OK"}, prefix...), strconv.Itoa(n), base64.StdEncoding.EncodeToString(out[n:end]))
 }
 
@@ -197,14 +197,14 @@ func readChunk(out []byte, off string, prefix []string, what string) []string {
 // may grow to size: the offset must be where the upload stands, or repeat
 // bytes already received (a retransmission, accepted and ignored). It
 // returns the new buf, or the NAK to send.
-func appendChunk(buf []byte, size int, offArg, b64 string) ([]byte, []string) {
+func appendChunk(buf []byte, size int, offArg, b64 string, max int) ([]byte, []string) {
 	off, err := strconv.Atoi(offArg)
 	if err != nil || off < 0 {
 		return buf, nak(ReasonArgs, "offset", offArg, "is", "not", "a", "number")
 	}
 	chunk, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil || len(chunk) == 0 || len(chunk) > Chunk {
-		return buf, nak(ReasonArgs, "chunk", "is", "not", "1.."+strconv.Itoa(Chunk), "bytes", "of", "base64")
+	if err != nil || len(chunk) == 0 || len(chunk) > max {
+		return buf, nak(ReasonArgs, "chunk", "is", "not", "1.."+strconv.Itoa(max), "bytes", "of", "base64")
 	}
 	switch {
 	case off == len(buf):

@@ -3,8 +3,10 @@ package factory
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -46,19 +48,24 @@ type Device struct {
 	Attester Attester
 	// BusyInterval is DefaultBusyInterval when zero.
 	BusyInterval time.Duration
+	// NoV2 makes the device speak protocol 1 only, as firmware from
+	// before v2: HELLO does not offer v2=1 and "HELLO 2" is NAK bad-args.
+	NoV2 bool
 
 	// Session state: reset by RESET and at start.
-	outbox   []byte // last CSR (DER), read with READ
-	upload   []byte // INSTALL DATA so far
-	upSize   int
-	upDigest []byte
-	upOpen   bool
-	token    string // pending RESET confirmation
-	attOut   []byte // last attestation statement, read with ATTEST READ
-	act      activation
-	chainOut []byte // installed chain as CHAIN announced it, read with CHAIN READ
-	lastReq  *Frame // last request executed (parsed: CRC case does not matter)
-	lastResp []byte // and its response, replayed for a repeat
+	proto     int              // protocol of this session (HELLO or HELLO 2); 0 is 1
+	outbox    []byte           // last CSR (DER), read with READ
+	outboxPub crypto.PublicKey // the key outbox is for
+	upload    []byte           // INSTALL DATA so far
+	upSize    int
+	upDigest  []byte
+	upOpen    bool
+	token     string // pending RESET confirmation
+	attOut    []byte // last attestation statement, read with ATTEST READ
+	act       activation
+	chainOut  []byte // installed chain as CHAIN announced it, read with CHAIN READ
+	lastReq   *Frame // last request executed (parsed: CRC case does not matter)
+	lastResp  []byte // and its response, replayed for a repeat
 }
 
 // Serve answers frames on port until ctx is done (returning ctx.Err()) or
@@ -193,7 +200,7 @@ func (d *Device) handle(ctx context.Context, line []byte) []byte {
 		level = slog.LevelDebug
 	}
 	logged := string(bytes.TrimSpace(resp))
-	if f.Verb == "ACTIVATE" && args[0] == "OK" && args[2] == "COMMIT" {
+	if f.Verb == "ACTIVATE" && args[0] == "OK" && len(args) > 2 && args[2] == "COMMIT" {
 		logged = "OK ACTIVATE COMMIT (secret not logged)"
 	}
 	d.log().Log(context.Background(), level, "command", "seq", f.Seq, "verb", f.Verb, "reply", logged)
@@ -224,12 +231,23 @@ func nak(reason string, detail ...string) []string { return append([]string{"NAK
 func (d *Device) exec(ctx context.Context, f Frame) []string {
 	switch f.Verb {
 	case "HELLO":
-		if len(f.Args) != 0 {
+		// A bare HELLO starts a v1 session (what every jig from before v2
+		// sends); "HELLO 2" a v2 one. A device with NoV2 answers "HELLO 2"
+		// as a device from before v2 does: NAK bad-args.
+		switch {
+		case len(f.Args) == 0:
+			d.proto = ProtocolVersion
+		case len(f.Args) == 1 && f.Args[0] == strconv.Itoa(ProtocolV2) && !d.NoV2:
+			d.proto = ProtocolV2
+		default:
 			return nak(ReasonArgs, "HELLO", "takes", "no", "arguments")
 		}
 		st, _, _ := d.state()
-		out := []string{"OK", "HELLO", "proto=" + strconv.Itoa(ProtocolVersion), "id=" + d.ID,
-			"key=" + d.Keys.Name(), "state=" + string(st), "chunk=" + strconv.Itoa(Chunk), "max=" + strconv.Itoa(MaxLine)}
+		out := []string{"OK", "HELLO", "proto=" + strconv.Itoa(d.proto), "id=" + d.ID,
+			"key=" + d.Keys.Name(), "state=" + string(st), "chunk=" + strconv.Itoa(d.chunk()), "max=" + strconv.Itoa(MaxLine)}
+		if !d.NoV2 && d.proto == ProtocolVersion {
+			out = append(out, "v2=1")
+		}
 		if d.Attester != nil {
 			out = append(out, "attest=1")
 		}
@@ -310,11 +328,17 @@ func (d *Device) csr() []string {
 	if err != nil {
 		return nak(ReasonInternal, Words(err.Error())...)
 	}
-	der, err := csr.Create(key, d.ID)
-	if err != nil {
-		return nak(ReasonInternal, Words(err.Error())...)
+	// The same key gets the same CSR again within a session, so that a
+	// CSR executed twice (a v2 jig resends a window that held it: docs/
+	// factory-protocol.md, section 12) leaves what the first reply
+	// announced readable. ECDSA signatures differ on every signing.
+	der := d.outbox
+	if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || der == nil || !k.Equal(d.outboxPub) {
+		if der, err = csr.Create(key, d.ID); err != nil {
+			return nak(ReasonInternal, Words(err.Error())...)
+		}
 	}
-	d.outbox = der
+	d.outbox, d.outboxPub = der, key.Public()
 	sum := sha256.Sum256(der)
 	return []string{"OK", "CSR", "size=" + strconv.Itoa(len(der)), "sha256=" + hex.EncodeToString(sum[:])}
 }
@@ -323,7 +347,7 @@ func (d *Device) read(args []string) []string {
 	if len(args) != 1 {
 		return nak(ReasonArgs, "usage:", "READ", "OFFSET")
 	}
-	return readChunk(d.outbox, args[0], []string{"DATA"}, "CSR")
+	return readChunk(d.outbox, args[0], []string{"DATA"}, "CSR", d.chunk())
 }
 
 func (d *Device) install(args []string) []string {
@@ -353,10 +377,10 @@ func (d *Device) install(args []string) []string {
 			return nak(ReasonState, "no", "upload;", "send", "INSTALL", "BEGIN")
 		}
 		var nk []string
-		if d.upload, nk = appendChunk(d.upload, d.upSize, args[1], args[2]); nk != nil {
+		if d.upload, nk = appendChunk(d.upload, d.upSize, args[1], args[2], d.chunk()); nk != nil {
 			return nk
 		}
-		return []string{"OK", "INSTALL", "DATA", "have=" + strconv.Itoa(len(d.upload))}
+		return d.dataAck("INSTALL", len(d.upload))
 	case "COMMIT":
 		if len(args) != 1 {
 			return nak(ReasonArgs, "INSTALL", "COMMIT", "takes", "no", "arguments")
@@ -385,7 +409,17 @@ func (d *Device) commit() []string {
 	if err != nil {
 		return nak(ReasonInternal, Words(err.Error())...)
 	}
-	chain, err := d.Certs.Install(d.upload, key.Public(), d.ID)
+	up := d.upload
+	if d.v2() {
+		// v2 uploads the chain as DER certificates back to back; the
+		// store keeps PEM, as v1 sends it.
+		certs, err := x509.ParseCertificates(up)
+		if err != nil || len(certs) == 0 {
+			return nak(ReasonCert, append([]string{string(certstore.ReasonMalformed)}, Words(fmt.Sprint("DER chain: ", err))...)...)
+		}
+		up = certstore.EncodePEM(certs...)
+	}
+	chain, err := d.Certs.Install(up, key.Public(), d.ID)
 	var rej *certstore.RejectError
 	if errors.As(err, &rej) {
 		return nak(ReasonCert, append([]string{string(rej.Reason)}, Words(rej.Detail)...)...)
@@ -395,8 +429,15 @@ func (d *Device) commit() []string {
 	}
 	// The upload stays open, so repeating COMMIT re-installs the same
 	// chain and succeeds again (idempotent).
-	return []string{"OK", "INSTALL", "COMMIT", "serial=" + chain.Serial(),
+	out := []string{"OK", "INSTALL", "COMMIT", "serial=" + chain.Serial(),
 		"not_after=" + chain.NotAfter().UTC().Format(time.RFC3339)}
+	if d.v2() {
+		// v2: the state as STATUS would report it, read back from disk,
+		// so that the jig needs no STATUS after COMMIT.
+		st, _, _ := d.state()
+		out = append(out, "state="+string(st))
+	}
+	return out
 }
 
 func (d *Device) reset(args []string) []string {
@@ -420,7 +461,7 @@ func (d *Device) reset(args []string) []string {
 		if err := d.Keys.Destroy(); err != nil {
 			return nak(ReasonInternal, Words(err.Error())...)
 		}
-		d.outbox, d.upload, d.upOpen, d.attOut, d.act, d.chainOut = nil, nil, false, nil, activation{}, nil
+		d.outbox, d.outboxPub, d.upload, d.upOpen, d.attOut, d.act, d.chainOut = nil, nil, nil, false, nil, activation{}, nil
 		d.removeTemps()
 		d.log().Warn("factory reset: key and certificate destroyed")
 		return []string{"OK", "RESET", "done", "state=" + string(StateBlank)}

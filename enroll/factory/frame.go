@@ -17,6 +17,13 @@ const (
 	// Chunk is the most payload bytes carried by one DATA frame (192
 	// base64 characters), so every frame stays under MaxLine.
 	Chunk = 144
+	// ProtocolV2 is the version a jig asks for with "HELLO 2" on a device
+	// whose HELLO offers v2=1 (docs/factory-protocol.md, section 12).
+	ProtocolV2 = 2
+	// ChunkV2 is Chunk in a v2 session: 216 base64 characters, so that
+	// the longest DATA frame ("999999 OK ATTEST DATA 16383 ...") still
+	// fits MaxLine.
+	ChunkV2 = 162
 	// MaxSeq is the largest sequence number; the jig wraps to 1 after it.
 	MaxSeq = 999999
 	// MaxPayload bounds a CSR or certificate chain moved over the bus.

@@ -93,6 +93,10 @@ func FuzzHandle(f *testing.F) {
 		[]byte("999999 " + strings.Repeat("z", factory.MaxLine-7)),
 		factory.Encode(999999, "READ", strings.Repeat("9", factory.MaxLine-22)),
 		[]byte(strings.Repeat("9", 200) + " HELLO"),
+		// Version 2 (docs/factory-protocol.md, section 12).
+		factory.Encode(18, "HELLO", "2"), []byte("19 hello 2"), factory.Encode(20, "READ", "162"),
+		factory.Encode(21, "INSTALL", "DATA", "162", strings.Repeat("QUJD", 54)), factory.Encode(22, "CHAIN", "READ", "162"),
+		factory.Encode(23, "HELLO", "2", "2"),
 	} {
 		f.Add(bytes.TrimSpace(s))
 	}

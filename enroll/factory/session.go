@@ -3,6 +3,7 @@ package factory
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -75,6 +76,27 @@ func (d *Device) handleBusy(ctx context.Context, port serial.Port, line []byte) 
 	return resp, <-done
 }
 
+// v2 reports whether this session speaks protocol 2 ("HELLO 2").
+func (d *Device) v2() bool { return d.proto == ProtocolV2 }
+
+// chunk is the most payload bytes one DATA frame carries in this session.
+func (d *Device) chunk() int {
+	if d.v2() {
+		return ChunkV2
+	}
+	return Chunk
+}
+
+// dataAck answers an upload chunk (INSTALL or ACTIVATE DATA) with the
+// bytes held: "OK VERB DATA have=N" in v1, the short "OK have=N" in v2,
+// where it is the most frequent reply.
+func (d *Device) dataAck(verb string, have int) []string {
+	if d.v2() {
+		return []string{"OK", "have=" + strconv.Itoa(have)}
+	}
+	return []string{"OK", verb, "DATA", "have=" + strconv.Itoa(have)}
+}
+
 // isReply reports whether verb is one the device sends (a looped-back
 // reply must not be answered).
 func isReply(verb string) bool { return verb == "OK" || verb == "NAK" || verb == "BUSY" }
@@ -110,10 +132,17 @@ func (d *Device) chainCmd(args []string) []string {
 			return nak(ReasonInternal, Words(err.Error())...)
 		}
 		d.chainOut = chain.PEM
-		sum := sha256.Sum256(chain.PEM)
-		return []string{"OK", "CHAIN", "size=" + strconv.Itoa(len(chain.PEM)), "sha256=" + hex.EncodeToString(sum[:])}
+		if d.v2() {
+			// v2: the certificates as DER, back to back, leaf first.
+			d.chainOut = nil
+			for _, c := range append([]*x509.Certificate{chain.Leaf}, chain.Intermediates...) {
+				d.chainOut = append(d.chainOut, c.Raw...)
+			}
+		}
+		sum := sha256.Sum256(d.chainOut)
+		return []string{"OK", "CHAIN", "size=" + strconv.Itoa(len(d.chainOut)), "sha256=" + hex.EncodeToString(sum[:])}
 	case len(args) == 2 && args[0] == "READ":
-		return readChunk(d.chainOut, args[1], []string{"CHAIN", "DATA"}, "CHAIN")
+		return readChunk(d.chainOut, args[1], []string{"CHAIN", "DATA"}, "CHAIN", d.chunk())
 	}
 	return nak(ReasonArgs, "usage:", "CHAIN", "or", "CHAIN", "READ", "OFFSET")
 }

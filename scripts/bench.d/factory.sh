@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Factory programming time against the 115200-baud wire floor.
 #   1. BenchmarkProgramOverPty (enroll/station/jig): one fresh device per
-#      iteration, in-process, over a real pty and tarm/serial.
+#      iteration, in-process, over a real pty and tarm/serial; then
+#      BenchmarkProgramV1VsV2: protocol 1 and 2 through a 115200-baud relay.
 #   2. BenchmarkStation (enroll/station/line): 1, 4 and 8 slots at once,
 #      through a relay throttled to 115200 baud, and unthrottled.
 #   3. The real binaries: devid-agent factory and devid-jig program --json
@@ -19,6 +20,14 @@ main() {
   echo
   echo '```'
   go test -run '^$' -bench BenchmarkProgramOverPty -benchtime 50x -count 3 ./enroll/station/jig/ 2>&1 | grep -E '^Benchmark' || true
+  echo '```'
+  echo
+  echo "Protocol 1 against protocol 2 (docs/factory-protocol.md, section 12): one board per iteration"
+  echo "through a relay throttled to 11,520 B/s each way (115200 baud, serialtest.Throttled). floor-ms is"
+  echo "the board's wire bytes at 11,520 B/s; x-floor is the measured time over it."
+  echo
+  echo '```'
+  go test -run '^$' -bench BenchmarkProgramV1VsV2 -benchtime 10x -count 3 ./enroll/station/jig/ 2>&1 | grep -E '^Benchmark' || true
   echo '```'
   echo
   echo "A board with its key in swtpm, without and with TPM key attestation (docs/attestation.md):"

@@ -168,7 +168,9 @@ func TestEndToEndProgramOverPty(t *testing.T) {
 	var victim *exec.Cmd
 	var mu sync.Mutex
 	link.SetTamper(func(dir serialtest.Direction, total int, b []byte) []byte {
-		if dir == serialtest.ToDevice && bytes.Contains(b, []byte("INSTALL DATA 432 ")) {
+		// devid-jig speaks protocol 2 with this agent: 162-byte chunks
+		// (docs/factory-protocol.md, section 12).
+		if dir == serialtest.ToDevice && bytes.Contains(b, []byte("INSTALL DATA 324 ")) {
 			killOnce.Do(func() {
 				mu.Lock()
 				victim.Process.Kill()

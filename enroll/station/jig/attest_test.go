@@ -258,6 +258,7 @@ func TestAttestRetransmissions(t *testing.T) {
 	}
 	defer p.Close()
 	j := jig.New(p)
+	j.V1Only = true                                                            // the offsets above are v1's (v2: v2_test.go)
 	j.ReplyTimeout, j.SlowTimeout = 500*time.Millisecond, 500*time.Millisecond // lost replies are waited out
 	res, err := jig.ProgramWith(testCtx(t), j, l, attestOpts(), nil)
 	if err != nil {

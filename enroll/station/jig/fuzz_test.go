@@ -68,6 +68,14 @@ func FuzzJigReplies(f *testing.F) {
 	f.Add(append([]byte("- NAK crc computed 1 *00000000\n- NAK timeout x\n"), replies([]string{"OK", "HELLO", "proto=2", "id=x"})...))
 	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b", "chunk=-5"}, []string{"OK", "CSR", "size=99999999", "sha256=zz"}))
 	f.Add(replies([]string{"OK", "HELLO", "proto=1", "id=b"}, []string{"OK", "CSR", "size=3", "sha256=" + hex.EncodeToString(sum[:])}, []string{"OK", "DATA", "0", "QUJDRA=="}))
+	// v2: a windowed CSR readout (two chunks, the second reply first
+	// lost), a DER chain readout, a windowed ACTIVATE upload.
+	f.Add(replies([]string{"OK", "HELLO", "proto=2", "id=b", "chunk=2"}, []string{"OK", "CSR", "size=3", "sha256=" + hex.EncodeToString(sum[:])},
+		[]string{"OK", "DATA", "0", "QUI="}, []string{"OK", "DATA", "2", "Qw=="}, []string{"OK", "DATA", "0", "QUI="}))
+	f.Add(append(replies([]string{"OK", "HELLO", "proto=2", "id=b"}, []string{"OK", "CSR", "size=3", "sha256=" + hex.EncodeToString(sum[:])}),
+		[]byte("- NAK crc x *00000000\n3 OK DATA 0 QUJD *00000000\n")...))
+	f.Add(replies([]string{"OK", "HELLO", "proto=2", "id=b"}, []string{"NAK", "state"}, []string{"OK", "CHAIN", "size=3", "sha256=" + hex.EncodeToString(sum[:])},
+		[]string{"OK", "CHAIN", "DATA", "0", "QUJD"}, []string{"OK", "STATUS"}, []string{"OK", "INSTALL", "BEGIN"}, []string{"OK", "have=9"}))
 	f.Add([]byte("1 OK HELLO\r\n\r\n" + string(bytes.Repeat([]byte("x"), 300)) + "\n"))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		j := jig.New(&replayPort{r: bytes.NewReader(stream)})
@@ -75,7 +83,9 @@ func FuzzJigReplies(f *testing.F) {
 		j.Retries = 1
 		ctx := context.Background()
 		if h, err := j.Hello(ctx); err == nil {
-			if h.DeviceID == "" || h.Chunk < 1 || h.Chunk > factory.Chunk || h.Proto != factory.ProtocolVersion {
+			v1 := h.Proto == factory.ProtocolVersion && h.Chunk <= factory.Chunk
+			v2 := h.Proto == factory.ProtocolV2 && h.Chunk <= factory.ChunkV2
+			if h.DeviceID == "" || h.Chunk < 1 || !v1 && !v2 {
 				t.Fatalf("accepted HELLO %+v", h)
 			}
 		}

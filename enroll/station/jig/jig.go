@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"devid/enroll/certstore"
 	"devid/enroll/factory"
 	"devid/hal/serial"
 )
@@ -79,7 +81,28 @@ type Jig struct {
 	Retries      int
 	// Sent and Received count bytes on the wire, for reports and benchmarks.
 	Sent, Received int
+	// V1Only keeps the jig to protocol 1 (a bare HELLO), as a jig from
+	// before v2. By default Hello asks for v2 ("HELLO 2") and falls back
+	// to 1 on a device that does not speak it.
+	V1Only bool
+	// Window is how many READ or DATA requests a v2 session keeps in
+	// flight (DefaultWindow when zero; 1 is stop-and-wait).
+	Window int
+
+	proto int // protocol of the session Hello opened
+	chunk int // the device's chunk size from HELLO
 }
+
+// maxChunk is the most payload bytes per DATA frame in this session.
+func (j *Jig) maxChunk() int {
+	if j.V2() {
+		return factory.ChunkV2
+	}
+	return factory.Chunk
+}
+
+// V2 reports whether Hello opened a protocol 2 session.
+func (j *Jig) V2() bool { return j.proto == factory.ProtocolV2 }
 
 // New returns a jig on port. Its first sequence number is random, so a
 // rerun after a crash never repeats the previous run's last request.
@@ -222,25 +245,109 @@ type Hello struct {
 
 // Hello sends HELLO. A protocol version other than ours is an error.
 func (j *Jig) Hello(ctx context.Context) (*Hello, error) {
+	h, _, _, err := j.hello(ctx, false)
+	return h, err
+}
+
+// HelloCSR is Hello then CSR. In v2 it sends "HELLO 2" and CSR back to
+// back (docs/factory-protocol.md, section 12), so that the device makes
+// its key while the HELLO reply is on the wire; on a device without v2 it
+// runs HELLO, then CSR. csrErr is the CSR's failure, err HELLO's.
+func (j *Jig) HelloCSR(ctx context.Context) (h *Hello, der []byte, csrErr, err error) {
+	h, rep, csrErr, err := j.hello(ctx, true)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if csrErr != nil {
+		return h, nil, csrErr, nil
+	}
+	if rep == nil {
+		der, csrErr = j.CSR(ctx)
+		return h, der, csrErr, nil
+	}
+	der, csrErr = j.readout(ctx, rep, "CSR", []string{"READ"}, []string{"DATA"})
+	return h, der, csrErr, nil
+}
+
+// hello is Hello; with csr, a v2 jig pipelines CSR behind "HELLO 2" and
+// returns its reply (or its failure in csrErr).
+func (j *Jig) hello(ctx context.Context, csr bool) (h *Hello, csrRep *Reply, csrErr, err error) {
 	// Drop anything a previous run left in the receive buffer.
 	j.r.Reset()
-	rep, err := j.Do(ctx, false, "HELLO")
-	if err != nil {
-		return nil, err
+	j.proto = 0
+	var rep *Reply
+	if !j.V1Only && csr {
+		reqs := [][]string{{"HELLO", strconv.Itoa(factory.ProtocolV2)}, {"CSR"}}
+		werr := j.window(ctx, "HELLO", reqs, func(i int, r *Reply) error {
+			if i == 0 {
+				rep = r
+			} else {
+				csrRep = r
+			}
+			return nil
+		})
+		var nk *NAKError
+		switch {
+		case rep != nil && werr != nil:
+			if errors.As(werr, &nk) {
+				nk.Verb = "CSR"
+			}
+			csrErr = werr
+		case errors.As(werr, &nk) && nk.Reason == factory.ReasonArgs:
+			// A device without v2: its CSR reply (if any) is stale now.
+		case werr != nil:
+			return nil, nil, nil, werr
+		}
+		if rep != nil {
+			h, err := j.parseHello(rep)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			if h.Proto != factory.ProtocolV2 {
+				return h, nil, nil, nil // the CSR was answered in v1: send it again
+			}
+			return h, csrRep, csrErr, nil
+		}
 	}
+	var err2 error
+	if !j.V1Only && rep == nil && !csr {
+		// A device from before v2 (or with v2 off) refuses the argument;
+		// then a bare HELLO opens a v1 session.
+		rep, err2 = j.Do(ctx, false, "HELLO", strconv.Itoa(factory.ProtocolV2))
+		var nk *NAKError
+		if errors.As(err2, &nk) && nk.Reason == factory.ReasonArgs {
+			rep, err2 = nil, nil
+		}
+		if err2 != nil {
+			return nil, nil, nil, err2
+		}
+	}
+	if rep == nil {
+		if rep, err2 = j.Do(ctx, false, "HELLO"); err2 != nil {
+			return nil, nil, nil, err2
+		}
+	}
+	h, err = j.parseHello(rep)
+	return h, nil, nil, err
+}
+
+// parseHello checks a HELLO reply and opens the session it names.
+func (j *Jig) parseHello(rep *Reply) (*Hello, error) {
 	h := &Hello{DeviceID: rep.Fields["id"], Key: rep.Fields["key"], State: factory.State(rep.Fields["state"])}
 	h.Proto, _ = strconv.Atoi(rep.Fields["proto"])
 	h.Chunk, _ = strconv.Atoi(rep.Fields["chunk"])
 	h.Attest = rep.Fields["attest"] == "1"
-	if h.Proto != factory.ProtocolVersion {
+	if h.Proto != factory.ProtocolVersion && (h.Proto != factory.ProtocolV2 || j.V1Only) {
 		return nil, fmt.Errorf("device speaks factory protocol %q, this jig speaks %d", rep.Fields["proto"], factory.ProtocolVersion)
 	}
+	j.proto = h.Proto
 	if h.DeviceID == "" {
 		return nil, errors.New("HELLO reply has no device id")
 	}
-	if h.Chunk <= 0 || h.Chunk > factory.Chunk {
-		h.Chunk = factory.Chunk
+	if h.Chunk <= 0 || h.Chunk > j.maxChunk() {
+		h.Chunk = j.maxChunk()
 	}
+	j.chunk = h.Chunk
 	return h, nil
 }
 
@@ -267,6 +374,9 @@ func (j *Jig) readout(ctx context.Context, rep *Reply, what string, read, data [
 		return nil, fmt.Errorf("%s reply: bad sha256 %q", what, rep.Fields["sha256"])
 	}
 	readName := strings.Join(read, " ")
+	if j.V2() {
+		return j.readoutWindow(ctx, what, size, want, read, data)
+	}
 	out := make([]byte, 0, size)
 	for len(out) < size {
 		off := strconv.Itoa(len(out))
@@ -316,19 +426,16 @@ func (j *Jig) Activate(ctx context.Context, credentialBlob, encryptedSecret []by
 	if bn == 0 || sn == 0 || bn+sn > factory.MaxActivate {
 		return nil, fmt.Errorf("ACTIVATE: challenge of %d+%d bytes, want both non-empty and at most %d together", bn, sn, factory.MaxActivate)
 	}
-	if chunk <= 0 || chunk > factory.Chunk {
-		chunk = factory.Chunk
+	if chunk <= 0 || chunk > j.maxChunk() {
+		chunk = j.maxChunk()
 	}
 	up := append(append(make([]byte, 0, bn+sn), credentialBlob...), encryptedSecret...)
 	sum := sha256.Sum256(up)
 	if _, err := j.Do(ctx, false, "ACTIVATE", "BEGIN", strconv.Itoa(bn), strconv.Itoa(sn), hex.EncodeToString(sum[:])); err != nil {
 		return nil, err
 	}
-	for off := 0; off < len(up); off += chunk {
-		end := min(off+chunk, len(up))
-		if _, err := j.Do(ctx, false, "ACTIVATE", "DATA", strconv.Itoa(off), base64.StdEncoding.EncodeToString(up[off:end])); err != nil {
-			return nil, err
-		}
+	if err := j.upload(ctx, "ACTIVATE", up, chunk); err != nil {
+		return nil, err
 	}
 	rep, err := j.Do(ctx, true, "ACTIVATE", "COMMIT")
 	if err != nil {
@@ -345,31 +452,42 @@ func (j *Jig) Activate(ctx context.Context, credentialBlob, encryptedSecret []by
 type Installed struct {
 	Serial   string
 	NotAfter string
+	// State is the device's state after COMMIT, as STATUS would report
+	// it; v2 devices send it (state=), v1 devices leave it empty.
+	State factory.State
 }
 
-// Install uploads chainPEM in chunks and commits it.
+// Install uploads chainPEM in chunks and commits it. In a v2 session the
+// chain travels as DER certificates back to back (the device stores PEM).
 func (j *Jig) Install(ctx context.Context, chainPEM []byte, chunk int) (*Installed, error) {
+	if j.V2() {
+		certs, err := certstore.ParsePEM(chainPEM)
+		if err != nil {
+			return nil, fmt.Errorf("install: %w", err)
+		}
+		chainPEM = nil
+		for _, c := range certs {
+			chainPEM = append(chainPEM, c.Raw...)
+		}
+	}
 	if len(chainPEM) == 0 || len(chainPEM) > factory.MaxPayload {
 		return nil, fmt.Errorf("install: chain is %d bytes, want 1..%d", len(chainPEM), factory.MaxPayload)
 	}
-	if chunk <= 0 || chunk > factory.Chunk {
-		chunk = factory.Chunk
+	if chunk <= 0 || chunk > j.maxChunk() {
+		chunk = j.maxChunk()
 	}
 	sum := sha256.Sum256(chainPEM)
 	if _, err := j.Do(ctx, false, "INSTALL", "BEGIN", strconv.Itoa(len(chainPEM)), hex.EncodeToString(sum[:])); err != nil {
 		return nil, err
 	}
-	for off := 0; off < len(chainPEM); off += chunk {
-		end := min(off+chunk, len(chainPEM))
-		if _, err := j.Do(ctx, false, "INSTALL", "DATA", strconv.Itoa(off), base64.StdEncoding.EncodeToString(chainPEM[off:end])); err != nil {
-			return nil, err
-		}
+	if err := j.upload(ctx, "INSTALL", chainPEM, chunk); err != nil {
+		return nil, err
 	}
 	rep, err := j.Do(ctx, true, "INSTALL", "COMMIT")
 	if err != nil {
 		return nil, err
 	}
-	return &Installed{Serial: rep.Fields["serial"], NotAfter: rep.Fields["not_after"]}, nil
+	return &Installed{Serial: rep.Fields["serial"], NotAfter: rep.Fields["not_after"], State: factory.State(rep.Fields["state"])}, nil
 }
 
 // Status is the device's answer to STATUS.
@@ -418,5 +536,81 @@ func (j *Jig) Chain(ctx context.Context) ([]byte, error) {
 	if len(rep.Args) < 1 || rep.Args[0] != "CHAIN" {
 		return nil, fmt.Errorf("CHAIN reply: want OK CHAIN size=N sha256=H, got %q", rep.Args)
 	}
-	return j.readout(ctx, rep, "CHAIN", []string{"CHAIN", "READ"}, []string{"CHAIN", "DATA"})
+	b, err := j.readout(ctx, rep, "CHAIN", []string{"CHAIN", "READ"}, []string{"CHAIN", "DATA"})
+	if err != nil || !j.V2() {
+		return b, err
+	}
+	// v2 sends the certificates as DER back to back.
+	certs, err := x509.ParseCertificates(b)
+	if err != nil || len(certs) == 0 {
+		return nil, fmt.Errorf("CHAIN: not DER certificates: %v", err)
+	}
+	return certstore.EncodePEM(certs...), nil
+}
+
+// upload sends the DATA frames of an upload (verb INSTALL or ACTIVATE):
+// stop-and-wait in v1, a window of requests in v2. The device answers
+// each with have=N, the bytes it holds.
+func (j *Jig) upload(ctx context.Context, verb string, up []byte, chunk int) error {
+	var reqs [][]string
+	var ends []int
+	for off := 0; off < len(up); off += chunk {
+		end := min(off+chunk, len(up))
+		reqs = append(reqs, []string{verb, "DATA", strconv.Itoa(off), base64.StdEncoding.EncodeToString(up[off:end])})
+		ends = append(ends, end)
+	}
+	if !j.V2() {
+		for _, r := range reqs {
+			if _, err := j.Do(ctx, false, r[0], r[1:]...); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return j.window(ctx, verb+" DATA", reqs, func(i int, rep *Reply) error {
+		// A re-sent chunk may be answered after later ones arrived: have
+		// is then beyond its end, never before it.
+		have, err := strconv.Atoi(rep.Fields["have"])
+		// v2 acknowledges with the short "OK have=N".
+		if len(rep.Args) != 1 || err != nil || have < ends[i] || have > len(up) {
+			return fmt.Errorf("%s DATA reply: want OK have=N of at least %d, got %q", verb, ends[i], rep.Args)
+		}
+		return nil
+	})
+}
+
+// readoutWindow is readout in a v2 session: the READ requests for every
+// chunk go out in a window; each reply must carry exactly its chunk.
+func (j *Jig) readoutWindow(ctx context.Context, what string, size int, want []byte, read, data []string) ([]byte, error) {
+	readName := strings.Join(read, " ")
+	chunk := j.chunk
+	if chunk <= 0 {
+		chunk = j.maxChunk()
+	}
+	out := make([]byte, size)
+	var reqs [][]string
+	for off := 0; off < size; off += chunk {
+		reqs = append(reqs, append(append([]string(nil), read...), strconv.Itoa(off)))
+	}
+	n := len(data)
+	err := j.window(ctx, readName, reqs, func(i int, rep *Reply) error {
+		off := i * chunk
+		end := min(off+chunk, size)
+		if len(rep.Args) != n+2 || strings.Join(rep.Args[:n], " ") != strings.Join(data, " ") || rep.Args[n] != strconv.Itoa(off) {
+			return fmt.Errorf("%s reply: want %s %d BASE64, got %q", readName, strings.Join(data, " "), off, rep.Args)
+		}
+		b, err := base64.StdEncoding.DecodeString(rep.Args[n+1])
+		if err != nil || len(b) != end-off {
+			return fmt.Errorf("%s reply at %d: bad chunk (want %d bytes)", readName, off, end-off)
+		}
+		copy(out[off:], b)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if sum := sha256.Sum256(out); !bytes.Equal(sum[:], want) {
+		return nil, fmt.Errorf("%s: SHA-256 %x does not match the announced %x", what, sum, want)
+	}
+	return out, nil
 }

@@ -109,15 +109,14 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 	}
 	fail := func(s Step, err error) (*Result, error) { return nil, &StepError{Step: s, Err: err} }
 
-	h, err := j.Hello(ctx)
+	// v2 pipelines CSR behind HELLO 2; the steps are reported as before.
+	h, der, csrErr, err := j.HelloCSR(ctx)
 	if err != nil {
 		return fail(StepHello, err)
 	}
 	progress(StepHello, fmt.Sprintf("device %s, protocol %d, key %s, state %s", h.DeviceID, h.Proto, h.Key, h.State))
-
-	der, err := j.CSR(ctx)
-	if err != nil {
-		return fail(StepCSR, err)
+	if csrErr != nil {
+		return fail(StepCSR, csrErr)
 	}
 	req, err := csr.Parse(der)
 	if err != nil {
@@ -191,14 +190,23 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 	}
 	progress(StepInstall, fmt.Sprintf("%d bytes installed", len(chainPEM)))
 
-	st, err := j.Status(ctx)
-	if err != nil {
-		return fail(StepStatus, err)
+	if j.V2() && inst.State != "" {
+		// v2: COMMIT read the state back from the device's disk; a
+		// STATUS would say the same again.
+		if inst.State != factory.StateProgrammed {
+			return fail(StepStatus, fmt.Errorf("device reports state %s after install", inst.State))
+		}
+		progress(StepStatus, "programmed (state from INSTALL COMMIT)")
+	} else {
+		st, err := j.Status(ctx)
+		if err != nil {
+			return fail(StepStatus, err)
+		}
+		if st.State != factory.StateProgrammed || st.Serial != serial {
+			return fail(StepStatus, fmt.Errorf("device reports state %s serial %s after install (detail %q)", st.State, st.Serial, st.Detail))
+		}
+		progress(StepStatus, "programmed")
 	}
-	if st.State != factory.StateProgrammed || st.Serial != serial {
-		return fail(StepStatus, fmt.Errorf("device reports state %s serial %s after install (detail %q)", st.State, st.Serial, st.Detail))
-	}
-	progress(StepStatus, "programmed")
 	if replace != "" && replace != serial {
 		if err := iss.(Revoker).RevokeSerial(replace, ReissueReason); err != nil {
 			return fail(StepRevoke, fmt.Errorf("the board holds the new serial %s, but the replaced %s is not revoked: %w", serial, replace, err))

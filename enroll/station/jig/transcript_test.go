@@ -24,12 +24,15 @@ const docPath = "../../../docs/factory-protocol.md"
 // programming runs over a pty and writes them into the doc: a software-key
 // board (transcript), a board that attests with the test fake
 // (attest-transcript), and the second run on a programmed board, which
-// reads the chain back and leaves the board alone (programmed-transcript).
+// reads the chain back and leaves the board alone (programmed-transcript);
+// these three with a v1 jig. v2-transcript is the first with a v2 jig
+// (HELLO 2, DER, a window of requests in flight): there a reply answers
+// one of the requests sent before it, not always the last.
 func TestDocTranscript(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		min  int
-	}{{"transcript", 20}, {"attest-transcript", 30}, {"programmed-transcript", 16}} {
+	}{{"transcript", 20}, {"attest-transcript", 30}, {"programmed-transcript", 16}, {"v2-transcript", 16}} {
 		t.Run(tc.name, func(t *testing.T) { checkTranscript(t, tc.name, tc.min) })
 	}
 }
@@ -52,6 +55,7 @@ func checkTranscript(t *testing.T, name string, minFrames int) {
 		}
 	}
 	n, lastSeq := 0, -2
+	sent := map[int]bool{}
 	for _, l := range strings.Split(body, "\n") {
 		dir, frame, ok := strings.Cut(l, " ")
 		if !ok || (dir != ">" && dir != "<") {
@@ -62,9 +66,13 @@ func checkTranscript(t *testing.T, name string, minFrames int) {
 			t.Errorf("doc frame %q: %v", frame, err)
 			continue
 		}
-		if dir == ">" {
+		switch {
+		case dir == ">":
 			lastSeq = f.Seq
-		} else if f.Seq != lastSeq {
+			sent[f.Seq] = true
+		case name == "v2-transcript" && !sent[f.Seq]:
+			t.Errorf("doc reply %q answers no request sent before it", frame)
+		case name != "v2-transcript" && f.Seq != lastSeq:
 			t.Errorf("doc reply %q does not answer seq %d", frame, lastSeq)
 		}
 		n++
@@ -78,7 +86,8 @@ func checkTranscript(t *testing.T, name string, minFrames int) {
 // per line: "> " jig to device, "< " device to jig. For
 // attest-transcript the device has the fake TPM and the jig its verifier;
 // for programmed-transcript the board is programmed first, unrecorded,
-// and the jig runs again with the CA's roots.
+// and the jig runs again with the CA's roots; v2-transcript is a
+// software-key board programmed by a v2 jig.
 func record(t *testing.T, name string) string {
 	l := attestCA(t)
 	link := serialtest.NewLink(t)
@@ -90,6 +99,8 @@ func record(t *testing.T, name string) string {
 	case "programmed-transcript":
 		startDevice(t, link.DeviceTTY, "board-0003", rootPool(l))
 		o.Roots = rootPool(l)
+	case "v2-transcript":
+		startDevice(t, link.DeviceTTY, "board-0004", rootPool(l))
 	default:
 		startDevice(t, link.DeviceTTY, "board-0001", rootPool(l))
 	}
@@ -120,6 +131,7 @@ func record(t *testing.T, name string) string {
 	}
 	defer p.Close()
 	j := jig.New(p)
+	j.V1Only = name != "v2-transcript"
 	if name == "programmed-transcript" {
 		if _, err := jig.ProgramWith(testCtx(t), j, l, o, nil); err != nil {
 			t.Fatal(err)

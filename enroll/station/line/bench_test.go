@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,30 +13,8 @@ import (
 	"devid/hal/serial/serialtest"
 )
 
-// uartBytesPerSecond is 115200 baud 8N1: ten bit times per byte.
-const uartBytesPerSecond = 11520
-
-// throttle paces a Link to a UART's rate: each chunk is delivered when
-// the bytes before it and it would have finished on the wire, each
-// direction on its own (the pumps of a Link run one per direction).
-type throttle struct {
-	mu   sync.Mutex
-	free [2]time.Time
-}
-
-func (th *throttle) tamper(dir serialtest.Direction, _ int, b []byte) []byte {
-	d := time.Duration(len(b)) * time.Second / uartBytesPerSecond
-	th.mu.Lock()
-	start := time.Now()
-	if th.free[dir].After(start) {
-		start = th.free[dir]
-	}
-	end := start.Add(d)
-	th.free[dir] = end
-	th.mu.Unlock()
-	time.Sleep(time.Until(end))
-	return b
-}
+// uartBytesPerSecond is 115200 baud 8N1 (serialtest.UARTBytesPerSecond).
+const uartBytesPerSecond = serialtest.UARTBytesPerSecond
 
 // BenchmarkStation programs 1, 4 and 8 boards at once with one station,
 // over pty pairs joined by a relay that throttles each way to 11,520 B/s
@@ -68,7 +45,7 @@ func benchStation(b *testing.B, n int, uart bool) {
 		for s := 0; s < n; s++ {
 			link := serialtest.NewLink(b)
 			if uart {
-				link.SetTamper((&throttle{}).tamper)
+				link.SetTamper(serialtest.Throttled(uartBytesPerSecond))
 			}
 			p, err := serial.Open(link.DeviceTTY, 115200)
 			if err != nil {
