@@ -32,93 +32,27 @@ const DefaultWindow = 4
 // of re-sending without the first unanswered request being answered,
 // window gives up with ErrNoReply.
 func (j *Jig) window(ctx context.Context, verb string, reqs [][]string, accept func(i int, rep *Reply) error) error {
-	w := j.Window
-	if w <= 0 {
-		w = DefaultWindow
-	}
-	timeout, retries := j.ReplyTimeout, j.Retries
-	if timeout <= 0 {
-		timeout = DefaultReplyTimeout
-	}
-	if retries <= 0 {
-		retries = DefaultRetries
-	}
-	n := len(reqs)
-	frames := make([][]byte, n)
-	index := make(map[int]int, n)
-	for i, r := range reqs {
-		seq := j.nextSeq()
-		frames[i] = factory.Encode(seq, r[0], r[1:]...)
-		index[seq] = i
-	}
-	done := make([]bool, n)
-	first, last := make([]int, n), make([]int, n) // send order of each request's first and latest copy
-	sent := 0
-	send := func(i int, again bool) error {
-		f := frames[i]
-		if again {
-			f = append([]byte("\n"), f...)
-		} else {
-			first[i] = sent
-		}
-		sent++
-		last[i] = sent - 1
-		if _, err := j.port.Write(f); err != nil {
-			return fmt.Errorf("%s: %w", verb, err)
-		}
-		j.Sent += len(f)
-		return nil
-	}
-	base, next, rounds := 0, 0, 0
-	// resend re-sends the unanswered requests in [base, upto) whose latest
-	// copy went out before limit in send order (all of them: limit = -1).
-	resend := func(upto, limit int, cause error) error {
-		var again []int
-		for i := base; i < upto; i++ {
-			if !done[i] && (limit < 0 || last[i] < limit) {
-				again = append(again, i)
-			}
-		}
-		if len(again) == 0 {
-			return nil
-		}
-		rounds++
-		if rounds > retries {
-			return fmt.Errorf("%s: %w after %d attempts: %v", verb, ErrNoReply, retries+1, cause)
-		}
-		for _, i := range again {
-			if err := send(i, true); err != nil {
+	ws := j.newWindow(verb, reqs)
+	for ws.base < ws.n {
+		for ; ws.next < ws.n && ws.next < ws.base+ws.w; ws.next++ {
+			if err := ws.send(ws.next, false); err != nil {
 				return err
 			}
-		}
-		return nil
-	}
-	slow := j.SlowTimeout
-	if slow <= 0 {
-		slow = DefaultSlowTimeout
-	}
-	start := time.Now()
-	deadline := start.Add(timeout)
-	for base < n {
-		for ; next < n && next < base+w; next++ {
-			if err := send(next, false); err != nil {
-				return err
-			}
-			deadline = time.Now().Add(timeout)
+			ws.deadline = time.Now().Add(ws.timeout)
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		line, err := j.r.Next(ctx, deadline, 0)
+		line, err := j.r.Next(ctx, ws.deadline, 0)
 		if err != nil {
 			switch {
 			case errors.Is(err, factory.ErrLineTooLong):
 				continue
 			case errors.Is(err, factory.ErrDeadline):
-				if err := resend(next, -1, errors.New("no reply")); err != nil {
+				if err := ws.resend(ws.next, -1, errors.New("no reply")); err != nil {
 					return err
 				}
-				deadline = time.Now().Add(timeout)
+				ws.deadline = time.Now().Add(ws.timeout)
 				continue
 			}
 			return err
@@ -126,89 +60,179 @@ func (j *Jig) window(ctx context.Context, verb string, reqs [][]string, accept f
 		j.Received += len(line) + 1
 		f, err := factory.ParseFrame(line)
 		if err != nil {
-			if err := resend(next, -1, fmt.Errorf("corrupt reply: %w", err)); err != nil {
+			if err := ws.resend(ws.next, -1, fmt.Errorf("corrupt reply: %w", err)); err != nil {
 				return err
 			}
 			continue
 		}
-		i, ours := index[f.Seq]
-		switch {
-		case !f.CRC:
-			continue // not from a device
-		case f.Verb == "NAK" && f.Seq == factory.NoSeq:
-			if len(f.Args) > 0 && f.Args[0] == factory.ReasonTimeout {
-				continue // an older half frame, not ours
-			}
-			if err := resend(next, -1, fmt.Errorf("device could not read a frame: %s", strings.Join(f.Args, " "))); err != nil {
-				return err
-			}
-			continue
-		case !ours || done[i]:
-			continue // stale or a duplicate
-		case f.Verb == "BUSY":
-			// The device works on request i (a CSR making a key): wait
-			// on, up to SlowTimeout from the start, as Do does.
-			deadline = time.Now().Add(timeout)
-			if end := start.Add(slow); deadline.After(end) {
-				deadline = end
-			}
-			continue
-		}
-		// Copies of earlier requests sent before this one's first copy
-		// were answered; the unanswered ones lost their reply.
-		gap, resent := false, false
-		for k := base; k < i; k++ {
-			gap = gap || !done[k]
-		}
-		if gap {
-			r0 := sent
-			if err := resend(i, first[i], errors.New("reply lost")); err != nil {
-				return err
-			}
-			resent = sent > r0
-		}
-		if f.Verb == "NAK" {
-			if len(f.Args) == 0 {
-				return fmt.Errorf("%s: NAK without a reason", verb)
-			}
-			switch f.Args[0] {
-			case factory.ReasonCRC, factory.ReasonBadChar, factory.ReasonSyntax, factory.ReasonTooLong, factory.ReasonCRCMissing:
-				if err := resend(next, -1, fmt.Errorf("device could not read the frame: %s", strings.Join(f.Args, " "))); err != nil {
-					return err
-				}
-				continue
-			}
-			if gap {
-				// Caused by the gap. If the gap was re-sent just now,
-				// request i follows it; otherwise a re-send round that
-				// already went out after request i's first copy carries it.
-				if resent {
-					if err := send(i, true); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			return &NAKError{Verb: verb, Reason: f.Args[0], Detail: strings.Join(f.Args[1:], " ")}
-		}
-		if f.Verb != "OK" {
-			continue
-		}
-		rep := &Reply{Args: f.Args, Fields: map[string]string{}}
-		for _, a := range f.Args {
-			if k, v, ok := strings.Cut(a, "="); ok && isFieldKey(k) {
-				rep.Fields[k] = v
-			}
-		}
-		if err := accept(i, rep); err != nil {
+		if err := ws.reply(f, accept); err != nil {
 			return err
 		}
-		done[i] = true
-		for base < n && done[base] {
-			base++
-			rounds = 0
-		}
-		deadline = time.Now().Add(timeout)
 	}
 	return nil
+}
+
+// windowState is one window run: the frames, what was sent and answered.
+type windowState struct {
+	j                  *Jig
+	verb               string
+	w, n               int
+	timeout, slow      time.Duration
+	retries            int
+	frames             [][]byte
+	index              map[int]int // seq → request
+	done               []bool
+	first, last        []int // send order of each request's first and latest copy
+	sent               int
+	base, next, rounds int
+	start, deadline    time.Time
+}
+
+func (j *Jig) newWindow(verb string, reqs [][]string) *windowState {
+	ws := &windowState{j: j, verb: verb, w: j.Window, timeout: j.ReplyTimeout, retries: j.Retries, slow: j.SlowTimeout, n: len(reqs)}
+	if ws.w <= 0 {
+		ws.w = DefaultWindow
+	}
+	if ws.timeout <= 0 {
+		ws.timeout = DefaultReplyTimeout
+	}
+	if ws.retries <= 0 {
+		ws.retries = DefaultRetries
+	}
+	if ws.slow <= 0 {
+		ws.slow = DefaultSlowTimeout
+	}
+	ws.frames, ws.index = make([][]byte, ws.n), make(map[int]int, ws.n)
+	for i, r := range reqs {
+		seq := j.nextSeq()
+		ws.frames[i] = factory.Encode(seq, r[0], r[1:]...)
+		ws.index[seq] = i
+	}
+	ws.done, ws.first, ws.last = make([]bool, ws.n), make([]int, ws.n), make([]int, ws.n)
+	ws.start = time.Now()
+	ws.deadline = ws.start.Add(ws.timeout)
+	return ws
+}
+
+// send writes request i (again: a re-send, after a lone LF).
+func (ws *windowState) send(i int, again bool) error {
+	f := ws.frames[i]
+	if again {
+		f = append([]byte("\n"), f...)
+	} else {
+		ws.first[i] = ws.sent
+	}
+	ws.sent++
+	ws.last[i] = ws.sent - 1
+	if _, err := ws.j.port.Write(f); err != nil {
+		return fmt.Errorf("%s: %w", ws.verb, err)
+	}
+	ws.j.Sent += len(f)
+	return nil
+}
+
+// resend re-sends the unanswered requests in [base, upto) whose latest
+// copy went out before limit in send order (all of them: limit = -1).
+func (ws *windowState) resend(upto, limit int, cause error) error {
+	var again []int
+	for i := ws.base; i < upto; i++ {
+		if !ws.done[i] && (limit < 0 || ws.last[i] < limit) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	ws.rounds++
+	if ws.rounds > ws.retries {
+		return fmt.Errorf("%s: %w after %d attempts: %v", ws.verb, ErrNoReply, ws.retries+1, cause)
+	}
+	for _, i := range again {
+		if err := ws.send(i, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reply handles one well-formed frame from the device.
+func (ws *windowState) reply(f factory.Frame, accept func(i int, rep *Reply) error) error {
+	i, ours := ws.index[f.Seq]
+	switch {
+	case !f.CRC:
+		return nil // not from a device
+	case f.Verb == "NAK" && f.Seq == factory.NoSeq:
+		if len(f.Args) > 0 && f.Args[0] == factory.ReasonTimeout {
+			return nil // an older half frame, not ours
+		}
+		return ws.resend(ws.next, -1, fmt.Errorf("device could not read a frame: %s", strings.Join(f.Args, " ")))
+	case !ours || ws.done[i]:
+		return nil // stale or a duplicate
+	case f.Verb == "BUSY":
+		// The device works on request i (a CSR making a key): wait
+		// on, up to SlowTimeout from the start, as Do does.
+		ws.deadline = time.Now().Add(ws.timeout)
+		if end := ws.start.Add(ws.slow); ws.deadline.After(end) {
+			ws.deadline = end
+		}
+		return nil
+	}
+	// Copies of earlier requests sent before this one's first copy were
+	// answered; the unanswered ones lost their reply.
+	gap, resent := false, false
+	for k := ws.base; k < i; k++ {
+		gap = gap || !ws.done[k]
+	}
+	if gap {
+		r0 := ws.sent
+		if err := ws.resend(i, ws.first[i], errors.New("reply lost")); err != nil {
+			return err
+		}
+		resent = ws.sent > r0
+	}
+	switch f.Verb {
+	case "NAK":
+		return ws.nak(f, i, gap, resent)
+	case "OK":
+	default:
+		return nil
+	}
+	rep := &Reply{Args: f.Args, Fields: map[string]string{}}
+	for _, a := range f.Args {
+		if k, v, ok := strings.Cut(a, "="); ok && isFieldKey(k) {
+			rep.Fields[k] = v
+		}
+	}
+	if err := accept(i, rep); err != nil {
+		return err
+	}
+	ws.done[i] = true
+	for ws.base < ws.n && ws.done[ws.base] {
+		ws.base++
+		ws.rounds = 0
+	}
+	ws.deadline = time.Now().Add(ws.timeout)
+	return nil
+}
+
+// nak handles a NAK for request i; gap says an earlier request was
+// unanswered, resent that the gap was re-sent just now.
+func (ws *windowState) nak(f factory.Frame, i int, gap, resent bool) error {
+	if len(f.Args) == 0 {
+		return fmt.Errorf("%s: NAK without a reason", ws.verb)
+	}
+	switch f.Args[0] {
+	case factory.ReasonCRC, factory.ReasonBadChar, factory.ReasonSyntax, factory.ReasonTooLong, factory.ReasonCRCMissing:
+		return ws.resend(ws.next, -1, fmt.Errorf("device could not read the frame: %s", strings.Join(f.Args, " ")))
+	}
+	if gap {
+		// Caused by the gap. If the gap was re-sent just now, request i
+		// follows it; otherwise a re-send round that already went out
+		// after request i's first copy carries it.
+		if resent {
+			return ws.send(i, true)
+		}
+		return nil
+	}
+	return &NAKError{Verb: ws.verb, Reason: f.Args[0], Detail: strings.Join(f.Args[1:], " ")}
 }
