@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -380,24 +381,41 @@ func TestV2GapWithoutTimeout(t *testing.T) {
 	link := serialtest.NewLink(t)
 	startDevice(t, link.DeviceTTY, "board-v2-gap", rootPool(l))
 	hits := map[string]bool{}
+	var mu sync.Mutex
+	var pend []byte // a reply line cut by a read, held until it is whole
 	link.SetTamper(func(dir serialtest.Direction, _ int, b []byte) []byte {
-		switch {
-		case dir == serialtest.ToDevice && !hits["flip"] && bytes.Contains(b, []byte(" INSTALL DATA 324 ")):
-			hits["flip"] = true
-			b[bytes.Index(b, []byte(" INSTALL DATA 324 "))+30] ^= 0x08
-		case dir == serialtest.ToJig && hits["flip"] && !hits["nak-lost"] && bytes.Contains(b, []byte("- NAK crc")):
-			hits["nak-lost"] = true
-			var keep [][]byte
-			for _, ln := range bytes.SplitAfter(b, []byte("\n")) {
-				if !bytes.HasPrefix(ln, []byte("- NAK crc")) {
-					keep = append(keep, ln)
+		mu.Lock()
+		defer mu.Unlock()
+		if dir == serialtest.ToDevice {
+			if !hits["flip"] && bytes.Contains(b, []byte(" INSTALL DATA 324 ")) {
+				hits["flip"] = true
+				// Another base64 letter: the CRC fails, never the
+				// character check (an XOR could make 'w' a DEL).
+				at := bytes.Index(b, []byte(" INSTALL DATA 324 ")) + 30
+				if b[at] == 'A' {
+					b[at] = 'B'
+				} else {
+					b[at] = 'A'
 				}
 			}
-			return bytes.Join(keep, nil)
-		case dir == serialtest.ToJig && bytes.Contains(b, []byte(" NAK offset ")):
-			hits["offset"] = true
+			return b
 		}
-		return b
+		// Replies are judged by whole lines: a read may cut one.
+		data := append(pend, b...)
+		cut := bytes.LastIndexByte(data, '\n') + 1
+		pend = append([]byte(nil), data[cut:]...)
+		var keep []byte
+		for _, ln := range bytes.SplitAfter(data[:cut], []byte("\n")) {
+			if hits["flip"] && !hits["nak-lost"] && bytes.HasPrefix(ln, []byte("- NAK crc")) {
+				hits["nak-lost"] = true
+				continue
+			}
+			if bytes.Contains(ln, []byte(" NAK offset ")) {
+				hits["offset"] = true
+			}
+			keep = append(keep, ln...)
+		}
+		return keep
 	})
 	p, err := serial.Open(link.JigTTY, 115200)
 	if err != nil {
@@ -411,6 +429,8 @@ func TestV2GapWithoutTimeout(t *testing.T) {
 	if _, err := jig.Program(ctx, j, l, nil); err != nil {
 		t.Fatal(err)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	for _, h := range []string{"flip", "nak-lost", "offset"} {
 		if !hits[h] {
 			t.Errorf("tamper %q never fired", h)
