@@ -18,7 +18,6 @@ import (
 	"devid/enroll/station/ca"
 	"devid/enroll/station/internal/fakeattest"
 	"devid/enroll/station/jig"
-	"devid/hal/serial"
 	"devid/hal/serial/serialtest"
 )
 
@@ -252,12 +251,7 @@ func TestAttestRetransmissions(t *testing.T) {
 		}
 		return b
 	})
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	j.V1Only = true                                                            // the offsets above are v1's (v2: v2_test.go)
 	j.ReplyTimeout, j.SlowTimeout = 500*time.Millisecond, 500*time.Millisecond // lost replies are waited out
 	res, err := jig.ProgramWith(testCtx(t), j, l, attestOpts(), nil)

@@ -64,6 +64,18 @@ func startDeviceWith(t testing.TB, tty, id string, roots *x509.CertPool, setup f
 	return d
 }
 
+// jigOn opens the jig's end of a link at tty, as devid-jig does, until
+// the test ends.
+func jigOn(t testing.TB, tty string) *jig.Jig {
+	t.Helper()
+	p, err := serial.Open(tty, 115200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return jig.New(p)
+}
+
 // newCA makes a local CA in a temp dir.
 func newCA(t testing.TB) *ca.Local {
 	t.Helper()

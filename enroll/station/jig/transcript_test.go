@@ -10,7 +10,6 @@ import (
 
 	"devid/enroll/factory"
 	"devid/enroll/station/jig"
-	"devid/hal/serial"
 	"devid/hal/serial/serialtest"
 )
 
@@ -125,12 +124,7 @@ func record(t *testing.T, name string) string {
 		}
 		return b
 	})
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	j.V1Only = name != "v2-transcript"
 	if name == "programmed-transcript" {
 		if _, err := jig.ProgramWith(testCtx(t), j, l, o, nil); err != nil {

@@ -92,12 +92,7 @@ func TestV2JigFallsBackToV1Device(t *testing.T) {
 		return b
 	})
 	startDeviceWith(t, link.DeviceTTY, "board-old", rootPool(l), func(d *device) { d.NoV2 = true })
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	res, err := jig.Program(testCtx(t), j, l, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -172,12 +167,7 @@ func TestV2WindowRecovers(t *testing.T) {
 		}
 		return b
 	})
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	j.ReplyTimeout = time.Second
 	res, err := jig.Program(testCtx(t), j, l, nil)
 	if err != nil {
@@ -206,14 +196,9 @@ func TestV2WindowGivesUpOnDeadBoard(t *testing.T) {
 		}
 		return b
 	})
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	j.ReplyTimeout, j.Retries = 100*time.Millisecond, 2
-	_, err = jig.Program(testCtx(t), j, l, nil)
+	_, err := jig.Program(testCtx(t), j, l, nil)
 	var se *jig.StepError
 	if err == nil || !errors.As(err, &se) || se.Step != jig.StepInstall || !strings.Contains(err.Error(), jig.ErrNoReply.Error()) {
 		t.Fatalf("dead board: %v", err)
@@ -242,12 +227,7 @@ func TestV2AttestRetransmissions(t *testing.T) {
 		}
 		return b
 	})
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	j.ReplyTimeout = time.Second
 	res, err := jig.ProgramWith(testCtx(t), j, l, attestOpts(), nil)
 	if err != nil {
@@ -345,12 +325,7 @@ func TestV2HelloCSRWindowRecovers(t *testing.T) {
 		}
 		return b
 	})
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	j.ReplyTimeout = 300 * time.Millisecond
 	first, err := jig.Program(testCtx(t), j, l, nil)
 	if err != nil {
@@ -417,12 +392,7 @@ func TestV2GapWithoutTimeout(t *testing.T) {
 		}
 		return keep
 	})
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	j.ReplyTimeout = 5 * time.Minute
 	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
 	defer cancel()
@@ -457,12 +427,7 @@ func TestV2DamagedHelloResendsCSR(t *testing.T) {
 		}
 		return b
 	})
-	p, err := serial.Open(link.JigTTY, 115200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	j := jig.New(p)
+	j := jigOn(t, link.JigTTY)
 	if _, err := jig.Program(testCtx(t), j, l, nil); err != nil {
 		t.Fatal(err)
 	}
