@@ -3,6 +3,7 @@ package jig_test
 import (
 	"bytes"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,35 +40,59 @@ func TestDeadBoardGivenUpWithin10s(t *testing.T) {
 	}
 }
 
-// slowKeys makes the key only after a delay, as a discrete TPM may.
+// slowKeys makes the key only once release is closed, as a discrete TPM
+// may take seconds to make one.
 type slowKeys struct {
 	keys.Store
-	delay time.Duration
+	release <-chan struct{}
 }
 
 func (s slowKeys) Create() (keys.Key, error) {
-	time.Sleep(s.delay)
+	<-s.release
 	return s.Store.Create()
 }
 
-// TestBusyBoardIsWaitedFor: a board whose key takes five times the
-// jig's reply timeout says BUSY and is programmed; the same wait without
-// BUSY frames would have exhausted the retries.
+// TestBusyBoardIsWaitedFor: a board whose key takes longer than the
+// jig's whole budget without BUSY frames (two attempts of 500 ms) says
+// BUSY and is programmed. The key is released only after the jig has
+// been sent 30 BUSY frames (every 50 ms, so at least 1.5 s): the test
+// waits on the frames, not on a timer.
 func TestBusyBoardIsWaitedFor(t *testing.T) {
 	t.Parallel()
 	l := newCA(t)
-	pair := serialtest.Pty(t)
-	// BUSY every 50 ms against a 500 ms reply timeout: a loaded machine
-	// would have to stall ten intervals in a row to fail this.
+	link := serialtest.NewLink(t)
+	release := make(chan struct{})
+	var once sync.Once
+	var mu sync.Mutex
+	busy := 0
+	link.SetTamper(func(dir serialtest.Direction, _ int, b []byte) []byte {
+		if dir == serialtest.ToJig {
+			mu.Lock()
+			busy += bytes.Count(b, []byte(" BUSY"))
+			if busy >= 30 {
+				once.Do(func() { close(release) })
+			}
+			mu.Unlock()
+		}
+		return b
+	})
 	const reply = 500 * time.Millisecond
-	startDeviceWith(t, pair.TTY, "board-busy", rootPool(l), func(d *device) {
-		d.Keys = slowKeys{d.Keys, 5 * reply}
+	startDeviceWith(t, link.DeviceTTY, "board-busy", rootPool(l), func(d *device) {
+		d.Keys = slowKeys{d.Keys, release}
 		d.BusyInterval = reply / 10
 	})
-	j := jig.New(pair.Master)
+	// Runs before the device's cleanup: a failed test never leaves the
+	// device blocked in Create.
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	j := jigOn(t, link.JigTTY)
 	j.ReplyTimeout, j.Retries = reply, 1
 	if _, err := jig.Program(testCtx(t), j, l, nil); err != nil {
 		t.Fatalf("a busy board: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if busy < 30 {
+		t.Errorf("programmed after %d BUSY frames, before the key was released", busy)
 	}
 }
 
