@@ -21,6 +21,7 @@ import (
 	"devid/enroll/internal/pkitest"
 	"devid/enroll/keys"
 	"devid/enroll/station/ca"
+	"devid/enroll/station/internal/catest"
 	"devid/enroll/station/jig"
 	"devid/hal/serial"
 	"devid/hal/serial/serialtest"
@@ -76,26 +77,11 @@ func jigOn(t testing.TB, tty string) *jig.Jig {
 	return jig.New(p)
 }
 
-// newCA makes a local CA in a temp dir.
-func newCA(t testing.TB) *ca.Local {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "ca")
-	if err := ca.Init(dir, ca.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := ca.Open(dir, "test-station")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return l
-}
-
-func rootPool(l *ca.Local) *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(l.Root())
-	return p
-}
+// newCA and rootPool: the shared test CA (enroll/station/internal/catest).
+var (
+	newCA    = catest.New
+	rootPool = catest.RootPool
+)
 
 func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

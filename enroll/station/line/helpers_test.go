@@ -18,31 +18,16 @@ import (
 	"devid/enroll/certstore"
 	"devid/enroll/factory"
 	"devid/enroll/keys"
-	"devid/enroll/station/ca"
+	"devid/enroll/station/internal/catest"
 	"devid/enroll/station/line"
 	"devid/hal/serial"
 )
 
-// newCA makes a local CA in a temp dir.
-func newCA(t testing.TB) *ca.Local {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "ca")
-	if err := ca.Init(dir, ca.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := ca.Open(dir, "test-station")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return l
-}
-
-func rootPool(l *ca.Local) *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(l.Root())
-	return p
-}
+// newCA and rootPool: the shared test CA (enroll/station/internal/catest).
+var (
+	newCA    = catest.New
+	rootPool = catest.RootPool
+)
 
 // serveDevice serves a factory device with id on port until the test
 // ends (or, with die > 0, until it has written die bytes: a board that
