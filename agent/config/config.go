@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -462,11 +461,55 @@ func RedactURL(s string) string {
 	if u, err := url.Parse(s); err == nil && u.User != nil {
 		return u.Redacted()
 	}
-	return userinfoRE.ReplaceAllString(s, "//${1}xxxxx@")
+	return redactUserinfo(s)
 }
 
-// userinfoRE finds "//user:password@" in text that is not a valid URL.
-var userinfoRE = regexp.MustCompile(`//([^/@:\s]*:)[^/@\s]*@`)
+// redactUserinfo masks every "//user:password@" in text that is not a valid
+// URL, where user holds none of "/@:" and password none of "/@", and
+// neither holds white space. (A hand scan rather than a regexp: the agent
+// links no regexp engine.)
+func redactUserinfo(s string) string {
+	var b strings.Builder
+	from := 0
+	for i := 0; ; {
+		k := strings.Index(s[i:], "//")
+		if k < 0 {
+			break
+		}
+		i += k
+		j := i + 2
+		for j < len(s) && !strings.ContainsRune("/@:", rune(s[j])) && !isSpace(s[j]) {
+			j++
+		}
+		if j == len(s) || s[j] != ':' {
+			i++
+			continue
+		}
+		colon := j
+		j++
+		for j < len(s) && s[j] != '/' && s[j] != '@' && !isSpace(s[j]) {
+			j++
+		}
+		if j == len(s) || s[j] != '@' {
+			i++
+			continue
+		}
+		b.WriteString(s[from : colon+1])
+		b.WriteString("xxxxx@")
+		from = j + 1
+		i = from
+	}
+	if from == 0 {
+		return s
+	}
+	b.WriteString(s[from:])
+	return b.String()
+}
+
+// isSpace is RE2's \s: tab, newline, form feed, carriage return, space.
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r'
+}
 
 // Redacted returns a copy of c with URL passwords masked, for printing
 // (config check, check). The agent itself uses c.
@@ -477,10 +520,38 @@ func (c *Config) Redacted() *Config {
 	return &r
 }
 
-var (
-	idScopeRE = regexp.MustCompile(`^[A-Za-z0-9]{1,32}$`)
-	groupRE   = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}\$?$`)
-)
+// validIDScope reports whether s is a DPS ID scope: 1 to 32 ASCII letters
+// and digits.
+func validIDScope(s string) bool {
+	if len(s) < 1 || len(s) > 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// validGroupName reports whether s is a portable Unix group name: a lower
+// case letter or '_', then up to 31 of [a-z0-9_-], with an optional
+// trailing '$'.
+func validGroupName(s string) bool {
+	s = strings.TrimSuffix(s, "$")
+	if len(s) < 1 || len(s) > 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := 'a' <= c && c <= 'z' || c == '_' || i > 0 && ('0' <= c && c <= '9' || c == '-')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
 
 func checkHostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)

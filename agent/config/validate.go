@@ -133,7 +133,7 @@ func (c *Config) validateDPS(p *problems) {
 	if err := checkHostPort(c.DPS.Endpoint); err != nil {
 		p.bad("dps.endpoint", "%v", err)
 	}
-	if c.DPS.IDScope != "" && !idScopeRE.MatchString(c.DPS.IDScope) {
+	if c.DPS.IDScope != "" && !validIDScope(c.DPS.IDScope) {
 		p.bad("dps.id_scope", "%q is not an ID scope (letters and digits, like 0ne00000000)", c.DPS.IDScope)
 	}
 	p.absPath("dps.trust_bundle", c.DPS.TrustBundle, false)
@@ -211,7 +211,7 @@ func (c *Config) validateLocalAPI(p *problems) {
 			p.bad("local_api.socket", "path is %d bytes; Unix sockets allow 107", len(c.LocalAPI.Socket))
 		}
 	}
-	if c.LocalAPI.Group != "" && !groupRE.MatchString(c.LocalAPI.Group) {
+	if c.LocalAPI.Group != "" && !validGroupName(c.LocalAPI.Group) {
 		p.bad("local_api.group", "%q is not a group name", c.LocalAPI.Group)
 	}
 	if c.LocalAPI.MaxMessage < 1 || c.LocalAPI.MaxMessage > 256*1024 {
