@@ -83,7 +83,9 @@ func (b *board) fatal(format string, args ...any) {
 func (b *board) run() {
 	mountBase()
 	b.cfg = readCmdline()
-	logf("devid-board: init started, kernel cmdline keys %v", b.cfg)
+	// The kernel's own boot time, for the boot-to-connected breakdown
+	// (docs/benchmarks.md): /proc/uptime counts from the kernel's start.
+	logf("devid-board: init started at kernel uptime %ss, kernel cmdline keys %v", kernelUptime(), b.cfg)
 	go b.reap()
 
 	if err := loadModules("/modules.list"); err != nil {
@@ -308,10 +310,46 @@ func (b *board) controlCommand(f *os.File, cmd string) {
 		b.mu.Lock()
 		fmt.Fprintf(f, "ok agent_pid=%d\n", b.agentPid)
 		b.mu.Unlock()
+	case "rss":
+		// The agent's resident memory, for the footprint figures.
+		b.mu.Lock()
+		pid := b.agentPid
+		b.mu.Unlock()
+		// The binary lives in the initramfs (tmpfs), so its pages count as
+		// shared memory, not as file-backed.
+		m, err := procStatus(pid, "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
+		if err != nil {
+			fmt.Fprintf(f, "error %v\n", err)
+			return
+		}
+		fmt.Fprintf(f, "ok agent_pid=%d rss_kib=%d anon_kib=%d file_kib=%d shmem_kib=%d hwm_kib=%d\n", pid, m["VmRSS"], m["RssAnon"], m["RssFile"], m["RssShmem"], m["VmHWM"])
 	case "":
 	default:
 		fmt.Fprintf(f, "error unknown command %q\n", cmd)
 	}
+}
+
+// kernelUptime returns the first field of /proc/uptime (seconds since the
+// kernel started), or "?" when it cannot be read.
+func kernelUptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	up, _, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+	return up
+}
+
+// procStatus reads the named "kB" fields of /proc/PID/status.
+func procStatus(pid int, keys ...string) (map[string]int, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("agent not running")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	return parseStatus(string(b), keys...)
 }
 
 func powerOff() {

@@ -50,6 +50,7 @@ type board struct {
 
 	mu      sync.Mutex
 	lines   []string
+	arrived []time.Duration // when each line arrived, from QEMU's start
 	waiters []*lineWaiter
 	logf    func(format string, args ...any)
 }
@@ -244,6 +245,7 @@ func (b *board) addLine(line string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.lines = append(b.lines, line)
+	b.arrived = append(b.arrived, b.since())
 	kept := b.waiters[:0]
 	for _, w := range b.waiters {
 		if w.re.MatchString(line) {
@@ -292,6 +294,20 @@ func (b *board) tail(n int) string {
 	defer b.mu.Unlock()
 	from := max(0, len(b.lines)-n)
 	return strings.Join(b.lines[from:], " | ")
+}
+
+// find returns the first submatch of re in the console so far and when
+// its line arrived, or "?" and -1.
+func (b *board) find(re string) (string, time.Duration) {
+	rx := regexp.MustCompile(re)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, l := range b.lines {
+		if m := rx.FindStringSubmatch(l); m != nil {
+			return m[1], b.arrived[i]
+		}
+	}
+	return "?", -1
 }
 
 func (b *board) since() time.Duration { return time.Since(b.started) }
