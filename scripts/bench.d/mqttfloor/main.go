@@ -50,9 +50,9 @@ func run(addr, host, device, caFile, certFile, keyFile string) error {
 		return err
 	}
 	opts := mqtt.NewClientOptions().
-		AddBroker("ssl://"+addr).
+		AddBroker("ssl://" + addr).
 		SetClientID(device).
-		SetUsername(host+"/"+device+"/?api-version=2021-04-12").
+		SetUsername(host + "/" + device + "/?api-version=2021-04-12").
 		SetTLSConfig(&tls.Config{RootCAs: roots, ServerName: host, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}).
 		SetProtocolVersion(4).
 		SetKeepAlive(60 * time.Second).
