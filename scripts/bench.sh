@@ -9,6 +9,10 @@ mkdir -p .build
 report=.build/bench-report.md
 raw=.build/bench-go.txt
 BENCHTIME=${BENCHTIME:-1x}
+# Each bench.d script records its headline figures here (figure, in
+# scripts/lib.sh); zz-goals.sh prints them against their goals.
+export BENCH_FIGURES=$PWD/.build/bench-figures.tsv
+: >"$BENCH_FIGURES"
 
 {
   echo "# devid benchmark report"

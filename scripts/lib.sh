@@ -47,3 +47,11 @@ wait_for() {
   printf '%s: timed out waiting for %s\n' "${0##*/}" "$what" >&2
   return 1
 }
+
+# figure KEY VALUE records one benchmark figure for the goals table that
+# scripts/bench.d/zz-goals.sh prints at the end of make bench. Outside
+# make bench (BENCH_FIGURES unset) it does nothing.
+figure() {
+  [ -n "${BENCH_FIGURES:-}" ] || return 0
+  printf '%s\t%s\n' "$1" "$2" >>"$BENCH_FIGURES"
+}

@@ -4,6 +4,8 @@
 # Prints a markdown section; never fails on a figure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 RUNS=${QEMU_BENCH_RUNS:-3}
 t0=$EPOCHREALTIME
 scripts/qemu/image.sh arm64 >/dev/null 2>&1 || { echo "## QEMU board"; echo; echo "image build failed; run scripts/qemu/image.sh"; exit 0; }
@@ -30,6 +32,9 @@ for i in $(seq "$RUNS"); do
   shm=$(grep -oP 'agent-rss .*shmem_kib=\K[0-9]+' <<<"$out")
   file=$(grep -oP 'agent-rss .*file_kib=\K[0-9]+' <<<"$out")
   flow=$(grep -oP 'PASS flow \(\K[0-9.]+' <<<"$out")
+  figure boot_cached_arm64_s "$cached"
+  figure boot_qemu_to_init_arm64_s "$toinit"
+  figure rss_idle_arm64_board_kib "$rss"
   mib() { [ -n "$1" ] && awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}' || echo fail; }
   echo "| $i | ${smoke:-fail} | ${prog:-fail} | ${b2c:-fail} | ${cached:-fail} | ${toinit:-fail} | $(mib "$rss") | $(mib "$anon") / $(mib "$(( ${shm:-0} + ${file:-0} ))") | ${flow:-fail} |"
 done
