@@ -25,7 +25,7 @@ main() {
   # The RSS figures are for the shipped build: static, stripped.
   AGENT="$W/devid-agent"
   CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$AGENT" ./agent/cmd/devid-agent
-  setup
+  bench_board_setup
   runtime_figures
 }
 
@@ -44,36 +44,6 @@ sizes() {
     printf '| linux/%s%s | %d | %s | %s |\n' "$arch" "${arm:+v$arm}" "$n" "$(awk -v n="$n" 'BEGIN{printf "%.2f", n/1e6}')" "$goal"
   done
   echo
-}
-
-setup() {
-  log "starting devid-sim and programming a board"
-  "$BIN/devid-sim" serve --state "$W/sim" --retry-after 1 --assigning-polls 0 >"$W/sim.ready" 2>"$W/sim.log" &
-  PIDS+=($!)
-  wait_for "simulator ready line" 30 test -s "$W/sim.ready"
-  local r; r="$(head -n1 "$W/sim.ready")"
-  sim_ready_vars "$r"
-  socat pty,raw,echo=0,link="$W/board-uart" pty,raw,echo=0,link="$W/jig-uart" 2>/dev/null &
-  PIDS+=($!)
-  wait_for "pty pair" 10 test -e "$W/board-uart" -a -e "$W/jig-uart"
-  mkdir -m 0700 "$W/state"
-  "$BIN/devid-jig" ca init --dir "$W/ca" >/dev/null 2>&1
-  "$BIN/devid-sim" enroll-group bench --ca "$W/ca/root.pem" --state "$W/sim" >/dev/null
-  {
-    cat <<EOF
-state_dir = "$W/state"
-log_level = "info"
-[key]
-backend = "file:$W/state/device.key"
-[factory]
-root = "$W/ca/root.pem"
-EOF
-    sim_config_tables
-  } >"$W/config.toml"
-  "$AGENT" factory --config "$W/config.toml" --port "$W/board-uart" --device-id bench-board 2>"$W/factory.log" &
-  local fpid=$!
-  "$BIN/devid-jig" program --port "$W/jig-uart" --ca-dir "$W/ca" >/dev/null 2>&1
-  kill "$fpid"; wait "$fpid" 2>/dev/null || true
 }
 
 # start_agent: runs the agent, sets AGENT_PID, returns when connected,
