@@ -124,6 +124,7 @@ func New(opt Options) (*Agent, error) {
 		SegmentBytes:  cfg.Queue.SegmentBytes,
 		Fsync:         cfg.Queue.Fsync,
 		FsyncInterval: cfg.Queue.FsyncInterval.D(),
+		CursorEvery:   sendWindow / 2,
 		MemoryBytes:   memoryQueueBytes(cfg.Queue.MaxBytes),
 		Log:           opt.Logger.With("component", "queue"),
 	})

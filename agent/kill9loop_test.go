@@ -11,7 +11,7 @@ import (
 
 // sendWindow is the agent's in-flight window (sendLoop): after a power
 // cut at most this many acknowledged messages may be sent again.
-const sendWindow = 8
+const sendWindow = 64
 
 // TestKill9LoopDuplicates power-cuts the agent again and again while it
 // drains a burst, and counts the copies the hub received. Every message
@@ -25,7 +25,8 @@ func TestKill9LoopDuplicates(t *testing.T) {
 	// Slowed PUBACKs (the simulator records a message after the delay)
 	// keep the drain going long enough for the kill to land in it.
 	sim.SetFault(t, simtest.Fault{Scope: "hub", DeviceID: b.deviceID, Ops: []string{"telemetry"}, DelayMs: 20, Count: 1 << 20})
-	const burst = 60
+	// Three windows: the kill lands with a full window in flight.
+	const burst = 3 * sendWindow
 	kills := soakCount(t, "AGENT_KILLS", 6)
 	extraCopies := func() int {
 		extra := 0

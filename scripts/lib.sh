@@ -1,5 +1,6 @@
 # Shell functions shared by scripts that drive devid-sim and a board
-# (scripts/demo.sh, scripts/bench.d/agent.sh). Source it; it runs nothing.
+# (scripts/demo.sh, scripts/bench.d/agent.sh, scripts/bench.d/telemetry.sh).
+# Source it; it runs nothing.
 
 # json_str JSON KEY prints the string value of "KEY" in one line of JSON.
 json_str() { sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" <<<"$1"; }
@@ -54,4 +55,38 @@ wait_for() {
 figure() {
   [ -n "${BENCH_FIGURES:-}" ] || return 0
   printf '%s\t%s\n' "$1" "$2" >>"$BENCH_FIGURES"
+}
+
+# bench_board_setup starts devid-sim (state $W/sim), programs board
+# "bench-board" through a socat pty pair with devid-jig and writes its
+# agent config to $W/config.toml. Needs BIN (devid-sim, devid-jig), AGENT,
+# W and the array PIDS (the processes it starts, for the caller to stop).
+bench_board_setup() {
+  printf '%s: starting devid-sim and programming a board\n' "${0##*/}" >&2
+  "$BIN/devid-sim" serve --state "$W/sim" --retry-after 1 --assigning-polls 0 >"$W/sim.ready" 2>"$W/sim.log" &
+  PIDS+=($!)
+  wait_for "simulator ready line" 30 test -s "$W/sim.ready"
+  local r; r="$(head -n1 "$W/sim.ready")"
+  sim_ready_vars "$r"
+  socat pty,raw,echo=0,link="$W/board-uart" pty,raw,echo=0,link="$W/jig-uart" 2>/dev/null &
+  PIDS+=($!)
+  wait_for "pty pair" 10 test -e "$W/board-uart" -a -e "$W/jig-uart"
+  mkdir -m 0700 "$W/state"
+  "$BIN/devid-jig" ca init --dir "$W/ca" >/dev/null 2>&1
+  "$BIN/devid-sim" enroll-group bench --ca "$W/ca/root.pem" --state "$W/sim" >/dev/null
+  {
+    cat <<EOF
+state_dir = "$W/state"
+log_level = "info"
+[key]
+backend = "file:$W/state/device.key"
+[factory]
+root = "$W/ca/root.pem"
+EOF
+    sim_config_tables
+  } >"$W/config.toml"
+  "$AGENT" factory --config "$W/config.toml" --port "$W/board-uart" --device-id bench-board 2>"$W/factory.log" &
+  local fpid=$!
+  "$BIN/devid-jig" program --port "$W/jig-uart" --ca-dir "$W/ca" >/dev/null 2>&1
+  kill "$fpid"; wait "$fpid" 2>/dev/null || true
 }

@@ -22,6 +22,11 @@ type conn struct {
 	msgs     atomic.Int64
 	denyCode int // DPS: error to answer on register (when DPSIDMismatch = register)
 	denyMsg  string
+
+	// Telemetry results waiting for their PUBACK (hub.go, queueAnswer).
+	amu       sync.Mutex
+	answers   []telAck
+	answering bool
 }
 
 // connTable tracks every MQTT connection from CONNECT to disconnect.

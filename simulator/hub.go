@@ -246,9 +246,10 @@ func (h *hubService) closeConn(cl *mqtt.Client, c *conn, why string, args ...any
 	return packets.ErrRejectPacket
 }
 
-// publish validates and (for telemetry) records a device publish before
-// mochi sends the PUBACK. Twin, method and credential requests are
-// answered in published, after the PUBACK.
+// publish validates and (for telemetry) records a device publish. A
+// telemetry PUBACK is sent by answerTelemetry once the message is
+// durable, not by mochi. Twin, method and credential requests are
+// answered in published, after mochi's PUBACK.
 func (h *hubService) publish(cl *mqtt.Client, c *conn, pk packets.Packet) (packets.Packet, error) {
 	t, err := ParseHubTopic(pk.TopicName, c.id)
 	if err != nil {
@@ -266,10 +267,12 @@ func (h *hubService) publish(cl *mqtt.Client, c *conn, pk packets.Packet) (packe
 	if err := h.telemetry(cl, c, t, pk); err != nil {
 		return pk, err
 	}
-	return pk, packets.CodeSuccessIgnore
+	// Recorded and acknowledged by answerTelemetry; mochi sends nothing.
+	return pk, packets.ErrRejectPacket
 }
 
-// telemetry records one device-to-cloud message, or closes the connection.
+// telemetry checks one device-to-cloud message and queues it for the
+// store (group commit), or closes the connection.
 func (h *hubService) telemetry(cl *mqtt.Client, c *conn, t Topic, pk packets.Packet) error {
 	if len(pk.Payload)+len(t.PropBag) > hubMaxTelemetry {
 		return h.closeConn(cl, c, "message over 256 KB", "bytes", len(pk.Payload))
@@ -289,12 +292,75 @@ func (h *hubService) telemetry(cl *mqtt.Client, c *conn, t Topic, pk packets.Pac
 	if pk.FixedHeader.Retain {
 		props = append(props, Property{Name: "mqtt-retain", Value: "true"})
 	}
-	if err := h.record(c, pk.TopicName, props, pk.Payload, pk.FixedHeader.Qos); err != nil {
-		h.log.Error("hub: recording telemetry", "err", err)
-		cl.Stop(errClosed)
-		return packets.ErrRejectPacket
-	}
+	rec := h.newRecord(c, pk.TopicName, props, pk.Payload, pk.FixedHeader.Qos)
+	a := telAck{rec: rec, id: pk.PacketID, qos: pk.FixedHeader.Qos}
+	h.tel.appendAsync(rec, func(err error) {
+		a.err = err
+		h.queueAnswer(cl, c, a)
+	})
 	return nil
+}
+
+// telAck is a stored (or failed) telemetry message waiting for its answer.
+type telAck struct {
+	rec *simapi.TelemetryRecord
+	id  uint16
+	qos byte
+	err error
+}
+
+// queueAnswer hands a store result to the connection's answerer, which
+// sends the PUBACKs in the order the messages arrived (MQTT 3.1.1 4.6).
+// It never blocks: it runs on the store's committer, and one device that
+// does not read its socket must not hold up the others.
+func (h *hubService) queueAnswer(cl *mqtt.Client, c *conn, a telAck) {
+	c.amu.Lock()
+	c.answers = append(c.answers, a)
+	start := !c.answering
+	c.answering = true
+	c.amu.Unlock()
+	if start {
+		go h.answerTelemetry(cl, c)
+	}
+}
+
+// answerTelemetry sends the PUBACKs of c's durable messages and closes
+// the connection at the first that could not be stored; it returns when
+// none is left.
+func (h *hubService) answerTelemetry(cl *mqtt.Client, c *conn) {
+	for {
+		c.amu.Lock()
+		batch := c.answers
+		c.answers = nil
+		if len(batch) == 0 {
+			c.answering = false
+			c.amu.Unlock()
+			return
+		}
+		c.amu.Unlock()
+		var failed error
+		for i, a := range batch {
+			if a.err != nil {
+				batch, failed = batch[:i], a.err
+				break
+			}
+		}
+		if len(batch) > 0 {
+			h.touched(c, batch[len(batch)-1].rec.ReceivedUtc)
+			h.tel.wake()
+		}
+		for _, a := range batch {
+			if a.qos > 0 {
+				// Fails once the connection is closed: nothing after a
+				// message that could not be stored is acknowledged.
+				_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: a.id})
+			}
+		}
+		if failed != nil && !cl.Closed() {
+			h.log.Error("hub: recording telemetry", "device", c.id, "err", failed)
+			cl.Stop(errClosed)
+		}
+	}
 }
 
 // will records a device's will as telemetry with iothub-MessageType: Will.
@@ -314,9 +380,20 @@ func (h *hubService) will(c *conn, will mqtt.Will) {
 	}
 }
 
-// record stores a telemetry message, updates the device's last activity
-// and wakes the control plane's telemetry readers.
+// record stores a telemetry message (the will), updates the device's
+// last activity and wakes the control plane's telemetry readers.
 func (h *hubService) record(c *conn, topic string, props []Property, payload []byte, qos byte) error {
+	rec := h.newRecord(c, topic, props, payload, qos)
+	if err := h.tel.append(rec); err != nil {
+		return err
+	}
+	h.touched(c, rec.ReceivedUtc)
+	h.tel.wake()
+	return nil
+}
+
+// newRecord is the telemetry record of one message.
+func (h *hubService) newRecord(c *conn, topic string, props []Property, payload []byte, qos byte) *simapi.TelemetryRecord {
 	sys, app := SplitProperties(props)
 	rec := &simapi.TelemetryRecord{
 		Hub:                   c.role,
@@ -332,16 +409,16 @@ func (h *hubService) record(c *conn, topic string, props []Property, payload []b
 	if utf8.Valid(payload) {
 		rec.Body = string(payload)
 	}
-	if err := h.tel.append(rec); err != nil {
-		return err
-	}
+	return rec
+}
+
+// touched sets the device's last activity time.
+func (h *hubService) touched(c *conn, at string) {
 	h.reg.mu.Lock()
 	if d := h.reg.devices[deviceKey(c.role, c.id)]; d != nil {
-		d.Device.LastActivityTime = rec.ReceivedUtc
+		d.Device.LastActivityTime = at
 	}
 	h.reg.mu.Unlock()
-	h.tel.wake()
-	return nil
 }
 
 // published answers twin requests, method responses and certificate

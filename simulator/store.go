@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -34,18 +35,36 @@ const storeSchema = 1
 //
 // Writes go through one committer goroutine that puts every write queued
 // while the previous commit was syncing into the next transaction (group
-// commit): each caller still waits until its write is durable, but one
-// fsync serves hundreds of devices.
+// commit): one fsync serves many writes. A caller of commit waits until
+// its write is durable; a caller of commitAsync is told so by its then,
+// which the committer calls only after the transaction is on disk.
 type store struct {
 	db   *bolt.DB
 	reqs chan *writeReq
 	quit chan struct{}
 	wg   sync.WaitGroup
+	// committed, when set (tests), is called with the number of writes
+	// of each durable transaction before any of their callers is told.
+	committed atomic.Pointer[func(n int)]
 }
+
+// maxGroup bounds the writes of one transaction, and the writes queued
+// while one commits (the channel's buffer), so a commitAsync caller
+// blocks rather than queueing without bound.
+const maxGroup = 4096
 
 type writeReq struct {
 	fn   func(*bolt.Tx) error
 	done chan error
+	then func(error) // instead of done: called by the committer
+}
+
+func (r *writeReq) finish(err error) {
+	if r.then != nil {
+		r.then(err)
+		return
+	}
+	r.done <- err
 }
 
 // commit runs fn in a write transaction and returns once it is durable.
@@ -59,6 +78,19 @@ func (s *store) commit(fn func(*bolt.Tx) error) error {
 	return <-r.done
 }
 
+// commitAsync queues fn for a write transaction and returns; then is
+// called with its result once the transaction is durable (or failed).
+// then runs on the committer goroutine: it must not block, nor wait for
+// another write.
+func (s *store) commitAsync(fn func(*bolt.Tx) error, then func(error)) {
+	r := &writeReq{fn: fn, then: then}
+	select {
+	case s.reqs <- r:
+	case <-s.quit:
+		then(errors.New("state database closed"))
+	}
+}
+
 func (s *store) committer() {
 	defer s.wg.Done()
 	for {
@@ -70,7 +102,7 @@ func (s *store) committer() {
 		}
 		group := []*writeReq{first}
 	drain:
-		for len(group) < 4096 {
+		for len(group) < maxGroup {
 			select {
 			case r := <-s.reqs:
 				group = append(group, r)
@@ -87,15 +119,26 @@ func (s *store) committer() {
 			return nil
 		})
 		if err == nil {
+			s.tellCommitted(len(group))
 			for _, r := range group {
-				r.done <- nil
+				r.finish(nil)
 			}
 			continue
 		}
 		// One write failed: run each alone so only it reports the error.
 		for _, r := range group {
-			r.done <- s.db.Update(r.fn)
+			err := s.db.Update(r.fn)
+			if err == nil {
+				s.tellCommitted(1)
+			}
+			r.finish(err)
 		}
+	}
+}
+
+func (s *store) tellCommitted(n int) {
+	if f := s.committed.Load(); f != nil {
+		(*f)(n)
 	}
 }
 
@@ -120,7 +163,7 @@ func openStore(dir string) (*store, error) {
 		db.Close()
 		return nil, err
 	}
-	st := &store{db: db, reqs: make(chan *writeReq), quit: make(chan struct{})}
+	st := &store{db: db, reqs: make(chan *writeReq, maxGroup), quit: make(chan struct{})}
 	st.wg.Add(1)
 	go st.committer()
 	return st, nil
@@ -179,9 +222,19 @@ func (s *store) each(bucket []byte, fn func(k, v []byte) error) error {
 }
 
 // appendTelemetry stores rec with the next sequence number and trims the
-// bucket to max records (oldest first).
+// bucket to max records (oldest first); it returns once rec is durable.
 func (s *store) appendTelemetry(rec *simapi.TelemetryRecord, max int) error {
-	return s.commit(func(tx *bolt.Tx) error {
+	return s.commit(telemetryWrite(rec, max))
+}
+
+// appendTelemetryAsync is appendTelemetry that returns at once and calls
+// then when rec is durable (or could not be stored); see commitAsync.
+func (s *store) appendTelemetryAsync(rec *simapi.TelemetryRecord, max int, then func(error)) {
+	s.commitAsync(telemetryWrite(rec, max), then)
+}
+
+func telemetryWrite(rec *simapi.TelemetryRecord, max int) func(*bolt.Tx) error {
+	return func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktTelemetry)
 		seq, err := b.NextSequence()
 		if err != nil {
@@ -216,7 +269,7 @@ func (s *store) appendTelemetry(rec *simapi.TelemetryRecord, max int) error {
 			n--
 		}
 		return nil
-	})
+	}
 }
 
 func seqKey(n uint64) []byte {

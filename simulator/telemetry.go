@@ -32,24 +32,44 @@ func newTelemetryLog(db *store, max int) *telemetryLog {
 // records with its MessageID into rec.Duplicates; it is durable when
 // append returns. Readers are woken by wake.
 func (l *telemetryLog) append(rec *simapi.TelemetryRecord) error {
+	done := make(chan error, 1)
+	l.appendAsync(rec, func(err error) { done <- err })
+	return <-done
+}
+
+// appendAsync is append that returns at once: then is called (on the
+// store's committer, so it must not block) once rec is durable, or with
+// why it could not be stored. Records of one caller are stored in the
+// order of their calls. mmu is never held while waiting for the store:
+// then takes it when a write fails.
+func (l *telemetryLog) appendAsync(rec *simapi.TelemetryRecord, then func(error)) {
 	if rec.MessageID == "" {
-		return l.db.appendTelemetry(rec, l.max)
+		l.db.appendTelemetryAsync(rec, l.max, then)
+		return
 	}
 	l.mmu.Lock()
-	defer l.mmu.Unlock()
-	// Reload now and then so the map stays bounded by what the store holds.
 	if !l.midsLoaded || l.max > 0 && len(l.mids) > 2*l.max {
 		if err := l.loadMids(); err != nil {
-			return err
+			l.mmu.Unlock()
+			then(err)
+			return
 		}
 	}
+	// Counted now, in arrival order; taken back if the write fails.
 	k := midKey(rec)
 	rec.Duplicates = l.mids[k]
-	if err := l.db.appendTelemetry(rec, l.max); err != nil {
-		return err
-	}
 	l.mids[k]++
-	return nil
+	l.mmu.Unlock()
+	l.db.appendTelemetryAsync(rec, l.max, func(err error) {
+		if err != nil {
+			l.mmu.Lock()
+			if l.mids != nil && l.mids[k] > 0 {
+				l.mids[k]--
+			}
+			l.mmu.Unlock()
+		}
+		then(err)
+	})
 }
 
 func midKey(r *simapi.TelemetryRecord) string {

@@ -4,9 +4,11 @@
 //
 // Delivery is at least once: a record stays queued until Ack; after a
 // crash everything after the persisted ack cursor (cursor.json) is sent
-// again. The cursor is written promptly after each Ack, and Durable says
-// how far it is on disk, so a sender that keeps at most N records in
-// flight beyond Durable resends at most N after a crash.
+// again. The cursor is written promptly after each Ack (or, with
+// Options.CursorEvery, once that many acks are not in it yet or the queue
+// is drained), and Durable says how far it is on disk, so a sender that
+// keeps at most N records in flight beyond Durable resends at most N
+// after a crash.
 //
 // When the queue would exceed its byte bound, the oldest segment is
 // dropped whole and its unacknowledged records are counted in Dropped.
@@ -50,6 +52,12 @@ type Options struct {
 	SegmentBytes  int64
 	Fsync         string
 	FsyncInterval time.Duration
+	// CursorEvery > 0 writes the ack cursor once that many acks are not
+	// in it yet, or when everything is acked, instead of after every Ack
+	// (one file replacement per PUBACK batch is most of the agent's CPU
+	// under load); the rest is written within FsyncInterval. A sender
+	// bounded by SendLimit(window) needs CursorEvery <= window.
+	CursorEvery uint64
 	// MemoryBytes bounds the records kept in memory while the disk
 	// refuses writes (memory.go); 0: an Append that cannot be written
 	// fails.
@@ -482,9 +490,13 @@ func (q *Queue) Ack(seq uint64) {
 	q.pending[seq] = true
 	q.advanceLocked()
 	q.cursorDirty = true
-	select {
-	case q.cursorKick <- struct{}{}:
-	default:
+	if every := q.opt.CursorEvery; every == 0 || q.acked+1 >= q.nextSeq || q.acked-q.durable >= every {
+		select {
+		case q.cursorKick <- struct{}{}:
+		default:
+		}
+	} else {
+		q.scheduleFlushLocked()
 	}
 	q.gcLocked()
 }
@@ -528,6 +540,11 @@ func (q *Queue) NextUpTo(after, upTo uint64, max int, maxBytes int) ([]Record, e
 	}
 	if after < q.acked {
 		after = q.acked
+	}
+	if after >= upTo {
+		// The sender's window is full: nothing to read (and no file to
+		// open on every Append that wakes it).
+		return nil, nil
 	}
 	var out []Record
 	size := 0

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Telemetry throughput side by side for make bench (markdown on stdout,
+# progress on stderr). The same N messages of 200 bytes (N =
+# TELEMETRY_BENCH_MESSAGES, default 20000), QoS 1, on loopback:
+#   a. devid agent: local API -> durable queue -> devid-sim hub, which
+#      stores every message durably before its PUBACK;
+#   b. the same agent into a plain MQTT broker over TLS
+#      (simulator/bench/broker: acknowledges at once, keeps nothing): the
+#      agent's own ceiling;
+#   c. the official Azure IoT Node SDK (simulator/conformance/node) to the
+#      same devid-sim hub as the same device, NODE_WINDOW (default 1000)
+#      sendEvent calls at once.
+# Agent CPU is utime+stime from /proc/PID/stat over the run. Every wait is
+# bounded. Measures only.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/../lib.sh"
+
+main() {
+  cd "$(dirname "$0")/../.."
+  BIN="${BIN:-$PWD/.build/bin}"
+  W="$(mktemp -d /tmp/devid-bench-tel.XXXXXX)"
+  PIDS=()
+  AGENT_PID=
+  trap cleanup EXIT
+  N="${TELEMETRY_BENCH_MESSAGES:-20000}"
+  NODE_WINDOW="${NODE_WINDOW:-1000}"
+  NODE_MODULES="${NODE_MODULES:-$PWD/simulator/conformance/node/node_modules}"
+
+  AGENT="$W/devid-agent"
+  CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$AGENT" ./agent/cmd/devid-agent
+  go build -o "$W/broker" ./simulator/bench/broker
+  bench_board_setup
+  messages
+
+  log "a: agent -> devid-sim hub"
+  start_agent "$W/config.toml"
+  agent_run
+  local a_ms=$RUN_MS a_cpu=$RUN_CPU a_ok=$RUN_OK
+  stop_agent
+  CURSOR=0 DELIVERED=0
+  poll_telemetry
+  local a_rec=$DELIVERED
+
+  log "b: agent -> plain MQTT broker over TLS"
+  mkdir "$W/broker.d"
+  "$W/broker" -host "$HUB_HOST" -dir "$W/broker.d" -client-ca "$W/ca/root.pem" >"$W/broker.ready" 2>"$W/broker.log" &
+  PIDS+=($!)
+  wait_for "broker ready line" 30 test -s "$W/broker.ready"
+  local baddr; baddr="$(json_str "$(head -n1 "$W/broker.ready")" addr)"
+  cat "$SERVER_CA" "$W/broker.d/ca.pem" >"$W/bundle.pem"
+  sed -e "s|^trust_bundle = .*|trust_bundle = \"$W/bundle.pem\"|" \
+    -e "s|^\"$HUB_HOST\" = .*|\"$HUB_HOST\" = \"$baddr\"|" "$W/config.toml" >"$W/config-broker.toml"
+  start_agent "$W/config-broker.toml"
+  agent_run
+  local b_ms=$RUN_MS b_cpu=$RUN_CPU b_ok=$RUN_OK
+  stop_agent
+
+  log "c: Azure IoT Node SDK -> devid-sim hub"
+  local c_ms=0 c_sent=0 c_note=""
+  if ! command -v node >/dev/null; then
+    c_note="node not installed"
+  elif [ ! -d "$NODE_MODULES/azure-iot-device-mqtt" ]; then
+    c_note="the SDK is not in $NODE_MODULES (scripts/deps.sh installs it)"
+  else
+    printf '{"hub":"%s","deviceId":"bench-board","certFile":"%s","keyFile":"%s","bodies":"%s","window":%d}\n' \
+      "$HUB_HOST" "$W/state/device-chain.pem" "$W/state/device.key" "$W/bodies.txt" "$NODE_WINDOW" >"$W/node.json"
+    local out
+    if out=$(cd simulator/conformance/node && NODE_PATH="$NODE_MODULES" NODE_EXTRA_CA_CERTS="$SERVER_CA" \
+      DEVID_RESOLVE="$HUB_HOST:8883=$HUB_ADDR" timeout 300 node --require ./shim.js bench_send.js "$W/node.json" 2>"$W/node.log"); then
+      c_sent=$(grep -oE '"sent":[0-9]+' <<<"$out" | grep -oE '[0-9]+$')
+      c_ms=$(grep -oE '"ms":[0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+    else
+      c_note="failed: $(tail -n1 "$W/node.log")"
+    fi
+  fi
+  DELIVERED=0
+  poll_telemetry
+  local c_rec=$DELIVERED
+
+  report
+}
+
+# messages writes N bodies of exactly 200 bytes (bodies.txt) and the local
+# API requests that send them (requests.jsonl).
+messages() {
+  awk -v n="$N" 'BEGIN {
+    for (i = 0; i < n; i++) {
+      head = sprintf("{\"i\":%d,\"temperature\":21.5,\"pad\":\"", i)
+      pad = 200 - length(head) - 2
+      s = head
+      for (j = 0; j < pad; j++) s = s "x"
+      print s "\"}"
+    }
+  }' >"$W/bodies.txt"
+  sed 's/.*/{"op":"send","body":&}/' "$W/bodies.txt" >"$W/requests.jsonl"
+}
+
+start_agent() {
+  : >"$W/agent.log"
+  "$AGENT" run --config "$1" 2>"$W/agent.log" &
+  AGENT_PID=$!
+  wait_for "agent connected" 60 grep -q 'state=connected' "$W/agent.log"
+}
+
+stop_agent() {
+  kill "$AGENT_PID" 2>/dev/null || true
+  wait "$AGENT_PID" 2>/dev/null || true
+  AGENT_PID=
+}
+
+# cpu_ms: user + system CPU time of a process so far, in milliseconds.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / hz)}' "/proc/$1/stat"; }
+
+# sent: the agent's count of PUBACKed messages (local API status).
+sent() {
+  echo '{"op":"status"}' | socat -t 5 - UNIX-CONNECT:"$W/api.sock" | grep -oE '"sent":[0-9]+' | grep -oE '[0-9]+$'
+}
+
+# agent_run sends the N requests through the local API and waits until the
+# agent has N more PUBACKs; sets RUN_MS (first request to the last
+# PUBACK, to 10 ms), RUN_CPU (agent CPU ms) and RUN_OK (accepted).
+agent_run() {
+  local s0; s0=$(sent)
+  local c0; c0=$(cpu_ms "$AGENT_PID")
+  local t0; t0=$(date +%s%N)
+  socat -t 60 - UNIX-CONNECT:"$W/api.sock" <"$W/requests.jsonl" >"$W/replies.jsonl"
+  local i s
+  for ((i = 0; i < 30000; i++)); do
+    s=$(sent)
+    [ "$((s - s0))" -ge "$N" ] && break
+    sleep 0.01
+  done
+  RUN_MS=$((($(date +%s%N) - t0) / 1000000))
+  RUN_CPU=$(($(cpu_ms "$AGENT_PID") - c0))
+  RUN_OK=$(grep -c '"ok":true' "$W/replies.jsonl" || true)
+  [ "$((s - s0))" -ge "$N" ] || log "only $((s - s0)) of $N acknowledged"
+}
+
+# poll_telemetry adds the records after CURSOR to DELIVERED (the control
+# plane returns at most 1000 per call) and moves CURSOR.
+poll_telemetry() {
+  local seqs n
+  while :; do
+    seqs=$("$BIN/devid-sim" telemetry --state "$W/sim" --device bench-board --after "$CURSOR" 2>/dev/null |
+      grep -oE '"seq": ?[0-9]+' | grep -oE '[0-9]+$' || true)
+    [ -z "$seqs" ] && return
+    n=$(wc -l <<<"$seqs")
+    DELIVERED=$((DELIVERED + n))
+    CURSOR=$(tail -n1 <<<"$seqs")
+    [ "$n" -lt 1000 ] && return
+  done
+}
+
+rate() { awk -v n="$1" -v ms="$2" 'BEGIN{printf "%.0f", (ms>0)?n*1000/ms:0}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{if (b>0) printf "%.1f×", a/b; else printf "-"}'; }
+per_msg() { awk -v c="$1" -v n="$2" 'BEGIN{printf "%.0f", (n>0)?c*1000/n:0}'; }
+
+report() {
+  local ra rb rc
+  ra=$(rate "$N" "$a_ms") rb=$(rate "$N" "$b_ms") rc=$(rate "$c_sent" "$c_ms")
+  figure telemetry_agent_sim_msgs "$ra"
+  figure telemetry_agent_broker_msgs "$rb"
+  [ -n "$c_note" ] || figure telemetry_node_sim_msgs "$rc"
+  figure telemetry_agent_cpu_us "$(per_msg "$a_cpu" "$N")"
+  echo "## Telemetry side by side (scripts/bench.d/telemetry.sh)"
+  echo
+  echo "$N messages of 200 bytes, QoS 1, loopback TLS, one device; machine: $(nproc) CPUs, load average at start $LOAD0."
+  echo
+  echo "| run | accepted / recorded | time | msg/s | goal |"
+  echo "|---|---|---|---|---|"
+  printf '| a. devid agent: local API -> durable queue -> devid-sim hub | %d / %d | %d ms | %s | ≥ 10,000 |\n' "$a_ok" "$a_rec" "$a_ms" "$ra"
+  printf '| b. the same agent -> plain MQTT broker over TLS (acks at once, keeps nothing) | %d / - | %d ms | %s | - |\n' "$b_ok" "$b_ms" "$rb"
+  if [ -n "$c_note" ]; then
+    printf '| c. Azure IoT Node SDK -> devid-sim hub | did not run: %s | | | - |\n' "$c_note"
+  else
+    printf '| c. Azure IoT Node SDK -> devid-sim hub (%d sendEvent at once) | %d / %d | %.0f ms | %s | - |\n' "$NODE_WINDOW" "$c_sent" "$c_rec" "$c_ms" "$rc"
+  fi
+  echo
+  echo "| figure | value | goal |"
+  echo "|---|---|---|"
+  printf '| a / c (devid agent / Node SDK, same hub) | %s | ≥ 5× |\n' "$(ratio "$ra" "$rc")"
+  printf '| a / b (share of the agent'"'"'s ceiling the simulated hub allows) | %s | - |\n' "$(ratio "$ra" "$rb")"
+  printf '| agent CPU per message, a | %s µs (%d ms) | ≤ 50 µs |\n' "$(per_msg "$a_cpu" "$N")" "$a_cpu"
+  printf '| agent CPU per message, b | %s µs (%d ms) | - |\n' "$(per_msg "$b_cpu" "$N")" "$b_cpu"
+  echo
+  echo "Times run from the first request to the local API (a, b) or the first sendEvent (c)"
+  echo "to the last PUBACK; a and b poll the agent's status every 10 ms. Recorded: messages the"
+  echo "simulator holds after the run (a resend counts twice). CPU resolution: $((1000 / $(getconf CLK_TCK))) ms."
+  echo
+}
+
+log() { printf 'telemetry bench: %s\n' "$*" >&2; }
+
+cleanup() {
+  [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null || true
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+
+LOAD0="$(cut -d' ' -f1-3 /proc/loadavg)"
+main "$@"
