@@ -367,6 +367,12 @@ func (d *Device) install(args []string) []string {
 		if err != nil || len(sum) != sha256.Size {
 			return nak(ReasonArgs, "SHA256", "must", "be", "64", "hex", "digits")
 		}
+		if d.v2() && d.upOpen && size == d.upSize && bytes.Equal(sum, d.upDigest) {
+			// v2: BEGIN for the upload under way keeps it, so that a jig
+			// may send BEGIN in the window of its DATA requests and resend
+			// it after them (docs/factory-protocol.md, section 12).
+			return []string{"OK", "INSTALL", "BEGIN", "size=" + args[1]}
+		}
 		d.upload, d.upSize, d.upDigest, d.upOpen = make([]byte, 0, size), size, sum, true
 		return []string{"OK", "INSTALL", "BEGIN", "size=" + args[1]}
 	case "DATA":
@@ -399,6 +405,11 @@ func (d *Device) commit() []string {
 		return nak(ReasonSize, "have", strconv.Itoa(len(d.upload)), "of", strconv.Itoa(d.upSize), "bytes")
 	}
 	if sum := sha256.Sum256(d.upload); !bytes.Equal(sum[:], d.upDigest) {
+		if d.v2() {
+			// The bytes are complete and wrong: drop them, or a v2 BEGIN
+			// with the same digest would keep them.
+			d.upload, d.upOpen = nil, false
+		}
 		return nak(ReasonDigest, "upload", "SHA-256", "is", hex.EncodeToString(sum[:]))
 	}
 	key, err := d.Keys.Load()

@@ -96,3 +96,52 @@ func TestCSRRepeatIsStable(t *testing.T) {
 		t.Fatalf("CSR twice: %q then %q", a, b)
 	}
 }
+
+// TestV2BeginRepeatKeepsUpload: in v2 an INSTALL BEGIN with the size and
+// SHA-256 of the upload under way keeps the bytes received (a jig resends
+// BEGIN from a window after its DATA requests ran), another BEGIN starts
+// over, and a COMMIT that finds the wrong bytes drops them. In v1 every
+// BEGIN starts over, as before.
+func TestV2BeginRepeatKeepsUpload(t *testing.T) {
+	t.Parallel()
+	junk := []byte(strings.Repeat("y", 200))
+	sum := sha256.Sum256(junk)
+	size, digest := strconv.Itoa(len(junk)), hex.EncodeToString(sum[:])
+	chunk := func(off, end int) string { return base64.StdEncoding.EncodeToString(junk[off:end]) }
+
+	d := newAttestDevice(t, nil)
+	ask(t, d, 1, "HELLO", "2")
+	if r := ask(t, d, 2, "INSTALL", "BEGIN", size, digest); r[0] != "OK" {
+		t.Fatalf("BEGIN: %q", r)
+	}
+	ask(t, d, 3, "INSTALL", "DATA", "0", chunk(0, 162))
+	// The same BEGIN again (its sequence number is not the last request's,
+	// so it is executed): the 162 bytes stay.
+	if r := ask(t, d, 2, "INSTALL", "BEGIN", size, digest); strings.Join(r, " ") != "OK INSTALL BEGIN size=200" {
+		t.Fatalf("repeated BEGIN: %q", r)
+	}
+	if r := ask(t, d, 4, "INSTALL", "DATA", "162", chunk(162, 200)); strings.Join(r, " ") != "OK have=200" {
+		t.Fatalf("DATA after a repeated BEGIN: %q", r)
+	}
+	// Another digest is another upload: it starts from 0.
+	other := sha256.Sum256([]byte("other"))
+	ask(t, d, 5, "INSTALL", "BEGIN", size, hex.EncodeToString(other[:]))
+	wantNAK(t, ask(t, d, 6, "INSTALL", "DATA", "162", chunk(162, 200)), factory.ReasonOffset)
+	// The complete upload does not match its BEGIN: COMMIT drops it, and
+	// the same BEGIN then starts over.
+	ask(t, d, 7, "INSTALL", "DATA", "0", chunk(0, 162))
+	ask(t, d, 8, "INSTALL", "DATA", "162", chunk(162, 200))
+	wantNAK(t, ask(t, d, 9, "INSTALL", "COMMIT"), factory.ReasonDigest)
+	wantNAK(t, ask(t, d, 10, "INSTALL", "COMMIT"), factory.ReasonState)
+	wantNAK(t, ask(t, d, 11, "INSTALL", "DATA", "0", chunk(0, 162)), factory.ReasonState)
+	ask(t, d, 12, "INSTALL", "BEGIN", size, hex.EncodeToString(other[:]))
+	wantNAK(t, ask(t, d, 13, "INSTALL", "DATA", "162", chunk(162, 200)), factory.ReasonOffset)
+
+	// Version 1: BEGIN always starts a new upload.
+	v1 := newAttestDevice(t, nil)
+	ask(t, v1, 1, "HELLO")
+	ask(t, v1, 2, "INSTALL", "BEGIN", size, digest)
+	ask(t, v1, 3, "INSTALL", "DATA", "0", chunk(0, 144))
+	ask(t, v1, 4, "INSTALL", "BEGIN", size, digest)
+	wantNAK(t, ask(t, v1, 5, "INSTALL", "DATA", "144", chunk(144, 200)), factory.ReasonOffset)
+}
