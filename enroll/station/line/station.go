@@ -438,7 +438,7 @@ func causeOf(ctx context.Context, err error) string {
 	var nk *jig.NAKError
 	var r *jig.Refusal
 	switch {
-	case errors.Is(context.Cause(ctx), errUnplugged):
+	case errors.Is(context.Cause(ctx), errUnplugged), errors.Is(err, serial.ErrHangup):
 		return CauseUnplugged
 	case ctx.Err() != nil:
 		return CauseStopped
