@@ -235,7 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.state = Unenrolled
 	a.enter(Unenrolled, Event{Kind: EvBoot}, true)
 	a.handle(Event{Kind: EvBoot, Identity: idErr == nil, Revoked: revoked,
-		FactoryPort: a.cfg.Factory.Port != "" && a.opt.Factory != nil})
+		FactoryPort: (a.cfg.Factory.Port != "" || a.cfg.Factory.USBGadget) && a.opt.Factory != nil})
 
 	for {
 		select {

@@ -54,7 +54,7 @@ func (a *Agent) runFactory(ctx context.Context, epoch uint64) {
 		a.watchIdentity(ctx, epoch, EvFactoryDone)
 		return
 	}
-	a.log.Info("factory mode: serving the factory bus", "port", a.cfg.Factory.Port, "programmed", entryFP != "")
+	a.log.Info("factory mode: serving the factory bus", "port", a.cfg.Factory.Port, "usb_gadget", a.cfg.Factory.USBGadget, "programmed", entryFP != "")
 	fctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- a.opt.Factory(fctx) }()

@@ -3,6 +3,7 @@
 //
 //	hal/board       device identity sources (devicetree, DMI, MAC)
 //	hal/serial      the factory UART (github.com/tarm/serial)
+//	hal/usbgadget   the factory port as a USB CDC-ACM gadget (configfs)
 //	hal/tpm         TPM 2.0 transport and keys (github.com/google/go-tpm)
 //	hal/gpio        status LED and factory button (periph.io, gpioioctl)
 //	hal/atomicfile  state files that survive a power cut on flash

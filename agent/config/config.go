@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"devid/hal/usbgadget"
 )
 
 // DefaultPath is where the agent looks for its config when --config is not given.
@@ -104,6 +106,20 @@ type Factory struct {
 	Baud int `toml:"baud"`
 	// Root is the PEM trust anchor the device certificate must chain to.
 	Root string `toml:"root"`
+	// USBGadget makes the factory port a USB serial gadget (CDC ACM,
+	// through configfs, with the device ID as USB serial number) and
+	// serves on its /dev/ttyGS*; port must then be empty
+	// (docs/factory-usb.md).
+	USBGadget bool `toml:"usb_gadget"`
+	// USBID is the gadget's USB vendor:product ID, in hexadecimal.
+	USBID string `toml:"usb_id"`
+	// USBManufacturer is the gadget's USB manufacturer string.
+	USBManufacturer string `toml:"usb_manufacturer"`
+	// USBProduct is the gadget's USB product string.
+	USBProduct string `toml:"usb_product"`
+	// USBUDC names the USB device controller the gadget binds to. Empty:
+	// the first in /sys/class/udc.
+	USBUDC string `toml:"usb_udc"`
 }
 
 // DPS configures the Device Provisioning Service.
@@ -243,8 +259,11 @@ func Default() *Config {
 		LogFormat:      "text",
 		Key:            Key{Backend: "auto"},
 		Factory: Factory{
-			Baud: 115200,
-			Root: "/etc/devid/factory-root.pem",
+			Baud:            115200,
+			Root:            "/etc/devid/factory-root.pem",
+			USBID:           fmt.Sprintf("%04x:%04x", usbgadget.DefaultVendorID, usbgadget.DefaultProductID),
+			USBManufacturer: usbgadget.DefaultManufacturer,
+			USBProduct:      usbgadget.DefaultProduct,
 		},
 		DPS: DPS{
 			Endpoint:  "global.azure-devices-provisioning.net:8883",

@@ -11,6 +11,7 @@ import (
 
 	"devid/enroll/rotate"
 	"devid/hal/board"
+	"devid/hal/usbgadget"
 )
 
 // Validate checks every field and returns a *ValidationError naming each
@@ -127,6 +128,22 @@ func (c *Config) validateFactory(p *problems) {
 		p.bad("factory.baud", "%d is not a standard serial rate (e.g. 115200)", c.Factory.Baud)
 	}
 	p.absPath("factory.root", c.Factory.Root, true)
+	f := c.Factory
+	if f.USBGadget && f.Port != "" {
+		p.bad("factory.usb_gadget", "factory.port is set too (%q): with the gadget the port is its /dev/ttyGS*; leave factory.port empty", f.Port)
+	}
+	if _, _, err := usbgadget.ParseID(f.USBID); err != nil {
+		p.bad("factory.usb_id", "%v", err)
+	}
+	if err := usbgadget.CheckString("manufacturer", f.USBManufacturer); err != nil {
+		p.bad("factory.usb_manufacturer", "%v", err)
+	}
+	if err := usbgadget.CheckString("product", f.USBProduct); err != nil {
+		p.bad("factory.usb_product", "%v", err)
+	}
+	if strings.ContainsAny(f.USBUDC, "/\x00") || f.USBUDC == "." || f.USBUDC == ".." {
+		p.bad("factory.usb_udc", "%q is not a name in /sys/class/udc", f.USBUDC)
+	}
 }
 
 func (c *Config) validateDPS(p *problems) {

@@ -41,6 +41,18 @@ const pollInterval = 100 * time.Millisecond
 // ErrClosed is returned by reads and writes on a closed port.
 var ErrClosed = errors.New("serial port closed")
 
+// ErrHangup is returned by reads on a line the kernel hung up: the USB
+// adapter or gadget behind it was disconnected (or a pty's other end
+// closed). The open file stays dead even if the device comes back; open
+// the path again.
+var ErrHangup = errors.New("serial line hung up (device disconnected)")
+
+// hangupReads is how many empty reads in a row, each returning well
+// before the poll interval, mean a hung-up line: an idle read waits the
+// whole interval, a hung-up tty returns at once, forever (pyserial reads
+// "readable but no data" the same way).
+const hangupReads = 3
+
 // TarmPort is a Port over github.com/tarm/serial.
 type TarmPort struct {
 	name string
@@ -74,6 +86,7 @@ func (t *TarmPort) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	fast := 0
 	for {
 		t.mu.Lock()
 		closed, dl := t.closed, t.deadline
@@ -84,6 +97,7 @@ func (t *TarmPort) Read(b []byte) (int, error) {
 		if !dl.IsZero() && !time.Now().Before(dl) {
 			return 0, fmt.Errorf("read %s: %w", t.name, os.ErrDeadlineExceeded)
 		}
+		start := time.Now()
 		n, err := t.p.Read(b)
 		if n > 0 {
 			return n, nil
@@ -94,7 +108,15 @@ func (t *TarmPort) Read(b []byte) (int, error) {
 			}
 			return 0, err // an *os.PathError, which names the device
 		}
-		// (0, io.EOF) or (0, nil): the poll interval passed with no data.
+		// (0, io.EOF) or (0, nil): the poll interval passed with no data,
+		// or the line is hung up and every read returns at once.
+		if time.Since(start) < pollInterval/10 {
+			if fast++; fast >= hangupReads {
+				return 0, fmt.Errorf("read %s: %w", t.name, ErrHangup)
+			}
+		} else {
+			fast = 0
+		}
 	}
 }
 

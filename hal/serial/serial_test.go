@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
+
 	"devid/hal/serial"
 	"devid/hal/serial/serialtest"
 )
@@ -89,6 +91,38 @@ func TestCloseDuringReadReturns(t *testing.T) {
 	}
 	if err := p.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestHangup: a line whose other end goes away (a pty's master closed,
+// as a USB adapter unplugged) fails the read at once with ErrHangup,
+// instead of spinning until the deadline.
+func TestHangup(t *testing.T) {
+	t.Parallel()
+	m, s, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p, err := serial.Open(s.Name(), 115200)
+	if err != nil {
+		m.Close()
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := m.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 8)
+	if n, err := p.Read(b); n != 1 || err != nil {
+		t.Fatalf("read before the hangup: %d %v", n, err)
+	}
+	m.Close()
+	// The deadline only bounds a broken implementation; the hangup must
+	// be the answer.
+	_ = p.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := p.Read(b); !errors.Is(err, serial.ErrHangup) {
+		t.Fatalf("read after the hangup: %v, want ErrHangup", err)
 	}
 }
 

@@ -72,8 +72,8 @@ func configCheck(stdout, stderr io.Writer, path string) error {
 // by CheckSystem.)
 func incomplete(c *config.Config) []string {
 	var out []string
-	if c.Factory.Port == "" && c.Hardware.Button == "" {
-		out = append(out, "factory.port is empty and there is no factory button (hardware.button): the jig cannot program a device that has no certificate yet")
+	if c.Factory.Port == "" && !c.Factory.USBGadget && c.Hardware.Button == "" {
+		out = append(out, "factory.port is empty, factory.usb_gadget is off and there is no factory button (hardware.button): the jig cannot program a device that has no certificate yet")
 	}
 	return out
 }

@@ -26,13 +26,14 @@ import (
 func factoryFlags(fs *flag.FlagSet) func(context.Context, []string) error {
 	cfgPath := fs.String("config", "", "config `FILE` (TOML); the other flags override it")
 	port := fs.String("port", "", "serial `DEVICE` the jig is on (config factory.port)")
+	gadget := fs.Bool("usb-gadget", false, "make the board's USB device port a serial gadget (CDC ACM) and serve on its tty instead of --port (config factory.usb_gadget)")
 	baud := fs.Int("baud", 0, "serial line rate in `BAUD` (config factory.baud, default 115200)")
 	stateDir := fs.String("state", "", "state `DIR` (config state_dir, default /var/lib/devid)")
 	keySpec := fs.String("key", "", "key backend `SPEC`: auto, file:PATH or tpm:... (config key.backend, default auto)")
 	deviceID := fs.String("device-id", "", "device `ID` (config device_id; default: from the board)")
 	root := fs.String("root", "", "factory root PEM `FILE` the certificate must chain to (config factory.root)")
 	return func(ctx context.Context, _ []string) error {
-		return runFactory(ctx, *cfgPath, factoryOverrides{*port, *baud, *stateDir, *keySpec, *deviceID, *root})
+		return runFactory(ctx, *cfgPath, factoryOverrides{*port, *gadget, *baud, *stateDir, *keySpec, *deviceID, *root})
 	}
 }
 
@@ -40,6 +41,7 @@ func factoryFlags(fs *flag.FlagSet) func(context.Context, []string) error {
 // config's value.
 type factoryOverrides struct {
 	port                              string
+	usbGadget                         bool
 	baud                              int
 	stateDir, keySpec, deviceID, root string
 }
@@ -69,8 +71,14 @@ func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 	if f.baud > 0 {
 		cfg.Factory.Baud = f.baud
 	}
-	if cfg.Factory.Port == "" {
-		return cmdline.Usage(errors.New("--port (or factory.port in the config) is required"))
+	if f.usbGadget {
+		cfg.Factory.USBGadget = true
+	}
+	switch {
+	case cfg.Factory.USBGadget && cfg.Factory.Port != "":
+		return cmdline.Usage(errors.New("give --port (factory.port) or --usb-gadget (factory.usb_gadget), not both"))
+	case cfg.Factory.Port == "" && !cfg.Factory.USBGadget:
+		return cmdline.Usage(errors.New("--port or --usb-gadget (or factory.port or factory.usb_gadget in the config) is required"))
 	}
 	// "auto" is resolved by the TPM backend; in a build without it the
 	// software key in the state dir is the only choice.
@@ -94,7 +102,12 @@ func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 	if err != nil {
 		return err
 	}
-	log.Info("serving factory bus", "port", cfg.Factory.Port, "baud", cfg.Factory.Baud, "device_id", id,
+	port, gadgetDone, err := factoryPort(cfg, id, log)
+	if err != nil {
+		return err
+	}
+	defer gadgetDone()
+	log.Info("serving factory bus", "port", port, "baud", cfg.Factory.Baud, "device_id", id,
 		"id_source", src, "key", ks.Name(), "state_dir", cfg.StateDir)
 	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(cfg.StateDir, roots), Log: log}
 	// A key backend that can prove its key is in a TPM offers attestation
@@ -102,7 +115,7 @@ func runFactory(ctx context.Context, cfgPath string, f factoryOverrides) error {
 	if a, ok := ks.(factory.Attester); ok {
 		d.Attester = a
 	}
-	if err := d.ServePort(ctx, cfg.Factory.Port, cfg.Factory.Baud); err != nil {
+	if err := d.ServePort(ctx, port, cfg.Factory.Baud); err != nil {
 		return err
 	}
 	log.Info("factory bus stopped")

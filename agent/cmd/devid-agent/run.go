@@ -93,7 +93,7 @@ func runDaemon(ctx context.Context, cfgPath string) error {
 		},
 		ConfigDegraded: degraded,
 	}
-	if cfg.Factory.Port != "" {
+	if cfg.Factory.Port != "" || cfg.Factory.USBGadget {
 		opt.Factory = func(ctx context.Context) error { return serveFactoryBus(ctx, cfg, clk, log) }
 	}
 	if hw := openHardware(cfg, log); hw != nil {
@@ -256,8 +256,10 @@ func clockSynced() bool {
 	return err == nil && state != 5 // TIME_ERROR
 }
 
-// serveFactoryBus runs the factory device side on factory.port until ctx
-// ends, reopening the port when the jig's adapter goes away.
+// serveFactoryBus runs the factory device side on factory.port (or the
+// USB gadget's tty) until ctx ends, reopening the port when the jig's
+// adapter goes away or the line is hung up; the gadget is removed when
+// it returns (programmed, or the agent stopping).
 func serveFactoryBus(ctx context.Context, cfg *config.Config, clk clock.Clock, log *slog.Logger) error {
 	log = log.With("component", "factory")
 	id, src, err := board.Reader{Configured: cfg.DeviceID}.DeviceID()
@@ -272,7 +274,12 @@ func serveFactoryBus(ctx context.Context, cfg *config.Config, clk clock.Clock, l
 	if err != nil {
 		return err
 	}
-	log.Info("serving factory bus", "port", cfg.Factory.Port, "device_id", id, "id_source", src, "key", ks.Name())
+	port, gadgetDone, err := factoryPort(cfg, id, log)
+	if err != nil {
+		return err
+	}
+	defer gadgetDone()
+	log.Info("serving factory bus", "port", port, "device_id", id, "id_source", src, "key", ks.Name())
 	d := &factory.Device{ID: id, Keys: ks, Certs: certstore.Open(cfg.StateDir, roots), Log: log}
 	// A key backend that can prove its key is in a TPM offers attestation
 	// on the bus (HELLO attest=1; docs/factory-protocol.md, ATTEST).
@@ -280,7 +287,7 @@ func serveFactoryBus(ctx context.Context, cfg *config.Config, clk clock.Clock, l
 		d.Attester = a
 	}
 	for ctx.Err() == nil {
-		p, err := serial.Open(cfg.Factory.Port, cfg.Factory.Baud)
+		p, err := serial.Open(port, cfg.Factory.Baud)
 		if err != nil {
 			log.Warn("factory port", "err", err)
 		} else {

@@ -124,15 +124,31 @@ type portFlags struct {
 
 func addPortFlags(fs *flag.FlagSet) portFlags {
 	return portFlags{
-		port:    fs.String("port", "", "serial `DEVICE` the board is on"),
+		port:    fs.String("port", "", "serial `DEVICE` the board is on, or usb:SERIAL: the tty of the USB device with that serial number (a board's USB gadget carries its device ID)"),
 		baud:    fs.Int("baud", 115200, "serial line rate in `BAUD`"),
 		timeout: fs.Duration("timeout", jig.DefaultReplyTimeout, "wait `DURATION` of silence for one reply before re-sending (a board that answers BUSY is waited for longer)"),
 		retries: fs.Int("retries", jig.DefaultRetries, "`N` re-sends per request"),
 	}
 }
 
+// usbResolver finds usb:SERIAL ports (tests: fake /dev and /sys trees).
+var usbResolver serial.USBResolver
+
+// portPath is the device behind --port: usb:SERIAL is looked up at each
+// open, so a board that came back on another node is found there.
+func portPath(port string) (string, error) {
+	if !serial.IsUSB(port) {
+		return port, nil
+	}
+	return usbResolver.Resolve(strings.TrimPrefix(port, serial.USBPrefix))
+}
+
 func (p portFlags) open() (*serial.TarmPort, *jig.Jig, error) {
-	port, err := serial.Open(*p.port, *p.baud)
+	path, err := portPath(*p.port)
+	if err != nil {
+		return nil, nil, err
+	}
+	port, err := serial.Open(path, *p.baud)
 	if err != nil {
 		return nil, nil, err
 	}

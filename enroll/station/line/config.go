@@ -13,6 +13,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"devid/enroll/station/jig"
+	"devid/hal/serial"
 )
 
 // DefaultSerialDir is where relative slot ports are looked up: udev keeps
@@ -84,7 +85,9 @@ type SlotConfig struct {
 	Name string `toml:"name"`
 	// Port is a serial device path or a glob (path.Match syntax); a
 	// relative one is under the station's SerialDir. A glob must match
-	// at most one port at a time.
+	// at most one port at a time. usb:SERIAL is the tty of the USB
+	// device with that serial number (a glob too): a board's USB gadget
+	// carries its device ID there (docs/factory-usb.md).
 	Port string `toml:"port"`
 }
 
@@ -230,8 +233,8 @@ func (c *Config) check() error {
 			return fmt.Errorf("slot %d: name %q is used by another slot", i+1, s.Name)
 		}
 		names[s.Name] = true
-		if s.Port == "" {
-			return fmt.Errorf("slot %s: no port: give a device path or a glob such as \"by-id/usb-FTDI_*-if00-port0\"", s.Name)
+		if s.Port == "" || s.Port == serial.USBPrefix {
+			return fmt.Errorf("slot %s: no port: give a device path, a glob such as \"by-id/usb-FTDI_*-if00-port0\" or usb:SERIAL", s.Name)
 		}
 		if _, err := filepath.Match(s.Port, ""); err != nil {
 			return fmt.Errorf("slot %s: port %q is not a valid glob: %v", s.Name, s.Port, err)
@@ -244,9 +247,9 @@ func (c *Config) check() error {
 	return nil
 }
 
-// pattern is the slot's port as an absolute path or glob.
+// pattern is the slot's port as an absolute path or glob, or usb:SERIAL.
 func (s SlotConfig) pattern(serialDir string) string {
-	if filepath.IsAbs(s.Port) {
+	if filepath.IsAbs(s.Port) || serial.IsUSB(s.Port) {
 		return s.Port
 	}
 	return filepath.Join(serialDir, s.Port)
@@ -260,10 +263,21 @@ type presence struct {
 }
 
 // resolve looks for the slot's port. No port is a zero presence; a glob
-// matching more than one port is an error.
-func resolve(pattern string) (presence, error) {
+// matching more than one port is an error. usb:SERIAL is looked up anew
+// on every scan, so a board that comes back on another node (ttyACM0,
+// then ttyACM1 after a reset) is found there.
+func resolve(pattern string, usb serial.USBResolver) (presence, error) {
 	paths := []string{pattern}
-	if strings.ContainsAny(pattern, `*?[\`) {
+	if serial.IsUSB(pattern) {
+		p, err := usb.Resolve(strings.TrimPrefix(pattern, serial.USBPrefix))
+		switch {
+		case errors.Is(err, serial.ErrNoUSBPort):
+			return presence{}, nil
+		case err != nil:
+			return presence{}, err
+		}
+		paths = []string{p}
+	} else if strings.ContainsAny(pattern, `*?[\`) {
 		m, err := filepath.Glob(pattern)
 		if err != nil {
 			return presence{}, err

@@ -58,6 +58,8 @@ type Options struct {
 	// Open opens a slot's port (nil: hal/serial.Open at the configured
 	// baud rate).
 	Open func(path string, baud int) (serial.Port, error)
+	// USB finds usb:SERIAL ports (zero: in the real /dev and /sys).
+	USB serial.USBResolver
 }
 
 // Event types.
@@ -277,7 +279,7 @@ func (s *Station) ScanNow() {
 	s.scanMu.Lock()
 	defer s.scanMu.Unlock()
 	for _, sl := range s.slots {
-		p, err := resolve(sl.pattern)
+		p, err := resolve(sl.pattern, s.o.USB)
 		s.mu.Lock()
 		if err != nil {
 			if sl.fault != err.Error() {
@@ -438,7 +440,7 @@ func causeOf(ctx context.Context, err error) string {
 	var nk *jig.NAKError
 	var r *jig.Refusal
 	switch {
-	case errors.Is(context.Cause(ctx), errUnplugged):
+	case errors.Is(context.Cause(ctx), errUnplugged), errors.Is(err, serial.ErrHangup):
 		return CauseUnplugged
 	case ctx.Err() != nil:
 		return CauseStopped
