@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"devid/enroll/certstore"
 	"devid/enroll/factory"
+	"devid/enroll/internal/pkitest"
 	"devid/enroll/station/jig"
 )
 
@@ -77,11 +79,27 @@ func FuzzJigReplies(f *testing.F) {
 	f.Add(replies([]string{"OK", "HELLO", "proto=2", "id=b"}, []string{"NAK", "state"}, []string{"OK", "CHAIN", "size=3", "sha256=" + hex.EncodeToString(sum[:])},
 		[]string{"OK", "CHAIN", "DATA", "0", "QUJD"}, []string{"OK", "STATUS"}, []string{"OK", "INSTALL", "BEGIN"}, []string{"OK", "have=9"}))
 	f.Add([]byte("1 OK HELLO\r\n\r\n" + string(bytes.Repeat([]byte("x"), 300)) + "\n"))
+	// v2: HELLO 2, CSR and READ 0 as one window, then the INSTALL window
+	// (BEGIN, DATA, COMMIT), one reply lost and one refused.
+	f.Add(replies([]string{"OK", "HELLO", "proto=2", "id=b"}, []string{"OK", "CSR", "size=3", "sha256=" + hex.EncodeToString(sum[:])},
+		[]string{"OK", "DATA", "0", "QUJD"}, []string{"OK", "INSTALL", "BEGIN", "size=3"}, []string{"OK", "have=3"},
+		[]string{"OK", "INSTALL", "COMMIT", "serial=01", "state=programmed"}))
+	f.Add(replies([]string{"OK", "HELLO", "proto=2", "id=b"}, []string{"NAK", "refused", "x"}, []string{"NAK", "state"},
+		[]string{"OK", "HELLO", "proto=1", "id=b"}, []string{"OK", "have=1"}, []string{"NAK", "cert", "untrusted"}))
+	cert := pkitest.NewCA("fuzz").Issuer
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		j := jig.New(&replayPort{r: bytes.NewReader(stream)})
 		j.SetSeq(0)
 		j.Retries = 1
 		ctx := context.Background()
+		if h, der, csrErr, err := j.HelloCSR(ctx); err == nil && csrErr == nil {
+			if h.DeviceID == "" || len(der) == 0 || len(der) > factory.MaxPayload {
+				t.Fatalf("accepted HELLO %+v and a CSR of %d bytes", h, len(der))
+			}
+		}
+		if in, err := j.Install(ctx, certstore.EncodePEM(cert), 0); err == nil && j.V2() && in == nil {
+			t.Fatal("INSTALL accepted without a COMMIT reply")
+		}
 		if h, err := j.Hello(ctx); err == nil {
 			v1 := h.Proto == factory.ProtocolVersion && h.Chunk <= factory.Chunk
 			v2 := h.Proto == factory.ProtocolV2 && h.Chunk <= factory.ChunkV2

@@ -245,16 +245,17 @@ type Hello struct {
 
 // Hello sends HELLO. A protocol version other than ours is an error.
 func (j *Jig) Hello(ctx context.Context) (*Hello, error) {
-	h, _, _, err := j.hello(ctx, false)
+	h, _, _, _, err := j.hello(ctx, false)
 	return h, err
 }
 
-// HelloCSR is Hello then CSR. In v2 it sends "HELLO 2" and CSR back to
-// back (docs/factory-protocol.md, section 12), so that the device makes
-// its key while the HELLO reply is on the wire; on a device without v2 it
+// HelloCSR is Hello then CSR. In v2 it sends "HELLO 2", CSR and READ 0
+// back to back (docs/factory-protocol.md, section 12), so that the device
+// makes its key while the HELLO reply is on the wire and sends the first
+// chunk of the CSR right behind its CSR reply; on a device without v2 it
 // runs HELLO, then CSR. csrErr is the CSR's failure, err HELLO's.
 func (j *Jig) HelloCSR(ctx context.Context) (h *Hello, der []byte, csrErr, err error) {
-	h, rep, csrErr, err := j.hello(ctx, true)
+	h, rep, first, csrErr, err := j.hello(ctx, true)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -265,70 +266,81 @@ func (j *Jig) HelloCSR(ctx context.Context) (h *Hello, der []byte, csrErr, err e
 		der, csrErr = j.CSR(ctx)
 		return h, der, csrErr, nil
 	}
-	der, csrErr = j.readout(ctx, rep, "CSR", []string{"READ"}, []string{"DATA"})
+	der, csrErr = j.readoutFrom(ctx, rep, "CSR", []string{"READ"}, []string{"DATA"}, first)
 	return h, der, csrErr, nil
 }
 
-// hello is Hello; with csr, a v2 jig pipelines CSR behind "HELLO 2" and
-// returns its reply (or its failure in csrErr).
-func (j *Jig) hello(ctx context.Context, csr bool) (h *Hello, csrRep *Reply, csrErr, err error) {
+// errNotV2 stops the HELLO 2 window when the device answered it with
+// another version: what follows HELLO 2 ran in that version.
+var errNotV2 = errors.New("HELLO 2 answered with another protocol")
+
+// hello is Hello; with csr, a v2 jig pipelines CSR and READ 0 behind
+// "HELLO 2" and returns the CSR reply and the first chunk (or the
+// failure in csrErr).
+func (j *Jig) hello(ctx context.Context, csr bool) (h *Hello, csrRep *Reply, first []byte, csrErr, err error) {
 	// Drop anything a previous run left in the receive buffer.
 	j.r.Reset()
 	j.proto = 0
-	var rep *Reply
 	if !j.V1Only && csr {
-		reqs := [][]string{{"HELLO", strconv.Itoa(factory.ProtocolV2)}, {"CSR"}}
-		werr := j.window(ctx, "HELLO", reqs, func(i int, r *Reply) error {
-			if i == 0 {
-				rep = r
-			} else {
+		reqs := []request{
+			{words: []string{"HELLO", strconv.Itoa(factory.ProtocolV2)}, barrier: true},
+			{words: []string{"CSR"}, barrier: true},
+			{words: []string{"READ", "0"}},
+		}
+		werr := j.window(ctx, reqs, func(i int, r *Reply) error {
+			switch i {
+			case 0:
+				if h, err = j.parseHello(r); err != nil {
+					return err
+				}
+				if h.Proto != factory.ProtocolV2 {
+					return errNotV2
+				}
+			case 1:
 				csrRep = r
+			case 2:
+				first, err = readChunk(r, "READ", []string{"DATA"}, 0, j.chunk, csrRep.Fields["size"])
+				return err
 			}
 			return nil
 		})
 		var nk *NAKError
 		switch {
-		case rep != nil && werr != nil:
-			if errors.As(werr, &nk) {
-				nk.Verb = "CSR"
-			}
-			csrErr = werr
+		case h != nil && errors.Is(werr, errNotV2):
+			return h, nil, nil, nil, nil // the CSR ran in another version: send it again
+		case h != nil && werr != nil:
+			return h, nil, nil, werr, nil
+		case h != nil:
+			return h, csrRep, first, nil, nil
+		case err != nil:
+			return nil, nil, nil, nil, err // a bad HELLO reply
 		case errors.As(werr, &nk) && nk.Reason == factory.ReasonArgs:
-			// A device without v2: its CSR reply (if any) is stale now.
-		case werr != nil:
-			return nil, nil, nil, werr
-		}
-		if rep != nil {
-			h, err := j.parseHello(rep)
-			if err != nil {
-				return nil, nil, nil, err
-			}
-			if h.Proto != factory.ProtocolV2 {
-				return h, nil, nil, nil // the CSR was answered in v1: send it again
-			}
-			return h, csrRep, csrErr, nil
+			// A device without v2: a bare HELLO opens a v1 session; the
+			// CSR and READ replies, if any, are stale now.
+		default:
+			return nil, nil, nil, nil, werr
 		}
 	}
-	var err2 error
-	if !j.V1Only && rep == nil && !csr {
+	var rep *Reply
+	if !j.V1Only && !csr {
 		// A device from before v2 (or with v2 off) refuses the argument;
 		// then a bare HELLO opens a v1 session.
-		rep, err2 = j.Do(ctx, false, "HELLO", strconv.Itoa(factory.ProtocolV2))
+		rep, err = j.Do(ctx, false, "HELLO", strconv.Itoa(factory.ProtocolV2))
 		var nk *NAKError
-		if errors.As(err2, &nk) && nk.Reason == factory.ReasonArgs {
-			rep, err2 = nil, nil
+		if errors.As(err, &nk) && nk.Reason == factory.ReasonArgs {
+			rep, err = nil, nil
 		}
-		if err2 != nil {
-			return nil, nil, nil, err2
+		if err != nil {
+			return nil, nil, nil, nil, err
 		}
 	}
 	if rep == nil {
-		if rep, err2 = j.Do(ctx, false, "HELLO"); err2 != nil {
-			return nil, nil, nil, err2
+		if rep, err = j.Do(ctx, false, "HELLO"); err != nil {
+			return nil, nil, nil, nil, err
 		}
 	}
 	h, err = j.parseHello(rep)
-	return h, nil, nil, err
+	return h, nil, nil, nil, err
 }
 
 // parseHello checks a HELLO reply and opens the session it names.
@@ -365,6 +377,12 @@ func (j *Jig) CSR(ctx context.Context) ([]byte, error) {
 // chunks: request words read + OFFSET, reply words data + OFFSET BASE64;
 // what names the payload in errors.
 func (j *Jig) readout(ctx context.Context, rep *Reply, what string, read, data []string) ([]byte, error) {
+	return j.readoutFrom(ctx, rep, what, read, data, nil)
+}
+
+// readoutFrom is readout when the first chunk (at offset 0) is in
+// first already (nil: none): a v2 jig sends READ 0 right behind CSR.
+func (j *Jig) readoutFrom(ctx context.Context, rep *Reply, what string, read, data []string, first []byte) ([]byte, error) {
 	size, err := strconv.Atoi(rep.Fields["size"])
 	if err != nil || size <= 0 || size > factory.MaxPayload {
 		return nil, fmt.Errorf("%s reply: bad size %q", what, rep.Fields["size"])
@@ -373,32 +391,54 @@ func (j *Jig) readout(ctx context.Context, rep *Reply, what string, read, data [
 	if err != nil || len(want) != sha256.Size {
 		return nil, fmt.Errorf("%s reply: bad sha256 %q", what, rep.Fields["sha256"])
 	}
-	readName := strings.Join(read, " ")
+	var out []byte
 	if j.V2() {
-		return j.readoutWindow(ctx, what, size, want, read, data)
+		out, err = j.readoutWindow(ctx, size, read, data, first)
+	} else {
+		out = make([]byte, 0, size)
+		for len(out) < size {
+			rep, err := j.Do(ctx, false, read[0], append(append([]string(nil), read[1:]...), strconv.Itoa(len(out)))...)
+			if err != nil {
+				return nil, err
+			}
+			b, err := readChunk(rep, strings.Join(read, " "), data, len(out), size-len(out), "")
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, b...)
+		}
 	}
-	out := make([]byte, 0, size)
-	for len(out) < size {
-		off := strconv.Itoa(len(out))
-		rep, err := j.Do(ctx, false, read[0], append(append([]string(nil), read[1:]...), off)...)
-		if err != nil {
-			return nil, err
-		}
-		// Positional: base64 may end in "=", so DATA is not key=value.
-		n := len(data)
-		if len(rep.Args) != n+2 || strings.Join(rep.Args[:n], " ") != strings.Join(data, " ") || rep.Args[n] != off {
-			return nil, fmt.Errorf("%s reply: want %s %s BASE64, got %q", readName, strings.Join(data, " "), off, rep.Args)
-		}
-		chunk, err := base64.StdEncoding.DecodeString(rep.Args[n+1])
-		if err != nil || len(chunk) == 0 || len(out)+len(chunk) > size {
-			return nil, fmt.Errorf("%s reply at %s: bad chunk", readName, off)
-		}
-		out = append(out, chunk...)
+	if err != nil {
+		return nil, err
 	}
 	if sum := sha256.Sum256(out); !bytes.Equal(sum[:], want) {
 		return nil, fmt.Errorf("%s: SHA-256 %x does not match the announced %x", what, sum, want)
 	}
 	return out, nil
+}
+
+// readChunk checks a reply to a read request (readName, e.g. "CHAIN
+// READ") at offset off: the words data, off and a base64 chunk. With
+// size "" the chunk holds 1..n bytes (v1: advance by what came); with
+// size, exactly min(n, size-off) of the payload's size bytes.
+func readChunk(rep *Reply, readName string, data []string, off, n int, size string) ([]byte, error) {
+	// Positional: base64 may end in "=", so DATA is not key=value.
+	k := len(data)
+	if len(rep.Args) != k+2 || strings.Join(rep.Args[:k], " ") != strings.Join(data, " ") || rep.Args[k] != strconv.Itoa(off) {
+		return nil, fmt.Errorf("%s reply: want %s %d BASE64, got %q", readName, strings.Join(data, " "), off, rep.Args)
+	}
+	b, err := base64.StdEncoding.DecodeString(rep.Args[k+1])
+	if size != "" {
+		total, aerr := strconv.Atoi(size)
+		if want := min(n, total-off); aerr != nil || err != nil || len(b) != want {
+			return nil, fmt.Errorf("%s reply at %d: bad chunk (want %d bytes of %s)", readName, off, want, size)
+		}
+		return b, nil
+	}
+	if err != nil || len(b) == 0 || len(b) > n {
+		return nil, fmt.Errorf("%s reply at %d: bad chunk", readName, off)
+	}
+	return b, nil
 }
 
 // Attest sends ATTEST with nonce (factory.NonceSize bytes) and reads the
@@ -434,7 +474,8 @@ func (j *Jig) Activate(ctx context.Context, credentialBlob, encryptedSecret []by
 	if _, err := j.Do(ctx, false, "ACTIVATE", "BEGIN", strconv.Itoa(bn), strconv.Itoa(sn), hex.EncodeToString(sum[:])); err != nil {
 		return nil, err
 	}
-	if err := j.upload(ctx, "ACTIVATE", up, chunk); err != nil {
+	reqs, accept := dataRequests("ACTIVATE", up, chunk, 0)
+	if err := j.sendData(ctx, reqs, accept); err != nil {
 		return nil, err
 	}
 	rep, err := j.Do(ctx, true, "ACTIVATE", "COMMIT")
@@ -477,10 +518,15 @@ func (j *Jig) Install(ctx context.Context, chainPEM []byte, chunk int) (*Install
 		chunk = j.maxChunk()
 	}
 	sum := sha256.Sum256(chainPEM)
-	if _, err := j.Do(ctx, false, "INSTALL", "BEGIN", strconv.Itoa(len(chainPEM)), hex.EncodeToString(sum[:])); err != nil {
+	begin := []string{"INSTALL", "BEGIN", strconv.Itoa(len(chainPEM)), hex.EncodeToString(sum[:])}
+	if j.V2() {
+		return j.installWindow(ctx, begin, chainPEM, chunk)
+	}
+	if _, err := j.Do(ctx, false, begin[0], begin[1:]...); err != nil {
 		return nil, err
 	}
-	if err := j.upload(ctx, "INSTALL", chainPEM, chunk); err != nil {
+	reqs, accept := dataRequests("INSTALL", chainPEM, chunk, 0)
+	if err := j.sendData(ctx, reqs, accept); err != nil {
 		return nil, err
 	}
 	rep, err := j.Do(ctx, true, "INSTALL", "COMMIT")
@@ -546,71 +592,4 @@ func (j *Jig) Chain(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("CHAIN: not DER certificates: %v", err)
 	}
 	return certstore.EncodePEM(certs...), nil
-}
-
-// upload sends the DATA frames of an upload (verb INSTALL or ACTIVATE):
-// stop-and-wait in v1, a window of requests in v2. The device answers
-// each with have=N, the bytes it holds.
-func (j *Jig) upload(ctx context.Context, verb string, up []byte, chunk int) error {
-	var reqs [][]string
-	var ends []int
-	for off := 0; off < len(up); off += chunk {
-		end := min(off+chunk, len(up))
-		reqs = append(reqs, []string{verb, "DATA", strconv.Itoa(off), base64.StdEncoding.EncodeToString(up[off:end])})
-		ends = append(ends, end)
-	}
-	if !j.V2() {
-		for _, r := range reqs {
-			if _, err := j.Do(ctx, false, r[0], r[1:]...); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return j.window(ctx, verb+" DATA", reqs, func(i int, rep *Reply) error {
-		// A re-sent chunk may be answered after later ones arrived: have
-		// is then beyond its end, never before it.
-		have, err := strconv.Atoi(rep.Fields["have"])
-		// v2 acknowledges with the short "OK have=N".
-		if len(rep.Args) != 1 || err != nil || have < ends[i] || have > len(up) {
-			return fmt.Errorf("%s DATA reply: want OK have=N of at least %d, got %q", verb, ends[i], rep.Args)
-		}
-		return nil
-	})
-}
-
-// readoutWindow is readout in a v2 session: the READ requests for every
-// chunk go out in a window; each reply must carry exactly its chunk.
-func (j *Jig) readoutWindow(ctx context.Context, what string, size int, want []byte, read, data []string) ([]byte, error) {
-	readName := strings.Join(read, " ")
-	chunk := j.chunk
-	if chunk <= 0 {
-		chunk = j.maxChunk()
-	}
-	out := make([]byte, size)
-	var reqs [][]string
-	for off := 0; off < size; off += chunk {
-		reqs = append(reqs, append(append([]string(nil), read...), strconv.Itoa(off)))
-	}
-	n := len(data)
-	err := j.window(ctx, readName, reqs, func(i int, rep *Reply) error {
-		off := i * chunk
-		end := min(off+chunk, size)
-		if len(rep.Args) != n+2 || strings.Join(rep.Args[:n], " ") != strings.Join(data, " ") || rep.Args[n] != strconv.Itoa(off) {
-			return fmt.Errorf("%s reply: want %s %d BASE64, got %q", readName, strings.Join(data, " "), off, rep.Args)
-		}
-		b, err := base64.StdEncoding.DecodeString(rep.Args[n+1])
-		if err != nil || len(b) != end-off {
-			return fmt.Errorf("%s reply at %d: bad chunk (want %d bytes)", readName, off, end-off)
-		}
-		copy(out[off:], b)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if sum := sha256.Sum256(out); !bytes.Equal(sum[:], want) {
-		return nil, fmt.Errorf("%s: SHA-256 %x does not match the announced %x", what, sum, want)
-	}
-	return out, nil
 }

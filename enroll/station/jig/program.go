@@ -109,7 +109,7 @@ func ProgramWith(ctx context.Context, j *Jig, iss Issuer, o Options, progress fu
 	}
 	fail := func(s Step, err error) (*Result, error) { return nil, &StepError{Step: s, Err: err} }
 
-	// v2 pipelines CSR behind HELLO 2; the steps are reported as before.
+	// v2 pipelines CSR and READ 0 behind HELLO 2; the steps are reported as before.
 	h, der, csrErr, err := j.HelloCSR(ctx)
 	if err != nil {
 		return fail(StepHello, err)
