@@ -97,6 +97,8 @@ func FuzzHandle(f *testing.F) {
 		factory.Encode(18, "HELLO", "2"), []byte("19 hello 2"), factory.Encode(20, "READ", "162"),
 		factory.Encode(21, "INSTALL", "DATA", "162", strings.Repeat("QUJD", 54)), factory.Encode(22, "CHAIN", "READ", "162"),
 		factory.Encode(23, "HELLO", "2", "2"),
+		// A v2 BEGIN repeated for the open upload, and a COMMIT after it.
+		factory.Encode(24, "INSTALL", "BEGIN", "10", strings.Repeat("0", 64)), factory.Encode(25, "INSTALL", "COMMIT"),
 	} {
 		f.Add(bytes.TrimSpace(s))
 	}

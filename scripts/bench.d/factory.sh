@@ -24,7 +24,10 @@ main() {
   echo
   echo "Protocol 1 against protocol 2 (docs/factory-protocol.md, section 12): one board per iteration"
   echo "through a relay throttled to 11,520 B/s each way (115200 baud, serialtest.Throttled). floor-ms is"
-  echo "the board's wire bytes at 11,520 B/s; x-floor is the measured time over it."
+  echo "the board's wire bytes, both directions added, at 11,520 B/s; x-floor is the measured time over it."
+  echo "Protocol 1 is stop-and-wait, one direction at a time. Protocol 2 keeps up to 4 requests in flight,"
+  echo "so both directions may carry bytes at once; the relay passes each read it makes (up to 4 KB) whole,"
+  echo "after its last byte's wire time, so requests sent together reach the device together."
   echo
   echo '```'
   go test -run '^$' -bench BenchmarkProgramV1VsV2 -benchtime 10x -count 3 ./enroll/station/jig/ 2>&1 | grep -E '^Benchmark' || true
@@ -74,7 +77,7 @@ main() {
   local floor; floor=$(awk -v b="$bytes" 'BEGIN{printf "%.0f", b/11520*1000}')
   echo "| what | figure |"
   echo "|---|---|"
-  echo "| boards programmed (devid-jig process start to exit: HELLO, key generation, CSR, CA with ledger fsync, INSTALL with fsync, STATUS) | $n |"
+  echo "| boards programmed (devid-jig process start to exit: HELLO, key generation, CSR, CA with ledger fsync, INSTALL with fsync; STATUS only with a protocol 1 board) | $n |"
   echo "| median wall time per board | ${median} ms |"
   echo "| min / max | $(echo "$sorted" | head -1) / $(echo "$sorted" | tail -1) ms |"
   echo "| bytes on the wire per board | $bytes |"

@@ -246,9 +246,10 @@ func TestV2AttestRetransmissions(t *testing.T) {
 // BenchmarkProgramV1VsV2 programs one fresh board per iteration with a v1
 // jig and with a v2 jig, through a relay that throttles each way to
 // 11,520 B/s (115200 baud 8N1, serialtest.Throttled). It reports per
-// version the wire bytes of one board, its wire floor (those bytes at
-// 11,520 B/s, as if the line carried one direction at a time, which
-// stop-and-wait does) and the measured time over that floor.
+// version the wire bytes of one board, its wire floor (those bytes, both
+// directions added, at 11,520 B/s: as if the line carried one direction
+// at a time, which v1's stop-and-wait does; v2's windows may overlap the
+// two) and the measured time over that floor.
 func BenchmarkProgramV1VsV2(b *testing.B) {
 	for _, v := range []struct {
 		name   string
