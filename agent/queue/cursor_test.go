@@ -125,3 +125,36 @@ func FuzzParseCursor(f *testing.F) {
 		}
 	})
 }
+
+// TestCursorEvery: with CursorEvery the cursor is written once that many
+// acks are not in it, and when everything is acked, without waiting for
+// fsync_interval (an hour here); SendLimit follows it.
+func TestCursorEvery(t *testing.T) {
+	t.Parallel()
+	o := opts()
+	o.CursorEvery = 8
+	q, err := Open(t.TempDir(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for i := 0; i < 10; i++ {
+		q.Append([]byte("m"))
+	}
+	for seq := uint64(1); seq <= 8; seq++ {
+		q.Ack(seq)
+	}
+	for q.Durable() < 8 {
+		<-q.Notify()
+	}
+	if got := q.SendLimit(8); got != 16 {
+		t.Fatalf("SendLimit(8) = %d after the cursor reached 8", got)
+	}
+	// Two acks, fewer than CursorEvery: written because nothing is left.
+	for seq := uint64(9); seq <= 10; seq++ {
+		q.Ack(seq)
+	}
+	for q.Durable() < 10 {
+		<-q.Notify()
+	}
+}
