@@ -76,7 +76,9 @@ go build -trimpath -buildvcs=false -o "$Q/bin/mkimage" ./scripts/qemu/mkimage &
 for j in $(jobs -p); do wait "$j"; done
 
 # 3. The initramfs. Modules not listed come in as dependencies.
-MODULES=virtio_pci,virtio_net,virtio_console,virtio_blk,tpm_vtpm_proxy,crc32c_generic,ext4
+# xhci_pci and ftdi_sio: the factory port on a USB serial adapter
+# (scripts/qemu/harness/usb.go); they probe nothing on a board without one.
+MODULES=virtio_pci,virtio_net,virtio_console,virtio_blk,tpm_vtpm_proxy,crc32c_generic,ext4,xhci_pci,ftdi_sio
 step "initramfs"
 "$Q/bin/mkimage" -modroot "$KDIR/lib/modules/$KVER" -modules "$MODULES" -init "$OUT/init" \
   -file "$OUT/devid-agent=/bin/devid-agent" -o "$OUT/initrd.cpio.gz"

@@ -35,6 +35,13 @@ type boardSpec struct {
 	// flash disk.
 	RootDisk, DataDisk string
 	MemMB              int
+	// FactoryBus is how the jig's cable reaches the board: "" is a PCI
+	// 16550 UART (the board's /dev/ttyS0); "ftdi" is QEMU's FTDI USB
+	// serial adapter on an xHCI controller (the board's /dev/ttyUSB0).
+	// Either way the host end is the socket uart.sock. The adapter is
+	// attached while a client is connected to that socket and detached
+	// when it leaves, as a USB cable plugged and pulled.
+	FactoryBus string
 }
 
 // board is one boot: a swtpm process and a QEMU process. A power cycle is a
@@ -98,8 +105,12 @@ func qemuArgs(s boardSpec) (bin string, args []string) {
 		"-chardev", "socket,id=ctl,path="+filepath.Join(s.Dir, "ctl.sock")+",server=on,wait=off",
 		"-device", "virtserialport,chardev=ctl,name=devid.ctl",
 		"-chardev", "socket,id=fac,path="+filepath.Join(s.Dir, "uart.sock")+",server=on,wait=off",
-		"-device", "pci-serial,chardev=fac",
 	)
+	if s.FactoryBus == "ftdi" {
+		args = append(args, "-device", "qemu-xhci,id=xhci", "-device", "usb-serial,chardev=fac,bus=xhci.0")
+	} else {
+		args = append(args, "-device", "pci-serial,chardev=fac")
+	}
 	return bin, append(args, disks...)
 }
 

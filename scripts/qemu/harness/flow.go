@@ -70,7 +70,7 @@ func flow(ctx context.Context, o options, env map[string]string) error {
 	defer s.stop()
 	logf("flow: devid-sim up: scope %s, dps %s (%s), %d hub(s)", s.ready.IDScope, s.ready.DPS.Host, s.ready.DPS.Addr, len(s.ready.Hubs))
 
-	forwards, err := prepareFlash(dir, s, rootPEM)
+	forwards, err := prepareFlash(dir, s, rootPEM, "/dev/ttyS0")
 	if err != nil {
 		return err
 	}
@@ -267,7 +267,7 @@ func cachedBoot(ctx context.Context, s *sim, spec boardSpec, assigned *registrat
 // prepareFlash writes the flash disk as the image builder ships it (config
 // and trust anchors, no state) and manufactures the board's TPM. It returns
 // the host forwards that stand in for the guest's routes to DPS and hubs.
-func prepareFlash(dir string, s *sim, rootPEM []byte) (map[string]string, error) {
+func prepareFlash(dir string, s *sim, rootPEM []byte, factoryPort string) (map[string]string, error) {
 	flashSrc := filepath.Join(dir, "flash-src")
 	etc := filepath.Join(flashSrc, "etc/devid")
 	if err := os.MkdirAll(etc, 0o755); err != nil {
@@ -284,7 +284,7 @@ func prepareFlash(dir string, s *sim, rootPEM []byte) (map[string]string, error)
 		forwards[g] = h.Addr
 		resolve[h.Host] = g
 	}
-	cfgText := boardConfig(s.ready.DPS.Host+":8883", s.ready.IDScope, resolve)
+	cfgText := boardConfig(s.ready.DPS.Host+":8883", s.ready.IDScope, resolve, factoryPort)
 	if _, err := config.Parse([]byte(cfgText)); err != nil {
 		return nil, fmt.Errorf("the board config the harness writes is invalid: %w\n%s", err, cfgText)
 	}
@@ -327,10 +327,10 @@ func startLine(ctx context.Context, o options, dir, group string) (*sim, string,
 
 // boardConfig is /etc/devid/config.toml as an image builder would ship it
 // for this line, plus the resolve map that stands in for DNS.
-func boardConfig(dpsEndpoint, scope string, resolve map[string]string) string {
+func boardConfig(dpsEndpoint, scope string, resolve map[string]string, factoryPort string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "state_dir = %q\n\n[key]\nbackend = %q\n\n", "/var/lib/devid", "tpm:/dev/tpmrm0")
-	fmt.Fprintf(&b, "[factory]\nport = %q\nbaud = 115200\nroot = %q\n\n", "/dev/ttyS0", "/etc/devid/factory-root.pem")
+	fmt.Fprintf(&b, "[factory]\nport = %q\nbaud = 115200\nroot = %q\n\n", factoryPort, "/etc/devid/factory-root.pem")
 	fmt.Fprintf(&b, "[dps]\nendpoint = %q\nid_scope = %q\ntrust_bundle = %q\n\n", dpsEndpoint, scope, "/etc/devid/service-root.pem")
 	fmt.Fprintf(&b, "[network.resolve]\n")
 	for h, a := range resolve {
@@ -349,6 +349,14 @@ func boardMAC() (string, error) {
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2]), nil
 }
 
+// busName names a factory bus in the harness's output.
+func busName(bus string) string {
+	if bus == "ftdi" {
+		return "usb-ftdi"
+	}
+	return "uart"
+}
+
 // program runs devid-jig against the board twice: the first run loses its
 // cable in the middle of INSTALL, the second must finish the job.
 func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigResult, error) {
@@ -356,18 +364,32 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 	// agent says it serves the factory bus (the console only times the
 	// step; the jig's own HELLO is the check). Bytes sent to a 16550 that
 	// no driver has opened yet are lost, as on hardware.
+	// On the USB adapter the board has no port until the cable is in:
+	// plug it first.
+	var link *uartLink
+	if b.spec.FactoryBus == "ftdi" {
+		l, err := openUART(ctx, dir)
+		if err != nil {
+			return nil, err
+		}
+		link = l
+	}
 	if _, err := b.waitLine(ctx, `serving factory bus`, 2*time.Minute); err != nil {
 		return nil, err
 	}
-	link, err := openUART(ctx, dir)
-	if err != nil {
-		return nil, err
+	if link == nil {
+		l, err := openUART(ctx, dir)
+		if err != nil {
+			return nil, err
+		}
+		link = l
 	}
+	bus := busName(b.spec.FactoryBus)
 	cut := link.cutAfter("INSTALL DATA", 1)
 	out, err := runJig(ctx, o.jigBin, link.portPath(), caDir, tpmMakerRoot(dir), cut)
 	select {
 	case <-cut:
-		logf("flow: factory: UART cut during INSTALL at +%.1fs; jig: %v", b.since().Seconds(), firstLine(err, out))
+		logf("flow: factory: %s cut during INSTALL at +%.1fs; jig: %v", bus, b.since().Seconds(), firstLine(err, out))
 	default:
 		link.close()
 		return nil, fmt.Errorf("the jig finished before the cable was cut (err %v): the cut test did not happen\n%s", err, out)
@@ -397,6 +419,7 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 		return nil, fmt.Errorf("devid-jig --json output: %v\n%s", err, out)
 	}
 	logf("flow: factory: programmed in %d ms after reconnecting (board up %.1fs); %s", res.ElapsedMs, b.since().Seconds(), attestLine(out))
+	fmt.Printf("qemu-test: factory-programming %s %d ms (%s board, devid-jig elapsed, key in the TPM, attestation required)\n", bus, res.ElapsedMs, b.spec.Arch)
 	return &res, nil
 }
 

@@ -74,9 +74,10 @@ func main() {
 	for _, name := range strings.Split(*scenarios, ",") {
 		name = strings.TrimSpace(name)
 		run, ok := map[string]func(context.Context, options, map[string]string) error{
-			"smoke":  smoke,
-			"flow":   flow,
-			"debian": debian,
+			"smoke":       smoke,
+			"flow":        flow,
+			"debian":      debian,
+			"usb-adapter": usbAdapter,
 		}[name]
 		if !ok {
 			fmt.Fprintf(os.Stderr, "harness: unknown scenario %q\n", name)
