@@ -57,7 +57,7 @@ main() {
   stop_agent
 
   log "c: Azure IoT Node SDK -> devid-sim hub"
-  local c_ms=0 c_sent=0 c_note=""
+  local c_ms=0 c_sent=0 c_note="" c_cpu=""
   if ! command -v node >/dev/null; then
     c_note="node not installed"
   elif [ ! -d "$NODE_MODULES/azure-iot-device-mqtt" ]; then
@@ -66,10 +66,14 @@ main() {
     printf '{"hub":"%s","deviceId":"bench-board","certFile":"%s","keyFile":"%s","bodies":"%s","window":%d}\n' \
       "$HUB_HOST" "$W/state/device-chain.pem" "$W/state/device.key" "$W/bodies.txt" "$NODE_WINDOW" >"$W/node.json"
     local out
+    # The SDK's CPU: what the shell's waited-for children used meanwhile
+    # (node is the only one), /proc/self/stat cutime + cstime.
+    local cc0; cc0=$(children_cpu_ms)
     if out=$(cd simulator/conformance/node && NODE_PATH="$NODE_MODULES" NODE_EXTRA_CA_CERTS="$SERVER_CA" \
       DEVID_RESOLVE="$HUB_HOST:8883=$HUB_ADDR" timeout 300 node --require ./shim.js bench_send.js "$W/node.json" 2>"$W/node.log"); then
       c_sent=$(grep -oE '"sent":[0-9]+' <<<"$out" | grep -oE '[0-9]+$')
       c_ms=$(grep -oE '"ms":[0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+      c_cpu=$(($(children_cpu_ms) - cc0))
     else
       c_note="failed: $(tail -n1 "$W/node.log")"
     fi
@@ -108,6 +112,9 @@ stop_agent() {
   wait "$AGENT_PID" 2>/dev/null || true
   AGENT_PID=
 }
+
+# children_cpu_ms: CPU time of this shell's waited-for children so far, ms.
+children_cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($16 + $17) * 1000 / hz)}' /proc/$$/stat; }
 
 # cpu_ms: user + system CPU time of a process so far, in milliseconds.
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / hz)}' "/proc/$1/stat"; }
@@ -163,6 +170,7 @@ report() {
   figure telemetry_agent_broker_msgs "$rb"
   [ -n "$c_note" ] || figure telemetry_node_sim_msgs "$rc"
   figure telemetry_agent_cpu_us "$(per_msg "$a_cpu" "$N")"
+  [ -n "$c_cpu" ] && figure telemetry_node_cpu_us "$(per_msg "$c_cpu" "$c_sent")"
   echo "## Telemetry side by side (scripts/bench.d/telemetry.sh)"
   echo
   echo "$N messages of 200 bytes, QoS 1, loopback TLS, one device; machine: $(nproc) CPUs, load average at start $LOAD0."
@@ -183,6 +191,7 @@ report() {
   printf '| a / b (share of the agent'"'"'s ceiling the simulated hub allows) | %s | - |\n' "$(ratio "$ra" "$rb")"
   printf '| agent CPU per message, a | %s µs (%d ms) | ≤ 50 µs |\n' "$(per_msg "$a_cpu" "$N")" "$a_cpu"
   printf '| agent CPU per message, b | %s µs (%d ms) | - |\n' "$(per_msg "$b_cpu" "$N")" "$b_cpu"
+  [ -n "$c_cpu" ] && printf '| Node SDK CPU per message, c (node process) | %s µs (%d ms) | - |\n' "$(per_msg "$c_cpu" "$c_sent")" "$c_cpu"
   echo
   echo "Times run from the first request to the local API (a, b) or the first sendEvent (c)"
   echo "to the last PUBACK; a and b poll the agent's status every 10 ms. Recorded: messages the"

@@ -17,7 +17,7 @@ met() { [ -n "$1" ] && awk -v v="$1" -v s="$2" -v op="$3" -v g="$4" 'BEGIN{v/=s;
 ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN{if (b>0) printf "%.1f", a/b}'; }
 
 tel=$(get telemetry_agent_sim_msgs) broker=$(get telemetry_agent_broker_msgs) node=$(get telemetry_node_sim_msgs)
-cpu=$(get telemetry_agent_cpu_us)
+cpu=$(get telemetry_agent_cpu_us) nodecpu=$(get telemetry_node_cpu_us)
 rss=$(get rss_idle_amd64_kib) rssfloor=$(get rss_floor_amd64_kib) rssboard=$(get rss_idle_arm64_board_kib)
 bin=$(get binary_arm64_bytes) binfloor=$(get binary_floor_arm64_bytes)
 boot=$(get boot_cached_arm64_s) toinit=$(get boot_qemu_to_init_arm64_s)
@@ -30,7 +30,7 @@ echo
 echo "| figure | devid | baseline (same run) | goal | met |"
 echo "|---|---|---|---|---|"
 echo "| telemetry end to end, agent -> devid-sim, QoS 1, durable queue (msg/s) | $(fmt "$tel" 1 0) | Node SDK $(fmt "$node" 1 0) (devid ${nodex:-?}×); agent -> TLS broker $(fmt "$broker" 1 0) | ≥ 10000 and ≥ 5× Node SDK | $(met "$tel" 1 '>=' 10000) / $(met "${nodex:-}" 1 '>=' 5) |"
-echo "| agent CPU per message under that load (µs) | $(fmt "$cpu" 1 1) | - | ≤ 50 | $(met "$cpu" 1 '<=' 50) |"
+echo "| agent CPU per message under that load (µs) | $(fmt "$cpu" 1 1) | Node SDK $(fmt "$nodecpu" 1 1) | ≤ 50 | $(met "$cpu" 1 '<=' 50) |"
 echo "| RSS connected, idle, amd64 (MiB) | $(fmt "$rss" 1024 1) | paho + crypto/tls client $(fmt "$rssfloor" 1024 1) | ≤ 8 | $(met "$rss" 1024 '<=' 8) |"
 echo "| RSS connected, idle, arm64 QEMU board (MiB) | $(fmt "$rssboard" 1024 1) | - | ≤ 8 | $(met "$rssboard" 1024 '<=' 8) |"
 echo "| stripped static arm64 binary (MB) | $(fmt "$bin" 1000000 2) | paho + crypto/tls client $(fmt "$binfloor" 1000000 2) | ≤ 7 | $(met "$bin" 1000000 '<=' 7) |"
