@@ -90,3 +90,19 @@ EOF
   "$BIN/devid-jig" program --port "$W/jig-uart" --ca-dir "$W/ca" >/dev/null 2>&1
   kill "$fpid"; wait "$fpid" 2>/dev/null || true
 }
+
+# poll_telemetry adds the bench board's records after CURSOR to DELIVERED
+# (the control plane returns at most 1000 per call) and moves CURSOR.
+# Needs BIN and W, as bench_board_setup.
+poll_telemetry() {
+  local seqs n
+  while :; do
+    seqs=$("$BIN/devid-sim" telemetry --state "$W/sim" --device bench-board --after "$CURSOR" 2>/dev/null |
+      grep -oE '"seq": ?[0-9]+' | grep -oE '[0-9]+$' || true)
+    [ -z "$seqs" ] && return
+    n=$(wc -l <<<"$seqs")
+    DELIVERED=$((DELIVERED + n))
+    CURSOR=$(tail -n1 <<<"$seqs")
+    [ "$n" -lt 1000 ] && return
+  done
+}

@@ -189,21 +189,6 @@ runtime_figures() {
   echo
 }
 
-# poll_telemetry adds the records after CURSOR to DELIVERED (the control
-# plane returns at most 1000 per call) and moves CURSOR.
-poll_telemetry() {
-  local seqs n
-  while :; do
-    seqs=$("$BIN/devid-sim" telemetry --state "$W/sim" --device bench-board --after "$CURSOR" 2>/dev/null |
-      grep -oE '"seq": ?[0-9]+' | grep -oE '[0-9]+$' || true)
-    [ -z "$seqs" ] && return
-    n=$(wc -l <<<"$seqs")
-    DELIVERED=$((DELIVERED + n))
-    CURSOR=$(tail -n1 <<<"$seqs")
-    [ "$n" -lt 1000 ] && return
-  done
-}
-
 log() { printf 'agent bench: %s\n' "$*" >&2; }
 
 cleanup() {

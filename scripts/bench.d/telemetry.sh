@@ -144,21 +144,6 @@ agent_run() {
   [ "$((s - s0))" -ge "$N" ] || log "only $((s - s0)) of $N acknowledged"
 }
 
-# poll_telemetry adds the records after CURSOR to DELIVERED (the control
-# plane returns at most 1000 per call) and moves CURSOR.
-poll_telemetry() {
-  local seqs n
-  while :; do
-    seqs=$("$BIN/devid-sim" telemetry --state "$W/sim" --device bench-board --after "$CURSOR" 2>/dev/null |
-      grep -oE '"seq": ?[0-9]+' | grep -oE '[0-9]+$' || true)
-    [ -z "$seqs" ] && return
-    n=$(wc -l <<<"$seqs")
-    DELIVERED=$((DELIVERED + n))
-    CURSOR=$(tail -n1 <<<"$seqs")
-    [ "$n" -lt 1000 ] && return
-  done
-}
-
 rate() { awk -v n="$1" -v ms="$2" 'BEGIN{printf "%.0f", (ms>0)?n*1000/ms:0}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{if (b>0) printf "%.1f×", a/b; else printf "-"}'; }
 per_msg() { awk -v c="$1" -v n="$2" 'BEGIN{printf "%.0f", (n>0)?c*1000/n:0}'; }

@@ -86,23 +86,8 @@ func flow(ctx context.Context, o options, env map[string]string) error {
 	// Boot 1: the factory. The jig's bench has no route to the cloud.
 	factorySpec := spec
 	factorySpec.Forwards = nil
-	b1, err := startBoard(ctx, factorySpec, 1, logf)
+	res, err := factoryBoot(ctx, o, factorySpec, caDir, rootPEM)
 	if err != nil {
-		return err
-	}
-	defer b1.kill()
-	res, err := program(ctx, o, dir, caDir, b1)
-	if err != nil {
-		return err
-	}
-	if err := checkChain(res, rootPEM); err != nil {
-		return err
-	}
-	if res.KeyBackend != "tpm" {
-		return fmt.Errorf("the board made its key in backend %q, want tpm", res.KeyBackend)
-	}
-	logf("flow: programmed device %s (key in %s, serial %s); powering off", res.DeviceID, res.KeyBackend, res.Serial)
-	if err := b1.powerOff(ctx); err != nil {
 		return err
 	}
 	deviceID := res.DeviceID
@@ -347,6 +332,29 @@ func boardMAC() (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2]), nil
+}
+
+// factoryBoot is the board's first boot, at the factory: the jig programs
+// it (see program), the chain must verify and the key be in the TPM, and
+// the board is powered off.
+func factoryBoot(ctx context.Context, o options, spec boardSpec, caDir string, rootPEM []byte) (*jigResult, error) {
+	b, err := startBoard(ctx, spec, 1, logf)
+	if err != nil {
+		return nil, err
+	}
+	defer b.kill()
+	res, err := program(ctx, o, spec.Dir, caDir, b)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkChain(res, rootPEM); err != nil {
+		return nil, err
+	}
+	if res.KeyBackend != "tpm" {
+		return nil, fmt.Errorf("the board made its key in backend %q, want tpm", res.KeyBackend)
+	}
+	logf("factory: programmed device %s over the %s (key in %s, serial %s); powering off", res.DeviceID, busName(spec.FactoryBus), res.KeyBackend, res.Serial)
+	return res, b.powerOff(ctx)
 }
 
 // busName names a factory bus in the harness's output.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"time"
 )
@@ -38,21 +37,6 @@ func usbAdapter(ctx context.Context, o options, env map[string]string) error {
 		Arch: o.arch, Kernel: env["KERNEL"], Initrd: env["INITRD"], Dir: dir,
 		MAC: mac, Timeout: 4 * time.Minute, FactoryBus: "ftdi",
 	}
-	b, err := startBoard(ctx, spec, 1, logf)
-	if err != nil {
-		return err
-	}
-	defer b.kill()
-	res, err := program(ctx, o, dir, caDir, b)
-	if err != nil {
-		return err
-	}
-	if err := checkChain(res, rootPEM); err != nil {
-		return err
-	}
-	if res.KeyBackend != "tpm" {
-		return fmt.Errorf("the board made its key in backend %q, want tpm", res.KeyBackend)
-	}
-	logf("usb-adapter: programmed device %s over the FTDI adapter (key in %s, serial %s); powering off", res.DeviceID, res.KeyBackend, res.Serial)
-	return b.powerOff(ctx)
+	_, err = factoryBoot(ctx, o, spec, caDir, rootPEM)
+	return err
 }
