@@ -410,6 +410,11 @@ func (g *Gadget) Close() error {
 		var err error
 		switch s.op {
 		case "bind":
+			// Already unbound (by hand, or the UDC went away): unbinding
+			// again is ENODEV.
+			if u, rerr := g.sys.FS.ReadFile(s.path); rerr == nil && strings.TrimSpace(u) == "" {
+				continue
+			}
 			// "\n", as echo writes: an empty write may not reach configfs.
 			err = g.sys.FS.WriteFile(s.path, "\n")
 		default:

@@ -174,6 +174,27 @@ func (r removeUDCBeforeBind) WriteFile(p, v string) error {
 	return r.Fake.WriteFile(p, v)
 }
 
+// TestCloseAfterUnbind: a gadget someone unbound (a cable pull simulated
+// by hand) is still removed, without unbinding it again.
+func TestCloseAfterUnbind(t *testing.T) {
+	t.Parallel()
+	f := gadgettest.New(t, "u")
+	g, err := f.System().Create(usbgadget.Config{SerialNumber: "board-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WriteFile(filepath.Join(g.Dir(), "UDC"), "\n"); err != nil {
+		t.Fatal(err)
+	}
+	n := len(f.Ops())
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Ops()[n:]; len(got) != 6 || got[0] != "remove config/usb_gadget/devid/configs/c.1/acm.usb0" {
+		t.Fatalf("Close of an unbound gadget did:\n  %s", strings.Join(got, "\n  "))
+	}
+}
+
 // TestNotOurs: a same-named gadget without the marker is left alone.
 func TestNotOurs(t *testing.T) {
 	t.Parallel()

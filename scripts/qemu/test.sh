@@ -5,7 +5,7 @@
 #   BOARD_ARCHES="arm64 armv7 debian"  boards to build and boot (in parallel;
 #                               debian is the systemd board, scripts/qemu/image-debian.sh)
 #   QEMU_SCENARIOS=smoke,flow   harness scenarios (see scripts/qemu/harness); by
-#                               default the arm64 board also runs usb-adapter
+#                               default the arm64 board also runs usb-adapter and usb-gadget
 #   QEMU_CROSS=0                skip the qemu-user unit tests
 #
 # Each board is judged by the harness from the simulator's own records
@@ -43,7 +43,7 @@ for a in $ARCHES; do
   mkdir -p ".build/qemu/run-$a"
   extra=(-scenarios "$SCENARIOS")
   # The USB bus is proven on the arm64 board (scripts/qemu/harness/usb.go).
-  [ "$a" = arm64 ] && [ -z "${QEMU_SCENARIOS:-}" ] && extra=(-scenarios "$SCENARIOS,usb-adapter")
+  [ "$a" = arm64 ] && [ -z "${QEMU_SCENARIOS:-}" ] && extra=(-scenarios "$SCENARIOS,usb-adapter,usb-gadget")
   # The systemd board runs all its steps in one boot (harness/debian.go).
   [ "$a" = debian ] && extra=(-scenarios debian -image .build/qemu/debian/image.env -timeout 14m)
   ( .build/qemu/bin/harness -arch "$a" "${extra[@]}" \

@@ -214,6 +214,8 @@ func (f *Fake) WriteFile(p, value string) error {
 			if _, err := os.Stat(filepath.Join(f.Root, "udc", name)); err != nil {
 				return &fs.PathError{Op: "write", Path: p, Err: syscall.ENODEV}
 			}
+		} else if cur, _ := os.ReadFile(p); strings.TrimSpace(string(cur)) == "" {
+			return &fs.PathError{Op: "write", Path: p, Err: syscall.ENODEV} // not bound
 		}
 	}
 	return os.WriteFile(p, []byte(value), 0o644)

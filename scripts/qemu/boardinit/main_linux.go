@@ -91,6 +91,7 @@ func (b *board) run() {
 	if err := loadModules("/modules.list"); err != nil {
 		b.fatal("modules: %v", err)
 	}
+	mountConfigfs()
 	if ip := b.cfg.get("ip", "10.0.2.15/24"); ip != "" {
 		if err := configureNet("eth0", ip, b.cfg.get("gw", "10.0.2.2")); err != nil {
 			b.fatal("network: %v", err)
@@ -113,6 +114,11 @@ func (b *board) run() {
 	if name := b.cfg.get("ctl", "devid.ctl"); name != "" {
 		if err := b.startControl(name); err != nil {
 			b.fatal("control port: %v", err)
+		}
+	}
+	if glob := b.cfg.get("usbrelay", ""); glob != "" {
+		if err := startUSBRelay(glob, "devid.factory"); err != nil {
+			b.fatal("usb relay: %v", err)
 		}
 	}
 	if dev := b.cfg.get("flash", "/dev/vda"); dev != "" {
@@ -323,6 +329,17 @@ func (b *board) controlCommand(f *os.File, cmd string) {
 			return
 		}
 		fmt.Fprintf(f, "ok agent_pid=%d rss_kib=%d anon_kib=%d file_kib=%d shmem_kib=%d hwm_kib=%d\n", pid, m["VmRSS"], m["RssAnon"], m["RssFile"], m["RssShmem"], m["VmHWM"])
+	case "usb-unplug", "usb-plug":
+		// The board's USB cable (usbrelay_linux.go).
+		msg, err := usbCable(cmd == "usb-plug")
+		if err != nil {
+			fmt.Fprintf(f, "error %v\n", err)
+			return
+		}
+		logf("devid-board: control: usb cable %s", msg)
+		fmt.Fprintf(f, "ok %s\n", msg)
+	case "usb-host":
+		fmt.Fprintf(f, "ok %s\n", usbHostDevices())
 	case "":
 	default:
 		fmt.Fprintf(f, "error unknown command %q\n", cmd)

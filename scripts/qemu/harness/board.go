@@ -40,7 +40,10 @@ type boardSpec struct {
 	// serial adapter on an xHCI controller (the board's /dev/ttyUSB0).
 	// Either way the host end is the socket uart.sock. The adapter is
 	// attached while a client is connected to that socket and detached
-	// when it leaves, as a USB cable plugged and pulled.
+	// when it leaves, as a USB cable plugged and pulled. "gadget" is the
+	// board's own USB device port (the agent's gadget on dummy_hcd): the
+	// board relays the host side of it, /dev/ttyACM*, to uart.sock over
+	// virtio-serial (boardinit's devid.usbrelay).
 	FactoryBus string
 }
 
@@ -106,9 +109,12 @@ func qemuArgs(s boardSpec) (bin string, args []string) {
 		"-device", "virtserialport,chardev=ctl,name=devid.ctl",
 		"-chardev", "socket,id=fac,path="+filepath.Join(s.Dir, "uart.sock")+",server=on,wait=off",
 	)
-	if s.FactoryBus == "ftdi" {
+	switch s.FactoryBus {
+	case "ftdi":
 		args = append(args, "-device", "qemu-xhci,id=xhci", "-device", "usb-serial,chardev=fac,bus=xhci.0")
-	} else {
+	case "gadget":
+		args = append(args, "-device", "virtserialport,chardev=fac,name=devid.factory")
+	default:
 		args = append(args, "-device", "pci-serial,chardev=fac")
 	}
 	return bin, append(args, disks...)

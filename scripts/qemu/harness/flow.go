@@ -315,7 +315,11 @@ func startLine(ctx context.Context, o options, dir, group string) (*sim, string,
 func boardConfig(dpsEndpoint, scope string, resolve map[string]string, factoryPort string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "state_dir = %q\n\n[key]\nbackend = %q\n\n", "/var/lib/devid", "tpm:/dev/tpmrm0")
-	fmt.Fprintf(&b, "[factory]\nport = %q\nbaud = 115200\nroot = %q\n\n", factoryPort, "/etc/devid/factory-root.pem")
+	if factoryPort == "" { // the board's own USB device port, as a gadget
+		fmt.Fprintf(&b, "[factory]\nusb_gadget = true\nroot = %q\n\n", "/etc/devid/factory-root.pem")
+	} else {
+		fmt.Fprintf(&b, "[factory]\nport = %q\nbaud = 115200\nroot = %q\n\n", factoryPort, "/etc/devid/factory-root.pem")
+	}
 	fmt.Fprintf(&b, "[dps]\nendpoint = %q\nid_scope = %q\ntrust_bundle = %q\n\n", dpsEndpoint, scope, "/etc/devid/service-root.pem")
 	fmt.Fprintf(&b, "[network.resolve]\n")
 	for h, a := range resolve {
@@ -359,8 +363,11 @@ func factoryBoot(ctx context.Context, o options, spec boardSpec, caDir string, r
 
 // busName names a factory bus in the harness's output.
 func busName(bus string) string {
-	if bus == "ftdi" {
+	switch bus {
+	case "ftdi":
 		return "usb-ftdi"
+	case "gadget":
+		return "usb-gadget"
 	}
 	return "uart"
 }
@@ -394,13 +401,27 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 	}
 	bus := busName(b.spec.FactoryBus)
 	cut := link.cutAfter("INSTALL DATA", 1)
+	if b.spec.FactoryBus == "gadget" {
+		// The cable between the board's USB port and the host is inside
+		// the board: pull it there (the gadget's UDC unbound).
+		link.cutWith(func() {
+			if ans, err := b.control(ctx, "usb-unplug"); err != nil || !strings.HasPrefix(ans, "ok") {
+				logf("flow: factory: usb-unplug: %q %v", ans, err)
+			}
+		})
+	}
 	out, err := runJig(ctx, o.jigBin, link.portPath(), caDir, tpmMakerRoot(dir), cut)
+	link.close()
 	select {
 	case <-cut:
 		logf("flow: factory: %s cut during INSTALL at +%.1fs; jig: %v", bus, b.since().Seconds(), firstLine(err, out))
 	default:
-		link.close()
 		return nil, fmt.Errorf("the jig finished before the cable was cut (err %v): the cut test did not happen\n%s", err, out)
+	}
+	if b.spec.FactoryBus == "gadget" {
+		if ans, err := b.control(ctx, "usb-plug"); err != nil || !strings.HasPrefix(ans, "ok") {
+			return nil, fmt.Errorf("usb-plug: %q %v", ans, err)
+		}
 	}
 	// A new cable, a new jig run.
 	link2, err := openUART(ctx, dir)
@@ -428,6 +449,7 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 	}
 	logf("flow: factory: programmed in %d ms after reconnecting (board up %.1fs); %s", res.ElapsedMs, b.since().Seconds(), attestLine(out))
 	fmt.Printf("qemu-test: factory-programming %s %d ms (%s board, devid-jig elapsed, key in the TPM, attestation required)\n", bus, res.ElapsedMs, b.spec.Arch)
+	programmingMS = append(programmingMS, fmt.Sprintf("%s %d ms", bus, res.ElapsedMs))
 	return &res, nil
 }
 

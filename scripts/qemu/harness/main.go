@@ -12,6 +12,11 @@
 //	debian the systemd board (Debian 12, the devid-agent .deb): boot, factory
 //	       through the service, watchdog, journal, upgrade, data partition,
 //	       in one boot, one verdict line each (debian.go)
+//	usb-adapter  factory programming through QEMU's FTDI USB serial adapter
+//	       (/dev/ttyUSB0 on the board), the adapter detached mid-INSTALL (usb.go)
+//	usb-gadget   factory programming through the board's own USB device port:
+//	       the agent's CDC ACM gadget on dummy_hcd, its USB serial number
+//	       checked from the host side, the cable pulled mid-INSTALL (usb.go)
 //
 // It prints one line per step, a summary "qemu-test: N passed, N failed",
 // and exits non-zero on any failure. Console logs stay in the work directory.
@@ -78,6 +83,7 @@ func main() {
 			"flow":        flow,
 			"debian":      debian,
 			"usb-adapter": usbAdapter,
+			"usb-gadget":  usbGadget,
 		}[name]
 		if !ok {
 			fmt.Fprintf(os.Stderr, "harness: unknown scenario %q\n", name)
@@ -87,6 +93,9 @@ func main() {
 		logf("=== %s (%s board, kernel %s)", name, o.arch, env["KERNEL_VERSION"])
 		report(name, start, run(ctx, o, env))
 	}
+	if len(programmingMS) > 1 {
+		fmt.Printf("qemu-test: factory-programming by bus on the %s board: %s\n", o.arch, strings.Join(programmingMS, ", "))
+	}
 	fmt.Printf("qemu-test: %d passed, %d failed\n", passed, failed)
 	if failed > 0 {
 		os.Exit(1)
@@ -94,6 +103,10 @@ func main() {
 }
 
 var passed, failed int
+
+// programmingMS is each programming run's time, "BUS N ms", in scenario
+// order: the buses side by side on one board.
+var programmingMS []string
 
 // report prints one scenario's (or one step's) verdict and its time.
 func report(name string, start time.Time, err error) {

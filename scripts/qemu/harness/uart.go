@@ -25,6 +25,8 @@ type uartLink struct {
 	cutAt   []byte       // cut once the jig has sent this...
 	cutN    int          // ...this many times
 	cut     chan struct{}
+	cutFn   func() // the cut, when it is not dropping this link
+	dead    bool   // cut with cutFn: bytes no longer pass
 }
 
 func openUART(ctx context.Context, dir string) (*uartLink, error) {
@@ -42,7 +44,7 @@ func openUART(ctx context.Context, dir string) (*uartLink, error) {
 		buf := make([]byte, 4096)
 		for {
 			n, err := conn.Read(buf)
-			if n > 0 {
+			if n > 0 && !l.isDead() {
 				_, _ = ptmx.Write(buf[:n])
 			}
 			if err != nil {
@@ -55,7 +57,7 @@ func openUART(ctx context.Context, dir string) (*uartLink, error) {
 		buf := make([]byte, 4096)
 		for {
 			n, err := ptmx.Read(buf)
-			if n > 0 {
+			if n > 0 && !l.isDead() {
 				_, _ = conn.Write(buf[:n])
 				l.watch(buf[:n])
 			}
@@ -80,6 +82,20 @@ func (l *uartLink) cutAfter(marker string, n int) <-chan struct{} {
 	return l.cut
 }
 
+func (l *uartLink) isDead() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dead
+}
+
+// cutWith makes the armed cut call fn instead of dropping the link (the
+// cable is elsewhere).
+func (l *uartLink) cutWith(fn func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cutFn = fn
+}
+
 func (l *uartLink) watch(b []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -90,7 +106,14 @@ func (l *uartLink) watch(b []byte) {
 	if bytes.Count(l.fromJig.Bytes(), l.cutAt) >= l.cutN {
 		l.cutAt = nil
 		close(l.cut)
-		go l.close()
+		if l.cutFn != nil {
+			// The cable is elsewhere; from here on no byte passes, as
+			// from the instant a cable is pulled.
+			l.dead = true
+			go l.cutFn()
+		} else {
+			go l.close()
+		}
 	}
 }
 
