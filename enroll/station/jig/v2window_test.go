@@ -57,6 +57,12 @@ func TestV2PipelinesWindows(t *testing.T) {
 	seen := map[string]chan struct{}{"READ 0": make(chan struct{}), "INSTALL DATA 0": make(chan struct{}), "INSTALL COMMIT": make(chan struct{})}
 	size := ""
 	beginRE := regexp.MustCompile(`^\d+ INSTALL BEGIN (\d+) `)
+	// The last chunk's requests (every copy): only their reply is held.
+	// A re-sent earlier chunk is also answered "have=<size>" once all
+	// bytes are in, and holding that reply would hold the window's base.
+	dataRE := regexp.MustCompile(`^(\d+) INSTALL DATA (\d+) `)
+	lastOff, lastSeqs := -1, map[string]bool{}
+	replySeq := regexp.MustCompile(`^(\d+) `)
 	wait := func(reply, req string) {
 		select {
 		case <-seen[req]:
@@ -71,6 +77,15 @@ func TestV2PipelinesWindows(t *testing.T) {
 			if m := beginRE.FindSubmatch(ln); m != nil {
 				size = string(m[1])
 			}
+			if m := dataRE.FindSubmatch(ln); m != nil {
+				off, _ := strconv.Atoi(string(m[2]))
+				if off > lastOff {
+					lastOff, lastSeqs = off, map[string]bool{}
+				}
+				if off == lastOff {
+					lastSeqs[string(m[1])] = true
+				}
+			}
 			for req, ch := range seen {
 				if bytes.Contains(ln, []byte(" "+req+" ")) {
 					select {
@@ -84,13 +99,17 @@ func TestV2PipelinesWindows(t *testing.T) {
 		}
 		mu.Lock()
 		last := " OK have=" + size + " "
+		isLast := false
+		if m := replySeq.FindSubmatch(ln); m != nil {
+			isLast = lastSeqs[string(m[1])]
+		}
 		mu.Unlock()
 		switch {
 		case bytes.Contains(ln, []byte(" OK CSR ")):
 			wait("OK CSR", "READ 0")
 		case bytes.Contains(ln, []byte(" OK INSTALL BEGIN ")):
 			wait("OK INSTALL BEGIN", "INSTALL DATA 0")
-		case size != "" && bytes.Contains(ln, []byte(last)):
+		case size != "" && isLast && bytes.Contains(ln, []byte(last)):
 			wait("OK have="+size, "INSTALL COMMIT")
 		}
 		return ln
