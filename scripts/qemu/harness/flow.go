@@ -49,39 +49,13 @@ type jigResult struct {
 // pulled mid-transfer once), power cycle, a power cut while it registers with
 // DPS, and a boot that must still reach its hub and deliver telemetry.
 func flow(ctx context.Context, o options, env map[string]string) error {
-	dir, err := filepath.Abs(filepath.Join(o.work, "flow"))
+	fb, err := newFlashBoard(ctx, o, env, "flow", "/dev/ttyS0")
 	if err != nil {
 		return err
 	}
-	if err := freshDir(dir); err != nil {
-		return err
-	}
-	for _, bin := range []string{o.simBin, o.jigBin} {
-		if _, err := os.Stat(bin); err != nil {
-			return fmt.Errorf("need %s: %w", bin, err)
-		}
-	}
-
-	// The cloud and the factory CA.
-	s, caDir, rootPEM, err := startLine(ctx, o, dir, "qemu-board-line")
-	if err != nil {
-		return err
-	}
-	defer s.stop()
+	defer fb.sim.stop()
+	s, caDir, rootPEM, dir, spec := fb.sim, fb.caDir, fb.rootPEM, fb.spec.Dir, fb.spec
 	logf("flow: devid-sim up: scope %s, dps %s (%s), %d hub(s)", s.ready.IDScope, s.ready.DPS.Host, s.ready.DPS.Addr, len(s.ready.Hubs))
-
-	forwards, err := prepareFlash(dir, s, rootPEM, "/dev/ttyS0")
-	if err != nil {
-		return err
-	}
-	mac, err := boardMAC()
-	if err != nil {
-		return err
-	}
-	spec := boardSpec{
-		Arch: o.arch, Kernel: env["KERNEL"], Initrd: env["INITRD"], Dir: dir,
-		Forwards: forwards, MAC: mac, Timeout: 4 * time.Minute,
-	}
 
 	// Boot 1: the factory. The jig's bench has no route to the cloud.
 	factorySpec := spec
@@ -338,6 +312,63 @@ func boardMAC() (string, error) {
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2]), nil
 }
 
+// flashBoard is one scenario's board before its first boot: the
+// simulator and factory CA of its line, and its boot spec, whose flash is
+// written.
+type flashBoard struct {
+	sim     *sim
+	caDir   string
+	rootPEM []byte
+	spec    boardSpec // with the guest's forwards to the simulator
+}
+
+// newFlashBoard makes the scenario's fresh directory under o.work, starts
+// its line (devid-sim and the factory CA), writes the flash with
+// factoryPort as factory.port ("" for none) and picks the board's MAC.
+// The caller stops fb.sim.
+func newFlashBoard(ctx context.Context, o options, env map[string]string, name, factoryPort string) (*flashBoard, error) {
+	dir, err := filepath.Abs(filepath.Join(o.work, name))
+	if err != nil {
+		return nil, err
+	}
+	if err := freshDir(dir); err != nil {
+		return nil, err
+	}
+	for _, bin := range []string{o.simBin, o.jigBin} {
+		if _, err := os.Stat(bin); err != nil {
+			return nil, fmt.Errorf("need %s: %w", bin, err)
+		}
+	}
+	s, caDir, rootPEM, err := startLine(ctx, o, dir, "qemu-board-line")
+	if err != nil {
+		return nil, err
+	}
+	forwards, err := prepareFlash(dir, s, rootPEM, factoryPort)
+	if err == nil {
+		var mac string
+		if mac, err = boardMAC(); err == nil {
+			return &flashBoard{sim: s, caDir: caDir, rootPEM: rootPEM, spec: boardSpec{
+				Arch: o.arch, Kernel: env["KERNEL"], Initrd: env["INITRD"], Dir: dir,
+				Forwards: forwards, MAC: mac, Timeout: 4 * time.Minute,
+			}}, nil
+		}
+	}
+	s.stop()
+	return nil, err
+}
+
+// checkProgrammed checks what the jig reports of a programmed board: a
+// chain that verifies to the factory root, and the key in the TPM.
+func checkProgrammed(res *jigResult, rootPEM []byte) error {
+	if err := checkChain(res, rootPEM); err != nil {
+		return err
+	}
+	if res.KeyBackend != "tpm" {
+		return fmt.Errorf("the board made its key in backend %q, want tpm", res.KeyBackend)
+	}
+	return nil
+}
+
 // factoryBoot is the board's first boot, at the factory: the jig programs
 // it (see program), the chain must verify and the key be in the TPM, and
 // the board is powered off.
@@ -347,15 +378,12 @@ func factoryBoot(ctx context.Context, o options, spec boardSpec, caDir string, r
 		return nil, err
 	}
 	defer b.kill()
-	res, err := program(ctx, o, spec.Dir, caDir, b)
+	res, err := program(ctx, o, caDir, b)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkChain(res, rootPEM); err != nil {
+	if err := checkProgrammed(res, rootPEM); err != nil {
 		return nil, err
-	}
-	if res.KeyBackend != "tpm" {
-		return nil, fmt.Errorf("the board made its key in backend %q, want tpm", res.KeyBackend)
 	}
 	logf("factory: programmed device %s over the %s (key in %s, serial %s); powering off", res.DeviceID, busName(spec.FactoryBus), res.KeyBackend, res.Serial)
 	return res, b.powerOff(ctx)
@@ -374,13 +402,13 @@ func busName(bus string) string {
 
 // program runs devid-jig against the board twice: the first run loses its
 // cable in the middle of INSTALL, the second must finish the job.
-func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigResult, error) {
+func program(ctx context.Context, o options, caDir string, b *board) (*jigResult, error) {
+	dir := b.spec.Dir
 	// The operator starts the jig once the board is up: wait until the
 	// agent says it serves the factory bus (the console only times the
 	// step; the jig's own HELLO is the check). Bytes sent to a 16550 that
-	// no driver has opened yet are lost, as on hardware.
-	// On the USB adapter the board has no port until the cable is in:
-	// plug it first.
+	// no driver has opened yet are lost, as on hardware. On the USB
+	// adapter the board has no port until the cable is in: plug it first.
 	var link *uartLink
 	if b.spec.FactoryBus == "ftdi" {
 		l, err := openUART(ctx, dir)
@@ -406,7 +434,7 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 		// the board: pull it there (the gadget's UDC unbound).
 		link.cutWith(func() {
 			if ans, err := b.control(ctx, "usb-unplug"); err != nil || !strings.HasPrefix(ans, "ok") {
-				logf("flow: factory: usb-unplug: %q %v", ans, err)
+				logf("factory: usb-unplug: %q %v", ans, err)
 			}
 		})
 	}
@@ -414,7 +442,7 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 	link.close()
 	select {
 	case <-cut:
-		logf("flow: factory: %s cut during INSTALL at +%.1fs; jig: %v", bus, b.since().Seconds(), firstLine(err, out))
+		logf("factory: %s cut during INSTALL at +%.1fs; jig: %v", bus, b.since().Seconds(), firstLine(err, out))
 	default:
 		return nil, fmt.Errorf("the jig finished before the cable was cut (err %v): the cut test did not happen\n%s", err, out)
 	}
@@ -438,7 +466,7 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 	if !strings.Contains(st, "state blank") && !strings.Contains(st, "state keyed") {
 		return nil, fmt.Errorf("after the cut the board says %q; want state blank or keyed", st)
 	}
-	logf("flow: factory: after the cut the board reports: %s", st)
+	logf("factory: after the cut the board reports: %s", st)
 	out, err = runJig(ctx, o.jigBin, link2.portPath(), caDir, tpmMakerRoot(dir), nil)
 	if err != nil {
 		return nil, fmt.Errorf("devid-jig program after reconnecting: %v\n%s\nconsole: %s", err, out, b.tail(10))
@@ -447,7 +475,7 @@ func program(ctx context.Context, o options, dir, caDir string, b *board) (*jigR
 	if err := json.Unmarshal(lastJSON(out), &res); err != nil {
 		return nil, fmt.Errorf("devid-jig --json output: %v\n%s", err, out)
 	}
-	logf("flow: factory: programmed in %d ms after reconnecting (board up %.1fs); %s", res.ElapsedMs, b.since().Seconds(), attestLine(out))
+	logf("factory: programmed in %d ms after reconnecting (board up %.1fs); %s", res.ElapsedMs, b.since().Seconds(), attestLine(out))
 	fmt.Printf("qemu-test: factory-programming %s %d ms (%s board, devid-jig elapsed, key in the TPM, attestation required)\n", bus, res.ElapsedMs, b.spec.Arch)
 	programmingMS = append(programmingMS, fmt.Sprintf("%s %d ms", bus, res.ElapsedMs))
 	return &res, nil

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -16,30 +15,14 @@ import (
 // and plugged back, and the board must then be blank or keyed, never half,
 // and be programmed by the next run.
 func usbAdapter(ctx context.Context, o options, env map[string]string) error {
-	dir, err := filepath.Abs(filepath.Join(o.work, "usb-adapter"))
+	fb, err := newFlashBoard(ctx, o, env, "usb-adapter", "/dev/ttyUSB0")
 	if err != nil {
 		return err
 	}
-	if err := freshDir(dir); err != nil {
-		return err
-	}
-	s, caDir, rootPEM, err := startLine(ctx, o, dir, "qemu-board-line")
-	if err != nil {
-		return err
-	}
-	defer s.stop()
-	if _, err := prepareFlash(dir, s, rootPEM, "/dev/ttyUSB0"); err != nil {
-		return err
-	}
-	mac, err := boardMAC()
-	if err != nil {
-		return err
-	}
-	spec := boardSpec{
-		Arch: o.arch, Kernel: env["KERNEL"], Initrd: env["INITRD"], Dir: dir,
-		MAC: mac, Timeout: 4 * time.Minute, FactoryBus: "ftdi",
-	}
-	_, err = factoryBoot(ctx, o, spec, caDir, rootPEM)
+	defer fb.sim.stop()
+	spec := fb.spec
+	spec.Forwards, spec.FactoryBus = nil, "ftdi" // the factory: no route to the cloud
+	_, err = factoryBoot(ctx, o, spec, fb.caDir, fb.rootPEM)
 	return err
 }
 
@@ -52,30 +35,15 @@ func usbAdapter(ctx context.Context, o options, env map[string]string) error {
 // UDC unbound) and plugged back; the board must then be blank or keyed,
 // never half, and be programmed by the next run.
 func usbGadget(ctx context.Context, o options, env map[string]string) error {
-	dir, err := filepath.Abs(filepath.Join(o.work, "usb-gadget"))
+	fb, err := newFlashBoard(ctx, o, env, "usb-gadget", "")
 	if err != nil {
 		return err
 	}
-	if err := freshDir(dir); err != nil {
-		return err
-	}
-	s, caDir, rootPEM, err := startLine(ctx, o, dir, "qemu-board-line")
-	if err != nil {
-		return err
-	}
-	defer s.stop()
-	if _, err := prepareFlash(dir, s, rootPEM, ""); err != nil {
-		return err
-	}
-	mac, err := boardMAC()
-	if err != nil {
-		return err
-	}
-	spec := boardSpec{
-		Arch: o.arch, Kernel: env["KERNEL"], Initrd: env["INITRD"], Dir: dir,
-		MAC: mac, Timeout: 4 * time.Minute, FactoryBus: "gadget",
-		Cmdline: []string{"devid.usbrelay=/dev/ttyACM*"},
-	}
+	defer fb.sim.stop()
+	caDir, rootPEM := fb.caDir, fb.rootPEM
+	spec := fb.spec
+	spec.Forwards, spec.FactoryBus = nil, "gadget" // the factory: no route to the cloud
+	spec.Cmdline = []string{"devid.usbrelay=/dev/ttyACM*"}
 	b, err := startBoard(ctx, spec, 1, logf)
 	if err != nil {
 		return err
@@ -95,18 +63,15 @@ func usbGadget(ctx context.Context, o options, env map[string]string) error {
 		return fmt.Errorf("%w (console: %s)", err, b.tail(8))
 	}
 	logf("usb-gadget: host side: %s", strings.TrimPrefix(seen, "ok "))
-	res, err := program(ctx, o, dir, caDir, b)
+	res, err := program(ctx, o, caDir, b)
 	if err != nil {
 		return err
 	}
 	if want := "serial=" + res.DeviceID + " "; !strings.Contains(seen+" ", want) || !strings.Contains(seen, "id=1d6b:0104") {
 		return fmt.Errorf("the host saw %q; want id=1d6b:0104 and serial=%s (the device ID)", seen, res.DeviceID)
 	}
-	if err := checkChain(res, rootPEM); err != nil {
+	if err := checkProgrammed(res, rootPEM); err != nil {
 		return err
-	}
-	if res.KeyBackend != "tpm" {
-		return fmt.Errorf("the board made its key in backend %q, want tpm", res.KeyBackend)
 	}
 	// Programmed, the agent leaves factory mode and removes its gadget:
 	// the host loses the device.
