@@ -393,8 +393,7 @@ func TestV2GapWithoutTimeout(t *testing.T) {
 		}
 		return keep
 	})
-	j := jigOn(t, link.JigTTY)
-	j.ReplyTimeout = 5 * time.Minute
+	j := patientJig(t, link.JigTTY)
 	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
 	defer cancel()
 	if _, err := jig.Program(ctx, j, l, nil); err != nil {

@@ -122,9 +122,7 @@ func TestV2PipelinesWindows(t *testing.T) {
 	if !j.V2() || checkState(t, d) != factory.StateProgrammed {
 		t.Fatalf("v2 %v", j.V2())
 	}
-	if chain, err := d.Certs.Load(); err != nil || !bytes.Equal(chain.PEM, res.ChainPEM) {
-		t.Fatalf("stored chain differs from the issued one (%v)", err)
-	}
+	checkStoredChain(t, d, res.ChainPEM)
 }
 
 // TestV2BeginReplyLost: the reply to INSTALL BEGIN is lost. The replies
@@ -150,8 +148,7 @@ func TestV2BeginReplyLost(t *testing.T) {
 		}
 		return ln
 	}))
-	j := jigOn(t, link.JigTTY)
-	j.ReplyTimeout = 5 * time.Minute
+	j := patientJig(t, link.JigTTY)
 	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
 	defer cancel()
 	res, err := jig.Program(ctx, j, l, nil)
@@ -163,9 +160,7 @@ func TestV2BeginReplyLost(t *testing.T) {
 	if !dropped || begins < 2 {
 		t.Fatalf("reply dropped %v, %d BEGIN frames sent", dropped, begins)
 	}
-	if chain, err := d.Certs.Load(); err != nil || !bytes.Equal(chain.PEM, res.ChainPEM) {
-		t.Fatalf("stored chain differs from the issued one (%v)", err)
-	}
+	checkStoredChain(t, d, res.ChainPEM)
 }
 
 // TestV2BeginDamaged: INSTALL BEGIN is damaged on its way, so the DATA
@@ -199,8 +194,7 @@ func TestV2BeginDamaged(t *testing.T) {
 		}
 		return ln
 	}))
-	j := jigOn(t, link.JigTTY)
-	j.ReplyTimeout = 5 * time.Minute
+	j := patientJig(t, link.JigTTY)
 	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
 	defer cancel()
 	if _, err := jig.Program(ctx, j, l, nil); err != nil {
@@ -225,8 +219,7 @@ func TestV2BeginLostOnOpenUpload(t *testing.T) {
 	l := newCA(t)
 	link := serialtest.NewLink(t)
 	d := startDevice(t, link.DeviceTTY, "board-v2-old-upload", rootPool(l))
-	j := jigOn(t, link.JigTTY)
-	j.ReplyTimeout = 5 * time.Minute
+	j := patientJig(t, link.JigTTY)
 	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
 	defer cancel()
 	if _, err := j.Hello(ctx); err != nil {
@@ -255,7 +248,23 @@ func TestV2BeginLostOnOpenUpload(t *testing.T) {
 	if !dropped {
 		t.Fatal("BEGIN was never dropped")
 	}
-	if chain, err := d.Certs.Load(); err != nil || !bytes.Equal(chain.PEM, res.ChainPEM) {
+	checkStoredChain(t, d, res.ChainPEM)
+}
+
+// patientJig is a jig whose reply timeout is out of the test's reach: a
+// run that would need to wait one out fails at the test's deadline.
+func patientJig(t testing.TB, tty string) *jig.Jig {
+	t.Helper()
+	j := jigOn(t, tty)
+	j.ReplyTimeout = 5 * time.Minute
+	return j
+}
+
+// checkStoredChain: the device stores exactly the chain the jig issued
+// (PEM, whatever travelled).
+func checkStoredChain(t testing.TB, d *device, issued []byte) {
+	t.Helper()
+	if chain, err := d.Certs.Load(); err != nil || !bytes.Equal(chain.PEM, issued) {
 		t.Fatalf("stored chain differs from the issued one (%v)", err)
 	}
 }
