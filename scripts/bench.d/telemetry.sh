@@ -47,8 +47,9 @@ main() {
   "$W/broker" -host "$HUB_HOST" -dir "$W/broker.d" -client-ca "$W/ca/root.pem" >"$W/broker.ready" 2>"$W/broker.log" &
   PIDS+=($!)
   wait_for "broker ready line" 30 test -s "$W/broker.ready"
-  local baddr; baddr="$(json_str "$(head -n1 "$W/broker.ready")" addr)"
-  cat "$SERVER_CA" "$W/broker.d/ca.pem" >"$W/bundle.pem"
+  local bready; bready="$(head -n1 "$W/broker.ready")"
+  local baddr; baddr="$(json_str "$bready" addr)"
+  cat "$SERVER_CA" "$(json_str "$bready" ca)" >"$W/bundle.pem"
   sed -e "s|^trust_bundle = .*|trust_bundle = \"$W/bundle.pem\"|" \
     -e "s|^\"$HUB_HOST\" = .*|\"$HUB_HOST\" = \"$baddr\"|" "$W/config.toml" >"$W/config-broker.toml"
   start_agent "$W/config-broker.toml"
