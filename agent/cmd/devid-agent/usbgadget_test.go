@@ -23,21 +23,11 @@ func TestFactoryUSBGadget(t *testing.T) {
 	fake := gadgettest.New(t, "dummy_udc.0")
 	pair := serialtest.Pty(t)
 	fake.TTY = func(int) string { return pair.TTY }
-	gadgetSystem = fake.System()
-	t.Cleanup(func() { gadgetSystem = usbgadget.System{} })
-
-	dir := t.TempDir()
-	root := filepath.Join(dir, "root.pem")
-	if err := os.WriteFile(root, []byte(selfSignedPEM(t)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	o := usbFactory(t, fake)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() {
-		done <- runFactory(ctx, "", factoryOverrides{usbGadget: true, stateDir: filepath.Join(dir, "state"),
-			keySpec: "file:" + filepath.Join(dir, "state", "device.key"), deviceID: "board-usb-1", root: root})
-	}()
+	go func() { done <- runFactory(ctx, "", o) }()
 
 	// The jig: HELLO until the device answers (it opens the tty once the
 	// gadget is bound; a HELLO sent before may be lost).
@@ -85,16 +75,7 @@ func TestFactoryUSBGadget(t *testing.T) {
 // TestFactoryUSBGadgetMissing: without a UDC the command fails naming it,
 // and --port with --usb-gadget is a usage error.
 func TestFactoryUSBGadgetMissing(t *testing.T) {
-	fake := gadgettest.New(t) // no UDC
-	gadgetSystem = fake.System()
-	t.Cleanup(func() { gadgetSystem = usbgadget.System{} })
-	dir := t.TempDir()
-	root := filepath.Join(dir, "root.pem")
-	if err := os.WriteFile(root, []byte(selfSignedPEM(t)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	o := factoryOverrides{usbGadget: true, stateDir: filepath.Join(dir, "state"),
-		keySpec: "file:" + filepath.Join(dir, "state", "device.key"), deviceID: "board-usb-1", root: root}
+	o := usbFactory(t, gadgettest.New(t)) // no UDC
 	err := runFactory(context.Background(), "", o)
 	if err == nil || !strings.Contains(err.Error(), "factory.usb_gadget: no USB device controller") || !strings.Contains(err.Error(), "dummy_hcd") {
 		t.Fatalf("err = %v", err)
@@ -103,4 +84,21 @@ func TestFactoryUSBGadgetMissing(t *testing.T) {
 	if err := runFactory(context.Background(), "", o); err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Fatalf("--port with --usb-gadget: %v", err)
 	}
+}
+
+// usbFactory points the factory command at the fake configfs (until the
+// test ends) and returns the overrides of "devid-agent factory
+// --usb-gadget" for device board-usb-1, with its state in a temporary
+// directory and a factory root.
+func usbFactory(t *testing.T, fake *gadgettest.Fake) factoryOverrides {
+	t.Helper()
+	gadgetSystem = fake.System()
+	t.Cleanup(func() { gadgetSystem = usbgadget.System{} })
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root.pem")
+	if err := os.WriteFile(root, []byte(selfSignedPEM(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return factoryOverrides{usbGadget: true, stateDir: filepath.Join(dir, "state"),
+		keySpec: "file:" + filepath.Join(dir, "state", "device.key"), deviceID: "board-usb-1", root: root}
 }
