@@ -27,8 +27,7 @@ main() {
   NODE_WINDOW="${NODE_WINDOW:-1000}"
   NODE_MODULES="${NODE_MODULES:-$PWD/simulator/conformance/node/node_modules}"
 
-  AGENT="$W/devid-agent"
-  CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$AGENT" ./agent/cmd/devid-agent
+  AGENT="$BIN/devid-agent" # make build's: static and stripped, as shipped
   go build -o "$W/broker" ./simulator/bench/broker
   bench_board_setup
   messages

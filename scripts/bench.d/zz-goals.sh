@@ -25,7 +25,7 @@ nodex=$(ratio "$tel" "$node")
 
 echo "## Goals"
 echo
-echo "Each figure from this run, beside its baseline measured in the same run (docs/benchmarks.md)."
+echo "Each figure from this run, beside its baseline measured in the same run where there is one (\"-\": none yet; docs/benchmarks.md)."
 echo
 echo "| figure | devid | baseline (same run) | goal | met |"
 echo "|---|---|---|---|---|"
