@@ -76,16 +76,18 @@ go build -trimpath -buildvcs=false -o "$Q/bin/mkimage" ./scripts/qemu/mkimage &
 for j in $(jobs -p); do wait "$j"; done
 
 # 3. The initramfs. Modules not listed come in as dependencies.
-# xhci_pci and ftdi_sio: the factory port on a USB serial adapter
-# (scripts/qemu/harness/usb.go); they probe nothing on a board without one.
-MODULES=virtio_pci,virtio_net,virtio_console,virtio_blk,tpm_vtpm_proxy,crc32c_generic,ext4,xhci_pci,ftdi_sio
-# dummy_hcd, libcomposite, usb_f_acm and cdc_acm: the board's own USB device
-# port as a gadget, with the host it is plugged into on the same virtual bus
-# (the usb-gadget scenario, arm64 only); nothing binds until the agent makes
-# a gadget.
-[ "$ARCH" = arm64 ] && MODULES=$MODULES,dummy_hcd,libcomposite,usb_f_acm,cdc_acm
+MODULES=virtio_pci,virtio_net,virtio_console,virtio_blk,tpm_vtpm_proxy,crc32c_generic,ext4
+# The USB stack, loaded by init only on a board booted with devid.usb=1
+# (its probing costs about half a second of boot under emulation):
+# xhci_pci and ftdi_sio for the factory port on a USB serial adapter
+# (scripts/qemu/harness/usb.go); dummy_hcd, libcomposite, usb_f_acm and
+# cdc_acm for the board's own USB device port as a gadget, with the host it
+# is plugged into on the same virtual bus (the usb-gadget scenario, arm64
+# only); nothing binds until the agent makes a gadget.
+USB_MODULES=xhci_pci,ftdi_sio
+[ "$ARCH" = arm64 ] && USB_MODULES=$USB_MODULES,dummy_hcd,libcomposite,usb_f_acm,cdc_acm
 step "initramfs"
-"$Q/bin/mkimage" -modroot "$KDIR/lib/modules/$KVER" -modules "$MODULES" -init "$OUT/init" \
+"$Q/bin/mkimage" -modroot "$KDIR/lib/modules/$KVER" -modules "$MODULES" -usb-modules "$USB_MODULES" -init "$OUT/init" \
   -file "$OUT/devid-agent=/bin/devid-agent" -o "$OUT/initrd.cpio.gz"
 cp -f "$VMLINUZ" "$OUT/vmlinuz"
 cat > "$OUT/image.env" <<ENV

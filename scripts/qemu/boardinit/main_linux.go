@@ -91,6 +91,13 @@ func (b *board) run() {
 	if err := loadModules("/modules.list"); err != nil {
 		b.fatal("modules: %v", err)
 	}
+	// The USB stack only where the board has USB in use: probing it is
+	// boot time the others would pay for nothing.
+	if b.cfg.get("usb", "") == "1" {
+		if err := loadModules("/modules-usb.list"); err != nil {
+			b.fatal("usb modules: %v", err)
+		}
+	}
 	mountConfigfs()
 	if ip := b.cfg.get("ip", "10.0.2.15/24"); ip != "" {
 		if err := configureNet("eth0", ip, b.cfg.get("gw", "10.0.2.2")); err != nil {
@@ -321,14 +328,12 @@ func (b *board) controlCommand(f *os.File, cmd string) {
 		b.mu.Lock()
 		pid := b.agentPid
 		b.mu.Unlock()
-		// The binary lives in the initramfs (tmpfs), so its pages count as
-		// shared memory, not as file-backed.
-		m, err := procStatus(pid, "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
+		fields, err := rssFields(pid)
 		if err != nil {
 			fmt.Fprintf(f, "error %v\n", err)
 			return
 		}
-		fmt.Fprintf(f, "ok agent_pid=%d rss_kib=%d anon_kib=%d file_kib=%d shmem_kib=%d hwm_kib=%d\n", pid, m["VmRSS"], m["RssAnon"], m["RssFile"], m["RssShmem"], m["VmHWM"])
+		fmt.Fprintf(f, "ok agent_%s\n", fields)
 	case "usb-unplug", "usb-plug":
 		// The board's USB cable (usbrelay_linux.go).
 		msg, err := usbCable(cmd == "usb-plug")
@@ -342,6 +347,21 @@ func (b *board) controlCommand(f *os.File, cmd string) {
 		fmt.Fprintf(f, "ok %s\n", usbHostDevices())
 	case "":
 	default:
+		if args, ok := strings.CutPrefix(cmd, "floor "); ok {
+			// floor ADDR HUB DEVICE: the footprint baseline (floor_linux.go).
+			a := strings.Fields(args)
+			if len(a) != 3 {
+				fmt.Fprintf(f, "error floor wants ADDR HUB DEVICE, got %q\n", args)
+				return
+			}
+			fields, err := floorRSS(a[0], a[1], a[2])
+			if err != nil {
+				fmt.Fprintf(f, "error %v\n", err)
+				return
+			}
+			fmt.Fprintf(f, "ok %s\n", fields)
+			return
+		}
 		fmt.Fprintf(f, "error unknown command %q\n", cmd)
 	}
 }

@@ -72,6 +72,9 @@ type lineWaiter struct {
 
 func qemuArgs(s boardSpec) (bin string, args []string) {
 	append_ := "panic=1 loglevel=4 " + strings.Join(s.Cmdline, " ")
+	if s.FactoryBus != "" {
+		append_ += " devid.usb=1" // init loads the USB stack
+	}
 	switch s.Arch {
 	case "armv7":
 		bin = "qemu-system-arm"
@@ -353,12 +356,17 @@ func (b *board) waitExit(d time.Duration) error {
 
 // control sends one command on the board's control port and returns its answer.
 func (b *board) control(ctx context.Context, cmd string) (string, error) {
+	return b.controlWithin(ctx, cmd, 20*time.Second)
+}
+
+// controlWithin is control for a command that may take up to d.
+func (b *board) controlWithin(ctx context.Context, cmd string, d time.Duration) (string, error) {
 	conn, err := dialUnix(ctx, filepath.Join(b.spec.Dir, "ctl.sock"))
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(d))
 	if _, err := fmt.Fprintf(conn, "%s\n", cmd); err != nil {
 		return "", err
 	}

@@ -101,7 +101,7 @@ func debian(ctx context.Context, o options, env map[string]string) error {
 	logf("debian: disks and TPM ready in %.1fs", time.Since(t).Seconds())
 	forwards := map[string]string{guestDPS: s.ready.DPS.Addr}
 	for i, h := range s.ready.Hubs {
-		forwards[fmt.Sprintf("10.0.2.%d:8883", guestHubBase+i)] = h.Addr
+		forwards[guestHubAddr(i)] = h.Addr
 	}
 	spec := boardSpec{
 		Arch: "arm64", Kernel: env["KERNEL"], Initrd: env["INITRD"], Dir: dir, Forwards: forwards, MAC: mac,

@@ -41,7 +41,13 @@ func newFlashBoard(ctx context.Context, o options, env map[string]string, name, 
 	if err != nil {
 		return nil, err
 	}
-	forwards, err := prepareFlash(dir, s, rootPEM, factoryPort)
+	if o.floorBin != "" {
+		err = writeFloor(ctx, filepath.Join(dir, "flash-src"), o.floorBin, caDir)
+	}
+	var forwards map[string]string
+	if err == nil {
+		forwards, err = prepareFlash(dir, s, rootPEM, factoryPort)
+	}
 	if err == nil {
 		var mac string
 		if mac, err = boardMAC(); err == nil {

@@ -30,7 +30,7 @@ import (
 // these, each to the simulator's loopback port; nothing else is reachable.
 const (
 	guestDPS     = "10.0.2.100:8883"
-	guestHubBase = 101 // hub i is 10.0.2.(101+i):8883
+	guestHubBase = 101 // hub i is 10.0.2.(101+i):8883 (guestHubAddr)
 )
 
 type jigResult struct {
@@ -164,14 +164,14 @@ func flow(ctx context.Context, o options, env map[string]string) error {
 		return err
 	}
 	logf("flow: flash filesystem clean after the power cut and a clean power-off")
-	return cachedBoot(ctx, s, spec, assigned, logf)
+	return cachedBoot(ctx, o, s, spec, assigned, logf)
 }
 
 // cachedBoot is boot 4: the board powers on with its assignment cached and
 // must reach its hub without DPS. It measures boot-to-connected from QEMU's
 // start with the breakdown the console gives, and the agent's resident
 // memory once it has been connected and idle for a few seconds.
-func cachedBoot(ctx context.Context, s *sim, spec boardSpec, assigned *registration, logf func(string, ...any)) error {
+func cachedBoot(ctx context.Context, o options, s *sim, spec boardSpec, assigned *registration, logf func(string, ...any)) error {
 	err := poll(ctx, 30*time.Second, "boot 4: hub records the device disconnected after the power-off", func() (bool, error) {
 		d, err := s.device(ctx, assigned.AssignedHub, assigned.DeviceID)
 		return d != nil && !strings.EqualFold(d.ConnectionState, "Connected"), err
@@ -224,8 +224,18 @@ func cachedBoot(ctx context.Context, s *sim, spec boardSpec, assigned *registrat
 		return fmt.Errorf("boot 4: rss: %q %v", ans, err)
 	}
 	fmt.Printf("qemu-test: agent-rss %s (%s board, connected and idle 5 s)\n", strings.TrimPrefix(ans, "ok "), spec.Arch)
+	if o.floorBin != "" {
+		floor, err := floorRSS(ctx, s, b4, assigned.AssignedHub)
+		if err != nil {
+			return fmt.Errorf("boot 4: %w", err)
+		}
+		fmt.Printf("qemu-test: floor-rss %s (baseline client on the %s board, connected and idle 5 s)\n", floor, spec.Arch)
+	}
 	return b4.powerOff(ctx)
 }
+
+// guestHubAddr is the address the guest dials for the simulator's hub i.
+func guestHubAddr(i int) string { return fmt.Sprintf("10.0.2.%d:8883", guestHubBase+i) }
 
 // prepareFlash writes the flash disk as the image builder ships it (config
 // and trust anchors, no state) and manufactures the board's TPM. It returns
@@ -243,7 +253,7 @@ func prepareFlash(dir string, s *sim, rootPEM []byte, factoryPort string) (map[s
 	forwards := map[string]string{guestDPS: s.ready.DPS.Addr}
 	resolve := map[string]string{s.ready.DPS.Host: guestDPS}
 	for i, h := range s.ready.Hubs {
-		g := fmt.Sprintf("10.0.2.%d:8883", guestHubBase+i)
+		g := guestHubAddr(i)
 		forwards[g] = h.Addr
 		resolve[h.Host] = g
 	}

@@ -42,6 +42,7 @@ type options struct {
 	simBin   string
 	jigBin   string
 	timeout  time.Duration
+	floorBin string // the board's build of scripts/bench.d/mqttfloor: measure it too (make bench)
 }
 
 var t0 = time.Now()
@@ -58,6 +59,7 @@ func main() {
 	flag.StringVar(&o.simBin, "sim", ".build/bin/devid-sim", "host devid-sim binary")
 	flag.StringVar(&o.jigBin, "jig", ".build/bin/devid-jig", "host devid-jig binary")
 	flag.DurationVar(&o.timeout, "timeout", 6*time.Minute, "bound for the whole run")
+	flag.StringVar(&o.floorBin, "floor", "", "the board's build of scripts/bench.d/mqttfloor: flow also measures its RSS on the board (make bench)")
 	scenarios := flag.String("scenarios", "smoke,flow", "comma-separated scenarios to run")
 	flag.Parse()
 	if o.imageEnv == "" {

@@ -2,14 +2,15 @@
 //
 // It resolves kernel module dependencies by reading each module's .modinfo
 // "depends=" field (the Debian .deb ships no modules.dep, and kmod's depmod is
-// not needed), stages /init, the modules in load order (/modules.list) and any
-// extra files, and writes a newc cpio archive, gzip-compressed, with sorted
+// not needed), stages /init, the modules in load order (/modules.list, and
+// /modules-usb.list for the USB stack, which init loads only on a board with
+// USB) and any extra files, and writes a newc cpio archive, gzip-compressed, with sorted
 // entries, uid/gid 0 and mtime 0. Given the same inputs it writes the same
 // bytes, so the image's hash identifies its contents.
 //
 // Usage:
 //
-//	mkimage -modroot DIR/lib/modules/VER -modules a,b,c -init INIT \
+//	mkimage -modroot DIR/lib/modules/VER -modules a,b,c -usb-modules d,e -init INIT \
 //	        -file SRC=/bin/devid-agent -o initrd.cpio.gz
 package main
 
@@ -46,6 +47,7 @@ func (f *fileList) Set(v string) error { *f = append(*f, v); return nil }
 func main() {
 	modroot := flag.String("modroot", "", "kernel module tree (…/lib/modules/VERSION)")
 	mods := flag.String("modules", "", "comma-separated module names to load, dependencies are added first")
+	usbMods := flag.String("usb-modules", "", "comma-separated module names to load on a board with USB only (/modules-usb.list), after -modules")
 	initBin := flag.String("init", "", "the static /init binary")
 	out := flag.String("o", "", "output .cpio.gz")
 	var files fileList
@@ -56,7 +58,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(*modroot, splitList(*mods), *initBin, files, *out); err != nil {
+	if err := run(*modroot, splitList(*mods), splitList(*usbMods), *initBin, files, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "mkimage:", err)
 		os.Exit(1)
 	}
@@ -79,7 +81,7 @@ type entry struct {
 	data []byte
 }
 
-func run(modroot string, want []string, initBin string, files []string, out string) error {
+func run(modroot string, want, usbWant []string, initBin string, files []string, out string) error {
 	index, err := indexModules(modroot)
 	if err != nil {
 		return err
@@ -87,6 +89,22 @@ func run(modroot string, want []string, initBin string, files []string, out stri
 	order, err := resolve(want, index, modDepends)
 	if err != nil {
 		return err
+	}
+	var usbOrder []string
+	if len(usbWant) > 0 {
+		all, err := resolve(usbWant, index, modDepends)
+		if err != nil {
+			return err
+		}
+		loaded := map[string]bool{}
+		for _, m := range order {
+			loaded[m] = true
+		}
+		for _, m := range all {
+			if !loaded[m] {
+				usbOrder = append(usbOrder, m)
+			}
+		}
 	}
 	ents := map[string]entry{}
 	addDirs := func(p string) {
@@ -104,17 +122,22 @@ func run(modroot string, want []string, initBin string, files []string, out stri
 		return fmt.Errorf("read init: %w", err)
 	}
 	add("init", 0o100755, initData)
-	var list strings.Builder
-	for _, m := range order {
-		data, err := os.ReadFile(index[m])
-		if err != nil {
-			return err
+	for listName, mods := range map[string][]string{"modules.list": order, "modules-usb.list": usbOrder} {
+		if len(mods) == 0 && listName != "modules.list" {
+			continue
 		}
-		dst := "lib/modules/" + filepath.Base(index[m])
-		add(dst, 0o100644, data)
-		list.WriteString("/" + dst + "\n")
+		var list strings.Builder
+		for _, m := range mods {
+			data, err := os.ReadFile(index[m])
+			if err != nil {
+				return err
+			}
+			dst := "lib/modules/" + filepath.Base(index[m])
+			add(dst, 0o100644, data)
+			list.WriteString("/" + dst + "\n")
+		}
+		add(listName, 0o100644, []byte(list.String()))
 	}
-	add("modules.list", 0o100644, []byte(list.String()))
 	for _, f := range files {
 		src, dst, ok := strings.Cut(f, "=")
 		if !ok || !strings.HasPrefix(dst, "/") {
