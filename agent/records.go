@@ -11,7 +11,7 @@ import (
 
 // refuseNewerRecords stops the agent before it touches a record written
 // by a newer agent (state.json, assignment.json, renewal.json, the
-// rotation journal; the queue's cursor.json is checked by queue.Open).
+// rotation journal; the queue's cursor is checked by queue.Open).
 // Running on would mean
 // overwriting it with this agent's schema, or running on stale memory;
 // a downgraded agent stops instead and says which file and schema

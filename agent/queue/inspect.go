@@ -1,9 +1,41 @@
 package queue
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
+
+// inspectCursor reads the cursor as Open would: queue/cursor, or else a
+// cursor.json an older agent left. An error names the file.
+func inspectCursor(dir string) (cursor, error) {
+	path := filepath.Join(dir, cursorFile)
+	if b, err := os.ReadFile(path); err == nil {
+		_, c, err := parseCursorFile(b)
+		if err != nil {
+			return cursor{}, fmt.Errorf("%s: %w", path, err)
+		}
+		return c, nil
+	}
+	path = filepath.Join(dir, legacyCursorFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cursor{}, nil
+	}
+	c, err := parseLegacyCursor(b)
+	if err != nil {
+		return cursor{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// asideTime is the UTC time in a set-aside cursor's name, which sorts as
+// text ("" for none).
+func asideTime(path string) string {
+	_, t, _ := strings.Cut(filepath.Base(path), ".corrupt-")
+	return t
+}
 
 // Inspect reads the queue in dir without changing anything (no tail
 // truncation, no rewrite, no cursor write), for `devid-agent status` and
@@ -11,17 +43,20 @@ import (
 // Corrupt as the next Open would count it.
 func Inspect(dir string) (Stats, error) {
 	var st Stats
-	var c cursor
-	if b, err := os.ReadFile(filepath.Join(dir, cursorFile)); err == nil {
-		var perr error
-		if c, perr = parseCursor(b); perr != nil {
-			// Damaged: the next Open sets it aside; newer: Open refuses it.
-			st.CursorError = filepath.Join(dir, cursorFile) + ": " + perr.Error()
+	c, cerr := inspectCursor(dir)
+	if cerr != nil {
+		// Damaged: the next Open sets it aside; newer: Open refuses it.
+		st.CursorError = cerr.Error()
+	}
+	// The names sort by time within each pattern.
+	var newest string
+	for _, name := range []string{cursorFile, legacyCursorFile} {
+		aside, _ := filepath.Glob(filepath.Join(dir, name+".corrupt-*"))
+		if len(aside) > 0 && asideTime(aside[len(aside)-1]) > asideTime(newest) {
+			newest = aside[len(aside)-1]
 		}
 	}
-	if aside, _ := filepath.Glob(filepath.Join(dir, cursorFile+".corrupt-*")); len(aside) > 0 {
-		st.CursorSetAside = aside[len(aside)-1] // the names sort by time
-	}
+	st.CursorSetAside = newest
 	st.Acked, st.Dropped, st.Corrupt, st.SetAside = c.Acked, c.Dropped, c.Corrupt, c.SetAside
 	segs, err := listSegments(dir)
 	if err != nil {

@@ -3,7 +3,7 @@
 // state_dir/queue.
 //
 // Delivery is at least once: a record stays queued until Ack; after a
-// crash everything after the persisted ack cursor (cursor.json) is sent
+// crash everything after the persisted ack cursor (queue/cursor) is sent
 // again. The cursor is written promptly after each Ack (or, with
 // Options.CursorEvery, once that many acks are not in it yet or the queue
 // is drained), and Durable says how far it is on disk, so a sender that
@@ -98,7 +98,7 @@ type Queue struct {
 	w           *os.File // nil: the next Append starts a new segment
 	nextSeq     uint64
 	acked       uint64
-	durable     uint64          // acked as last written to cursor.json
+	durable     uint64          // acked as last written to the cursor file
 	pending     map[uint64]bool // acked out of order, all > acked
 	dropped     uint64
 	corrupt     uint64 // found at open, persisted
@@ -109,8 +109,16 @@ type Queue struct {
 	diskErr     string // why the memory tail exists (memory.go)
 	dataDirty   bool
 	cursorDirty bool
-	// cursorUnsynced: cursor.json was last written without fsync.
+	// cursorUnsynced: the cursor was last written without fsync.
 	cursorUnsynced bool
+	// cursorF is the cursor file, open for updates in place (cursor.go);
+	// nil until the first write. cursorGen is the generation of its
+	// newer slot.
+	cursorF   *os.File
+	cursorGen uint64
+	// legacyCursor: a cursor.json of an older agent is there, to remove
+	// once the cursor file holds what it said.
+	legacyCursor bool
 	// cursorFailing: the last cursor write failed (a full disk).
 	cursorFailing bool
 	flushTimer    *time.Timer
@@ -122,36 +130,6 @@ type Queue struct {
 	rseg *segment
 	rseq uint64
 	roff int64
-}
-
-// Stats is a snapshot of the queue's counters.
-type Stats struct {
-	// Depth is how many records wait for an ack.
-	Depth uint64 `json:"depth"`
-	// Bytes is the queue's size on disk.
-	Bytes int64 `json:"bytes"`
-	// Dropped counts records lost to the size bound (drop-oldest).
-	Dropped uint64 `json:"dropped"`
-	// Corrupt counts damaged records skipped by their checksum.
-	Corrupt uint64 `json:"corrupt"`
-	// SetAside counts records the hub refused for good (setaside.log).
-	SetAside uint64 `json:"set_aside"`
-	// Acked is the highest sequence number with everything up to it acked.
-	Acked uint64 `json:"acked"`
-	// Next is the sequence number the next Append gets.
-	Next uint64 `json:"next"`
-	// Truncated counts torn tails cut off when the queue was opened.
-	Truncated int `json:"truncated,omitempty"`
-	// CursorSetAside names where a damaged cursor.json was moved.
-	CursorSetAside string `json:"cursor_set_aside,omitempty"`
-	// CursorError (Inspect only) says why cursor.json cannot be used.
-	CursorError string `json:"cursor_error,omitempty"`
-	// Memory counts unacknowledged records kept only in memory because
-	// the disk refuses writes (DiskError says why): a power cut loses
-	// them.
-	Memory uint64 `json:"memory,omitempty"`
-	// DiskError is why new records are kept in memory ("": they are not).
-	DiskError string `json:"disk_error,omitempty"`
 }
 
 // segName is a segment's file name: its first sequence number, and a
@@ -291,7 +269,7 @@ func Open(dir string, opt Options) (*Queue, error) {
 		// goes to memory.
 		q.w = f
 	}
-	if q.corrupt != c.Corrupt || q.cursorAside != "" {
+	if q.corrupt != c.Corrupt || q.cursorAside != "" || q.legacyCursor {
 		q.writeCursorLocked(true)
 	}
 	q.durable = q.acked
@@ -501,7 +479,7 @@ func (q *Queue) Ack(seq uint64) {
 	q.gcLocked()
 }
 
-// Durable returns the acked sequence number as written to cursor.json:
+// Durable returns the acked sequence number as written to the cursor file:
 // after a crash, the queue resends from there.
 func (q *Queue) Durable() uint64 {
 	q.mu.Lock()
@@ -597,32 +575,9 @@ func (q *Queue) NextUpTo(after, upTo uint64, max int, maxBytes int) ([]Record, e
 	return out, nil
 }
 
-func max64(a, b uint64) uint64 {
-	if a > b {
-		return a
-	}
-	return b
-}
-
 // Notify returns a channel that receives after each Append and after
 // each cursor write.
 func (q *Queue) Notify() <-chan struct{} { return q.notify }
-
-// Stats returns the current counters.
-func (q *Queue) Stats() Stats {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	var depth uint64
-	for _, s := range q.segs {
-		if s.count() > 0 && s.last > q.acked {
-			depth += s.last - max64(q.acked, s.first-1)
-		}
-	}
-	depth -= uint64(len(q.pending))
-	return Stats{Depth: depth, Bytes: q.bytesLocked(), Dropped: q.dropped, Corrupt: q.corrupt + q.corruptLive, SetAside: q.setAside,
-		Acked: q.acked, Next: q.nextSeq, Truncated: q.truncated, CursorSetAside: q.cursorAside,
-		Memory: q.memRecordsLocked(), DiskError: q.diskErr}
-}
 
 func (q *Queue) scheduleFlushLocked() {
 	if q.flushTimer != nil {
@@ -687,6 +642,9 @@ func (q *Queue) Close() error {
 	}
 	if q.w != nil {
 		q.w.Close()
+	}
+	if q.cursorF != nil {
+		q.cursorF.Close()
 	}
 	close(q.cursorKick)
 	q.mu.Unlock()

@@ -72,7 +72,7 @@ func TestInspectCountsDamage(t *testing.T) {
 	if after, _ := os.ReadFile(path); string(after) != string(b) {
 		t.Fatal("Inspect changed the segment")
 	}
-	os.WriteFile(filepath.Join(dir, cursorFile), []byte(`{"schema":9}`), 0o600)
+	os.WriteFile(filepath.Join(dir, cursorFile), newerSlotFile(), 0o600)
 	if st, _ := Inspect(dir); st.CursorError == "" {
 		t.Fatalf("a newer cursor not reported: %+v", st)
 	}

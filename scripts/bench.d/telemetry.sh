@@ -180,7 +180,7 @@ report() {
   echo
   echo "Times run from the first request to the local API (a, b) or the first sendEvent (c)"
   echo "to the last PUBACK; a and b poll the agent's status every 10 ms. Recorded: messages the"
-  echo "simulator holds after the run (a resend counts twice). CPU resolution: $((1000 / $(getconf CLK_TCK))) ms."
+  echo "simulator holds after the run: a resend counts twice, and a includes the agent's own health report (devid-health: 1) sent on connecting. CPU resolution: $((1000 / $(getconf CLK_TCK))) ms."
   echo
 }
 
