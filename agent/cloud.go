@@ -102,6 +102,9 @@ type hubConn struct {
 	h *dps.Hub
 }
 
+// The sender publishes through the hub client's pipeline (agent/sender.go).
+var _ AsyncSender = (*hubConn)(nil)
+
 func (c *hubConn) Send(ctx context.Context, m Message) error {
 	return c.h.SendTelemetry(ctx, &dps.Message{
 		Payload:         m.Body,
@@ -110,6 +113,17 @@ func (c *hubConn) Send(ctx context.Context, m Message) error {
 		ContentEncoding: m.ContentEncoding,
 		Properties:      m.Properties,
 	})
+}
+
+// SendAsync is Send through the hub client's publish pipeline.
+func (c *hubConn) SendAsync(m Message, timeout time.Duration, done func(error)) {
+	c.h.SendTelemetryAsync(&dps.Message{
+		Payload:         m.Body,
+		MessageID:       m.MessageID,
+		ContentType:     m.ContentType,
+		ContentEncoding: m.ContentEncoding,
+		Properties:      m.Properties,
+	}, timeout, done)
 }
 
 func (c *hubConn) Report(ctx context.Context, patch []byte) error {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"time"
 
 	"devid/agent/statedir"
 	"devid/enroll/credential"
@@ -49,6 +50,14 @@ type HubConn interface {
 	Err() error
 	// Close disconnects gracefully.
 	Close()
+}
+
+// AsyncSender is an optional HubConn ability: Send without waiting.
+// done is called once, never on the caller's goroutine, with what Send
+// would return; no PUBACK within timeout while the connection stays up
+// is an error. Publishes go out in call order.
+type AsyncSender interface {
+	SendAsync(m Message, timeout time.Duration, done func(error))
 }
 
 // MethodAdder is an optional HubConn ability: route one more direct

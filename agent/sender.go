@@ -147,11 +147,9 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 			mu.Lock()
 			inflight[r.Seq] = true
 			mu.Unlock()
-			go func(seq uint64, payload []byte, m Message) {
+			seq, payload := r.Seq, r.Payload
+			send(conn, ctx, m, func(err error) {
 				defer func() { <-sem }()
-				sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-				defer cancel()
-				err := conn.Send(sctx, m)
 				if err == nil {
 					mu.Lock()
 					delete(inflight, seq)
@@ -200,9 +198,29 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 				case kick <- struct{}{}:
 				default:
 				}
-			}(r.Seq, r.Payload, m)
+			})
 		}
 	}
+}
+
+// sendTimeout is how long a publish may wait for its PUBACK while the
+// connection stays up before it counts as failed and is sent again.
+const sendTimeout = 60 * time.Second
+
+// send publishes m and calls done with the outcome, once, on another
+// goroutine: through the connection's pipeline when it has one (no
+// goroutine, context or timer per message), else on a goroutine of its
+// own.
+func send(conn HubConn, ctx context.Context, m Message, done func(error)) {
+	if as, ok := conn.(AsyncSender); ok {
+		as.SendAsync(m, sendTimeout, done)
+		return
+	}
+	go func() {
+		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
+		defer cancel()
+		done(conn.Send(sctx, m))
+	}()
 }
 
 // closed reports whether ch is closed (without blocking).

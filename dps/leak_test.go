@@ -37,6 +37,12 @@ func TestHubNoGoroutineLeak(t *testing.T) {
 		if err := h.SendTelemetry(context.Background(), &Message{Payload: []byte("x")}); err != nil {
 			t.Fatal(err)
 		}
+		// The async path's goroutines end with the connection too.
+		async := make(chan error, 1)
+		h.SendTelemetryAsync(&Message{Payload: []byte("y")}, time.Minute, func(err error) { async <- err })
+		if err := <-async; err != nil {
+			t.Fatal(err)
+		}
 		err = h.SendTelemetry(context.Background(), &Message{Payload: make([]byte, MaxTelemetrySize)})
 		if !errors.Is(err, ErrTooLarge) || Retryable(err) {
 			t.Errorf("oversized message: %v", err)

@@ -25,6 +25,10 @@ type session struct {
 	lostOnce sync.Once
 	lost     chan struct{}
 	lostErr  error
+
+	// pipe carries SendTelemetryAsync's publishes, started by the first.
+	pipeOnce sync.Once
+	pipe     *pipe
 }
 
 type sessionOptions struct {
