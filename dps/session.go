@@ -49,11 +49,15 @@ func openSession(ctx context.Context, nw *Network, endpoint string, cred *tls.Ce
 	if err != nil {
 		return nil, err
 	}
-	conn, err := nw.dial(ctx, endpoint, cred)
+	raw, err := nw.dial(ctx, endpoint, cred)
 	if err != nil {
 		return nil, err
 	}
 	s := &session{host: host, lost: make(chan struct{})}
+	// paho writes each packet on its own; batchConn gathers the packets
+	// written while one TLS write is under way, and reports a failed
+	// socket to the session even where paho does not (batchconn.go).
+	conn := newBatchConn(raw, func(err error) { s.markLost(classifyConnErr(host, "session", err)) })
 
 	connectTimeout := 30 * time.Second
 	if dl, ok := ctx.Deadline(); ok {

@@ -298,9 +298,26 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	}()
 	go func() {
 		defer close(wrote)
+		var batch []byte
 		for b := range cl.out {
+			// Replies queued meanwhile go out in the same write: a
+			// client that pipelines its sends gets one write per batch,
+			// not one per reply (docs/benchmarks.md).
+			batch = append(batch[:0], b...)
+		gather:
+			for len(batch) < 64<<10 {
+				select {
+				case more, ok := <-cl.out:
+					if !ok {
+						break gather
+					}
+					batch = append(batch, more...)
+				default:
+					break gather
+				}
+			}
 			conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			if _, err := conn.Write(b); err != nil {
+			if _, err := conn.Write(batch); err != nil {
 				conn.Close()
 				for range cl.out {
 				}
