@@ -110,6 +110,9 @@ func (b *batchConn) flusher() {
 			out, b.buf = b.buf, out[:0]
 			b.cond.Broadcast()
 			b.mu.Unlock()
+			// The flusher owns the write deadline: paho's, set around
+			// each packet it hands over, would race this write.
+			_ = b.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 			if _, err := b.Conn.Write(out); err != nil {
 				b.mu.Lock()
 				b.err = err
@@ -122,6 +125,15 @@ func (b *batchConn) flusher() {
 		}
 	}
 }
+
+// SetWriteDeadline is ignored: each write to the connection gets
+// writeTimeout from the flusher instead (paho sets one around every
+// packet, which only reaches the buffer).
+func (b *batchConn) SetWriteDeadline(time.Time) error { return nil }
+
+// SetDeadline sets the read deadline (paho bounds its CONNECT exchange
+// with it); see SetWriteDeadline.
+func (b *batchConn) SetDeadline(t time.Time) error { return b.Conn.SetReadDeadline(t) }
 
 // Close sends what is pending (for at most closeFlushWait), then closes
 // the connection.

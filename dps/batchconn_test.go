@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 )
 
 // gateConn is the connection under a batchConn: each Write announces
@@ -42,6 +43,8 @@ func (g *gateConn) Write(p []byte) (int, error) {
 	g.writes = append(g.writes, append([]byte(nil), p...))
 	return len(p), nil
 }
+
+func (g *gateConn) SetWriteDeadline(time.Time) error { return nil }
 
 func (g *gateConn) Close() error {
 	g.mu.Lock()
