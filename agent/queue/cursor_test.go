@@ -79,13 +79,7 @@ func TestCorruptCursorSetAside(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			q, err := Open(dir, opts())
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i := 0; i < 5; i++ {
-				q.Append([]byte("m"))
-			}
+			q := queueWith(t, dir, 5)
 			q.Ack(1)
 			q.Ack(2)
 			q.Close()
@@ -100,7 +94,7 @@ func TestCorruptCursorSetAside(t *testing.T) {
 			var logs bytes.Buffer
 			o := opts()
 			o.Log = slog.New(slog.NewTextHandler(&logs, nil))
-			q, err = Open(dir, o)
+			q, err := Open(dir, o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -131,13 +125,7 @@ func TestCorruptCursorSetAside(t *testing.T) {
 func TestTornSlotKeepsPreviousCursor(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	q, err := Open(dir, opts())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 6; i++ {
-		q.Append([]byte("m"))
-	}
+	q := queueWith(t, dir, 6)
 	q.Ack(1)
 	q.Sync()
 	q.Ack(2)
@@ -179,16 +167,10 @@ func TestTornSlotKeepsPreviousCursor(t *testing.T) {
 func TestLegacyCursorCarriedOver(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	q, err := Open(dir, opts())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 5; i++ {
-		q.Append([]byte("m"))
-	}
+	q := queueWith(t, dir, 5)
 	q.Close()
 	os.WriteFile(filepath.Join(dir, legacyCursorFile), []byte(`{"schema":1,"acked":3,"dropped":4,"corrupt":0,"set_aside":1}`), 0o600)
-	q, err = Open(dir, opts())
+	q, err := Open(dir, opts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +185,21 @@ func TestLegacyCursorCarriedOver(t *testing.T) {
 	if _, c, err := parseCursorFile(b); err != nil || c.Acked != 3 || c.Dropped != 4 {
 		t.Fatalf("slot file %+v %v", c, err)
 	}
+}
+
+// queueWith opens the queue in dir with n records appended.
+func queueWith(t *testing.T, dir string, n int) *Queue {
+	t.Helper()
+	q, err := Open(dir, opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		if _, err := q.Append([]byte("m")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return q
 }
 
 // TestAckCursorDurable: Durable follows Ack onto disk promptly (not only
