@@ -21,7 +21,7 @@ cpu=$(get telemetry_agent_cpu_us) nodecpu=$(get telemetry_node_cpu_us)
 rss=$(get rss_idle_amd64_kib) rssfloor=$(get rss_floor_amd64_kib) rssboard=$(get rss_idle_arm64_board_kib) rssboardfloor=$(get rss_floor_arm64_board_kib)
 bin=$(get binary_arm64_bytes) binfloor=$(get binary_floor_arm64_bytes)
 boot=$(get boot_cached_arm64_s) toinit=$(get boot_qemu_to_init_arm64_s)
-nodex=$(ratio "$tel" "$node")
+nodex=$(ratio "$tel" "$node") brokerx=$(ratio "$tel" "$broker")
 
 echo "## Goals"
 echo
@@ -29,7 +29,7 @@ echo "Each figure from this run, beside its baseline measured in the same run wh
 echo
 echo "| figure | devid | baseline (same run) | goal | met |"
 echo "|---|---|---|---|---|"
-echo "| telemetry end to end, agent -> devid-sim, QoS 1, durable queue (msg/s) | $(fmt "$tel" 1 0) | Node SDK $(fmt "$node" 1 0) (devid ${nodex:-?}×); agent -> TLS broker $(fmt "$broker" 1 0) | ≥ 10000 and ≥ 5× Node SDK | $(met "$tel" 1 '>=' 10000) / $(met "${nodex:-}" 1 '>=' 5) |"
+echo "| telemetry end to end, agent -> devid-sim, QoS 1, durable queue (msg/s) | $(fmt "$tel" 1 0) | Node SDK $(fmt "$node" 1 0) (devid ${nodex:-?}×); agent -> TLS broker $(fmt "$broker" 1 0) (devid ${brokerx:-?}×) | ≥ 10000 and ≥ 5× Node SDK | $(met "$tel" 1 '>=' 10000) / $(met "${nodex:-}" 1 '>=' 5) |"
 echo "| agent CPU per message under that load (µs) | $(fmt "$cpu" 1 1) | Node SDK $(fmt "$nodecpu" 1 1) | ≤ 50 | $(met "$cpu" 1 '<=' 50) |"
 echo "| RSS connected, idle, amd64 (MiB) | $(fmt "$rss" 1024 1) | paho + crypto/tls client $(fmt "$rssfloor" 1024 1) | ≤ 8 | $(met "$rss" 1024 '<=' 8) |"
 echo "| RSS connected, idle, arm64 QEMU board (MiB) | $(fmt "$rssboard" 1024 1) | paho + crypto/tls client on the same board $(fmt "$rssboardfloor" 1024 1) | ≤ 8 | $(met "$rssboard" 1024 '<=' 8) |"
