@@ -77,6 +77,7 @@ type Agent struct {
 	// when set, is the operational credential the hub gets instead
 	// (renewal paths dps and hub).
 	id        *credential.Credential
+	bootID    *credential.Credential // loaded at boot, for the first loadIdentity
 	op        *credential.Credential
 	clockWait *ClockWait
 	// anchors bound last_known_good by real time (clockfloor.go).
@@ -230,12 +231,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		"previous_state", a.persisted.Name, "cached_hub", a.hubName())
 
 	go a.renewal.Run(ctx)
-	_, idErr := a.probeIdentity()
+	// The probe's credential is the one entering Enrolled loads next: it
+	// is handed over rather than loaded into the TPM a second time (under
+	// emulation each load is a few tenths of a second of boot;
+	// docs/benchmarks.md).
+	bootID, idErr := a.opt.Identity.Load()
+	a.bootID = bootID
 	revoked := a.persisted.Name == Revoked.String() && a.persisted.RetryAt.After(a.clock.Now())
 	a.state = Unenrolled
 	a.enter(Unenrolled, Event{Kind: EvBoot}, true)
 	a.handle(Event{Kind: EvBoot, Identity: idErr == nil, Revoked: revoked,
 		FactoryPort: (a.cfg.Factory.Port != "" || a.cfg.Factory.USBGadget) && a.opt.Factory != nil})
+	if a.bootID != nil { // not taken: the boot went elsewhere than Enrolled
+		a.bootID.Close()
+		a.bootID = nil
+	}
 
 	for {
 		select {

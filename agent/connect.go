@@ -35,9 +35,14 @@ func (a *Agent) cacheUsable() bool {
 // previous ones are closed: nothing uses them any more (their
 // connections are closed by now).
 func (a *Agent) loadIdentity() error {
-	id, err := a.opt.Identity.Load()
-	if err != nil {
-		return err
+	// The boot probe's credential, when this is the load right after it.
+	id := a.bootID
+	a.bootID = nil
+	if id == nil {
+		var err error
+		if id, err = a.opt.Identity.Load(); err != nil {
+			return err
+		}
 	}
 	if a.id != id {
 		a.id.Close()
