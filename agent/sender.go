@@ -148,7 +148,7 @@ func (a *Agent) sendLoop(ctx context.Context, conn HubConn) {
 			inflight[r.Seq] = true
 			mu.Unlock()
 			seq, payload := r.Seq, r.Payload
-			send(conn, ctx, m, func(err error) {
+			send(ctx, conn, m, func(err error) {
 				defer func() { <-sem }()
 				if err == nil {
 					mu.Lock()
@@ -211,7 +211,7 @@ const sendTimeout = 60 * time.Second
 // goroutine: through the connection's pipeline when it has one (no
 // goroutine, context or timer per message), else on a goroutine of its
 // own.
-func send(conn HubConn, ctx context.Context, m Message, done func(error)) {
+func send(ctx context.Context, conn HubConn, m Message, done func(error)) {
 	if as, ok := conn.(AsyncSender); ok {
 		as.SendAsync(m, sendTimeout, done)
 		return
