@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"runtime/debug"
 	"sort"
 	"strings"
@@ -368,7 +369,13 @@ func (s *Station) runSlot(ctx context.Context, sl *slot, path string) (ev Event)
 	}()
 	port, err := s.o.Open(path, s.cfg.Baud)
 	if err != nil {
-		return Event{Type: EventFailed, Port: path, Step: step, Cause: "port", Error: err.Error()}
+		cause := CausePort
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(context.Cause(ctx), errUnplugged) {
+			// Gone between the scan that found it and the open: the
+			// board left (a USB board resetting comes back elsewhere).
+			cause = CauseUnplugged
+		}
+		return Event{Type: EventFailed, Port: path, Step: step, Cause: cause, Error: err.Error()}
 	}
 	defer port.Close()
 	j := jig.New(port)
