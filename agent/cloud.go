@@ -106,24 +106,23 @@ type hubConn struct {
 var _ AsyncSender = (*hubConn)(nil)
 
 func (c *hubConn) Send(ctx context.Context, m Message) error {
-	return c.h.SendTelemetry(ctx, &dps.Message{
-		Payload:         m.Body,
-		MessageID:       m.MessageID,
-		ContentType:     m.ContentType,
-		ContentEncoding: m.ContentEncoding,
-		Properties:      m.Properties,
-	})
+	return c.h.SendTelemetry(ctx, dpsMessage(m))
 }
 
 // SendAsync is Send through the hub client's publish pipeline.
 func (c *hubConn) SendAsync(m Message, timeout time.Duration, done func(error)) {
-	c.h.SendTelemetryAsync(&dps.Message{
+	c.h.SendTelemetryAsync(dpsMessage(m), timeout, done)
+}
+
+// dpsMessage is m as the hub client takes it.
+func dpsMessage(m Message) *dps.Message {
+	return &dps.Message{
 		Payload:         m.Body,
 		MessageID:       m.MessageID,
 		ContentType:     m.ContentType,
 		ContentEncoding: m.ContentEncoding,
 		Properties:      m.Properties,
-	}, timeout, done)
+	}
 }
 
 func (c *hubConn) Report(ctx context.Context, patch []byte) error {

@@ -82,10 +82,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return 0, errBatchConnClosed
 	}
 	b.buf = append(b.buf, p...)
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
+	wake(b.kick)
 	return len(p), nil
 }
 
@@ -146,10 +143,7 @@ func (b *batchConn) Close() error {
 	b.closing = true
 	b.cond.Broadcast()
 	b.mu.Unlock()
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
+	wake(b.kick)
 	t := time.NewTimer(closeFlushWait)
 	defer t.Stop()
 	select {

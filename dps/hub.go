@@ -352,6 +352,16 @@ func (h *Hub) stopped() error {
 	return ErrHubClosed
 }
 
+// telemetryTopic is m's publish topic, or the error for a message over
+// the hub's size limit.
+func (h *Hub) telemetryTopic(m *Message) (string, error) {
+	topic := TelemetryTopic(h.cfg.DeviceID, m)
+	if n := len(topic) + len(m.Payload); n > MaxTelemetrySize {
+		return "", &ConfigError{Field: "telemetry message", Err: fmt.Errorf("%w: %d bytes with topic, limit %d", ErrTooLarge, n, MaxTelemetrySize)}
+	}
+	return topic, nil
+}
+
 // SendTelemetry publishes m at QoS 1 and returns when the hub has
 // acknowledged it (PUBACK). If the connection drops first it returns the
 // cause and the message may or may not have arrived: the caller sends it
@@ -359,9 +369,9 @@ func (h *Hub) stopped() error {
 // does). A ctx that ends first returns ctx.Err(), with the same
 // uncertainty. The caller bounds how many calls run at once.
 func (h *Hub) SendTelemetry(ctx context.Context, m *Message) error {
-	topic := TelemetryTopic(h.cfg.DeviceID, m)
-	if n := len(topic) + len(m.Payload); n > MaxTelemetrySize {
-		return &ConfigError{Field: "telemetry message", Err: fmt.Errorf("%w: %d bytes with topic, limit %d", ErrTooLarge, n, MaxTelemetrySize)}
+	topic, err := h.telemetryTopic(m)
+	if err != nil {
+		return err
 	}
 	s, err := h.session()
 	if err != nil {

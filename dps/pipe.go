@@ -178,9 +178,8 @@ var ErrPublishTimeout = errors.New("dps: publish not acknowledged")
 // on the next connection). Publishes go out in call order. The caller
 // bounds how many are outstanding.
 func (h *Hub) SendTelemetryAsync(m *Message, timeout time.Duration, done func(error)) {
-	topic := TelemetryTopic(h.cfg.DeviceID, m)
-	if n := len(topic) + len(m.Payload); n > MaxTelemetrySize {
-		err := &ConfigError{Field: "telemetry message", Err: fmt.Errorf("%w: %d bytes with topic, limit %d", ErrTooLarge, n, MaxTelemetrySize)}
+	topic, err := h.telemetryTopic(m)
+	if err != nil {
 		go done(err)
 		return
 	}

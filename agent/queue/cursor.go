@@ -176,43 +176,55 @@ func parseLegacyCursor(b []byte) (cursor, error) {
 	return c, nil
 }
 
-// loadCursor reads dir's cursor: queue/cursor, or else a cursor.json left
-// by an older agent. A missing cursor is the zero cursor; a damaged one
-// is logged with its path and cause and renamed to NAME.corrupt-<time>
-// (so it is never overwritten in silence), and the queue starts from the
-// zero cursor: at worst records are resent.
-func (q *Queue) loadCursor() (cursor, error) {
-	path := filepath.Join(q.dir, cursorFile)
-	b, err := os.ReadFile(path)
+// storedCursor is the cursor as dir holds it, for Open and Inspect.
+type storedCursor struct {
+	path string // the file read; "" when there is none (the zero cursor)
+	gen  uint64 // its newer slot's generation (0 for cursor.json)
+	c    cursor
+	bad  error // why the file cannot be used: damaged, or ErrNewerSchema
+}
+
+// readCursor reads dir's cursor: queue/cursor, or else a cursor.json left
+// by an older agent. The error is one of reading, not of content.
+func readCursor(dir string) (storedCursor, error) {
+	st := storedCursor{path: filepath.Join(dir, cursorFile)}
+	b, err := os.ReadFile(st.path)
 	if err == nil {
-		gen, c, perr := parseCursorFile(b)
-		if perr == nil {
-			q.cursorGen = gen
-			// A cursor.json the migration did not get to remove.
-			q.legacyCursor = fileExists(filepath.Join(q.dir, legacyCursorFile))
-			return c, nil
-		}
-		return q.damagedCursor(path, perr)
+		st.gen, st.c, st.bad = parseCursorFile(b)
+		return st, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
-		return cursor{}, fmt.Errorf("queue: %w", err)
+		return st, err
 	}
-	path = filepath.Join(q.dir, legacyCursorFile)
-	b, err = os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return cursor{Schema: cursorSchema}, nil
+	st.path = filepath.Join(dir, legacyCursorFile)
+	if b, err = os.ReadFile(st.path); errors.Is(err, os.ErrNotExist) {
+		return storedCursor{c: cursor{Schema: cursorSchema}}, nil
+	} else if err != nil {
+		return st, err
 	}
+	if st.c, st.bad = parseLegacyCursor(b); st.bad == nil {
+		st.c.Schema = cursorSchema
+	}
+	return st, nil
+}
+
+// loadCursor reads dir's cursor (readCursor). A missing cursor is the
+// zero cursor; a damaged one is logged with its path and cause and
+// renamed to NAME.corrupt-<time> (so it is never overwritten in silence),
+// and the queue starts from the zero cursor: at worst records are resent.
+func (q *Queue) loadCursor() (cursor, error) {
+	st, err := readCursor(q.dir)
 	if err != nil {
 		return cursor{}, fmt.Errorf("queue: %w", err)
 	}
-	c, perr := parseLegacyCursor(b)
-	if perr != nil {
-		return q.damagedCursor(path, perr)
+	if st.bad != nil {
+		return q.damagedCursor(st.path, st.bad)
 	}
-	// Carried over at the first cursor write, which removes cursor.json.
-	q.legacyCursor = true
-	c.Schema = cursorSchema
-	return c, nil
+	q.cursorGen = st.gen
+	// A cursor.json to carry over (the first cursor write removes it), or
+	// one a migration did not get to remove.
+	q.legacyCursor = fileExists(filepath.Join(q.dir, legacyCursorFile))
+	return st.c, nil
 }
 
 // damagedCursor refuses a newer cursor, and sets a damaged one aside.

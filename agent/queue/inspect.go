@@ -7,27 +7,17 @@ import (
 	"strings"
 )
 
-// inspectCursor reads the cursor as Open would: queue/cursor, or else a
-// cursor.json an older agent left. An error names the file.
+// inspectCursor reads the cursor as Open would (readCursor). An error
+// names the file.
 func inspectCursor(dir string) (cursor, error) {
-	path := filepath.Join(dir, cursorFile)
-	if b, err := os.ReadFile(path); err == nil {
-		_, c, err := parseCursorFile(b)
-		if err != nil {
-			return cursor{}, fmt.Errorf("%s: %w", path, err)
-		}
-		return c, nil
+	st, err := readCursor(dir)
+	if err == nil {
+		err = st.bad
 	}
-	path = filepath.Join(dir, legacyCursorFile)
-	b, err := os.ReadFile(path)
 	if err != nil {
-		return cursor{}, nil
+		return cursor{}, fmt.Errorf("%s: %w", st.path, err)
 	}
-	c, err := parseLegacyCursor(b)
-	if err != nil {
-		return cursor{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return st.c, nil
 }
 
 // asideTime is the UTC time in a set-aside cursor's name, which sorts as

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"devid/enroll/certstore"
 	"devid/enroll/csr"
 	"devid/enroll/station/ca"
 )
@@ -66,10 +67,6 @@ func writeFloor(ctx context.Context, flashSrc, floorBin, caDir string) error {
 	if err != nil {
 		return fmt.Errorf("issue the baseline client's certificate: %w", err)
 	}
-	var chainPEM []byte
-	for _, cert := range chain {
-		chainPEM = append(chainPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
-	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return err
@@ -77,7 +74,7 @@ func writeFloor(ctx context.Context, flashSrc, floorBin, caDir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "floor.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, "floor-chain.pem"), chainPEM, 0o644)
+	return os.WriteFile(filepath.Join(dir, "floor-chain.pem"), certstore.EncodePEM(chain...), 0o644)
 }
 
 // floorRSS registers the baseline client's device on hub (CA-signed
